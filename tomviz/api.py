@@ -1,0 +1,104 @@
+"""The public API: ``load``, ``inspect``, ``patch``, ``unpatch``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tomviz.merge import get_method
+from tomviz.merge.engine import MergeConfig
+from tomviz.models import patching
+from tomviz.models.loading import LoadedModel, PreparedInput, load
+from tomviz.trace import Trace
+
+
+@dataclass
+class InspectResult:
+    """One traced forward pass."""
+
+    trace: Trace
+    outputs: Any  # the model's own output object (last_hidden_state; logits when it has a head)
+    model: LoadedModel
+    inputs: PreparedInput
+    config: MergeConfig
+
+
+def _merge_config(method, r, ratio, mode, prop_attn, trace, method_options, **flags) -> MergeConfig:
+    if r is None and ratio is None:
+        r = 0
+    return MergeConfig(
+        method=get_method(method, **(method_options or {})), r=r, ratio=ratio, mode=mode, prop_attn=prop_attn,
+        trace=trace, **flags,
+    )
+
+
+def run(
+    model: LoadedModel,
+    inputs: PreparedInput,
+    config: MergeConfig,
+) -> tuple[Any, Trace]:
+    """One forward pass of a loaded model under ``config``; returns (outputs, trace)."""
+    meta = {"model": model.name, **inputs.meta}
+    with torch.inference_mode(), patching.new_state(model.model, config, meta) as state:
+        outputs = model.model(**inputs.tensors)
+    return outputs, state.trace()
+
+
+def inspect(
+    model: str | nn.Module | LoadedModel,
+    x: Any,
+    ratio: float | None = None,
+    r: int | tuple[int, int] | list[int] | None = None,
+    method: str = "tome",
+    prop_attn: bool = True,
+    mode: str = "constant",
+    cls_attention_heads: bool = False,
+    full_attention: bool = False,
+    method_options: dict[str, Any] | None = None,
+) -> InspectResult:
+    """Run ``model`` on ``x`` with token merging and record everything in a :class:`Trace`.
+
+    model: a name for :func:`tomviz.load`, a transformers model instance, or a loaded model.
+    x: a PIL image (or path/bytes/array), a string, or ready tensors
+       (``pixel_values [B, 3, H, W]`` / ``input_ids [B, N]`` or a dict of them).
+    ratio: fraction of the input tokens removed by the last layer (0..0.95), spread by ``mode``.
+    r: instead, tokens removed per layer: an int, ``(r, -1)`` (decreasing) or a per-layer list; 0 = no merging.
+    The trace records batch element 0.
+    """
+    loaded = load(model) if not isinstance(model, LoadedModel) else model
+    inputs = loaded.prepare(x)
+    config = _merge_config(
+        method, r, ratio, mode, prop_attn, True, method_options,
+        cls_attention_heads=cls_attention_heads, full_attention=full_attention,
+    )
+    config.extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
+    outputs, trace = run(loaded, inputs, config)
+    return InspectResult(trace=trace, outputs=outputs, model=loaded, inputs=inputs, config=config)
+
+
+def patch(
+    model: nn.Module | LoadedModel,
+    r: int | tuple[int, int] | list[int] | None = None,
+    ratio: float | None = None,
+    method: str = "tome",
+    prop_attn: bool = True,
+    mode: str = "constant",
+    method_options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Make every later call of ``model`` merge tokens (no tracing, for speed). Returns the transformers model.
+
+    This sets a default on the model object itself: do not use it on a model shared
+    between users with different settings (``inspect`` passes its settings per call).
+    """
+    module = model.model if isinstance(model, LoadedModel) else model
+    patching.apply(module)
+    patching.set_default_config(module, _merge_config(method, r, ratio, mode, prop_attn, False, method_options))
+    return module
+
+
+def unpatch(model: nn.Module | LoadedModel) -> nn.Module:
+    """Restore the model's original forwards."""
+    module = model.model if isinstance(model, LoadedModel) else model
+    return patching.remove(module)

@@ -1,0 +1,25 @@
+"""Token-merging algorithms as pure tensor math (no model knowledge)."""
+from __future__ import annotations
+
+from tomviz.merge.base import MergeInputs, MergeMethod
+from tomviz.merge.plan import PRUNED, MergeEdges, MergePlan
+from tomviz.merge.tome import ToMe
+
+METHODS: dict[str, type[MergeMethod]] = {ToMe.name: ToMe}
+
+
+def register_method(cls: type[MergeMethod]) -> type[MergeMethod]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str | MergeMethod, **options) -> MergeMethod:
+    """A merge method by name (``tomviz.merge.METHODS``), with its method-specific options."""
+    if isinstance(name, MergeMethod):
+        return name
+    if name not in METHODS:
+        raise ValueError(f"unknown merge method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name](**options)
+
+
+__all__ = ["METHODS", "PRUNED", "MergeEdges", "MergeInputs", "MergeMethod", "MergePlan", "get_method", "register_method"]

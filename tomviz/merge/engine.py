@@ -38,6 +38,25 @@ class MergeConfig:
     cls_attention_heads: bool = False  # with trace: also keep it per head
     full_attention: bool = False  # with trace: record the full N×N attention (mean over heads)
     extra: dict[str, Any] = field(default_factory=dict)  # per-input side information for methods
+    keep_hidden: bool = False  # keep every block's output tokens and sizes (for scores that resume a forward)
+    resume: "Resume | None" = None  # start after a layer from stored tokens (see Resume)
+
+
+@dataclass
+class Resume:
+    """Run only the blocks after ``layer``, from stored tokens, for a batch of coalitions.
+
+    The blocks up to ``layer`` are skipped (the model's embeddings still run once, on
+    the original single input); block ``layer`` outputs ``hidden`` repeated M times
+    with the absent tokens masked out of attention (like padding). Later blocks do
+    not merge. Used by the Banzhaf scores: "the remaining layers with only the
+    coalition's tokens present, sizes kept".
+    """
+
+    layer: int
+    hidden: torch.Tensor  # [1, N_l, C] block ``layer``'s output
+    sizes: torch.Tensor | None  # [1, N_l, 1] (None = ones)
+    present: torch.Tensor  # [M, N_l] bool, the tokens present in each coalition
 
 
 _CURRENT: contextvars.ContextVar["MergeState | None"] = contextvars.ContextVar("tomviz_merge_state", default=None)
@@ -62,6 +81,7 @@ class MergeState:
         self.query_cls: torch.Tensor | None = None  # [B, H*d] CLS query
         self.query: torch.Tensor | None = None  # [B, N, H*d] (full attention only)
         self.layers: list[LayerTrace] = []
+        self.hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # keep_hidden: per block ([1, N_l, C], [1, N_l, 1])
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
         self._started = False
         self._bias: torch.Tensor | None = None  # [B, 1, 1, N] additive bias in use
@@ -82,6 +102,28 @@ class MergeState:
     @property
     def wants_query(self) -> bool:
         return self.config.trace and self.config.full_attention
+
+    # -- called by the patched blocks -----------------------------------------------------
+    def skip_block(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """With ``config.resume``: the output of a skipped block (None when the block must run)."""
+        resume = self.config.resume
+        if resume is None or layer > resume.layer:
+            return None
+        if layer < resume.layer:
+            return hidden
+        self._started = True
+        self.schedule = [0] * self.num_layers
+        batch = resume.present.shape[0]
+        sizes = resume.sizes if resume.sizes is not None else resume.hidden.new_ones(*resume.hidden.shape[:2], 1)
+        self.sizes = sizes.expand(batch, -1, -1)
+        self.valid = resume.present
+        return resume.hidden.expand(batch, -1, -1)
+
+    def block_done(self, hidden: torch.Tensor) -> None:
+        """Called with each block's output ``[B, N_l, C]``."""
+        if self.config.keep_hidden:
+            sizes = None if self.sizes is None else self.sizes[:1]
+            self.hidden.append((hidden[:1], sizes))
 
     # -- called by the adapters ---------------------------------------------------------
     def attention_mask(self, incoming: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:

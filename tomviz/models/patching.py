@@ -112,7 +112,12 @@ def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_head
         state = current_state()
         if state is None:
             return original(hidden_states, attention_mask, *args, **kwargs)
-        return adapter.block_forward(self, state, index, num_heads, hidden_states, attention_mask, **kwargs)
+        skipped = state.skip_block(index, hidden_states)
+        if skipped is not None:
+            return skipped
+        out = adapter.block_forward(self, state, index, num_heads, hidden_states, attention_mask, **kwargs)
+        state.block_done(out)
+        return out
 
     return types.MethodType(forward, block)
 

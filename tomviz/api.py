@@ -48,7 +48,10 @@ def run(
     """
     meta = {"model": model.name, **inputs.meta}
     with torch.inference_mode(), patching.new_state(model.model, config, meta) as state:
-        outputs = model.model(**inputs.tensors, **model_kwargs)
+        module = model.model
+        if model.clip_text and "input_ids" not in model_kwargs:
+            module = model.backbone  # a CLIPModel given only an image: run its image tower
+        outputs = module(**inputs.tensors, **model_kwargs)
     return outputs, state
 
 

@@ -1,0 +1,122 @@
+"""ToMe decisions against an independent reference written from REFERENCES.md §2.
+
+The reference below runs a ViT forward by hand with explicit softmax attention,
+groups kept as Python sets and the reference token order (kept A tokens in
+ascending position, then all B tokens), and proportional attention. It shares no
+code with tomviz.merge.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+import tomviz
+from tomviz.merge.tome import bipartite_plan
+
+
+def reference_tome_vit(model: tf.ViTModel, pixel_values: torch.Tensor, r: int) -> list[list[int]]:
+    """For each layer, the index (after that layer) of the token holding each input token."""
+    heads = model.config.num_attention_heads
+    with torch.no_grad():
+        x = model.embeddings(pixel_values)[0]  # [N, C]
+        members = [[i] for i in range(x.shape[0])]  # groups of input tokens, in sequence order
+        out = []
+        for layer in model.layers:
+            n, c = x.shape
+            d = c // heads
+            sizes = torch.tensor([float(len(g)) for g in members])
+            h = layer.layernorm_before(x)
+            q = layer.attention.q_proj(h).view(n, heads, d).transpose(0, 1)
+            k = layer.attention.k_proj(h).view(n, heads, d).transpose(0, 1)
+            v = layer.attention.v_proj(h).view(n, heads, d).transpose(0, 1)
+            logits = q @ k.transpose(1, 2) / math.sqrt(d) + sizes.log()[None, None, :]
+            attn = torch.softmax(logits, dim=-1) @ v  # [H, N, d]
+            x = x + layer.attention.o_proj(attn.transpose(0, 1).reshape(n, c))
+
+            metric = k.mean(0)
+            metric = metric / metric.norm(dim=-1, keepdim=True)
+            a_idx, b_idx = list(range(0, n, 2)), list(range(1, n, 2))
+            scores = metric[a_idx] @ metric[b_idx].T
+            scores[0, :] = -math.inf  # CLS is A[0]
+            best = scores.max(dim=1)
+            rr = min(r, (n - 1) // 2)
+            order = sorted(range(len(a_idx)), key=lambda i: -best.values[i].item())
+            merged, kept = order[:rr], sorted(order[rr:])
+            new_members = [list(members[a_idx[i]]) for i in kept] + [list(members[j]) for j in b_idx]
+            sums = [x[a_idx[i]] * sizes[a_idx[i]] for i in kept] + [x[j] * sizes[j] for j in b_idx]
+            weights = [sizes[a_idx[i]].clone() for i in kept] + [sizes[j].clone() for j in b_idx]
+            for i in merged:
+                slot = len(kept) + best.indices[i].item()
+                new_members[slot] += members[a_idx[i]]
+                sums[slot] = sums[slot] + x[a_idx[i]] * sizes[a_idx[i]]
+                weights[slot] = weights[slot] + sizes[a_idx[i]]
+            x = torch.stack([s / w for s, w in zip(sums, weights)])
+            members = new_members
+            x = x + layer.mlp(layer.layernorm_after(x))
+
+            where = np.empty(sum(len(g) for g in members), dtype=np.int64)
+            for idx, g in enumerate(members):
+                where[g] = idx
+            out.append(where.tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def vit_s16():
+    torch.manual_seed(0)
+    config = tf.ViTConfig(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224, patch_size=16
+    )
+    return tf.ViTModel(config, add_pooling_layer=False).eval()
+
+
+def test_tome_matches_reference_every_layer(vit_s16):
+    pixel_values = torch.randn(1, 3, 224, 224)
+    reference = reference_tome_vit(vit_s16, pixel_values, r=13)
+    res = tomviz.inspect(vit_s16, pixel_values, r=13)
+    assert res.trace.token_counts() == [197 - 13 * i for i in range(13)]
+    for layer in range(12):
+        assert res.trace.groups(layer).tolist() == reference[layer], f"layer {layer} differs"
+
+
+def test_bipartite_hand_example():
+    # tokens: 0=CLS, then A = {0, 2, 4}, B = {1, 3, 5}; 2 is closest to 5, 4 to 3 (but less similar)
+    metric = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.9, 0.1, 0], [0.5, 0, 0.5], [0, 0.1, 1]])[None]
+    plan = bipartite_plan(metric, r=1, num_protected=1)
+    # 2 merges into 5; kept A = [0, 4] -> 0, 1; B = [1, 3, 5] -> 2, 3, 4
+    assert plan.dst[0].tolist() == [0, 2, 4, 3, 1, 4]
+    assert plan.num_out == 5
+    assert plan.edges.src[0].tolist() == [2] and plan.edges.dst[0].tolist() == [5]
+    x = torch.arange(6, dtype=torch.float32).view(1, 6, 1)
+    merged, sizes = plan.merge(x, None)
+    assert merged[0, :, 0].tolist() == [0, 4, 1, 3, 3.5]
+    assert sizes[0, :, 0].tolist() == [1, 1, 1, 1, 2]
+
+
+def test_protected_tokens_stay_first_and_alone():
+    torch.manual_seed(1)
+    metric = torch.randn(2, 21, 8)
+    metric[:, 1] = metric[:, 2]  # a protected token identical to an unprotected one must still not merge
+    plan = bipartite_plan(metric, r=8, num_protected=3)
+    for b in range(2):
+        assert plan.dst[b, :3].tolist() == [0, 1, 2]
+        assert (plan.dst[b, 3:] >= 3).all()
+    assert plan.num_out == 13
+
+
+def test_r_limited_to_half_of_unprotected():
+    plan = bipartite_plan(torch.randn(1, 11, 4), r=100, num_protected=1)
+    assert plan.num_out == 11 - 5
+
+
+def test_padding_never_merges_with_real_tokens():
+    metric = torch.randn(1, 10, 4)
+    valid = torch.tensor([[True] * 6 + [False] * 4])
+    plan = bipartite_plan(metric, r=4, num_protected=1, valid=valid)
+    real_groups = set(plan.dst[0, :6].tolist())
+    pad_groups = set(plan.dst[0, 6:].tolist())
+    assert not real_groups & pad_groups

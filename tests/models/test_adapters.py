@@ -1,0 +1,179 @@
+"""Every adapter on a tiny random model: r=0 is exact, traces are partitions, protected tokens stay alone."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+import tomviz
+from tomviz.models import patching
+
+VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64, patch_size=8)
+TEXT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=120)
+
+
+def _clip():
+    vision = tf.CLIPVisionConfig(**VISION)
+    text = tf.CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=120)
+    return tf.CLIPModel(tf.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+
+
+MODELS = {
+    "vit": (lambda: tf.ViTModel(tf.ViTConfig(**VISION)), 1),
+    "vit-classifier": (lambda: tf.ViTForImageClassification(tf.ViTConfig(**VISION, num_labels=5)), 1),
+    "deit": (lambda: tf.DeiTModel(tf.DeiTConfig(**VISION)), 2),
+    "deit-teacher": (lambda: tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**VISION, num_labels=5)), 2),
+    "dinov2": (lambda: tf.Dinov2Model(tf.Dinov2Config(**{k: v for k, v in VISION.items() if k != "intermediate_size"})), 1),
+    "dinov2-registers": (
+        lambda: tf.Dinov2WithRegistersModel(
+            tf.Dinov2WithRegistersConfig(num_register_tokens=4, **{k: v for k, v in VISION.items() if k != "intermediate_size"})
+        ),
+        5,
+    ),
+    "clip-vision": (lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**VISION)), 1),
+    "clip": (_clip, 1),
+    "bert": (lambda: tf.BertModel(tf.BertConfig(**TEXT)), 1),
+    "roberta": (lambda: tf.RobertaModel(tf.RobertaConfig(**TEXT)), 1),
+}
+
+
+def _inputs(model, name):
+    if name in ("bert", "roberta"):
+        ids = torch.randint(5, 120, (1, 24))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return torch.randn(1, 3, 64, 64)
+
+
+def _forward(model, x):
+    with torch.no_grad():
+        if isinstance(model, tf.CLIPModel):
+            return model.vision_model(pixel_values=x)
+        return model(**x) if isinstance(x, dict) else model(pixel_values=x)
+
+
+def _main_output(out):
+    for key in ("logits", "last_hidden_state"):
+        if getattr(out, key, None) is not None:
+            return getattr(out, key)
+    raise AssertionError("no output")
+
+
+def _check_partition(trace, num_protected):
+    n0 = trace.num_input_tokens
+    counts = trace.token_counts()
+    schedule = trace.meta["schedule"]
+    assert counts == [n0 - sum(schedule[:i]) for i in range(len(schedule) + 1)]
+    for layer in range(trace.num_layers):
+        groups, sizes = trace.groups(layer), trace.sizes(layer)
+        assert groups.shape == (n0,) and (groups >= 0).all()
+        assert np.bincount(groups, minlength=len(sizes)).tolist() == sizes.astype(int).tolist()
+        assert groups[:num_protected].tolist() == list(range(num_protected))
+        assert (sizes[:num_protected] == 1).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_r0_is_exact_and_merging_gives_valid_traces(name):
+    build, num_protected = MODELS[name]
+    model = build().eval()
+    x = _inputs(model, name)
+    reference = _main_output(_forward(model, x))
+    if isinstance(model, tf.CLIPModel):
+        loaded = tomviz.load(model)
+        res = tomviz.inspect(loaded, x, r=0)
+        assert loaded.clip_text
+        got = res.outputs.last_hidden_state
+    else:
+        res = tomviz.inspect(model, x, r=0)
+        got = _main_output(res.outputs)
+    if got is not None:
+        assert torch.allclose(got, reference, atol=1e-5), (got - reference).abs().max()
+    assert res.trace.meta["num_protected"] == num_protected
+
+    merged = tomviz.inspect(model, x, ratio=0.6)
+    assert merged.trace.token_counts()[-1] < merged.trace.num_input_tokens
+    _check_partition(merged.trace, num_protected)
+    decreasing = tomviz.inspect(model, x, r=(3, -1))
+    _check_partition(decreasing.trace, num_protected)
+
+
+def test_clip_text_input_goes_through_full_model():
+    model = _clip().eval()
+    loaded = tomviz.load(model)
+    ids = torch.randint(1, 120, (1, 7))
+    res = tomviz.api.run(
+        loaded, loaded.prepare(torch.randn(1, 3, 64, 64)),
+        tomviz.api._merge_config("tome", 4, None, "constant", True, True, None), input_ids=ids,
+    )
+    outputs, state = res
+    assert outputs.logits_per_image.shape == (1, 1)
+    assert state.trace().token_counts()[-1] == 65 - 16
+
+
+def test_patch_and_unpatch_restore_the_model():
+    model = tf.ViTModel(tf.ViTConfig(**VISION)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = _forward(model, x).last_hidden_state
+    tomviz.patch(model, r=4)
+    tomviz.patch(model, r=4)  # applying twice is safe
+    merged = _forward(model, x).last_hidden_state
+    assert merged.shape == (2, 65 - 16, 32)
+    tomviz.unpatch(model)
+    tomviz.unpatch(model)  # removing twice is safe
+    assert "forward" not in model.__dict__ and all("forward" not in b.__dict__ for b in model.layers)
+    assert all(not b.attention.k_proj._forward_hooks for b in model.layers)
+    assert torch.equal(_forward(model, x).last_hidden_state, before)
+
+
+def test_deit_distillation_token_is_read_by_the_head():
+    model = tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**VISION, num_labels=5)).eval()
+    res = tomviz.inspect(model, torch.randn(1, 3, 64, 64), r=6)
+    # both heads read positions 0 and 1: CLS and distillation token, never merged
+    for layer in range(res.trace.num_layers):
+        assert res.trace.groups(layer)[:2].tolist() == [0, 1]
+
+
+def test_bert_padding_never_merges_with_real_tokens():
+    model = tf.BertModel(tf.BertConfig(**TEXT)).eval()
+    ids = torch.randint(5, 120, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[0, 12:] = 0
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    res = tomviz.inspect(model, {"input_ids": ids, "attention_mask": mask}, r=0)
+    assert torch.allclose(res.outputs.last_hidden_state, reference, atol=1e-5)
+    # batch element 0 has padding: follow it through the merges
+    config = tomviz.api._merge_config("tome", 3, None, "constant", True, True, None)
+    loaded = tomviz.load(model)
+    _, state = tomviz.api.run(loaded, loaded.prepare({"input_ids": ids, "attention_mask": mask}), config)
+    trace = state.trace()
+    for layer in range(trace.num_layers):
+        groups = trace.groups(layer)
+        assert not set(groups[:12].tolist()) & set(groups[12:].tolist())
+    assert state.valid.shape == (2, 20 - 12) and int(state.valid[0].sum()) < 12 and bool(state.valid[1].all())
+
+
+def test_unsupported_model_is_named():
+    model = tf.GPT2Model(tf.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
+    with pytest.raises(tomviz.ModelLoadError, match="GPT2Model"):
+        tomviz.load(model)
+
+
+def test_concurrent_calls_on_one_model_keep_their_own_settings():
+    model = tf.ViTModel(tf.ViTConfig(**VISION)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    results: dict[int, list[int]] = {}
+
+    def work(r: int) -> None:
+        for _ in range(5):
+            results[r] = tomviz.inspect(model, x, r=r).trace.token_counts()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 2, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in (0, 2, 5):
+        assert results[r] == [65 - r * i for i in range(5)]

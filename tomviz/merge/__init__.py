@@ -3,9 +3,18 @@ from __future__ import annotations
 
 from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.plan import PRUNED, MergeEdges, MergePlan
+from tomviz.merge.diffrate import DiffRate
+from tomviz.merge.dtome import DToMe
+from tomviz.merge.evit import EViT
+from tomviz.merge.hiprune import HiPrune
+from tomviz.merge.pitome import PiToMe, PiToMeText
+from tomviz.merge.random_ import RandomBipartite
+from tomviz.merge.subword import Subword
 from tomviz.merge.tome import ToMe
 
-METHODS: dict[str, type[MergeMethod]] = {ToMe.name: ToMe}
+METHODS: dict[str, type[MergeMethod]] = {
+    cls.name: cls for cls in (ToMe, PiToMe, PiToMeText, DiffRate, DToMe, HiPrune, EViT, RandomBipartite, Subword)
+}
 
 
 def register_method(cls: type[MergeMethod]) -> type[MergeMethod]:

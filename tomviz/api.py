@@ -25,6 +25,17 @@ class InspectResult:
     config: MergeConfig
     state: MergeState  # final sizes/valid of the last layer; per-block hidden states when config.keep_hidden
 
+    def banzhaf(self, layer: int, samples: int = 512, exact: bool = False, seed: int = 0, target: Any = None):
+        """Banzhaf values and interactions of the groups after ``layer`` (needs ``keep_hidden=True``).
+
+        Returns a :class:`tomviz.scores.banzhaf.BanzhafResult`: ``.values [n]``, ``.stderr [n]``,
+        ``.interactions [n, n]``, ``.players`` (group ids), ``.target``; ``.to_tokens()`` /
+        ``.to_grid()`` map the values back to input tokens / patches. See :func:`tomviz.scores.banzhaf.banzhaf`.
+        """
+        from tomviz.scores.banzhaf import banzhaf
+
+        return banzhaf(self, layer, samples=samples, exact=exact, seed=seed, target=target)
+
 
 def _merge_config(method, r, ratio, mode, prop_attn, trace, method_options, **flags) -> MergeConfig:
     if r is None and ratio is None:

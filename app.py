@@ -1,0 +1,55 @@
+"""tomviz web app: wiring only. Tabs live in ``tomviz/ui/``; pictures in ``tomviz/render/``.
+
+Run ``python app.py`` (port 7860, or $PORT / $GRADIO_SERVER_PORT). Models load on first use.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import gradio as gr
+
+from tomviz.ui.image_tab import build_image_tab
+from tomviz.ui.text_tab import build_text_tab
+
+TITLE = "tomviz — token merging, layer by layer"
+INTRO = (
+    "Upload a photo or type a prompt, release the **merge ratio** slider to run the model once, then move the "
+    "**layer** slider to watch tokens merge. Default models are embedded (DINOv2-S/14, all-MiniLM-L6-v2) and "
+    "run offline; any Hugging Face id of a supported architecture can be typed in the model box."
+)
+
+# ---------------------------------------------------------------------------------------
+# EXTRA TABS — other engineers add tabs here: (tab title, builder). A builder lays out its
+# components and wires its events inside the current gr.Tab (see tomviz/ui/image_tab.py).
+# Planned: ("Scores", build_scores_tab) and ("Compare / Sweep", build_sweep_tab).
+# ---------------------------------------------------------------------------------------
+EXTRA_TABS: list[tuple[str, Callable[[], None]]] = []
+
+QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
+DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1
+
+
+def build_app() -> gr.Blocks:
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\n{INTRO}")
+        with gr.Tabs():
+            with gr.Tab("Image", id="image"):
+                build_image_tab()
+            with gr.Tab("Text", id="text"):
+                build_text_tab()
+            for title, builder in EXTRA_TABS:
+                with gr.Tab(title):
+                    builder()
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
+    return demo
+
+
+demo = build_app()
+
+if __name__ == "__main__":
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),
+        theme=gr.themes.Soft(), show_error=True,
+    )

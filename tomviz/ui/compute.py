@@ -1,0 +1,193 @@
+"""What the app computes for one input, without gradio (testable on its own).
+
+:func:`analyse` runs the model once with tracing, reuses (or makes) the unmerged
+reference for the same input, measures speed and fidelity, and returns an
+:class:`Analysis`: small, CPU-only, deep-copyable, kept per session in ``gr.State``.
+Changing the layer only re-renders from ``Analysis.trace``; it never runs a model.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import tomviz
+from tomviz.api import run
+from tomviz.merge import get_method
+from tomviz.merge.engine import MergeConfig
+from tomviz.merge.schedule import MAX_RATIO
+from tomviz.render.overlay import display_image
+from tomviz.speed import SpeedReport, measure_latency, model_widths, trace_gflops
+from tomviz.trace import Trace
+
+SPEED_RUNS = 3  # timed forwards per measurement (median)
+DISPLAY_SIDE = 448  # the photo kept in the session is at most this long on a side
+TOP_K = 5
+
+try:  # ZeroGPU on Spaces: the GPU function carries @spaces.GPU; elsewhere a no-op
+    import spaces  # type: ignore[import-not-found]
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - depends on the platform
+
+    def gpu(fn=None, **_kwargs):  # type: ignore[no-redef]
+        return fn if fn is not None else (lambda f: f)
+
+
+@dataclass
+class Settings:
+    """The merge settings a user picked."""
+
+    model: str = "dinov2-small"
+    method: str = "tome"
+    ratio: float = 0.5  # fraction of the input tokens removed by the last layer
+    mode: str = "constant"  # "constant" | "decreasing"
+    prop_attn: bool = True
+
+    def check(self) -> None:
+        """Raise ValueError with a readable message for settings out of range."""
+        if self.ratio is None or not np.isfinite(self.ratio) or not 0.0 <= float(self.ratio) <= MAX_RATIO:
+            raise ValueError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {self.ratio}")
+        if self.mode not in ("constant", "decreasing"):
+            raise ValueError(f"unknown schedule {self.mode!r}: use 'constant' or 'decreasing'")
+        if self.method not in tomviz.METHODS:
+            raise ValueError(f"unknown merge method {self.method!r}: choose one of {', '.join(sorted(tomviz.METHODS))}")
+
+    def config(self, trace: bool, extra: dict[str, Any] | None = None) -> MergeConfig:
+        return MergeConfig(
+            method=get_method(self.method), ratio=float(self.ratio), mode=self.mode, prop_attn=bool(self.prop_attn),
+            trace=trace, extra=dict(extra or {}),
+        )
+
+
+@dataclass
+class Reference:
+    """The unmerged (r=0) run of one input, reused while only the merge settings change."""
+
+    key: str  # model + device + input hash
+    embedding: np.ndarray  # [C] final embedding (see final_embedding)
+    embedding_name: str
+    top_labels: list[tuple[str, float]] | None  # classifier models: top-k (label, probability)
+    latency_s: float
+
+
+@dataclass
+class Analysis:
+    """Everything the app shows for one input and one setting (CPU, deep-copyable)."""
+
+    trace: Trace
+    settings: Settings
+    reference: Reference
+    fidelity: dict[str, Any]
+    speed: SpeedReport
+    image: Image.Image | None = None  # the photo, at most DISPLAY_SIDE per side (image models)
+    notes: list[str] = field(default_factory=list)  # things the user should be told (truncation, ...)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able digest (what the API endpoints return besides the pictures)."""
+        meta = self.trace.meta
+        return {
+            "model": meta.get("model"), "method": meta.get("method"), "ratio": self.settings.ratio,
+            "schedule_mode": self.settings.mode, "prop_attn": self.settings.prop_attn,
+            "schedule": meta.get("schedule"), "token_counts": self.trace.token_counts(),
+            "num_layers": self.trace.num_layers, "fidelity": self.fidelity, "speed": self.speed.to_dict(),
+            "notes": self.notes,
+        }
+
+
+def input_key(loaded: Any, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha1(f"{loaded.name}|{loaded.device}".encode())
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def final_embedding(outputs: Any, modality: str, final_sizes: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """``[C]`` embedding used for fidelity, and its name.
+
+    Text models: the size-weighted mean of the final tokens (= the mean over input tokens,
+    as sentence encoders pool). Image models: ``image_embeds`` (CLIP), else ``pooler_output``,
+    else the CLS token of ``last_hidden_state``; classifiers: the logits.
+    """
+    logits = getattr(outputs, "logits", None)
+    if logits is not None:
+        return logits[0].float().cpu().numpy(), "logits"
+    if modality == "text":
+        hidden = outputs.last_hidden_state[0].float().cpu().numpy()  # [N_L, C]
+        weights = np.ones(hidden.shape[0]) if final_sizes is None else np.asarray(final_sizes, dtype=np.float64)
+        return (weights[:, None] * hidden).sum(0) / weights.sum(), "mean-pooled tokens"
+    for name in ("image_embeds", "pooler_output"):
+        value = getattr(outputs, name, None)
+        if value is not None:
+            return value[0].float().cpu().numpy(), name.replace("_", " ")
+    return outputs.last_hidden_state[0, 0].float().cpu().numpy(), "CLS token"
+
+
+def top_labels(outputs: Any, labels: dict[int, str] | None, k: int = TOP_K) -> list[tuple[str, float]] | None:
+    logits = getattr(outputs, "logits", None)
+    if logits is None or not labels:
+        return None
+    probs = torch.softmax(logits[0].float(), dim=-1).cpu()
+    values, indices = probs.topk(min(k, probs.shape[0]))
+    return [(labels.get(int(i), str(int(i))), float(v)) for v, i in zip(values, indices)]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
+
+
+def make_reference(loaded: Any, inputs: Any, key: str) -> Reference:
+    """Run the unmerged model (r=0): embedding, top labels and median latency."""
+    config = MergeConfig(method=get_method("tome"), r=0, trace=False)
+    latency = measure_latency(loaded, inputs, config, runs=SPEED_RUNS)
+    outputs, _ = run(loaded, inputs, config)
+    embedding, name = final_embedding(outputs, loaded.modality)
+    return Reference(key=key, embedding=embedding, embedding_name=name,
+                     top_labels=top_labels(outputs, loaded.labels), latency_s=latency)
+
+
+@gpu
+def analyse(x: Any, settings: Settings, reference: Reference | None = None, modality: str | None = None) -> Analysis:
+    """Load (cached) the model, prepare ``x`` (image or text), run it traced under ``settings``.
+
+    Raises ``tomviz.ModelLoadError``, ``ImageInputError`` / ``ValueError`` (bad input or
+    settings) with messages meant for users. ``reference`` is reused when it belongs to the
+    same model and input. ``modality`` ("image"/"text"): refuse a model of the other kind.
+    """
+    settings.check()
+    loaded = tomviz.load(settings.model)
+    if modality is not None and loaded.modality != modality:
+        other = "Text" if loaded.modality == "text" else "Image"
+        raise ValueError(f"{settings.model} is {'a text' if loaded.modality == 'text' else 'an image'} model: use it in the {other} tab")
+    inputs = loaded.prepare(x)
+    key = input_key(loaded, inputs.tensors)
+    if reference is None or reference.key != key:
+        reference = make_reference(loaded, inputs, key)
+    extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
+    outputs, state = run(loaded, inputs, settings.config(trace=True, extra=extra))
+    trace = state.trace()
+    merged_s = measure_latency(loaded, inputs, settings.config(trace=False, extra=extra), runs=SPEED_RUNS)
+
+    embedding, _ = final_embedding(outputs, loaded.modality, trace.sizes(trace.num_layers - 1))
+    fidelity: dict[str, Any] = {"embedding": reference.embedding_name, "cosine": cosine(embedding, reference.embedding)}
+    merged_top = top_labels(outputs, loaded.labels)
+    if merged_top is not None:
+        fidelity["top_merged"], fidelity["top_unmerged"] = merged_top, reference.top_labels
+
+    hidden, mlp = model_widths(loaded.backbone.config)
+    merged_gflops, unmerged_gflops = trace_gflops(trace, hidden, mlp)
+    speed = SpeedReport(merged_s=merged_s, unmerged_s=reference.latency_s, merged_gflops=merged_gflops,
+                        unmerged_gflops=unmerged_gflops, runs=SPEED_RUNS, device=str(loaded.device))
+    notes = []
+    if inputs.meta.get("truncated"):
+        notes.append(f"The prompt has {inputs.meta['num_tokens_before_truncation']} tokens; it was truncated to the "
+                     f"model's maximum of {inputs.meta['max_length']}.")
+    image = display_image(inputs.image, DISPLAY_SIDE) if inputs.image is not None else None
+    return Analysis(trace=trace, settings=settings, reference=reference, fidelity=fidelity, speed=speed,
+                    image=image, notes=notes)

@@ -40,6 +40,8 @@ def test_explicit_and_constant_forms():
     with pytest.raises(ScheduleError, match="entries"):
         resolve_schedule([1, 2], None, 12, 197, 1)
     with pytest.raises(ScheduleError, match="only"):
-        resolve_schedule(120, None, 12, 197, 1)
+        resolve_schedule([120] + [0] * 11, None, 12, 197, 1)
+    # a plain int behaves as ToMe's: later layers remove what they can
+    assert resolve_schedule(16, None, 12, 197, 1) == [16] * 11 + [10]
     with pytest.raises(ScheduleError, match="either"):
         resolve_schedule(1, 0.5, 12, 197, 1)

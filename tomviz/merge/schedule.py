@@ -2,7 +2,9 @@
 
 Three ways to ask, one result (a list of ints, one per layer):
 
-* ``r=13``: the same r in every layer (ToMe's constant schedule);
+* ``r=13``: the same r in every layer (ToMe's constant schedule; as in ToMe, a
+  layer with too few tokens left removes only what it can — the trace's
+  ``meta["schedule"]`` holds what each layer actually removed);
 * ``r=(13, -1)``: ToMe's "decreasing" schedule, linear from 2r at the first
   layer to 0 at the last (inflection -1);
 * ``r=[...]``: an explicit per-layer list;
@@ -10,8 +12,8 @@ Three ways to ask, one result (a list of ints, one per layer):
   removed by the end of the last layer. See :func:`schedule_from_ratio`.
 
 Every layer's r is limited by what bipartite matching can remove: half of the
-unprotected tokens entering that layer. A request beyond that is reported with
-:class:`ScheduleError`, never silently clipped.
+unprotected tokens entering that layer. A ratio, a per-layer list or a decreasing
+schedule beyond that is reported with :class:`ScheduleError`, never clipped.
 """
 from __future__ import annotations
 
@@ -54,10 +56,6 @@ def check_schedule(schedule: Sequence[int], num_tokens: int, num_protected: int)
     return out
 
 
-def constant_schedule(r: int, num_layers: int) -> list[int]:
-    return [int(r)] * num_layers
-
-
 def decreasing_schedule(r: int, num_layers: int) -> list[int]:
     """ToMe's (r, -1): linear from 2r at the first layer to 0 at the last, rounded per layer."""
     if num_layers == 1:
@@ -86,9 +84,22 @@ def resolve_schedule(
         if len(r) != num_layers:
             raise ScheduleError(f"the schedule has {len(r)} entries but the model has {num_layers} layers")
         schedule = list(r)
+    elif mode == "constant":
+        return clipped_constant_schedule(int(r), num_layers, num_tokens, num_protected)
     else:
-        schedule = constant_schedule(int(r), num_layers) if mode == "constant" else decreasing_schedule(int(r), num_layers)
+        schedule = decreasing_schedule(int(r), num_layers)
     return check_schedule(schedule, num_tokens, num_protected)
+
+
+def clipped_constant_schedule(r: int, num_layers: int, num_tokens: int, num_protected: int) -> list[int]:
+    """ToMe's constant r: each layer removes ``min(r, half of its unprotected tokens)``."""
+    if r < 0:
+        raise ScheduleError(f"r={r} is negative")
+    schedule, n = [], num_tokens
+    for _ in range(num_layers):
+        schedule.append(min(r, max_removable(n, num_protected)))
+        n -= schedule[-1]
+    return schedule
 
 
 def schedule_from_ratio(

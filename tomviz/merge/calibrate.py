@@ -1,0 +1,100 @@
+"""Calibrate DToMe thresholds (DyMU): per layer, the similarity above which a set of
+inputs merges, on average, the wanted number of tokens.
+
+Layers are calibrated in order: with the thresholds of layers ``0..l-1`` fixed, every
+input runs to layer ``l``, where the similarity of each of its bipartite proposals is
+recorded; ``τ_l`` is the value that the ``r_l · M`` highest of the ``M`` inputs' pooled
+proposals exceed, so the average count over the inputs is ``r_l``.
+
+Run ``python -m tomviz.merge.calibrate`` to rebuild the shipped table
+(``dinov2-small``, the photos in ``assets/``, constant schedules ``r = 2, 4, ..., 18``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tomviz.api import run
+from tomviz.merge.base import MergeInputs
+from tomviz.merge.dtome import DEFAULT_CALIBRATION, DToMe, proposal_scores
+from tomviz.merge.engine import MergeConfig
+from tomviz.merge.plan import MergePlan
+from tomviz.models.loading import LoadedModel, load
+
+EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "grace_hopper.jpg")
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+CALIBRATED_R = tuple(range(2, 20, 2))
+
+
+class _RecordingDToMe(DToMe):
+    """DToMe with the calibrated thresholds before ``record_layer``; at that layer it records the
+    proposal scores (``[R_max]`` of batch element 0) and merges nothing; after it, nothing."""
+
+    def __init__(self, thresholds: list[float], record_layer: int):
+        super().__init__(thresholds=thresholds)
+        self.record_layer = record_layer
+        self.recorded: torch.Tensor | None = None
+
+    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+        if inputs.layer == self.record_layer:
+            self.recorded = proposal_scores(inputs.metric, inputs.num_protected, inputs.valid)[0].float().cpu()
+        if inputs.layer >= self.record_layer:
+            return MergePlan.identity(inputs.metric.shape[0], inputs.metric.shape[1], inputs.metric.device)
+        return super().plan(inputs, r)
+
+
+def calibrate_thresholds(model: str | LoadedModel, images: Sequence[Any], r_per_layer: Sequence[int]) -> list[float]:
+    """Per-layer thresholds under which ``images`` merge on average ``r_per_layer[l]`` tokens at layer ``l``.
+
+    model: a loaded model or a name for :func:`tomviz.load`; images: anything its
+    ``prepare`` accepts (PIL images, paths, strings for text models); r_per_layer: ``[L]``.
+    Returns ``[L]`` floats (``inf`` where ``r`` is 0: nothing merges there).
+    """
+    loaded = load(model) if not isinstance(model, LoadedModel) else model
+    num_layers = loaded.num_layers
+    if len(r_per_layer) != num_layers:
+        raise ValueError(f"r_per_layer has {len(r_per_layer)} entries, the model has {num_layers} layers")
+    prepared = [loaded.prepare(image) for image in images]
+    thresholds: list[float] = []
+    for layer, target in enumerate(r_per_layer):
+        if target <= 0:
+            thresholds.append(math.inf)
+            continue
+        pooled = []
+        for inputs in prepared:
+            recorder = _RecordingDToMe(thresholds + [math.inf] * (num_layers - layer), record_layer=layer)
+            run(loaded, inputs, MergeConfig(method=recorder, r=[1] * num_layers))
+            pooled.append(recorder.recorded)
+        scores = torch.cat(pooled).sort(descending=True).values
+        wanted = min(int(target) * len(prepared), scores.numel())
+        # midway between the last score that must pass and the first that must not
+        below = scores[wanted] if wanted < scores.numel() else scores[-1] - 1e-3
+        thresholds.append(float((scores[wanted - 1] + below) / 2))
+    return thresholds
+
+
+def calibrate_default(out: Path = DEFAULT_CALIBRATION, r_values: Sequence[int] = CALIBRATED_R) -> dict[str, Any]:
+    """Rebuild the shipped table: ``dinov2-small`` on the example photos, one constant schedule per r."""
+    from tqdm import tqdm
+
+    loaded = load("dinov2-small", device="cpu")
+    images = [ASSETS / name for name in EXAMPLE_PHOTOS]
+    table = [calibrate_thresholds(loaded, images, [r] * loaded.num_layers) for r in tqdm(r_values, desc="calibrating r")]
+    data = {
+        "model": "dinov2-small",
+        "images": list(EXAMPLE_PHOTOS),
+        "schedule": "constant r per layer",
+        "r": list(r_values),
+        "thresholds": table,  # [len(r), num_layers]
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1))
+    return data
+
+
+if __name__ == "__main__":
+    calibrate_default()

@@ -1,8 +1,6 @@
 """Tiny random models for the score tests (no network)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassification
@@ -40,14 +38,10 @@ def clip():
 
 
 @pytest.fixture(scope="session")
-def clip_tokenizer(tmp_path_factory):
-    """A CLIP BPE tokenizer over letters, no merges: every letter is a token, the last one ends in ``</w>``."""
-    folder = tmp_path_factory.mktemp("cliptok")
-    letters = "abcdefghijklmnopqrstuvwxyz"
+def clip_tokenizer():
+    """A CLIP BPE tokenizer over letters, no merges: every letter is a token, a word's last one ends in ``</w>``."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in letters:
+    for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    return CLIPTokenizer(vocab=vocab, merges=[])

@@ -141,3 +141,12 @@ def test_rollout_without_merging_is_plain_rollout(dinov2):
         a = 0.5 * np.eye(17) + 0.5 * lt.attention
         expected = (a / a.sum(1, keepdims=True)) @ expected
     np.testing.assert_allclose(attention.rollout(trace), expected, atol=1e-6)
+
+
+def test_split_words(clip_tokenizer):
+    from tomviz.scores.hbi import split_words
+
+    words = split_words(clip_tokenizer, "a cat")
+    assert words.words == ["a", "cat"] and words.positions == [[1], [2, 3, 4]]
+    with pytest.raises(ValueError, match="empty"):
+        split_words(clip_tokenizer, "  ")

@@ -1,0 +1,229 @@
+"""The Scores tab: Banzhaf values and interactions of merged tokens, and CLIP image × text (HBI).
+
+Handlers are module-level functions (testable without a browser). A run keeps its
+:class:`ScoreSession` (numpy results + the small photo) in ``gr.State``, so the top-k
+control re-renders without running the model again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gradio as gr
+from PIL import Image
+
+import tomviz
+from tomviz.render import scores as render
+from tomviz.render.overlay import display_image
+from tomviz.scores.banzhaf import BanzhafResult, banzhaf
+from tomviz.scores.hbi import HBIResult, hbi
+from tomviz.ui.common import IMAGE_MODELS, TEXT_MODELS, user_errors
+from tomviz.ui.image_tab import EXAMPLE_IMAGES
+
+CLIP_MODEL = "openai/clip-vit-base-patch32"
+SAMPLES = (64, 4096, 512)  # min, max, default coalitions per estimate
+PAIR_HEADERS = ["player", "player", "interaction", "s.e."]
+HBI_HEADERS = ["image group", "word", "interaction", "s.e."]
+HUB_NOTE = (
+    "CLIP's weights come from the Hugging Face hub (e.g. `openai/clip-vit-base-patch32`). This works on "
+    "Hugging Face Spaces and on any machine with hub access; where the hub cannot be reached, this section "
+    "says so and the rest of the app keeps working."
+)
+
+
+@dataclass
+class ScoreSession:
+    """One estimate, for re-rendering (CPU numpy only; deep-copyable)."""
+
+    result: BanzhafResult | HBIResult
+    image: Image.Image | None  # the photo at display size (image models)
+
+
+def _progress_callback(progress: Any) -> Callable[[float, str], None]:
+    return lambda fraction, message: progress(fraction, desc=f"Estimating: {message}")
+
+
+def _layer(loaded: Any, layer: float) -> int:
+    """The UI's 1-based "groups after layer k" → 0-based, k in 1..L-1 (a layer must run after it)."""
+    return int(min(max(int(round(layer)), 1), loaded.num_layers - 1)) - 1
+
+
+def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, layer: float, samples: int,
+                    exact: bool, seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
+    """Inspect the input (image for image models, ``text`` for text models) and estimate the Banzhaf
+    values of the groups after the 1-based ``layer`` (no gradio)."""
+    loaded = tomviz.load((model or "dinov2-small").strip())
+    if loaded.modality == "image":
+        if image is None:
+            raise ValueError("upload an image (or pick an example) for an image model")
+        x: Any = image
+    else:
+        if not text or not str(text).strip():
+            raise ValueError("type a prompt for a text model")
+        x = str(text)
+    res = tomviz.inspect(loaded, x, ratio=float(ratio), keep_hidden=True)
+    result = banzhaf(res, _layer(loaded, layer), samples=int(samples), exact=bool(exact), seed=int(seed), progress=progress)
+    photo = display_image(res.inputs.image) if res.inputs.image is not None else None
+    return ScoreSession(result=result, image=photo)
+
+
+def banzhaf_views(session: ScoreSession, top_k: int = 8):
+    """(heatmap over the image, token values, value bars, interaction matrix, pairs picture, pairs table, summary)."""
+    b = session.result
+    names = render.group_labels(b.trace, b.layer, b.players)
+    pairs = b.top_pairs(int(top_k))
+    heat = pairs_img = tokens = None
+    if session.image is not None:
+        heat = render.value_overlay(session.image, b.to_grid())
+        pairs_img = render.pairs_overlay(session.image, b.trace, b.layer, b.players, pairs)
+    elif b.trace.meta.get("tokens"):
+        tokens = render.token_values(b.trace.meta["tokens"], b.to_tokens())
+    how = "exact (all 2ⁿ coalitions)" if b.exact else f"MSR, {b.samples} sampled coalitions, seed {b.seed}"
+    summary = (
+        f"**{b.num_players} players**: the groups after layer {b.layer + 1} (CLS excluded). **Target**: {b.target}. "
+        f"**Estimate**: {how}. Value with every group present: {b.full_value:.4f}; with none: {b.empty_value:.4f}; "
+        f"sum of values: {b.values.sum():.4f}; median s.e.: {float(sorted(b.stderr)[len(b.stderr) // 2]):.4f}."
+    )
+    return (
+        heat, tokens, render.values_figure(b.values, b.stderr, names, f"Banzhaf value per group (layer {b.layer + 1})"),
+        render.interaction_figure(b.interactions, names, stderr=b.interactions_stderr), pairs_img,
+        render.pairs_rows(pairs, names, stderr=b.interactions_stderr), summary,
+    )
+
+
+def score_banzhaf(model: str, image: Any, text: str | None, ratio: float = 0.9, layer: float = 11,
+                  samples: float = 512, exact: bool = False, seed: float = 0, top_k: float = 8,
+                  progress: gr.Progress = gr.Progress()):
+    """Estimate Banzhaf values (with a progress bar). API: ``/score_banzhaf``."""
+    with user_errors("estimate Banzhaf values"):
+        session = compute_banzhaf(model, image, text, ratio, layer, int(samples), exact, int(seed), _progress_callback(progress))
+        return (session, *banzhaf_views(session, int(top_k)))
+
+
+def rerender_banzhaf(top_k: float, session: ScoreSession | None):
+    if session is None or not isinstance(session.result, BanzhafResult):
+        return (None,) * 7
+    return banzhaf_views(session, int(top_k))
+
+
+# --- CLIP image + text ---------------------------------------------------------------------
+def hub_message(model: str, err: Exception) -> str:
+    return (
+        f"**Cannot load `{model}`**: {err}\n\n"
+        "The Hugging Face hub cannot be reached from this machine (or the id is wrong), so the Image + Text "
+        "section cannot run here. It runs on Hugging Face Spaces or anywhere with hub access."
+    )
+
+
+def compute_hbi(model: str, image: Any, text: str, ratio: float, layer: float, samples: int, exact: bool,
+                seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
+    """Image groups × words of a CLIP model (no gradio). Raises ``tomviz.ModelLoadError`` when the
+    weights cannot be loaded (no hub access), ``ValueError`` for bad input."""
+    loaded = tomviz.load((model or CLIP_MODEL).strip())
+    if not loaded.clip_text:
+        raise ValueError(f"{loaded.name} is not a CLIP model with image and text towers")
+    if image is None:
+        raise ValueError("upload an image (or pick an example)")
+    res = tomviz.inspect(loaded, image, ratio=float(ratio), keep_hidden=True)
+    result = hbi(res, text, _layer(loaded, layer), samples=int(samples), exact=bool(exact), seed=int(seed), progress=progress)
+    return ScoreSession(result=result, image=display_image(res.inputs.image))
+
+
+def hbi_views(session: ScoreSession, top_k: int = 8):
+    """(region–word lines, group × word heatmap, word values, group-value heatmap, pairs table, summary)."""
+    h = session.result
+    names = render.group_labels(h.trace, h.layer, h.groups)
+    pairs = h.top_pairs(int(top_k))
+    lines = render.hbi_lines(session.image, h.trace, h.layer, h.groups, h.words, pairs)
+    matrix = render.interaction_figure(h.cross, names, h.words, stderr=h.cross_stderr, title="Image group × word interaction")
+    words = render.token_values(h.words, h.word_values)
+    heat = render.value_overlay(session.image, h.group_grid())
+    rows = render.pairs_rows(pairs, names, h.words, stderr=h.cross_stderr)
+    summary = (f"**{h.num_groups} image groups** (after layer {h.layer + 1}) and **{len(h.words)} words** in one game. "
+               f"**Target**: {h.target}; all present {h.full_value:.4f}, none {h.empty_value:.4f}; {h.samples} coalitions.")
+    return lines, matrix, words, heat, rows, summary
+
+
+def score_hbi(model: str, image: Any, text: str, ratio: float = 0.5, layer: float = 11, samples: float = 512,
+              seed: float = 0, top_k: float = 8, progress: gr.Progress = gr.Progress()):
+    """CLIP image × text interaction. API: ``/score_hbi``. Says plainly when the hub cannot be reached."""
+    model = (model or CLIP_MODEL).strip()
+    try:
+        with user_errors("score image × text"):
+            session = compute_hbi(model, image, text, ratio, layer, int(samples), False, int(seed), _progress_callback(progress))
+    except gr.Error as err:
+        cause = err.__cause__
+        if isinstance(cause, tomviz.ModelLoadError):
+            return (None, None, None, None, None, None, hub_message(model, cause))
+        raise
+    return (session, *hbi_views(session, int(top_k)))
+
+
+# --- layout and wiring ---------------------------------------------------------------------
+def build_scores_tab() -> None:
+    """Lay out the Scores tab inside the current ``gr.Tab`` and wire its events."""
+    session = gr.State(None)
+    gr.Markdown(
+        "**Banzhaf values of merged tokens.** The players are the groups after the chosen layer (CLS excluded). "
+        "A coalition runs the remaining layers with only its groups present, sizes kept; the value is the predicted "
+        "class's logit (classifiers) or the cosine similarity to the unmerged embedding. Red helps, blue hurts."
+    )
+    with gr.Row():
+        with gr.Column(scale=4):
+            model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value="dinov2-small", label="Model", allow_custom_value=True)
+            image = gr.Image(type="filepath", label="Image (image models)", sources=["upload", "clipboard"], height=240)
+            gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos")
+            text = gr.Textbox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
+            ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
+            layer = gr.Slider(1, 11, value=11, step=1, label="Groups after layer",
+                              info="Layers after it run for every coalition (at most the second-to-last layer)")
+            samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
+            with gr.Row():
+                exact = gr.Checkbox(False, label="Exact (≤ 12 groups)")
+                seed = gr.Number(0, label="Seed", precision=0)
+            top_k = gr.Slider(1, 30, value=8, step=1, label="Top pairs")
+            run_btn = gr.Button("Estimate", variant="primary")
+        with gr.Column(scale=7):
+            summary = gr.Markdown(elem_id="banzhaf-summary")
+            with gr.Row():
+                heat = gr.Image(label="Banzhaf value over the image", format="png", interactive=False, height=300)
+                pairs_img = gr.Image(label="Strongest interacting pairs", format="png", interactive=False, height=300)
+            tokens = gr.HighlightedText(label="Banzhaf value over the prompt's tokens", show_legend=False)
+            values = gr.Plot(label="Values")
+            matrix = gr.Plot(label="Interaction matrix (hover)")
+            pairs = gr.Dataframe(headers=PAIR_HEADERS, label="Top pairs", interactive=False)
+
+    gr.Markdown("## Image + Text (CLIP)\n" + HUB_NOTE)
+    hbi_session = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=4):
+            clip_model = gr.Textbox(CLIP_MODEL, label="CLIP model (Hugging Face id)")
+            clip_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=240)
+            gr.Examples(EXAMPLE_IMAGES, inputs=clip_image, label="Example photos")
+            prompt = gr.Textbox("a cat sleeping on a sofa", label="Prompt")
+            clip_ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
+            clip_layer = gr.Slider(1, 11, value=11, step=1, label="Image groups after layer")
+            clip_samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
+            clip_seed = gr.Number(0, label="Seed", precision=0)
+            clip_top = gr.Slider(1, 30, value=8, step=1, label="Top pairs")
+            hbi_btn = gr.Button("Score image × text", variant="primary")
+        with gr.Column(scale=7):
+            hbi_summary = gr.Markdown(elem_id="hbi-summary")
+            lines = gr.Image(label="Strongest region–word pairs (red +, blue −)", format="png", interactive=False)
+            with gr.Row():
+                group_heat = gr.Image(label="Image groups' values", format="png", interactive=False, height=280)
+                word_values = gr.HighlightedText(label="Words' values", show_legend=False)
+            cross = gr.Plot(label="Group × word interaction (hover)")
+            hbi_pairs = gr.Dataframe(headers=HBI_HEADERS, label="Top region–word pairs", interactive=False)
+
+    banzhaf_out = [heat, tokens, values, matrix, pairs_img, pairs, summary]
+    run_btn.click(
+        score_banzhaf, inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
+        outputs=[session, *banzhaf_out], api_name="score_banzhaf", concurrency_id="model", concurrency_limit=1,
+    )
+    top_k.release(rerender_banzhaf, inputs=[top_k, session], outputs=banzhaf_out, show_progress="hidden")
+    hbi_btn.click(
+        score_hbi, inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
+        outputs=[hbi_session, lines, cross, word_values, group_heat, hbi_pairs, hbi_summary], api_name="score_hbi",
+        concurrency_id="model", concurrency_limit=1,
+    )

@@ -1,0 +1,123 @@
+"""Sweep: fidelity and measured speed of every method × ratio on one input.
+
+For each (method, ratio) one traced forward gives the final token count and the
+output, compared with the unmerged forward:
+
+* ``cosine``: cosine similarity of the final embedding to the unmerged one — the
+  ``pooler_output`` when the model has one (DINOv2's normalised CLS), otherwise the
+  CLS token of ``last_hidden_state`` (text encoders; BERT's pooler is an unrelated
+  NSP head), or the logits for classifiers;
+* ``top1_agree``: for classifiers, whether the top-1 class is unchanged (else None);
+* ``latency_s``: median of ``runs`` untraced forwards (``torch.inference_mode``) after
+  ``warmup`` untimed ones; ``baseline_latency_s`` is the unmerged model, measured in
+  the same sweep; ``speedup`` = baseline / latency.
+
+A ratio a method cannot reach gives a row with ``error`` set and no figures.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tomviz.api import run
+from tomviz.merge import get_method
+from tomviz.merge.engine import MergeConfig
+from tomviz.merge.schedule import ScheduleError
+from tomviz.models.loading import LoadedModel, PreparedInput, load
+from tomviz.speed import measure_latency
+
+COLUMNS = (
+    "input", "method", "ratio", "tokens_in", "tokens_out", "cosine", "top1_agree",
+    "latency_s", "baseline_latency_s", "speedup", "error",
+)
+
+
+def final_embedding(outputs: Any, text: bool) -> torch.Tensor:
+    """``[B, C]``: the vector fidelity is measured on (see the module docstring)."""
+    logits = getattr(outputs, "logits", None)
+    if logits is not None:
+        return logits
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is not None and not text:
+        return pooled
+    return outputs.last_hidden_state[:, 0]
+
+
+def _trace_of(run_result: tuple[Any, Any]):
+    """``run`` returns (outputs, state) — or (outputs, trace) in older cores."""
+    second = run_result[1]
+    return second.trace() if callable(getattr(second, "trace", None)) else second
+
+
+def sweep(
+    model: str | LoadedModel,
+    x: Any,
+    methods: Sequence[str],
+    ratios: Sequence[float],
+    runs: int = 3,
+    warmup: int = 1,
+    mode: str = "constant",
+    method_options: dict[str, dict[str, Any]] | None = None,
+    input_name: str = "",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Rows (one per method × ratio, see ``COLUMNS``) for input ``x`` on ``model``.
+
+    method_options: per method name, its options (e.g. ``{"dtome": {"threshold": 0.9}}``).
+    """
+    loaded = load(model) if not isinstance(model, LoadedModel) else model
+    inputs: PreparedInput = loaded.prepare(x)
+    text = loaded.modality == "text"
+    extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
+
+    def config(method: str, ratio: float) -> MergeConfig:
+        options = (method_options or {}).get(method, {})
+        return MergeConfig(method=get_method(method, **options), ratio=ratio, mode=mode, trace=True, extra=dict(extra))
+
+    base_config = config("tome", 0.0)
+    base_outputs = run(loaded, inputs, base_config)[0]
+    base_embedding = final_embedding(base_outputs, text)
+    base_latency = measure_latency(loaded, inputs, base_config, runs=runs, warmup=warmup)
+    tokens_in = _trace_of(run(loaded, inputs, base_config)).num_input_tokens
+
+    jobs = [(m, float(r)) for m in methods for r in ratios]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc=f"sweep {input_name or 'input'}", unit="run")
+    rows = []
+    for method, ratio in jobs:
+        row: dict[str, Any] = dict.fromkeys(COLUMNS)
+        row.update(input=input_name, method=method, ratio=ratio, tokens_in=tokens_in, baseline_latency_s=base_latency)
+        try:
+            merged = config(method, ratio)
+            result = run(loaded, inputs, merged)
+        except (ScheduleError, ValueError) as err:
+            row["error"] = str(err)
+            rows.append(row)
+            continue
+        embedding = final_embedding(result[0], text)
+        row["tokens_out"] = _trace_of(result).token_counts()[-1]
+        row["cosine"] = float(F.cosine_similarity(embedding.float(), base_embedding.float(), dim=-1)[0])
+        if getattr(result[0], "logits", None) is not None:
+            row["top1_agree"] = bool(embedding.argmax(-1)[0] == base_embedding.argmax(-1)[0])
+        row["latency_s"] = measure_latency(loaded, inputs, replace(merged, extra=dict(extra)), runs=runs, warmup=warmup)
+        row["speedup"] = base_latency / row["latency_s"]
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows with the ``COLUMNS`` header."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+    return path

@@ -150,3 +150,21 @@ def test_split_words(clip_tokenizer):
     assert words.words == ["a", "cat"] and words.positions == [[1], [2, 3, 4]]
     with pytest.raises(ValueError, match="empty"):
         split_words(clip_tokenizer, "  ")
+
+
+def test_compacted_coalitions_equal_full_masking(dinov2):
+    """Dropping absent tokens from each forward gives the same values as masking them in place."""
+    import dataclasses
+
+    from tomviz.api import run
+    from tomviz.merge.engine import Resume
+
+    res = tomviz.inspect(dinov2, _image(), r=[3, 3, 0, 0], keep_hidden=True)
+    game = model_game(res, 1)
+    masks = np.random.default_rng(4).random((150, len(game.players))) < 0.5  # > SUB_BATCH: several forwards
+    hidden, sizes = res.state.hidden[1]
+    present = torch.ones(150, hidden.shape[1], dtype=torch.bool)
+    present[:, torch.as_tensor(game.players)] = torch.as_tensor(masks)
+    config = dataclasses.replace(res.config, trace=False, keep_hidden=False, resume=Resume(1, hidden, sizes, present))
+    outputs, state = run(res.model, res.inputs, config)
+    np.testing.assert_allclose(game(masks), game.read(outputs, state).double().numpy(), atol=1e-5)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from tomviz.trace import Trace
 if TYPE_CHECKING:
     from tomviz.api import InspectResult
 
-TOKENS_PER_CHUNK = 32768  # coalitions per forward ≈ this / tokens at the layer (bounds memory)
+TOKENS_PER_CHUNK = 32768  # coalitions per value-function call ≈ this / tokens at the layer (bounds memory)
+SUB_BATCH = 64  # coalitions per forward, sorted by size (each forward pads only to its largest coalition)
 
 
 @dataclass
@@ -122,16 +123,48 @@ class ModelGame:
     forward: Callable[[MergeConfig], tuple[Any, MergeState]]
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
-        outputs, state = self.forward(resume_config(self.result, self.layer, self.players, masks))
-        return self.read(outputs, state).double().cpu().numpy()
+        out = np.empty(masks.shape[0], dtype=np.float64)
+        for rows, config in resume_batches(self.result, self.layer, self.players, masks):
+            outputs, state = self.forward(config)
+            out[rows] = self.read(outputs, state).double().cpu().numpy()
+        return out
+
+
+def resume_batches(
+    result: "InspectResult", layer: int, players: np.ndarray, masks: np.ndarray
+) -> Iterator[tuple[np.ndarray, MergeConfig]]:
+    """Forwards for the coalitions ``masks`` ``[M, n]``: (rows of ``masks``, config) per sub-batch.
+
+    Coalitions are sorted by size and cut into sub-batches of ``SUB_BATCH``, so that each
+    forward carries only about as many tokens as its largest coalition (see :func:`resume_config`).
+    """
+    order = np.argsort(masks.sum(1), kind="stable")
+    for start in range(0, order.shape[0], SUB_BATCH):
+        rows = order[start : start + SUB_BATCH]
+        yield rows, resume_config(result, layer, players, masks[rows])
 
 
 def resume_config(result: "InspectResult", layer: int, players: np.ndarray, masks: np.ndarray) -> MergeConfig:
-    """The config that runs the blocks after ``layer`` for the coalitions ``masks`` ``[M, n]`` of ``players``."""
+    """The config that runs the blocks after ``layer`` for the coalitions ``masks`` ``[M, n]`` of ``players``.
+
+    Each coalition keeps only its present tokens (protected ones included, original order,
+    so CLS stays first), padded with masked-out tokens to the largest coalition: ``hidden``
+    ``[M, k, C]``, ``sizes`` ``[M, k, 1]``, ``present`` ``[M, k]``. Absent tokens are masked
+    out of attention either way, so dropping them changes no value, only the cost.
+    """
     hidden, sizes = result.state.hidden[layer]  # [1, N_l, C], [1, N_l, 1] | None
-    present = torch.ones(masks.shape[0], hidden.shape[1], dtype=torch.bool, device=hidden.device)  # [M, N_l]
-    present[:, torch.as_tensor(players, device=hidden.device)] = torch.as_tensor(masks, device=hidden.device)
-    return dataclasses.replace(result.config, trace=False, keep_hidden=False, resume=Resume(layer, hidden, sizes, present))
+    device = hidden.device
+    present = torch.ones(masks.shape[0], hidden.shape[1], dtype=torch.bool, device=device)  # [M, N_l]
+    present[:, torch.as_tensor(players, device=device)] = torch.as_tensor(masks, device=device)
+    keep = int(present.sum(1).max())
+    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :keep]  # [M, k] present first
+    resume = Resume(
+        layer,
+        hidden[0][order],  # [M, k, C]
+        None if sizes is None else sizes[0][order],  # [M, k, 1]
+        present.gather(1, order),  # [M, k]
+    )
+    return dataclasses.replace(result.config, trace=False, keep_hidden=False, resume=resume)
 
 
 def chunk_size(result: "InspectResult", layer: int) -> int:

@@ -23,7 +23,7 @@ from tomviz.scores.banzhaf import (
     patch_grid_values,
     players_at,
     pooled,
-    resume_config,
+    resume_batches,
     top_pairs,
 )
 from tomviz.scores.estimate import Progress, banzhaf_game
@@ -166,7 +166,9 @@ def hbi(
 
     def value(masks: np.ndarray) -> np.ndarray:
         batch = masks.shape[0]
-        image, _ = image_forward(resume_config(result, layer, groups, masks[:, :n_img]))  # [M, D]
+        image = torch.empty(batch, loaded.model.config.projection_dim, device=device)  # [M, D]
+        for rows, config in resume_batches(result, layer, groups, masks[:, :n_img]):
+            image[torch.as_tensor(rows, device=device)] = image_forward(config)[0].float()
         attn = base_mask.expand(batch, -1).clone()  # [M, T]
         for w, pos in enumerate(words.positions):
             attn[:, pos] = torch.as_tensor(masks[:, n_img + w], device=device, dtype=attn.dtype)[:, None]

@@ -15,6 +15,7 @@ import torch
 import transformers as tf
 
 import tomviz
+from tomviz.merge.plan import MergePlan
 from tomviz.merge.tome import bipartite_plan
 
 
@@ -120,3 +121,20 @@ def test_padding_never_merges_with_real_tokens():
     real_groups = set(plan.dst[0, :6].tolist())
     pad_groups = set(plan.dst[0, 6:].tolist())
     assert not real_groups & pad_groups
+
+
+@pytest.mark.parametrize("num_protected", [1, 2, 5])
+def test_fast_and_general_paths_agree(num_protected):
+    torch.manual_seed(3)
+    metric, x = torch.randn(3, 31, 8), torch.randn(3, 31, 6)
+    sizes = torch.randint(1, 4, (3, 31, 1)).float()
+    is_a = torch.arange(31) % 2 == 0
+    fast = bipartite_plan(metric, 9, num_protected)
+    general = bipartite_plan(metric, 9, num_protected, is_a=is_a)
+    assert torch.equal(fast.dst, general.dst) and torch.equal(fast.keep, general.keep)
+    assert torch.equal(fast.edges.src, general.edges.src) and torch.equal(fast.edges.dst, general.edges.dst)
+    fx, fs = fast.merge(x, sizes)
+    slow = MergePlan(dst=fast.dst, num_out=fast.num_out)  # the generic index_add path
+    gx, gs = slow.merge(x, sizes)
+    assert torch.allclose(fx, gx, atol=1e-6) and torch.equal(fs, gs)
+    assert fast.dst[:, :num_protected].tolist() == [list(range(num_protected))] * 3

@@ -36,6 +36,10 @@ class MergePlan:
     dst: torch.Tensor  # [B, N_in] long
     num_out: int
     edges: MergeEdges | None = None
+    # Optional fast path: the input token that represents each output slot, ``[B, num_out]``.
+    # When given, every other token with ``dst >= 0`` must be an ``edges.src`` (folded into
+    # its slot); merging is then a gather plus a scatter of the r folded tokens only.
+    keep: torch.Tensor | None = None
 
     @property
     def num_in(self) -> int:
@@ -65,6 +69,8 @@ class MergePlan:
         Returns ``(x_out [B, num_out, C], sizes_out [B, num_out, 1])``.
         """
         batch, _, channels = x.shape
+        if self.keep is not None and self.edges is not None:
+            return self._merge_fast(x, sizes)
         if sizes is None:
             sizes = x.new_ones(batch, self.num_in, 1)
         index = self._flat_index()
@@ -75,6 +81,33 @@ class MergePlan:
         x_sum = x_sum.view(batch, width, channels)[:, : self.num_out]
         s_sum = s_sum.view(batch, width, 1)[:, : self.num_out]
         return x_sum / s_sum, s_sum
+
+    def _merge_fast(self, x: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Select the representatives, then fold the r other tokens into their slots:
+        ``[B, N_in, C] → [B, num_out, C]``.
+
+        Only the folded rows are weighted: ``x_slot += Σ s_src (x_src - x_slot) / S_slot``,
+        which equals the size-weighted mean. Works on flattened rows (``index_select`` /
+        ``index_add_``), several times faster on CPU than ``gather`` with expanded indices.
+        """
+        batch, num_in, channels = x.shape
+        src = self.edges.src  # [B, r]
+        slot = self.dst.gather(1, src)  # [B, r] output slot of each folded token
+        in_offset = torch.arange(batch, device=x.device).unsqueeze(1) * num_in  # [B, 1]
+        out_offset = torch.arange(batch, device=x.device).unsqueeze(1) * self.num_out
+        keep_rows = (self.keep + in_offset).reshape(-1)  # [B*num_out]
+        src_rows = (src + in_offset).reshape(-1)  # [B*r]
+        slot_rows = (slot + out_offset).reshape(-1)  # [B*r]
+        flat_x = x.reshape(-1, channels)  # [B*N_in, C]
+        if sizes is None:
+            sizes = x.new_ones(batch, num_in, 1)
+        flat_sizes = sizes.reshape(-1, 1)
+        src_sizes = flat_sizes.index_select(0, src_rows)  # [B*r, 1]
+        new_sizes = flat_sizes.index_select(0, keep_rows).index_add_(0, slot_rows, src_sizes)  # [B*num_out, 1]
+        out = flat_x.index_select(0, keep_rows)  # [B*num_out, C]
+        delta = (flat_x.index_select(0, src_rows) - out.index_select(0, slot_rows)) * (src_sizes / new_sizes.index_select(0, slot_rows))
+        out.index_add_(0, slot_rows, delta)
+        return out.view(batch, self.num_out, channels), new_sizes.view(batch, self.num_out, 1)
 
     def reduce_any(self, flags: torch.Tensor) -> torch.Tensor:
         """Logical OR of a per-token flag over each group. flags: ``[B, N_in]`` bool → ``[B, num_out]`` bool."""

@@ -34,59 +34,105 @@ def bipartite_plan(
     """
     batch, num_tokens, _ = metric.shape
     r = min(r, max_removable(num_tokens, num_protected))
-    device = metric.device
     if r <= 0:
-        return MergePlan.identity(batch, num_tokens, device)
+        return MergePlan.identity(batch, num_tokens, metric.device)
+    with torch.no_grad():
+        if is_a is None:
+            return _alternating_plan(metric, r, num_protected, valid)
+        return _general_plan(metric, r, num_protected, valid, is_a)
 
+
+def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every A token to every B token: ``[B, Na, C] x [B, Nb, C] → [B, Na, Nb]``."""
+    a = a / a.norm(dim=-1, keepdim=True)
+    b = b / b.norm(dim=-1, keepdim=True)
+    return a @ b.transpose(1, 2)
+
+
+def _mask_padding(scores: torch.Tensor, valid_a: torch.Tensor, valid_b: torch.Tensor) -> torch.Tensor:
+    """Padding never merges with real tokens; padding with padding is preferred, so real
+    tokens are not forced into padding when r is large. valid_*: ``[B, Na]``, ``[B, Nb]``."""
+    same = valid_a.unsqueeze(2) == valid_b.unsqueeze(1)
+    scores = torch.where(same, scores, -torch.inf)
+    pad_pair = (~valid_a).unsqueeze(2) & (~valid_b).unsqueeze(1)
+    return torch.where(pad_pair, torch.finfo(scores.dtype).max, scores)
+
+
+def _alternating_plan(metric: torch.Tensor, r: int, num_protected: int, valid: torch.Tensor | None) -> MergePlan:
+    """The reference split (A = even positions, B = odd), written with slices for speed."""
+    batch, num_tokens, _ = metric.shape
+    device = metric.device
+    protected_a, protected_b = (num_protected + 1) // 2, num_protected // 2  # A[:pa], B[:pb] are protected
+    scores = _scores(metric[:, ::2], metric[:, 1::2])  # [B, Na, Nb]
+    num_a, num_b = scores.shape[1:]
+    scores[:, :protected_a] = -torch.inf
+    scores[:, :, :protected_b] = -torch.inf
+    if valid is not None:
+        scores = _mask_padding(scores, valid[:, ::2], valid[:, 1::2])
+
+    best_score, best_b = scores.max(dim=-1)  # [B, Na]
+    order = best_score.argsort(dim=-1, descending=True)  # [B, Na]
+    src_a = order[:, :r]  # [B, r] A indices that merge away
+    kept_a = order[:, r:].sort(dim=-1).values[:, protected_a:]  # [B, Na - r - pa], ascending
+    num_kept_a = kept_a.shape[1]
+    # Output order: protected tokens (positions 0..P-1), kept A ascending, then unprotected B.
+    keep = torch.cat(
+        [
+            torch.arange(num_protected, device=device).expand(batch, -1),
+            2 * kept_a,
+            (2 * torch.arange(protected_b, num_b, device=device) + 1).expand(batch, -1),
+        ],
+        dim=1,
+    )  # [B, N - r]
+    num_out = num_tokens - r
+    dst = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
+    dst.scatter_(1, keep, torch.arange(num_out, device=device).expand(batch, -1))
+    target_b = best_b.gather(1, src_a)  # [B, r]
+    src = 2 * src_a
+    dst.scatter_(1, src, num_protected + num_kept_a + target_b - protected_b)
+    edges = MergeEdges(src=src, dst=2 * target_b + 1, score=best_score.gather(1, src_a))
+    return MergePlan(dst=dst, num_out=num_out, edges=edges, keep=keep)
+
+
+def _general_plan(
+    metric: torch.Tensor, r: int, num_protected: int, valid: torch.Tensor | None, is_a: torch.Tensor
+) -> MergePlan:
+    """Any A/B split given by ``is_a`` ``[N]`` bool."""
+    batch, num_tokens, _ = metric.shape
+    device = metric.device
     positions = torch.arange(num_tokens, device=device)
-    if is_a is None:
-        is_a = positions % 2 == 0
     a_pos = positions[is_a]  # [Na]
     b_pos = positions[~is_a]  # [Nb]
+    scores = _scores(metric[:, a_pos], metric[:, b_pos])  # [B, Na, Nb]
+    scores[:, a_pos < num_protected, :] = -torch.inf
+    scores[:, :, b_pos < num_protected] = -torch.inf
+    if valid is not None:
+        scores = _mask_padding(scores, valid[:, a_pos], valid[:, b_pos])
 
-    with torch.no_grad():
-        metric = metric / metric.norm(dim=-1, keepdim=True)
-        scores = metric[:, a_pos] @ metric[:, b_pos].transpose(1, 2)  # [B, Na, Nb]
-        if num_protected > 0:
-            scores[:, a_pos < num_protected, :] = -torch.inf
-            scores[:, :, b_pos < num_protected] = -torch.inf
-        if valid is not None:
-            # padding never merges with real tokens; padding with padding is preferred,
-            # so real tokens are not forced into padding when r is large.
-            va, vb = valid[:, a_pos], valid[:, b_pos]  # [B, Na], [B, Nb]
-            same = va.unsqueeze(2) == vb.unsqueeze(1)
-            scores = torch.where(same, scores, -torch.inf)
-            pad_pair = (~va).unsqueeze(2) & (~vb).unsqueeze(1)
-            scores = torch.where(pad_pair, torch.finfo(scores.dtype).max, scores)
+    best_score, best_b = scores.max(dim=-1)  # [B, Na]
+    order = best_score.argsort(dim=-1, descending=True)  # [B, Na]
+    src_a = order[:, :r]  # [B, r]
+    merged = torch.zeros_like(best_score, dtype=torch.bool).scatter_(1, src_a, True)  # [B, Na]
+    num_a, num_b = a_pos.numel(), b_pos.numel()
+    a_protected = (a_pos < num_protected).expand(batch, num_a)
+    b_protected = (b_pos < num_protected).expand(batch, num_b)
+    # Output order: protected (they are the first tokens), kept unprotected A, unprotected B.
+    rank_a = (~merged & ~a_protected).long().cumsum(1) - 1  # [B, Na]
+    num_kept_a = num_a - r - int(a_protected[0].sum())
+    out_b = num_protected + num_kept_a + (~b_protected).long().cumsum(1) - 1  # [B, Nb]
+    out_b = torch.where(b_protected, b_pos.expand(batch, num_b), out_b)
+    out_a = torch.where(a_protected, a_pos.expand(batch, num_a), num_protected + rank_a)
+    out_a = torch.where(merged, out_b.gather(1, best_b), out_a)
 
-        best_score, best_b = scores.max(dim=-1)  # [B, Na]
-        order = best_score.argsort(dim=-1, descending=True)  # [B, Na]
-        src_a = order[:, :r]  # [B, r] A indices that merge away
-        merged = torch.zeros_like(best_score, dtype=torch.bool).scatter_(1, src_a, True)  # [B, Na]
-
-        num_a, num_b = a_pos.numel(), b_pos.numel()
-        a_protected = (a_pos < num_protected).expand(batch, num_a)
-        b_protected = (b_pos < num_protected).expand(batch, num_b)
-        # Output order: protected (they are the first tokens), kept unprotected A, unprotected B.
-        kept_a = ~merged & ~a_protected
-        rank_a = kept_a.long().cumsum(1) - 1  # [B, Na]
-        n_kept_a = num_a - r - int(a_protected[0].sum())
-        rank_b = (~b_protected).long().cumsum(1) - 1  # [B, Nb]
-        out_b = num_protected + n_kept_a + rank_b  # [B, Nb]
-        out_b = torch.where(b_protected, b_pos.expand(batch, num_b), out_b)
-        out_a = num_protected + rank_a
-        out_a = torch.where(a_protected, a_pos.expand(batch, num_a), out_a)
-        out_a = torch.where(merged, out_b.gather(1, best_b), out_a)
-
-        dst = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
-        dst[:, a_pos] = out_a
-        dst[:, b_pos] = out_b
-        edges = MergeEdges(
-            src=a_pos[src_a],
-            dst=b_pos[best_b.gather(1, src_a)],
-            score=best_score.gather(1, src_a),
-        )
-    return MergePlan(dst=dst, num_out=num_tokens - r, edges=edges)
+    dst = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
+    dst[:, a_pos] = out_a
+    dst[:, b_pos] = out_b
+    src = a_pos[src_a]  # [B, r]
+    representative = torch.ones(batch, num_tokens, dtype=torch.bool, device=device).scatter_(1, src, False)
+    keep = torch.empty(batch, num_tokens - r, dtype=torch.long, device=device)
+    keep.scatter_(1, dst[representative].view(batch, -1), positions.expand(batch, -1)[representative].view(batch, -1))
+    edges = MergeEdges(src=src, dst=b_pos[best_b.gather(1, src_a)], score=best_score.gather(1, src_a))
+    return MergePlan(dst=dst, num_out=num_tokens - r, edges=edges, keep=keep)
 
 
 class ToMe(MergeMethod):

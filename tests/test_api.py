@@ -1,0 +1,87 @@
+"""The public API on the embedded default models (no network)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tomviz
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return Image.open(ASSETS / "chelsea.png")
+
+
+def _assert_valid(trace, protected=1):
+    n0 = trace.num_input_tokens
+    for layer in range(trace.num_layers):
+        groups, sizes = trace.groups(layer), trace.sizes(layer)
+        kept = groups >= 0
+        assert np.bincount(groups[kept], minlength=len(sizes)).tolist() == sizes.astype(int).tolist()
+        assert groups[:protected].tolist() == list(range(protected))
+    assert trace.token_counts()[-1] < n0
+
+
+def test_dinov2_small_default(photo):
+    model = tomviz.load("dinov2-small")
+    assert model is tomviz.load("dinov2-small")  # cached
+    plain = tomviz.inspect(model, photo, r=0)
+    with torch.no_grad():
+        reference = model.model(**plain.inputs.tensors).last_hidden_state
+    assert torch.allclose(plain.outputs.last_hidden_state, reference, atol=1e-5)
+    res = tomviz.inspect(model, photo, ratio=0.5)
+    trace = res.trace
+    assert trace.meta["patch_grid"] == [16, 16] and trace.num_input_tokens == 257
+    assert trace.token_counts()[-1] == 257 - 128
+    _assert_valid(trace)
+    cos = torch.nn.functional.cosine_similarity(res.outputs.pooler_output, plain.outputs.pooler_output).item()
+    assert 0.5 < cos <= 1.0 + 1e-6  # merging half the tokens keeps the embedding close
+
+
+def test_minilm_default():
+    res = tomviz.inspect("minilm", "Token merging makes transformers faster by merging similar tokens.", ratio=0.4)
+    trace = res.trace
+    assert trace.meta["tokens"][0] == "[CLS]" and len(trace.meta["tokens"]) == trace.num_input_tokens
+    _assert_valid(trace)
+
+
+def test_long_prompt_is_truncated_and_says_so():
+    model = tomviz.load("minilm")
+    res = tomviz.inspect(model, "word " * 2000, r=0)
+    assert res.inputs.meta["truncated"] and res.trace.num_input_tokens == model.max_length
+
+
+def test_bad_input_messages():
+    with pytest.raises(ValueError, match="empty"):
+        tomviz.inspect("minilm", "   ")
+    with pytest.raises(ValueError, match="text model"):
+        tomviz.inspect("minilm", Image.new("RGB", (32, 32)))
+    with pytest.raises(tomviz.ModelLoadError, match="no/such-model"):
+        tomviz.load("no/such-model")
+    with pytest.raises(tomviz.ModelLoadError):
+        tomviz.load("")
+
+
+def test_unsupported_local_folder_is_named(tmp_path):
+    import transformers as tf
+
+    tf.GPT2Config(n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(tomviz.ModelLoadError, match="gpt2"):
+        tomviz.load(str(tmp_path))
+
+
+def test_local_folder_of_supported_model_loads(tmp_path, photo):
+    import transformers as tf
+
+    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+    tf.ViTForImageClassification(config).save_pretrained(tmp_path)
+    model = tomviz.load(str(tmp_path))
+    assert model.labels is not None and model.adapter.family == "vit"
+    res = tomviz.inspect(model, photo, r=3)
+    assert res.outputs.logits.shape == (1, 2) and res.trace.token_counts() == [17, 14, 11]

@@ -190,7 +190,11 @@ def _wrap(name: str, model: nn.Module, image_spec: ImageSpec | None = None, toke
 
 
 def _load_uncached(name: str, device: torch.device) -> LoadedModel:
+    from transformers.utils import logging as tf_logging
+
     from tomviz.models import weights
+
+    tf_logging.disable_progress_bar()  # "Loading weights" bars would fill the app's log on every load
 
     if name == "dinov2-small":
         return _wrap(name, weights.load_dinov2_small().to(device).eval(), image_spec=DINOV2_SPEC)

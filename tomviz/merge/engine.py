@@ -119,6 +119,30 @@ class MergeState:
         self.valid = resume.present
         return resume.hidden.expand(batch, -1, -1)
 
+    def begin(self, x: torch.Tensor, incoming: torch.Tensor | None) -> None:
+        """At the first block: resolve the schedule for the input length and read the padding."""
+        if self._started:
+            return
+        self._started = True
+        batch, num_tokens, _ = x.shape
+        c = self.config
+        self.schedule = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.mode)
+        self.meta["num_input_tokens"] = num_tokens
+        self.valid = _valid_from_mask(incoming, batch, num_tokens)
+        if self.config.trace:
+            self.source = torch.arange(num_tokens, device=x.device).expand(batch, num_tokens)
+
+    def passthrough(self, layer: int) -> bool:
+        """True when block ``layer`` can run its original forward: nothing merged yet,
+        nothing merges here, nothing to record."""
+        return (
+            self.sizes is None
+            and self.schedule[layer] == 0
+            and not self.config.trace
+            and not self.config.keep_hidden
+            and self.config.resume is None
+        )
+
     def block_done(self, hidden: torch.Tensor) -> None:
         """Called with each block's output ``[B, N_l, C]``."""
         if self.config.keep_hidden:
@@ -135,15 +159,7 @@ class MergeState:
         an additive ``[B, 1, 1, N]`` bias: ``log(size)`` (proportional attention) and
         ``-inf`` on padding.
         """
-        if not self._started:
-            self._started = True
-            batch, num_tokens, _ = x.shape
-            c = self.config
-            self.schedule = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.mode)
-            self.meta["num_input_tokens"] = num_tokens
-            self.valid = _valid_from_mask(incoming, batch, num_tokens)
-            if self.config.trace:
-                self.source = torch.arange(num_tokens, device=x.device).expand(batch, num_tokens)
+        self.begin(x, incoming)
         if self.sizes is None:
             self._bias = None if self.valid is None else _padding_bias(self.valid, x.dtype)
             return incoming
@@ -166,7 +182,7 @@ class MergeState:
         if tracing and self.config.full_attention and self.query is not None:
             full = self._full_attention(num_heads)
         if r == 0 and not tracing:
-            self._clear()
+            self.clear_captures()
             return x
         if r > 0:
             inputs = MergeInputs(
@@ -192,7 +208,7 @@ class MergeState:
                 self.source = plan.compose(self.source)
         if tracing:
             self._record(plan, num_in, x, cls_attn, cls_heads, full)
-        self._clear()
+        self.clear_captures()
         return x
 
     # -- helpers -------------------------------------------------------------------------
@@ -237,7 +253,7 @@ class MergeState:
             lt.attention = full[0].detach().float().cpu().numpy()
         self.layers.append(lt)
 
-    def _clear(self) -> None:
+    def clear_captures(self) -> None:
         self.keys = self.query_cls = self.query = None
 
     def trace(self) -> Trace:

@@ -115,6 +115,9 @@ def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_head
         skipped = state.skip_block(index, hidden_states)
         if skipped is not None:
             return skipped
+        state.begin(hidden_states, attention_mask)
+        if state.passthrough(index):
+            return original(hidden_states, attention_mask, *args, **kwargs)
         out = adapter.block_forward(self, state, index, num_heads, hidden_states, attention_mask, **kwargs)
         state.block_done(out)
         return out

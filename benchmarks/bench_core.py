@@ -1,0 +1,142 @@
+"""Core speed benchmark: ToMe merging on ViT-S/16 (random weights), side by side with the unpatched model.
+
+    python benchmarks/bench_core.py [--batches 1 16] [--rs 0 8 13 16] [--rounds 15] [--device cpu]
+
+Protocol (ToMe's): random input, eval, inference mode, warm-up runs untimed, then
+the median over rounds. Every round times every configuration once, in turn, so
+machine noise hits all of them alike; ratios are taken within the run.
+Reports: latency per configuration, speedup over the unpatched model, the FLOP
+ratio limit, and trace mode (recording groups, sizes, edges and CLS attention)
+against plain merging.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tomviz  # noqa: E402
+from tomviz.merge import get_method  # noqa: E402
+from tomviz.merge.engine import MergeConfig  # noqa: E402
+from tomviz.models import patching  # noqa: E402
+
+
+def block_flops(n_in: int, n_out: int, hidden: int, mlp: int) -> float:
+    """Multiply-adds ×2 of one block: attention (projections + scores + weighted sum) at n_in tokens, MLP at n_out."""
+    attention = 2 * (4 * n_in * hidden * hidden + 2 * n_in * n_in * hidden)
+    return attention + 2 * (2 * n_out * hidden * mlp)
+
+
+def flops_ratio(num_tokens: int, schedule: list[int], hidden: int, mlp: int) -> float:
+    """Unmerged FLOPs / merged FLOPs over the blocks (the speedup limit)."""
+    full = sum(block_flops(num_tokens, num_tokens, hidden, mlp) for _ in schedule)
+    merged, n = 0.0, num_tokens
+    for r in schedule:
+        merged += block_flops(n, n - r, hidden, mlp)
+        n -= r
+    return full / merged
+
+
+def vit_config(size: str) -> tf.ViTConfig:
+    if size == "S":
+        return tf.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224, patch_size=16)
+    return tf.ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224, patch_size=16)
+
+
+def timer(device: torch.device, cpu_time: bool = False):
+    read = time.process_time if cpu_time else time.perf_counter
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return read()
+
+    return clock
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rs", type=int, nargs="+", default=[0, 8, 13, 16])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--size", choices=["S", "B"], default="S")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--cpu-time", action="store_true",
+        help="time with process CPU time instead of wall time (steadier on a shared machine; use with --threads 1)",
+    )
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = tf.ViTModel(vit_config(args.size), add_pooling_layer=False).eval().to(device, dtype)
+    merged = copy.deepcopy(base)
+    tomviz.patch(merged, r=0)
+    clock = timer(device, args.cpu_time)
+    tome = get_method("tome")
+    clock_name = "process CPU time" if args.cpu_time else "wall time"
+    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} ViT-{args.size}/16 rounds={args.rounds} clock={clock_name}")
+    print("| batch | r | unpatched ms | merged ms | speedup | FLOP-ratio limit | speedup / limit | trace ms | trace / merged |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in args.batches:
+        x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+
+        def run_base():
+            base(pixel_values=x)
+
+        def make_merged(r):
+            config = MergeConfig(method=tome, r=r)
+
+            def fn():
+                patching.set_default_config(merged, config)
+                merged(pixel_values=x)
+
+            return fn
+
+        def make_traced(r):
+            config = MergeConfig(method=tome, r=r, trace=True)
+
+            def fn():
+                with patching.new_state(merged, config):
+                    merged(pixel_values=x)
+
+            return fn
+
+        runs = {"base": run_base}
+        for r in args.rs:
+            runs[("merged", r)] = make_merged(r)
+            runs[("trace", r)] = make_traced(r)
+        times = {k: [] for k in runs}
+        with torch.inference_mode():
+            for _ in range(args.warmup):
+                for fn in runs.values():
+                    fn()
+            for _ in range(args.rounds):
+                for key, fn in runs.items():
+                    start = clock()
+                    fn()
+                    times[key].append(clock() - start)
+        med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        for r in args.rs:
+            limit = flops_ratio(197, [r] * 12, hidden=base.config.hidden_size, mlp=base.config.intermediate_size)
+            speedup = med["base"] / med[("merged", r)]
+            print(
+                f"| {batch} | {r} | {med['base']:.1f} | {med[('merged', r)]:.1f} | {speedup:.2f}x | {limit:.2f}x | "
+                f"{speedup / limit:.2f} | {med[('trace', r)]:.1f} | {med[('trace', r)] / med[('merged', r)]:.3f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

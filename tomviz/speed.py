@@ -45,8 +45,8 @@ def model_widths(config: Any) -> tuple[int, int]:
     return hidden, int(mlp)
 
 
-def measure_latency(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3, warmup: int = 0) -> float:
-    """Median seconds of ``runs`` untraced forwards of ``loaded`` on ``inputs`` under ``config``."""
+def measure_latencies(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3, warmup: int = 0) -> list[float]:
+    """Seconds of each of ``runs`` untraced forwards of ``loaded`` on ``inputs`` under ``config``."""
     from tomviz.api import run
 
     config = replace(config, trace=False)
@@ -61,7 +61,12 @@ def measure_latency(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def measure_latency(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3, warmup: int = 0) -> float:
+    """Median seconds of ``runs`` untraced forwards (see :func:`measure_latencies`)."""
+    return statistics.median(measure_latencies(loaded, inputs, config, runs, warmup))
 
 
 @dataclass
@@ -72,7 +77,8 @@ class SpeedReport:
     unmerged_s: float
     merged_gflops: list[float] = field(default_factory=list)
     unmerged_gflops: list[float] = field(default_factory=list)
-    runs: int = 3
+    runs: int = 3  # timed merged forwards
+    baseline_runs: int = 3  # timed unmerged forwards
     device: str = "cpu"
 
     @property
@@ -93,7 +99,7 @@ class SpeedReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "device": self.device, "runs": self.runs, "merged_ms": self.merged_s * 1e3, "unmerged_ms": self.unmerged_s * 1e3,
+            "device": self.device, "runs": self.runs, "baseline_runs": self.baseline_runs, "merged_ms": self.merged_s * 1e3, "unmerged_ms": self.unmerged_s * 1e3,
             "speedup": self.speedup, "merged_gflops_total": self.merged_gflops_total,
             "unmerged_gflops_total": self.unmerged_gflops_total, "merged_gflops": self.merged_gflops,
             "unmerged_gflops": self.unmerged_gflops,

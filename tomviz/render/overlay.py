@@ -8,6 +8,7 @@ the displayed picture whatever its aspect ratio.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -91,6 +92,14 @@ def group_overlay(
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
 
 
+@functools.lru_cache(maxsize=8)
+def colour_table(colormap: str) -> np.ndarray:
+    """``[256, 3]`` float32 RGB (0..255) of a matplotlib colour map."""
+    from matplotlib import colormaps
+
+    return (colormaps[colormap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)
+
+
 def heatmap_overlay(
     image: Image.Image,
     values: np.ndarray,
@@ -101,18 +110,18 @@ def heatmap_overlay(
 ) -> Image.Image:
     """Per-patch values (``[rows*cols]``, nan = none) drawn as a colour map over the photo.
 
-    Values are scaled to [0, 1] by their min and max; nan patches show the photo only.
+    Values are scaled to [0, 1] between their minimum and 99th percentile (a few outlier
+    patches, such as ViT "register-like" high-norm tokens, would otherwise wash out the rest);
+    nan patches show the photo only.
     """
-    from matplotlib import colormaps
-
     base = display_image(image, max_side) if max_side else image.convert("RGB")
     pixels = np.asarray(base, dtype=np.float32)  # [H, W, 3]
     rows, cols = int(patch_grid[0]), int(patch_grid[1])
     grid = np.asarray(values, dtype=np.float32).reshape(rows, cols)
     finite = np.isfinite(grid)
-    low, high = (float(grid[finite].min()), float(grid[finite].max())) if finite.any() else (0.0, 1.0)
-    scaled = np.where(finite, (grid - low) / (high - low if high > low else 1.0), 0.0)
-    lut = (colormaps[colormap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)  # [256, 3]
+    low, high = (float(grid[finite].min()), float(np.percentile(grid[finite], 99))) if finite.any() else (0.0, 1.0)
+    scaled = np.clip(np.where(finite, (grid - low) / (high - low if high > low else 1.0), 0.0), 0.0, 1.0)
+    lut = colour_table(colormap)  # [256, 3]
     colour = lut[(scaled * 255).astype(np.int64)]  # [rows, cols, 3]
     pixel_idx = pixel_labels(np.arange(rows * cols).reshape(rows, cols), *pixels.shape[:2])  # [H, W]
     colour_px = colour.reshape(-1, 3)[pixel_idx]  # [H, W, 3]

@@ -8,6 +8,8 @@ Changing the layer only re-renders from ``Analysis.trace``; it never runs a mode
 from __future__ import annotations
 
 import hashlib
+import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +23,14 @@ from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.schedule import MAX_RATIO
 from tomviz.render.overlay import display_image
-from tomviz.speed import SpeedReport, measure_latency, model_widths, trace_gflops
+from tomviz.speed import SpeedReport, measure_latencies, model_widths, trace_gflops
 from tomviz.trace import Trace
 
-SPEED_RUNS = 3  # timed forwards per measurement (median)
+# Speed is measured a little at every setting and accumulated per input, so a ratio change costs
+# one extra merged forward (plus an unmerged one now and then) instead of a full benchmark.
+FIRST_RUNS = 2  # unmerged timings when an input is first seen
+SAMPLE_WINDOW = 5  # timings kept per configuration (median of these is shown)
+BASELINE_REFRESH_S = 5.0  # add an unmerged timing when the newest is older than this (tracks load)
 DISPLAY_SIDE = 448  # the photo kept in the session is at most this long on a side
 TOP_K = 5
 
@@ -66,13 +72,19 @@ class Settings:
 
 @dataclass
 class Reference:
-    """The unmerged (r=0) run of one input, reused while only the merge settings change."""
+    """The unmerged (r=0) run of one input and the timings gathered for it, reused while only
+    the merge settings change."""
 
     key: str  # model + device + input hash
     embedding: np.ndarray  # [C] final embedding (see final_embedding)
     embedding_name: str
     top_labels: list[tuple[str, float]] | None  # classifier models: top-k (label, probability)
-    latency_s: float
+    unmerged_samples: list[float]  # recent unmerged timings (seconds), newest last
+    unmerged_measured_at: float = 0.0  # time.monotonic() of the newest unmerged timing
+    merged_samples: dict[str, list[float]] = field(default_factory=dict)  # settings key → recent timings
+
+    def add(self, samples: list[float], new: list[float]) -> list[float]:
+        return (samples + new)[-SAMPLE_WINDOW:]
 
 
 @dataclass
@@ -143,13 +155,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def make_reference(loaded: Any, inputs: Any, key: str) -> Reference:
-    """Run the unmerged model (r=0): embedding, top labels and median latency."""
-    config = MergeConfig(method=get_method("tome"), r=0, trace=False)
-    latency = measure_latency(loaded, inputs, config, runs=SPEED_RUNS)
+    """Run the unmerged model (r=0): embedding, top labels and first timings."""
+    config = unmerged_config()
+    samples = measure_latencies(loaded, inputs, config, runs=FIRST_RUNS)
     outputs, _ = run(loaded, inputs, config)
     embedding, name = final_embedding(outputs, loaded.modality)
-    return Reference(key=key, embedding=embedding, embedding_name=name,
-                     top_labels=top_labels(outputs, loaded.labels), latency_s=latency)
+    return Reference(key=key, embedding=embedding, embedding_name=name, top_labels=top_labels(outputs, loaded.labels),
+                     unmerged_samples=samples, unmerged_measured_at=time.monotonic())
+
+
+def unmerged_config() -> MergeConfig:
+    return MergeConfig(method=get_method("tome"), r=0, trace=False)
 
 
 @gpu
@@ -169,10 +185,19 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
     key = input_key(loaded, inputs.tensors)
     if reference is None or reference.key != key:
         reference = make_reference(loaded, inputs, key)
+    else:
+        reference = deepcopy(reference)  # never mutate what the previous state holds
+        if time.monotonic() - reference.unmerged_measured_at > BASELINE_REFRESH_S:  # follow the machine's load
+            fresh = measure_latencies(loaded, inputs, unmerged_config(), runs=1)
+            reference.unmerged_samples = reference.add(reference.unmerged_samples, fresh)
+            reference.unmerged_measured_at = time.monotonic()
     extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
     outputs, state = run(loaded, inputs, settings.config(trace=True, extra=extra))
     trace = state.trace()
-    merged_s = measure_latency(loaded, inputs, settings.config(trace=False, extra=extra), runs=SPEED_RUNS)
+    speed_key = repr((settings.method, settings.ratio, settings.mode, settings.prop_attn))
+    fresh = measure_latencies(loaded, inputs, settings.config(trace=False, extra=extra), runs=1)
+    merged_samples = reference.add(reference.merged_samples.get(speed_key, []), fresh)
+    reference.merged_samples[speed_key] = merged_samples
 
     embedding, _ = final_embedding(outputs, loaded.modality, trace.sizes(trace.num_layers - 1))
     fidelity: dict[str, Any] = {"embedding": reference.embedding_name, "cosine": cosine(embedding, reference.embedding)}
@@ -182,8 +207,11 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
 
     hidden, mlp = model_widths(loaded.backbone.config)
     merged_gflops, unmerged_gflops = trace_gflops(trace, hidden, mlp)
-    speed = SpeedReport(merged_s=merged_s, unmerged_s=reference.latency_s, merged_gflops=merged_gflops,
-                        unmerged_gflops=unmerged_gflops, runs=SPEED_RUNS, device=str(loaded.device))
+    speed = SpeedReport(
+        merged_s=float(np.median(merged_samples)), unmerged_s=float(np.median(reference.unmerged_samples)),
+        merged_gflops=merged_gflops, unmerged_gflops=unmerged_gflops, runs=len(merged_samples),
+        baseline_runs=len(reference.unmerged_samples), device=str(loaded.device),
+    )
     notes = []
     if inputs.meta.get("truncated"):
         notes.append(f"The prompt has {inputs.meta['num_tokens_before_truncation']} tokens; it was truncated to the "

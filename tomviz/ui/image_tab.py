@@ -81,7 +81,7 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
         overlay, cluster, heat = layer_pictures(analysis, l, opacity)
         trace = analysis.trace
         return (
-            analysis, overlay, layer_strip(analysis, l), cluster, heat, token_count_figure(trace),
+            analysis, overlay, layer_strip(analysis), cluster, heat, token_count_figure(trace),
             speed_markdown(analysis.speed), gflops_figure(analysis.speed.merged_gflops, analysis.speed.unmerged_gflops),
             fidelity_markdown(analysis.fidelity), analysis.summary(),
             gr.Slider(maximum=trace.num_layers, value=l + 1),
@@ -91,11 +91,9 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
 def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None):
     """Re-render the layer views from the stored trace (no model). API: ``/render_image_layer``."""
     if session is None:
-        return None, None, None, None
+        return None, None, None
     with user_errors("show this layer"):
-        l = _layer_index(session, layer)
-        overlay, cluster, heat = layer_pictures(session, l, opacity)
-        return overlay, layer_strip(session, l), cluster, heat
+        return layer_pictures(session, _layer_index(session, layer), opacity)
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -114,6 +112,24 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
         return [str(p) for p in paths]
 
 
+def _explain_unreadable(preprocess):
+    """Wrap gr.Image's preprocess (it opens the upload with PIL) so unreadable files get a clear message."""
+
+    def wrapped(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError as err:
+            raise gr.Error(f"The image is too large to open safely (a possible decompression bomb): {err}",
+                           title="Cannot read the upload") from err
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+            raise gr.Error("This file cannot be read as an image. Upload a PNG, JPEG, WebP, GIF or similar photo "
+                           f"({type(err).__name__}).", title="Cannot read the upload") from err
+
+    return wrapped
+
+
 # --- layout and wiring -------------------------------------------------------------------
 def build_image_tab() -> None:
     """Lay out the Image tab inside the current ``gr.Tab`` and wire its events."""
@@ -121,6 +137,7 @@ def build_image_tab() -> None:
     with gr.Row():
         with gr.Column(scale=4):
             image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
+            image.preprocess = _explain_unreadable(image.preprocess)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos (see assets/ATTRIBUTION.md)")
             model, method, schedule, prop_attn, ratio = merge_controls("dinov2-small", IMAGE_MODELS)
             layer = gr.Slider(1, 12, value=6, step=1, label="Layer", info="Show the groups after this layer (no model run)")
@@ -129,7 +146,7 @@ def build_image_tab() -> None:
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
         with gr.Column(scale=7):
             with gr.Row():
-                overlay = gr.Image(label="Groups after the selected layer", format="png", elem_id="overlay",
+                overlay = gr.Image(label="Groups after the selected layer", format="jpeg", elem_id="overlay",
                                    interactive=False, height=320)
                 heat = gr.Image(label="CLS attention (spread through the groups)", format="jpeg", elem_id="attention",
                                 interactive=False, height=320)
@@ -152,7 +169,7 @@ def build_image_tab() -> None:
     )
     gr.on(
         [layer.input, opacity.input], render_image_layer, inputs=[layer, opacity, session],
-        outputs=[overlay, strip, cluster, heat], api_name="render_image_layer", trigger_mode="always_last",
+        outputs=[overlay, cluster, heat], api_name="render_image_layer", trigger_mode="always_last",
         show_progress="hidden", concurrency_limit=4,
     )
     download.click(image_downloads, inputs=[layer, opacity, session], outputs=files, api_name="image_downloads")

@@ -1,0 +1,94 @@
+"""App latency through gradio_client against the running app (CPU, default vision model).
+
+    python benchmarks/bench_app.py                 # starts `python app.py` on a free port, then measures
+    python benchmarks/bench_app.py --url http://127.0.0.1:7860/   # measure an app that is already running
+
+Measures, as a user's client sees it (upload + queue + model + rendering + download of results):
+* ratio change: `/inspect_image` with a new ratio on the same photo → all outputs (targets p50 ≤ 0.5 s);
+* layer change: `/render_image_layer` (re-render from the stored trace, no model) (target p50 ≤ 0.15 s).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "assets" / "chelsea.png"
+RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_app() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the app did not start within 180 s")
+
+
+def _quantiles(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {"p50": statistics.median(ordered), "p90": ordered[int(0.9 * (len(ordered) - 1))],
+            "min": ordered[0], "n": len(ordered)}
+
+
+def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    photo = handle_file(str(PHOTO))
+    client.predict(image=photo, ratio=0.5, api_name="/inspect_image")  # first use: model load + reference run
+    client.predict(image=photo, ratio=0.4, api_name="/inspect_image")
+    ratio_times, layer_times = [], []
+    for _ in range(rounds):
+        for ratio in RATIOS:
+            start = time.perf_counter()
+            client.predict(image=photo, ratio=ratio, api_name="/inspect_image")
+            ratio_times.append(time.perf_counter() - start)
+            for layer in (2, 7, 12):
+                start = time.perf_counter()
+                client.predict(layer=layer, opacity=0.8, api_name="/render_image_layer")
+                layer_times.append(time.perf_counter() - start)
+    return {"ratio change → all outputs": _quantiles(ratio_times), "layer change": _quantiles(layer_times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="an app that is already running (default: start one)")
+    parser.add_argument("--rounds", type=int, default=5, help="passes over the ratios %s" % RATIOS)
+    args = parser.parse_args()
+    proc, url = (None, args.url) if args.url else _start_app()
+    try:
+        results = measure(url, args.rounds)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    load = os.getloadavg()
+    print(f"load average before/after: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min); cores: {os.cpu_count()}")
+    print("| step | p50 (s) | p90 (s) | min (s) | n |\n|---|---|---|---|---|")
+    for name, q in results.items():
+        print(f"| {name} | {q['p50']:.3f} | {q['p90']:.3f} | {q['min']:.3f} | {q['n']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ target nothing runs after layer L-1, see tomviz.scores.banzhaf), 512 MSR samples
 Reports the first call (which also runs the unmerged reference forward once per input)
 and the median of warm calls (new seed each). Target: ≤ 2 s.
 
-Run: PYTHONPATH=. python benchmarks/bench_scores.py [--runs 5] [--samples 512]
+Run: PYTHONPATH=. python benchmarks/bench_scores.py [--runs 5] [--samples 512] [--threads N]
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--image", default=str(ROOT / "assets" / "chelsea.png"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     loaded = tomviz.load("dinov2-small")
     t0 = time.perf_counter()

@@ -59,6 +59,8 @@ def test_dinov2_cosine_and_mapping(dinov2):
     shared = exact.to_tokens(share=True)
     np.testing.assert_allclose(np.nansum(shared), exact.values.sum(), rtol=1e-5)
     assert exact.to_grid().shape == (4, 4)
+    pixels = exact.to_pixels(40, 24)
+    assert pixels.shape == (40, 24) and pixels[0, 0] == exact.to_grid()[0, 0] and pixels[-1, -1] == exact.to_grid()[-1, -1]
     with pytest.raises(ValueError, match="last"):
         res.banzhaf(3)
     with pytest.raises(ValueError, match="too many"):

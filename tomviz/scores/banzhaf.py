@@ -81,6 +81,14 @@ class BanzhafResult:
         """``[rows, cols]``: :meth:`to_tokens` on the patch grid (image models)."""
         return patch_grid_values(self.trace, self.to_tokens(share))
 
+    def to_pixels(self, height: int, width: int, share: bool = False) -> np.ndarray:
+        """``[height, width]``: :meth:`to_grid` at the resolution of a picture of the input (image models)."""
+        grid = self.to_grid(share)  # [rows, cols]
+        rows, cols = grid.shape
+        row_of_y = np.minimum(np.arange(height) * rows // height, rows - 1)  # [H]
+        col_of_x = np.minimum(np.arange(width) * cols // width, cols - 1)  # [W]
+        return grid[row_of_y[:, None], col_of_x[None, :]]
+
     def top_pairs(self, k: int = 10) -> list[tuple[int, int, float]]:
         """The ``k`` strongest interactions by magnitude: (player, player, interaction), player indices."""
         return top_pairs(self.interactions, k)

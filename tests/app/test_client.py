@@ -173,3 +173,13 @@ def test_empty_prompt_is_refused_clearly(client, text):
     with pytest.raises(AppError, match="(?i)empty"):
         client.predict(text=text, ratio=0.5, api_name="/inspect_text")
     assert client.predict(text="still serving", ratio=0.5, api_name="/inspect_text")[-2]["model"] == "minilm"
+
+
+def test_cleared_image_resets_every_output_without_error():
+    from app import demo
+    from tomviz.ui.image_tab import inspect_image
+
+    wired = next(d for d in demo.config["dependencies"] if d.get("api_name") == "inspect_image")
+    outputs = inspect_image(None)
+    assert len(outputs) == len(wired["outputs"])  # session + 9 views + the layer slider
+    assert outputs[0] is None

@@ -61,7 +61,8 @@ def _layer_index(analysis: Analysis, layer: float) -> int:
 
 
 # --- handlers ----------------------------------------------------------------------------
-EMPTY_IMAGE_OUTPUTS = (None, None, None, None, None, None, "", None, "", None)
+# overlay, strip, cluster map, heatmap, token counts, speed, GFLOPs, fidelity, summary
+EMPTY_IMAGE_OUTPUTS = (None, None, None, None, None, "", None, "", None)
 
 
 def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-small", method: str = "tome",

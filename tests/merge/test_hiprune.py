@@ -29,8 +29,8 @@ def test_keeps_anchor_buffers_and_registers():
     kept = (plan.dst[0, 1:] >= 0).nonzero().flatten().tolist()
     # anchor 5; buffers 1, 4, 6, 9; registers 15 then the first of the ties (0, 2)
     assert kept == [0, 1, 2, 4, 5, 6, 9, 15]
-    # the method remembers the input positions of the survivors, for the next layer's grid
-    assert inputs.extra["_hiprune_positions"][1][0].tolist() == [0, 1, 2, 3, 5, 6, 7, 10, 16]
+    # the input positions of the survivors, as the engine tracks them for the next layer's grid
+    assert plan.reduce_min(torch.arange(17).unsqueeze(0))[0].tolist() == [0, 1, 2, 3, 5, 6, 7, 10, 16]
 
 
 def test_text_uses_sequence_neighbours():

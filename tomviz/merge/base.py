@@ -27,6 +27,7 @@ class MergeInputs:
     cls_attention: torch.Tensor | None = None  # [B, N] CLS→token attention, mean over heads
     sizes: torch.Tensor | None = None  # [B, N, 1] tokens represented by each token (None = ones)
     valid: torch.Tensor | None = None  # [B, N] bool, False for padding (text); None = all valid
+    positions: torch.Tensor | None = None  # [B, N] long, smallest input position in each token (if needs_positions)
     layer: int = 0  # 0-based layer index
     num_layers: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # per-input side information (e.g. word ids, patch grid)
@@ -39,6 +40,7 @@ class MergeMethod:
     label: ClassVar[str] = ""  # shown in the UI
     needs_cls_attention: ClassVar[bool] = False  # the engine computes CLS attention before planning
     needs_hidden: ClassVar[bool] = False
+    needs_positions: ClassVar[bool] = False  # the engine tracks MergeInputs.positions through the merges
 
     def plan(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
         raise NotImplementedError

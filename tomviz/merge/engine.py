@@ -77,6 +77,8 @@ class MergeState:
         self.sizes: torch.Tensor | None = None  # [B, N, 1]; None until the first merge
         self.valid: torch.Tensor | None = None  # [B, N] bool; None = no padding
         self.source: torch.Tensor | None = None  # [B, N0] long (trace only)
+        self.positions: torch.Tensor | None = None  # [B, N] long, smallest input position per token (if the method asks)
+        self.removed: list[int] = []  # tokens each layer actually removed
         self.keys: torch.Tensor | None = None  # [B, N, H*d] from the key projection
         self.query_cls: torch.Tensor | None = None  # [B, H*d] CLS query
         self.query: torch.Tensor | None = None  # [B, N, H*d] (full attention only)
@@ -131,6 +133,8 @@ class MergeState:
         self.valid = _valid_from_mask(incoming, batch, num_tokens)
         if self.config.trace:
             self.source = torch.arange(num_tokens, device=x.device).expand(batch, num_tokens)
+        if self.config.method.needs_positions:
+            self.positions = torch.arange(num_tokens, device=x.device).expand(batch, num_tokens)
 
     def passthrough(self, layer: int) -> bool:
         """True when block ``layer`` can run its original forward: nothing merged yet,
@@ -182,6 +186,7 @@ class MergeState:
         if tracing and self.config.full_attention and self.query is not None:
             full = self._full_attention(num_heads)
         if r == 0 and not tracing:
+            self.removed.append(0)
             self.clear_captures()
             return x
         if r > 0:
@@ -192,6 +197,7 @@ class MergeState:
                 cls_attention=cls_attn,
                 sizes=self.sizes,
                 valid=self.valid,
+                positions=self.positions,
                 layer=layer,
                 num_layers=self.num_layers,
                 extra=self.config.extra,
@@ -206,6 +212,9 @@ class MergeState:
                 self.valid = plan.reduce_any(self.valid)
             if self.source is not None:
                 self.source = plan.compose(self.source)
+            if self.positions is not None:
+                self.positions = plan.reduce_min(self.positions)
+        self.removed.append(num_in - x.shape[1])
         if tracing:
             self._record(plan, num_in, x, cls_attn, cls_heads, full)
         self.clear_captures()
@@ -260,7 +269,8 @@ class MergeState:
         meta = {
             **self.meta,
             "method": self.config.method.name,
-            "schedule": list(self.schedule),
+            "schedule": list(self.removed),  # what each layer removed (adaptive methods differ from the request)
+            "requested_schedule": list(self.schedule),
             "prop_attn": self.config.prop_attn,
             "num_protected": self.num_protected,
         }

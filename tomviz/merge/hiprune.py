@@ -16,9 +16,8 @@ schedule asks to remove ``r`` tokens selects with its own CLS attention:
 * registers: the rest of the budget, by attention among the tokens left.
 
 The others are pruned (group -1); nothing merges. Outputs keep the input order.
-To find a token's grid cell after earlier layers pruned, the method remembers the
-input position of each token in the per-call ``extra`` dict; if it cannot know them
-(another method changed the sequence) it falls back to sequence neighbours.
+To find a token's grid cell after earlier layers pruned, the method reads the
+input position of each token (``MergeInputs.positions``, tracked by the engine).
 """
 from __future__ import annotations
 
@@ -27,14 +26,7 @@ import torch.nn.functional as F
 
 from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
 from tomviz.merge.plan import MergePlan
-from tomviz.merge.selection import (
-    plan_from_assignment,
-    remember_positions,
-    top_k_mask,
-    tracked_positions,
-)
-
-POSITIONS_KEY = "_hiprune_positions"
+from tomviz.merge.selection import plan_from_assignment, top_k_mask
 
 
 def grid_neighbours(anchor: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int], num_protected: int) -> torch.Tensor:
@@ -68,6 +60,7 @@ class HiPrune(MergeMethod):
     name = "hiprune"
     label = "HiPrune (anchors + buffers + registers)"
     needs_cls_attention = True
+    needs_positions = True
 
     def __init__(self, anchor_fraction: float = 0.25, buffer_fraction: float = 0.5):
         if anchor_fraction <= 0 or buffer_fraction < 0 or anchor_fraction + buffer_fraction > 1:
@@ -84,13 +77,12 @@ class HiPrune(MergeMethod):
         if r <= 0:
             return MergePlan.identity(batch, num_tokens, inputs.metric.device)
         grid = inputs.extra.get("patch_grid")
-        num_input = protected + grid[0] * grid[1] if grid is not None else None
-        positions = tracked_positions(inputs, POSITIONS_KEY, num_input) if grid is not None else None
+        positions = inputs.positions if grid is not None else None
+        if positions is None and grid is not None and num_tokens == protected + grid[0] * grid[1]:
+            positions = torch.arange(num_tokens, device=inputs.metric.device).expand(batch, num_tokens)  # the input itself
         with torch.no_grad():
             keep = self.select(inputs.cls_attention, r, protected, inputs.valid, positions, grid)
             plan = plan_from_assignment(keep)
-        if positions is not None:
-            remember_positions(inputs, POSITIONS_KEY, positions, plan)
         return plan
 
     def select(

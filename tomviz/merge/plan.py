@@ -117,6 +117,13 @@ class MergePlan:
         out.index_add_(0, self._flat_index(), flags.reshape(-1).float())
         return out.view(batch, width)[:, : self.num_out] > 0
 
+    def reduce_min(self, values: torch.Tensor) -> torch.Tensor:
+        """Smallest value over each group. values: ``[B, N_in]`` long → ``[B, num_out]``."""
+        batch = values.shape[0]
+        out = torch.full((batch, self.num_out + 1), torch.iinfo(values.dtype).max, dtype=values.dtype, device=values.device)
+        slot = torch.where(self.dst < 0, self.num_out, self.dst)
+        return out.scatter_reduce_(1, slot, values, reduce="amin")[:, : self.num_out]
+
     def compose(self, source: torch.Tensor) -> torch.Tensor:
         """Follow a source map through this plan.
 

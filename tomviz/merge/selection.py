@@ -5,13 +5,9 @@
   order (protected tokens first, since they are the first inputs and always kept).
 * :func:`protected_first` makes a per-token ranking score put the protected
   tokens (and drop padding) where a method needs them.
-* :func:`tracked_positions` / :func:`remember_positions`: the input position
-  (patch or word piece) of each current token, for methods that need the patch
-  grid or the word structure after earlier layers changed the sequence.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -88,39 +84,3 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """``[B, N]`` bool, True on the ``k`` largest values of each row (ties: lower index first)."""
     order = values.argsort(dim=1, descending=True, stable=True)
     return torch.zeros_like(values, dtype=torch.bool).scatter_(1, order[:, :k], True)
-
-
-def tracked_positions(inputs: MergeInputs, key: str, num_input_tokens: int | None) -> torch.Tensor | None:
-    """``[B, N]`` long: the input position (0..N0-1) each current token stands for.
-
-    Methods that keep the input order and must know where a current token came from
-    (its patch cell, its word) remember it between the layers of one forward in the
-    per-call ``extra`` dict (never on the method or the model). At the first planning
-    layer of a forward (nothing remembered, or remembered at a later or equal layer),
-    the sequence must still be the input one: the identity. Returns None when that
-    cannot be known (tokens already changed by layers this method did not plan).
-    """
-    batch, num_tokens, _ = inputs.metric.shape
-    remembered = inputs.extra.get(key)
-    if remembered is not None:
-        layer, positions = remembered
-        if layer < inputs.layer and positions.shape == (batch, num_tokens):
-            return positions
-    if num_input_tokens is not None and num_tokens != num_input_tokens:
-        return None
-    return torch.arange(num_tokens, device=inputs.metric.device).expand(batch, num_tokens)
-
-
-def remember_positions(inputs: MergeInputs, key: str, positions: torch.Tensor, plan: MergePlan) -> None:
-    """Store the input position of each output token of ``plan`` (its first member's).
-
-    positions: ``[B, N]`` long for the plan's input tokens. Each output token is
-    represented by the smallest position among its members.
-    """
-    batch = positions.shape[0]
-    big = torch.iinfo(torch.long).max
-    out = torch.full((batch, plan.num_out + 1), big, dtype=torch.long, device=positions.device)
-    slot = torch.where(plan.dst < 0, plan.num_out, plan.dst)
-    out.scatter_reduce_(1, slot, positions, reduce="amin")
-    store: dict[str, Any] = inputs.extra
-    store[key] = (inputs.layer, out[:, : plan.num_out])

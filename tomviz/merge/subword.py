@@ -12,7 +12,7 @@ few split words, and nothing at all once every word is whole — a trace of
 (the definition's "chosen layer"); by default every layer the schedule asks to
 merge does so until no word is split.
 
-The current tokens' words are tracked between layers in the per-call ``extra`` dict.
+The current tokens' words come from ``MergeInputs.positions`` (tracked by the engine).
 A batch shares one input's word ids (``extra`` describes one input).
 """
 from __future__ import annotations
@@ -21,9 +21,7 @@ import torch
 
 from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.plan import MergePlan
-from tomviz.merge.selection import plan_from_assignment, remember_positions, tracked_positions
-
-POSITIONS_KEY = "_subword_positions"
+from tomviz.merge.selection import plan_from_assignment
 
 
 def word_merge_targets(word_ids: torch.Tensor, r: int) -> torch.Tensor:
@@ -48,6 +46,7 @@ class Subword(MergeMethod):
 
     name = "subword"
     label = "Subword (merge the pieces of each word)"
+    needs_positions = True
 
     def __init__(self, layer: int | None = None):
         self.layer = layer  # merge only at this layer (0-based); None = wherever the schedule merges
@@ -58,9 +57,11 @@ class Subword(MergeMethod):
             raise ValueError("subword merges the pieces of words: it needs a text input (extra['word_ids'])")
         batch, num_tokens, _ = inputs.metric.shape
         device = inputs.metric.device
-        positions = tracked_positions(inputs, POSITIONS_KEY, len(word_ids))
+        positions = inputs.positions
         if positions is None:
-            raise ValueError("subword cannot follow the words after tokens were changed by another method")
+            if num_tokens != len(word_ids):
+                raise ValueError("subword needs the input position of each token (MergeInputs.positions)")
+            positions = torch.arange(num_tokens, device=device).expand(batch, num_tokens)  # the input itself
         if r <= 0 or (self.layer is not None and inputs.layer != self.layer):
             plan = MergePlan.identity(batch, num_tokens, device)
         else:
@@ -71,7 +72,6 @@ class Subword(MergeMethod):
                 plan = MergePlan.identity(batch, num_tokens, device)
             else:
                 plan = plan_from_assignment(keep, torch.where(keep, -1, target), score=(~keep).float())
-        remember_positions(inputs, POSITIONS_KEY, positions, plan)
         return plan
 
     def __repr__(self) -> str:

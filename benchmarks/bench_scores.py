@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--image", default=str(ROOT / "assets" / "chelsea.png"))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as app.py; 0 = torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -24,7 +24,8 @@ def test_banzhaf_handler_on_a_tiny_classifier(monkeypatch, vit_classifier, photo
     seen = []
     out = scores_tab.score_banzhaf("tiny", photo, None, ratio=0.3, layer=2, samples=64, top_k=3,
                                    progress=lambda f, desc=None: seen.append(f))
-    session, heat, tokens, values, matrix, pairs_img, pairs, summary = out
+    session, heat, tokens, values, matrix, pairs_img, pairs, summary, rollout = out
+    assert isinstance(rollout, Image.Image) and session.rollout.shape == (4, 4)
     assert isinstance(session.result, tomviz.scores.BanzhafResult) and session.result.layer == 1
     assert isinstance(heat, Image.Image) and isinstance(pairs_img, Image.Image) and tokens is None
     assert len(pairs) == 3 and "logit of class" in summary and seen[-1] == 1.0

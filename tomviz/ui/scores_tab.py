@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 import tomviz
 from tomviz.render import scores as render
-from tomviz.render.overlay import display_image
+from tomviz.render.overlay import display_image, heatmap_overlay
+from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
 from tomviz.ui.common import IMAGE_MODELS, TEXT_MODELS, user_errors
@@ -37,6 +39,7 @@ class ScoreSession:
 
     result: BanzhafResult | HBIResult
     image: Image.Image | None  # the photo at display size (image models)
+    rollout: np.ndarray | None = None  # [rows, cols] CLS attention rollout through the merges (image models)
 
 
 def _progress_callback(progress: Any) -> Callable[[float, str], None]:
@@ -61,18 +64,22 @@ def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, laye
         if not text or not str(text).strip():
             raise ValueError("type a prompt for a text model")
         x = str(text)
-    res = tomviz.inspect(loaded, x, ratio=float(ratio), keep_hidden=True)
+    image_model = loaded.modality == "image"
+    res = tomviz.inspect(loaded, x, ratio=float(ratio), keep_hidden=True, full_attention=image_model)
     result = banzhaf(res, _layer(loaded, layer), samples=int(samples), exact=bool(exact), seed=int(seed), progress=progress)
     photo = display_image(res.inputs.image) if res.inputs.image is not None else None
-    return ScoreSession(result=result, image=photo)
+    return ScoreSession(result=result, image=photo, rollout=rollout_grid(res.trace) if image_model else None)
 
 
 def banzhaf_views(session: ScoreSession, top_k: int = 8):
-    """(heatmap over the image, token values, value bars, interaction matrix, pairs picture, pairs table, summary)."""
+    """(heatmap over the image, token values, value bars, interaction matrix, pairs picture, pairs table, summary,
+    attention rollout over the image)."""
     b = session.result
     names = render.group_labels(b.trace, b.layer, b.players)
     pairs = b.top_pairs(int(top_k))
-    heat = pairs_img = tokens = None
+    heat = pairs_img = tokens = roll = None
+    if session.rollout is not None and session.image is not None:
+        roll = heatmap_overlay(session.image, session.rollout.reshape(-1), session.rollout.shape)
     if session.image is not None:
         heat = render.value_overlay(session.image, b.to_grid())
         pairs_img = render.pairs_overlay(session.image, b.trace, b.layer, b.players, pairs)
@@ -87,7 +94,7 @@ def banzhaf_views(session: ScoreSession, top_k: int = 8):
     return (
         heat, tokens, render.values_figure(b.values, b.stderr, names, f"Banzhaf value per group (layer {b.layer + 1})"),
         render.interaction_figure(b.interactions, names, stderr=b.interactions_stderr), pairs_img,
-        render.pairs_rows(pairs, names, stderr=b.interactions_stderr), summary,
+        render.pairs_rows(pairs, names, stderr=b.interactions_stderr), summary, roll,
     )
 
 
@@ -102,7 +109,7 @@ def score_banzhaf(model: str, image: Any, text: str | None, ratio: float = 0.9, 
 
 def rerender_banzhaf(top_k: float, session: ScoreSession | None):
     if session is None or not isinstance(session.result, BanzhafResult):
-        return (None,) * 7
+        return (None,) * 8
     return banzhaf_views(session, int(top_k))
 
 
@@ -188,6 +195,8 @@ def build_scores_tab() -> None:
             with gr.Row():
                 heat = gr.Image(label="Banzhaf value over the image", format="png", interactive=False, height=300)
                 pairs_img = gr.Image(label="Strongest interacting pairs", format="png", interactive=False, height=300)
+                rollout = gr.Image(label="Attention rollout through the merges (CLS)", format="png", interactive=False,
+                                   height=300)
             tokens = gr.HighlightedText(label="Banzhaf value over the prompt's tokens", show_legend=False)
             values = gr.Plot(label="Values")
             matrix = gr.Plot(label="Interaction matrix (hover)")
@@ -216,7 +225,7 @@ def build_scores_tab() -> None:
             cross = gr.Plot(label="Group × word interaction (hover)")
             hbi_pairs = gr.Dataframe(headers=HBI_HEADERS, label="Top region–word pairs", interactive=False)
 
-    banzhaf_out = [heat, tokens, values, matrix, pairs_img, pairs, summary]
+    banzhaf_out = [heat, tokens, values, matrix, pairs_img, pairs, summary, rollout]
     run_btn.click(
         score_banzhaf, inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
         outputs=[session, *banzhaf_out], api_name="score_banzhaf", concurrency_id="model", concurrency_limit=1,

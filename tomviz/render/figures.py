@@ -86,7 +86,7 @@ def group_attention_figure(names: Sequence[str], values: Sequence[float], layer:
         )
     )
     fig.update_layout(
-        title=f"CLS attention per group in layer {layer + 1}", xaxis_title="attention (mean over heads)",
-        height=max(height, 18 * len(names) + 80), margin=dict(l=140, r=10, t=36, b=36),
+        title=f"CLS attention per group in layer {layer + 1} (CLS itself left out)", xaxis_title="attention (mean over heads)",
+        height=max(height, 18 * len(names) + 80), margin=dict(l=140, r=10, t=36, b=36), yaxis=dict(dtick=1),
     )
     return fig

@@ -25,8 +25,10 @@ def text_layer_views(analysis: Analysis, layer: int):
     trace = analysis.trace
     attention = trace.layers[layer].cls_attention  # [N_in] over the tokens entering the layer
     figure = None
-    if attention is not None:
-        figure = group_attention_figure(group_names(trace, layer, entering=True), attention.tolist(), layer)
+    if attention is not None:  # CLS's attention to itself (and other protected tokens) is left out
+        protected = int(trace.meta.get("num_protected", 1))
+        names = group_names(trace, layer, entering=True)[protected:]
+        figure = group_attention_figure(names, attention[protected:].tolist(), layer)
     return token_highlights(trace, layer), group_table(trace, layer), figure
 
 
@@ -89,7 +91,8 @@ def build_text_tab() -> None:
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
         with gr.Column(scale=7):
             tokens = gr.HighlightedText(label="Tokens coloured by group (merged tokens share a colour)",
-                                        combine_adjacent=False, show_legend=False, elem_id="text-groups")
+                                        combine_adjacent=False, show_legend=True, show_inline_category=False,
+                                        elem_id="text-groups")
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
             attention = gr.Plot(label="CLS attention per group")
             with gr.Row():

@@ -50,13 +50,14 @@ class Resume:
     the original single input); block ``layer`` outputs ``hidden`` repeated M times
     with the absent tokens masked out of attention (like padding). Later blocks do
     not merge. Used by the Banzhaf scores: "the remaining layers with only the
-    coalition's tokens present, sizes kept".
+    coalition's tokens present, sizes kept". The scores pass each coalition's present
+    tokens compacted (``[M, k, C]``, padded and masked), which is faster than masking.
     """
 
     layer: int
-    hidden: torch.Tensor  # [1, N_l, C] block ``layer``'s output
-    sizes: torch.Tensor | None  # [1, N_l, 1] (None = ones)
-    present: torch.Tensor  # [M, N_l] bool, the tokens present in each coalition
+    hidden: torch.Tensor  # [1, N, C] block ``layer``'s output, or [M, N, C]: one token set per coalition
+    sizes: torch.Tensor | None  # [1 or M, N, 1] (None = ones)
+    present: torch.Tensor  # [M, N] bool, the tokens present in each coalition
 
 
 _CURRENT: contextvars.ContextVar["MergeState | None"] = contextvars.ContextVar("tomviz_merge_state", default=None)

@@ -208,6 +208,8 @@ def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
     """A Hugging Face id or local folder of a supported architecture (never ``trust_remote_code``)."""
     import transformers as tf
 
+    if not Path(name).is_dir():
+        _check_hub_reachable(name)
     try:
         config = tf.AutoConfig.from_pretrained(name)
     except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot load"
@@ -235,6 +237,33 @@ def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {name!r}: {err}") from err
     return _wrap(name, model.to(device).eval(), image_spec=spec, tokenizer=tokenizer)
+
+
+def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after the hub client's retries, when the hub cannot be reached
+    and the model is not in the local Hugging Face cache."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return  # cached: transformers can load it offline
+    except Exception:  # noqa: BLE001 - not a valid repo id: let transformers say why
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelLoadError(f"cannot load model {name!r}: HF_HUB_OFFLINE is set and the model is not cached")
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # the hub answered
+    except (urllib.error.URLError, OSError) as err:
+        raise ModelLoadError(
+            f"cannot load model {name!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this "
+            f"machine ({getattr(err, 'reason', err)}); use an embedded model ({', '.join(DEFAULT_MODELS)}) or a local folder"
+        ) from err
 
 
 def _image_spec(name: str) -> ImageSpec | None:

@@ -1,5 +1,6 @@
 """A real browser (Debian's chromium, headless, driven by Playwright for Python) against the app:
-pick an example, move the ratio slider, upload a photo; the overlay changes and no error shows.
+pick an example, move the ratio slider, move the layer slider, upload a photo; the overlay changes
+every time and no error shows.
 The last screenshot is kept as artifacts/app_browser.png."""
 from __future__ import annotations
 
@@ -70,6 +71,10 @@ def test_browser_example_slider_upload(app_url):
             assert second != first and not _errors_shown(page)
             page.wait_for_timeout(500)
             page.screenshot(path=str(artifacts / "app_browser_slider.png"), full_page=True)
+
+            _drag_slider(page, "Layer", 11, 1, 12)  # redraw from the stored trace
+            second = _wait_for_new_src(page, "#overlay img", second)
+            assert not _errors_shown(page)
 
             page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "coffee.png"))  # upload
             third = _wait_for_new_src(page, "#overlay img", second)

@@ -171,6 +171,6 @@ def build_image_tab() -> None:
     gr.on(
         [layer.input, opacity.input], render_image_layer, inputs=[layer, opacity, session],
         outputs=[overlay, cluster, heat], api_name="render_image_layer", trigger_mode="always_last",
-        show_progress="hidden", concurrency_limit=4,
+        show_progress="hidden", queue=False,  # a redraw from the stored trace: skip the queue
     )
     download.click(image_downloads, inputs=[layer, opacity, session], outputs=files, api_name="image_downloads")

@@ -113,5 +113,6 @@ def build_text_tab() -> None:
     examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_visibility="private",
                            concurrency_id="model", concurrency_limit=1)
     layer.input(render_text_layer, inputs=[layer, session], outputs=[tokens, table, attention],
-                api_name="render_text_layer", trigger_mode="always_last", show_progress="hidden", concurrency_limit=4)
+                api_name="render_text_layer", trigger_mode="always_last", show_progress="hidden",
+                queue=False)  # a redraw from the stored trace: skip the queue
     download.click(text_downloads, inputs=session, outputs=files, api_name="text_downloads")

@@ -183,3 +183,37 @@ def test_cleared_image_resets_every_output_without_error():
     outputs = inspect_image(None)
     assert len(outputs) == len(wired["outputs"])  # session + 9 views + the layer slider
     assert outputs[0] is None
+
+
+def test_local_classifier_folder_shows_top5_labels(client, tmp_path):
+    """A local folder of a supported architecture loads like a hub id; classifiers get top-5 labels."""
+    import json
+
+    from transformers import ViTConfig, ViTForImageClassification
+
+    labels = {i: f"class {i}" for i in range(7)}
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8, num_labels=7, id2label=labels, label2id={v: k for k, v in labels.items()})
+    ViTForImageClassification(config).eval().save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    out = _ok_image(client, ratio=0.5, model=str(tmp_path), layer=2)
+    fidelity = out[SUMMARY]["fidelity"]
+    assert len(fidelity["top_merged"]) == len(fidelity["top_unmerged"]) == 5
+    assert fidelity["top_unmerged"][0][0].startswith("class ")
+    assert "| 1 |" in out[FIDELITY]
+    assert out[SUMMARY]["token_counts"][0] == 17 and out[LAYER]["maximum"] == 2  # 2 layers: slider follows
+
+
+def test_huge_image_is_downscaled_not_refused(client, tmp_path):
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (6000, 4000), (120, 60, 200)).save(path, quality=70)
+    out = _ok_image(client, str(path), ratio=0.3)
+    assert out[SUMMARY]["token_counts"][0] == 257
+    assert max(Image.open(out[OVERLAY]).size) <= 448
+
+
+def test_layer_beyond_the_model_is_clamped(client):
+    out = _ok_image(client, ratio=0.5, layer=40)
+    assert out[LAYER]["value"] == 12
+    assert len(client.predict(layer=99, api_name="/render_image_layer")) == 3

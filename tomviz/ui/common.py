@@ -35,6 +35,23 @@ def merge_controls(default_model: str, models: list[str]) -> tuple[gr.Dropdown, 
     return model, method, schedule, prop_attn, ratio
 
 
+class LayerSlider(gr.Slider):
+    """gr.Slider's front end (``is_template``) for a 1-based layer: its maximum follows the model, and a
+    layer beyond it (an API call with the default after a shallower model) is clamped, not refused."""
+
+    is_template = True
+
+    def preprocess(self, payload: float | None) -> float | None:
+        if payload is None or payload != payload:  # None or NaN
+            return payload
+        return float(max(1, round(payload)))  # the handlers clamp it to the model's last layer
+
+
+def layer_slider(num_layers: int, value: int) -> LayerSlider:
+    return LayerSlider(1, num_layers, value=value, step=1, label="Layer",
+                       info="Show the groups after this layer (no model run)")
+
+
 @contextlib.contextmanager
 def user_errors(what: str) -> Iterator[None]:
     """Turn the errors users can cause into a ``gr.Error`` with a readable message; log the rest."""

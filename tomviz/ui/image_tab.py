@@ -17,7 +17,7 @@ from PIL import Image
 from tomviz.render.figures import cluster_map_figure, gflops_figure, token_count_figure
 from tomviz.render.overlay import group_overlay, heatmap_overlay, small_multiples
 from tomviz.render.text import fidelity_markdown, speed_markdown
-from tomviz.ui.common import IMAGE_MODELS, merge_controls, user_errors
+from tomviz.ui.common import IMAGE_MODELS, layer_slider, merge_controls, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -113,12 +113,15 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
         return [str(p) for p in paths]
 
 
-def _explain_unreadable(preprocess):
-    """Wrap gr.Image's preprocess (it opens the upload with PIL) so unreadable files get a clear message."""
+class ImageUpload(gr.Image):
+    """gr.Image's front end (``is_template``) whose upload check (Gradio opens the file with PIL) turns
+    unreadable files into a clear message instead of a raw PIL error with a temp path."""
 
-    def wrapped(payload):
+    is_template = True
+
+    def preprocess(self, payload):
         try:
-            return preprocess(payload)
+            return super().preprocess(payload)
         except gr.Error:
             raise
         except Image.DecompressionBombError as err:
@@ -128,8 +131,6 @@ def _explain_unreadable(preprocess):
             raise gr.Error("This file cannot be read as an image. Upload a PNG, JPEG, WebP, GIF or similar photo "
                            f"({type(err).__name__}).", title="Cannot read the upload") from err
 
-    return wrapped
-
 
 # --- layout and wiring -------------------------------------------------------------------
 def build_image_tab() -> None:
@@ -137,11 +138,10 @@ def build_image_tab() -> None:
     session = gr.State(None)
     with gr.Row():
         with gr.Column(scale=4):
-            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
-            image.preprocess = _explain_unreadable(image.preprocess)
+            image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos (see assets/ATTRIBUTION.md)")
             model, method, schedule, prop_attn, ratio = merge_controls("dinov2-small", IMAGE_MODELS)
-            layer = gr.Slider(1, 12, value=6, step=1, label="Layer", info="Show the groups after this layer (no model run)")
+            layer = layer_slider(12, 6)
             opacity = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
             download = gr.Button("Download trace (.json, .npz) and pictures (.png)")
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)

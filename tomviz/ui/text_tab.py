@@ -8,7 +8,7 @@ import gradio as gr
 
 from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
 from tomviz.render.text import fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
-from tomviz.ui.common import TEXT_MODELS, merge_controls, user_errors
+from tomviz.ui.common import TEXT_MODELS, layer_slider, merge_controls, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
 
 EXAMPLE_PROMPTS = [
@@ -86,7 +86,7 @@ def build_text_tab() -> None:
             run = gr.Button("Run", variant="primary")
             examples = gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
             model, method, schedule, prop_attn, ratio = merge_controls("minilm", TEXT_MODELS)
-            layer = gr.Slider(1, 6, value=3, step=1, label="Layer", info="Show the groups after this layer (no model run)")
+            layer = layer_slider(6, 3)
             download = gr.Button("Download trace (.json, .npz)")
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
         with gr.Column(scale=7):

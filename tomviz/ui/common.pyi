@@ -1,0 +1,74 @@
+"""Shared pieces of the tabs: model/method choices and the conversion of errors to UI messages."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import gradio as gr
+
+import tomviz
+from tomviz.merge.schedule import MAX_RATIO, ScheduleError
+from tomviz.models.preprocess import ImageInputError
+
+log = logging.getLogger("tomviz.app")
+
+IMAGE_MODELS = ["dinov2-small", "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
+TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
+MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
+
+
+def method_choices() -> list[tuple[str, str]]:
+    """``(label, name)`` pairs for the method dropdown, read from ``tomviz.METHODS`` at build time."""
+    return [(cls.label or name, name) for name, cls in tomviz.METHODS.items()]
+
+
+def merge_controls(default_model: str, models: list[str]) -> tuple[gr.Dropdown, gr.Dropdown, gr.Radio, gr.Checkbox, gr.Slider]:
+    """The settings row shared by both tabs: model, method, schedule, proportional attention, ratio."""
+    model = gr.Dropdown(models, value=default_model, label="Model", allow_custom_value=True, info=MODEL_HELP)
+    method = gr.Dropdown(method_choices(), value="tome", label="Merge method")
+    schedule = gr.Radio(["constant", "decreasing"], value="constant", label="Schedule",
+                        info="How the removed tokens spread over the layers")
+    prop_attn = gr.Checkbox(value=True, label="Proportional attention (add log size to attention logits)")
+    ratio = gr.Slider(0.0, MAX_RATIO, value=0.5, step=0.05, label="Merge ratio",
+                      info="Fraction of the input tokens removed by the last layer (runs the model on release)")
+    return model, method, schedule, prop_attn, ratio
+
+from gradio.events import Dependency
+
+class LayerSlider(gr.Slider):
+    """gr.Slider's front end (``is_template``) for a 1-based layer: its maximum follows the model, and a
+    layer beyond it (an API call with the default after a shallower model) is clamped, not refused."""
+
+    is_template = True
+
+    def preprocess(self, payload: float | None) -> float | None:
+        if payload is None or payload != payload:  # None or NaN
+            return payload
+        return float(max(1, round(payload)))
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component  # the handlers clamp it to the model's last layer
+
+
+def layer_slider(num_layers: int, value: int) -> LayerSlider:
+    return LayerSlider(1, num_layers, value=value, step=1, label="Layer",
+                       info="Show the groups after this layer (no model run)")
+
+
+@contextlib.contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Turn the errors users can cause into a ``gr.Error`` with a readable message; log the rest."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (ImageInputError, tomviz.ModelLoadError, ScheduleError) as err:
+        raise gr.Error(str(err), title=f"Cannot {what}") from err
+    except (ValueError, IndexError) as err:
+        raise gr.Error(str(err), title=f"Cannot {what}") from err
+    except Exception as err:  # noqa: BLE001 - keep serving; say what went wrong
+        log.exception("unexpected error while trying to %s", what)
+        raise gr.Error(f"{type(err).__name__}: {err}", title=f"Unexpected error while trying to {what}") from err

@@ -36,7 +36,7 @@ def build_app() -> gr.Blocks:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
-                build_image_tab()
+                build_image_tab(demo)
             with gr.Tab("Text", id="text"):
                 build_text_tab()
             for title, builder in EXTRA_TABS:

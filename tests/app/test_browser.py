@@ -1,5 +1,5 @@
 """A real browser (Debian's chromium, headless, driven by Playwright for Python) against the app:
-pick an example, move the ratio slider, move the layer slider, upload a photo; the overlay changes
+the page opens on an inspected example; pick another, move the ratio slider, move the layer slider, upload a photo; the overlay changes
 every time and no error shows.
 The last screenshot is kept as artifacts/app_browser.png."""
 from __future__ import annotations
@@ -29,6 +29,11 @@ def _wait_for_new_src(page, selector: str, old: str | None) -> str:
             return src
         page.wait_for_timeout(200)
     raise AssertionError(f"{selector} did not change from {old!r}")
+
+
+def _wait_idle(page) -> None:
+    """Wait until no component shows Gradio's "processing" or "queue" status."""
+    page.wait_for_function("() => !/processing \\||queue: /.test(document.body.innerText)", timeout=TIMEOUT_MS)
 
 
 def _errors_shown(page) -> list[str]:
@@ -61,25 +66,29 @@ def test_browser_example_slider_upload(app_url):
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.goto(app_url)
             page.wait_for_selector("gradio-app")
-            page.locator("img[src*='chelsea']").first.click(timeout=TIMEOUT_MS)  # pick an example
-            first = _wait_for_new_src(page, "#overlay img", None)
+            initial = _wait_for_new_src(page, "#overlay img", None)  # the first example, inspected on page load
+            page.locator("img[src*='grace_hopper']").first.click(timeout=TIMEOUT_MS)  # pick another example
+            first = _wait_for_new_src(page, "#overlay img", initial)
             assert not _errors_shown(page)
 
             _drag_slider(page, "Merge ratio", 0.9, 0.0, 0.95)
             assert float(page.get_by_label("range slider for Merge ratio").input_value()) > 0.7
             second = _wait_for_new_src(page, "#overlay img", first)
             assert second != first and not _errors_shown(page)
-            page.wait_for_timeout(500)
+            _wait_idle(page)
             page.screenshot(path=str(artifacts / "app_browser_slider.png"), full_page=True)
 
-            _drag_slider(page, "Layer", 11, 1, 12)  # redraw from the stored trace
-            second = _wait_for_new_src(page, "#overlay img", second)
+            _drag_slider(page, "Layer", 11, 1, 12)  # redraw from the stored trace (no model run)
+            _wait_for_new_src(page, "#overlay img", second)
+            _wait_idle(page)
+            page.wait_for_timeout(500)  # let the last redraw of the drag land
             assert not _errors_shown(page)
 
+            strip = page.locator("#layer-strip img").first.get_attribute("src")  # changes only on model runs
             page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "coffee.png"))  # upload
-            third = _wait_for_new_src(page, "#overlay img", second)
-            assert third != second and not _errors_shown(page)
-            page.wait_for_timeout(500)
+            _wait_for_new_src(page, "#layer-strip img", strip)
+            _wait_idle(page)
+            assert not _errors_shown(page)
             page.screenshot(path=str(artifacts / "app_browser.png"), full_page=True)
         finally:
             browser.close()

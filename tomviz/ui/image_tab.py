@@ -133,13 +133,15 @@ class ImageUpload(gr.Image):
 
 
 # --- layout and wiring -------------------------------------------------------------------
-def build_image_tab() -> None:
-    """Lay out the Image tab inside the current ``gr.Tab`` and wire its events."""
+def build_image_tab(demo: gr.Blocks | None = None) -> None:
+    """Lay out the Image tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the first
+    example photo is shown and inspected when a visitor opens the page (the model loads on first use)."""
     session = gr.State(None)
     with gr.Row():
         with gr.Column(scale=4):
-            image = ImageUpload(type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
-            gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos (see assets/ATTRIBUTION.md)")
+            image = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,
+                                type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
+            examples = gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos (see assets/ATTRIBUTION.md)")
             model, method, schedule, prop_attn, ratio = merge_controls("dinov2-small", IMAGE_MODELS)
             layer = layer_slider(12, 6)
             opacity = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
@@ -162,10 +164,17 @@ def build_image_tab() -> None:
                 summary = gr.JSON(label="Summary")
 
     main_outputs = [session, overlay, strip, cluster, heat, counts, speed, gflops, fidelity, summary, layer]
+    main_inputs = [image, ratio, model, method, schedule, prop_attn, layer, opacity, session]
+    examples.load_input_event.then(inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="pick_example",
+                                   api_visibility="private",
+                                   concurrency_id="model", concurrency_limit=1)
+    if demo is not None and EXAMPLE_IMAGES:
+        demo.load(inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="open_page", api_visibility="private",
+                  concurrency_id="model", concurrency_limit=1)
     gr.on(
-        [ratio.release, image.change, model.change, method.change, schedule.change, prop_attn.change],
-        inspect_image, inputs=[image, ratio, model, method, schedule, prop_attn, layer, opacity, session],
-        outputs=main_outputs, api_name="inspect_image", concurrency_id="model", concurrency_limit=1,
+        # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
+        [ratio.release, image.upload, image.clear, model.change, method.change, schedule.change, prop_attn.change],
+        inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="inspect_image", concurrency_id="model", concurrency_limit=1,
         trigger_mode="always_last",
     )
     gr.on(

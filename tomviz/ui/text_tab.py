@@ -110,8 +110,9 @@ def build_text_tab() -> None:
         inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="inspect_text",
         concurrency_id="model", concurrency_limit=1, trigger_mode="always_last",
     )
-    examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_visibility="private",
-                           concurrency_id="model", concurrency_limit=1)
+    examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="pick_example_text",
+                                   api_visibility="private",
+                                   concurrency_id="model", concurrency_limit=1)
     layer.input(render_text_layer, inputs=[layer, session], outputs=[tokens, table, attention],
                 api_name="render_text_layer", trigger_mode="always_last", show_progress="hidden",
                 queue=False)  # a redraw from the stored trace: skip the queue

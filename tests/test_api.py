@@ -85,3 +85,23 @@ def test_local_folder_of_supported_model_loads(tmp_path, photo):
     assert model.labels is not None and model.adapter.family == "vit"
     res = tomviz.inspect(model, photo, r=3)
     assert res.outputs.logits.shape == (1, 2) and res.trace.token_counts() == [17, 14, 11]
+
+
+def test_model_cache_is_bounded(tmp_path, monkeypatch):
+    import transformers as tf
+
+    from tomviz.models import loading
+
+    monkeypatch.setattr(loading, "MAX_OTHER_MODELS", 1)
+    folders = []
+    for i in range(2):
+        folder = tmp_path / f"m{i}"
+        config = tf.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=16, patch_size=8)
+        tf.ViTModel(config).save_pretrained(folder)
+        folders.append(str(folder))
+    first = tomviz.load(folders[0])
+    tomviz.load("dinov2-small")
+    tomviz.load(folders[1])
+    cached = [key[0] for key in loading._CACHE]
+    assert folders[1] in cached and folders[0] not in cached and "dinov2-small" in cached
+    assert tomviz.load(folders[0]) is not first  # reloaded after eviction

@@ -47,14 +47,13 @@ def _options(arg: str | None) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     import tomviz
     from tomviz.api import run
     from tomviz.merge import get_method
     from tomviz.merge.engine import MergeConfig
-    from tomviz.sweep import final_embedding
+    from tomviz.fidelity import cosine, final_embedding, final_sizes_of
 
     x, modality, _ = read_input(args.input)
     out = Path(args.out)
@@ -67,7 +66,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     trace.save(out / "trace.npz")
     text = loaded.modality == "text"
     base = run(loaded, result.inputs, MergeConfig(method=get_method("tome"), r=0))[0]
-    cosine = F.cosine_similarity(final_embedding(result.outputs, text).float(), final_embedding(base, text).float(), dim=-1)
+    merged_embedding, _ = final_embedding(result.outputs, loaded.modality, final_sizes_of(result.state))
+    similarity = cosine(merged_embedding, final_embedding(base, loaded.modality)[0])
     stats: dict[str, Any] = {
         "model": loaded.name,
         "method": args.method,
@@ -75,7 +75,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "r": args.r,
         "schedule": trace.meta["schedule"],
         "token_counts": trace.token_counts(),
-        "final_cosine_to_unmerged": float(cosine[0]),
+        "final_cosine_to_unmerged": similarity,
         "pruned_inputs_last_layer": int((trace.groups(-1) < 0).sum()),
     }
     if text:

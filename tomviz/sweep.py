@@ -3,10 +3,9 @@
 For each (method, ratio) one traced forward gives the final token count and the
 output, compared with the unmerged forward:
 
-* ``cosine``: cosine similarity of the final embedding to the unmerged one — the
-  ``pooler_output`` when the model has one (DINOv2's normalised CLS), otherwise the
-  CLS token of ``last_hidden_state`` (text encoders; BERT's pooler is an unrelated
-  NSP head), or the logits for classifiers;
+* ``cosine``: cosine similarity of the final embedding to the unmerged one
+  (:func:`tomviz.fidelity.final_embedding`: logits for classifiers, the pooled
+  image embedding, the size-weighted token mean for text encoders);
 * ``top1_agree``: for classifiers, whether the top-1 class is unchanged (else None);
 * ``latency_s``: median of ``runs`` untraced forwards (``torch.inference_mode``) after
   ``warmup`` untimed ones; ``baseline_latency_s`` is the unmerged model, measured in
@@ -21,10 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
-import torch.nn.functional as F
-
 from tomviz.api import run
+from tomviz.fidelity import cosine, final_embedding, final_sizes_of
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.schedule import ScheduleError
@@ -35,23 +32,6 @@ COLUMNS = (
     "input", "method", "ratio", "tokens_in", "tokens_out", "cosine", "top1_agree",
     "latency_s", "baseline_latency_s", "speedup", "error",
 )
-
-
-def final_embedding(outputs: Any, text: bool) -> torch.Tensor:
-    """``[B, C]``: the vector fidelity is measured on (see the module docstring)."""
-    logits = getattr(outputs, "logits", None)
-    if logits is not None:
-        return logits
-    pooled = getattr(outputs, "pooler_output", None)
-    if pooled is not None and not text:
-        return pooled
-    return outputs.last_hidden_state[:, 0]
-
-
-def _trace_of(run_result: tuple[Any, Any]):
-    """``run`` returns (outputs, state) — or (outputs, trace) in older cores."""
-    second = run_result[1]
-    return second.trace() if callable(getattr(second, "trace", None)) else second
 
 
 def sweep(
@@ -72,7 +52,7 @@ def sweep(
     """
     loaded = load(model) if not isinstance(model, LoadedModel) else model
     inputs: PreparedInput = loaded.prepare(x)
-    text = loaded.modality == "text"
+    modality = loaded.modality
     extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
 
     def config(method: str, ratio: float) -> MergeConfig:
@@ -81,9 +61,9 @@ def sweep(
 
     base_config = config("tome", 0.0)
     base_outputs = run(loaded, inputs, base_config)[0]
-    base_embedding = final_embedding(base_outputs, text)
+    base_embedding, _ = final_embedding(base_outputs, modality)
     base_latency = measure_latency(loaded, inputs, base_config, runs=runs, warmup=warmup)
-    tokens_in = _trace_of(run(loaded, inputs, base_config)).num_input_tokens
+    tokens_in = run(loaded, inputs, base_config)[1].trace().num_input_tokens
 
     jobs = [(m, float(r)) for m in methods for r in ratios]
     if progress:
@@ -101,11 +81,12 @@ def sweep(
             row["error"] = str(err)
             rows.append(row)
             continue
-        embedding = final_embedding(result[0], text)
-        row["tokens_out"] = _trace_of(result).token_counts()[-1]
-        row["cosine"] = float(F.cosine_similarity(embedding.float(), base_embedding.float(), dim=-1)[0])
-        if getattr(result[0], "logits", None) is not None:
-            row["top1_agree"] = bool(embedding.argmax(-1)[0] == base_embedding.argmax(-1)[0])
+        outputs, state = result
+        embedding, _ = final_embedding(outputs, modality, final_sizes_of(state))
+        row["tokens_out"] = state.trace().token_counts()[-1]
+        row["cosine"] = cosine(embedding, base_embedding)
+        if getattr(outputs, "logits", None) is not None:
+            row["top1_agree"] = bool(embedding.argmax() == base_embedding.argmax())
         row["latency_s"] = measure_latency(loaded, inputs, replace(merged, extra=dict(extra)), runs=runs, warmup=warmup)
         row["speedup"] = base_latency / row["latency_s"]
         rows.append(row)

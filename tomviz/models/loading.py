@@ -8,7 +8,9 @@ callers and never mutated per call.
 from __future__ import annotations
 
 import json
+import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +155,13 @@ class LoadedModel:
         return PreparedInput(tensors=tensors, meta=meta)
 
 
-_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_CACHE: "OrderedDict[tuple[str, str], LoadedModel]" = OrderedDict()
 _LOCK = threading.Lock()
+# Besides the embedded defaults, keep this many other models (least recently used goes first):
+# on a public Space anyone can type model ids, so memory must stay bounded.
+MAX_OTHER_MODELS = int(os.environ.get("TOMVIZ_MAX_MODELS", "2"))
+# Refuse hub models above this many parameters (checked from the hub's metadata before downloading).
+MAX_PARAMETERS = int(float(os.environ.get("TOMVIZ_MAX_PARAMETERS", "4e8")))
 
 
 def load(name: str | nn.Module | LoadedModel = "dinov2-small", device: str | torch.device | None = None) -> LoadedModel:
@@ -169,9 +176,15 @@ def load(name: str | nn.Module | LoadedModel = "dinov2-small", device: str | tor
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
     key = (name.strip(), str(device))
     with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _load_uncached(key[0], device)
-        return _CACHE[key]
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        loaded = _load_uncached(key[0], device)
+        _CACHE[key] = loaded
+        others = [k for k in _CACHE if k[0] not in DEFAULT_MODELS]
+        for old in others[: max(0, len(others) - MAX_OTHER_MODELS)]:
+            del _CACHE[old]
+        return loaded
 
 
 def _wrap(name: str, model: nn.Module, image_spec: ImageSpec | None = None, tokenizer: Any = None) -> LoadedModel:
@@ -210,6 +223,7 @@ def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
 
     if not Path(name).is_dir():
         _check_hub_reachable(name)
+        _check_size(name)
     try:
         config = tf.AutoConfig.from_pretrained(name)
     except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot load"
@@ -264,6 +278,22 @@ def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
             f"cannot load model {name!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this "
             f"machine ({getattr(err, 'reason', err)}); use an embedded model ({', '.join(DEFAULT_MODELS)}) or a local folder"
         ) from err
+
+
+def _check_size(name: str) -> None:
+    """Refuse models larger than ``MAX_PARAMETERS`` before downloading them (when the hub says)."""
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        counts = get_safetensors_metadata(name).parameter_count
+    except Exception:  # noqa: BLE001 - no safetensors metadata: nothing to check against
+        return
+    total = sum(counts.values())
+    if total > MAX_PARAMETERS:
+        raise ModelLoadError(
+            f"model {name!r} has {total / 1e6:.0f}M parameters; this server loads models up to "
+            f"{MAX_PARAMETERS / 1e6:.0f}M (TOMVIZ_MAX_PARAMETERS)"
+        )
 
 
 def _image_spec(name: str) -> ImageSpec | None:

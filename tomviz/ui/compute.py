@@ -19,6 +19,7 @@ from PIL import Image
 
 import tomviz
 from tomviz.api import run
+from tomviz.fidelity import cosine, final_embedding, top_labels
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.schedule import MAX_RATIO
@@ -32,7 +33,6 @@ FIRST_RUNS = 2  # unmerged timings when an input is first seen
 SAMPLE_WINDOW = 5  # timings kept per configuration (median of these is shown)
 BASELINE_REFRESH_S = 5.0  # add an unmerged timing when the newest is older than this (tracks load)
 DISPLAY_SIDE = 448  # the photo kept in the session is at most this long on a side
-TOP_K = 5
 
 try:  # ZeroGPU on Spaces: the GPU function carries @spaces.GPU; elsewhere a no-op
     import spaces  # type: ignore[import-not-found]
@@ -117,41 +117,6 @@ def input_key(loaded: Any, tensors: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def final_embedding(outputs: Any, modality: str, final_sizes: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """``[C]`` embedding used for fidelity, and its name.
-
-    Text models: the size-weighted mean of the final tokens (= the mean over input tokens,
-    as sentence encoders pool). Image models: ``image_embeds`` (CLIP), else ``pooler_output``,
-    else the CLS token of ``last_hidden_state``; classifiers: the logits.
-    """
-    logits = getattr(outputs, "logits", None)
-    if logits is not None:
-        return logits[0].float().cpu().numpy(), "logits"
-    if modality == "text":
-        hidden = outputs.last_hidden_state[0].float().cpu().numpy()  # [N_L, C]
-        weights = np.ones(hidden.shape[0]) if final_sizes is None else np.asarray(final_sizes, dtype=np.float64)
-        return (weights[:, None] * hidden).sum(0) / weights.sum(), "mean-pooled tokens"
-    for name in ("image_embeds", "pooler_output"):
-        value = getattr(outputs, name, None)
-        if value is not None:
-            return value[0].float().cpu().numpy(), name.replace("_", " ")
-    return outputs.last_hidden_state[0, 0].float().cpu().numpy(), "CLS token"
-
-
-def top_labels(outputs: Any, labels: dict[int, str] | None, k: int = TOP_K) -> list[tuple[str, float]] | None:
-    logits = getattr(outputs, "logits", None)
-    if logits is None or not labels:
-        return None
-    probs = torch.softmax(logits[0].float(), dim=-1).cpu()
-    values, indices = probs.topk(min(k, probs.shape[0]))
-    return [(labels.get(int(i), str(int(i))), float(v)) for v, i in zip(values, indices)]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(np.dot(a, b) / denom) if denom > 0 else float("nan")
 
 
 def make_reference(loaded: Any, inputs: Any, key: str) -> Reference:

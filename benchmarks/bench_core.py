@@ -26,23 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tomviz  # noqa: E402
 from tomviz.merge import get_method  # noqa: E402
 from tomviz.merge.engine import MergeConfig  # noqa: E402
+from tomviz.merge.schedule import clipped_constant_schedule, token_counts  # noqa: E402
 from tomviz.models import patching  # noqa: E402
-
-
-def block_flops(n_in: int, n_out: int, hidden: int, mlp: int) -> float:
-    """Multiply-adds ×2 of one block: attention (projections + scores + weighted sum) at n_in tokens, MLP at n_out."""
-    attention = 2 * (4 * n_in * hidden * hidden + 2 * n_in * n_in * hidden)
-    return attention + 2 * (2 * n_out * hidden * mlp)
+from tomviz.speed import gflops_per_layer  # noqa: E402
 
 
 def flops_ratio(num_tokens: int, schedule: list[int], hidden: int, mlp: int) -> float:
-    """Unmerged FLOPs / merged FLOPs over the blocks (the speedup limit)."""
-    full = sum(block_flops(num_tokens, num_tokens, hidden, mlp) for _ in schedule)
-    merged, n = 0.0, num_tokens
-    for r in schedule:
-        merged += block_flops(n, n - r, hidden, mlp)
-        n -= r
-    return full / merged
+    """Unmerged FLOPs / merged FLOPs over the blocks (the speedup limit): attention at the
+    tokens entering a block, MLP at the tokens left after its merge (tomviz.speed)."""
+    counts = [num_tokens] + token_counts(num_tokens, schedule)
+    full = sum(gflops_per_layer([num_tokens] * len(schedule), [num_tokens] * len(schedule), hidden, mlp))
+    return full / sum(gflops_per_layer(counts[:-1], counts[1:], hidden, mlp))
 
 
 def vit_config(size: str) -> tf.ViTConfig:
@@ -130,7 +124,8 @@ def main() -> None:
                     times[key].append(clock() - start)
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
         for r in args.rs:
-            limit = flops_ratio(197, [r] * 12, hidden=base.config.hidden_size, mlp=base.config.intermediate_size)
+            schedule = clipped_constant_schedule(r, 12, 197, 1)  # what the merged model runs (r=16 clips the last layer)
+            limit = flops_ratio(197, schedule, hidden=base.config.hidden_size, mlp=base.config.intermediate_size)
             speedup = med["base"] / med[("merged", r)]
             print(
                 f"| {batch} | {r} | {med['base']:.1f} | {med[('merged', r)]:.1f} | {speedup:.2f}x | {limit:.2f}x | "

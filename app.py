@@ -9,6 +9,7 @@ from typing import Callable
 
 import gradio as gr
 
+from tomviz.ui.compare_tab import build_compare_tab
 from tomviz.ui.image_tab import build_image_tab
 from tomviz.ui.scores_tab import build_scores_tab
 from tomviz.ui.text_tab import build_text_tab
@@ -23,9 +24,8 @@ INTRO = (
 # ---------------------------------------------------------------------------------------
 # EXTRA TABS — other engineers add tabs here: (tab title, builder). A builder lays out its
 # components and wires its events inside the current gr.Tab (see tomviz/ui/image_tab.py).
-# Planned: ("Scores", build_scores_tab) and ("Compare / Sweep", build_sweep_tab).
 # ---------------------------------------------------------------------------------------
-EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [("Scores", build_scores_tab)]
+EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab)]
 
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
 DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1

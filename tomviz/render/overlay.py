@@ -107,11 +107,13 @@ def heatmap_overlay(
     opacity: float = 0.6,
     colormap: str = "inferno",
     max_side: int | None = 448,
+    value_range: tuple[float, float] | None = None,
 ) -> Image.Image:
     """Per-patch values (``[rows*cols]``, nan = none) drawn as a colour map over the photo.
 
     Values are scaled to [0, 1] between their minimum and 99th percentile (a few outlier
-    patches, such as ViT "register-like" high-norm tokens, would otherwise wash out the rest);
+    patches, such as ViT "register-like" high-norm tokens, would otherwise wash out the rest),
+    or between ``value_range = (low, high)`` when given (a fixed scale, e.g. distances in 0..1);
     nan patches show the photo only.
     """
     base = display_image(image, max_side) if max_side else image.convert("RGB")
@@ -119,7 +121,10 @@ def heatmap_overlay(
     rows, cols = int(patch_grid[0]), int(patch_grid[1])
     grid = np.asarray(values, dtype=np.float32).reshape(rows, cols)
     finite = np.isfinite(grid)
-    low, high = (float(grid[finite].min()), float(np.percentile(grid[finite], 99))) if finite.any() else (0.0, 1.0)
+    if value_range is not None:
+        low, high = float(value_range[0]), float(value_range[1])
+    else:
+        low, high = (float(grid[finite].min()), float(np.percentile(grid[finite], 99))) if finite.any() else (0.0, 1.0)
     scaled = np.clip(np.where(finite, (grid - low) / (high - low if high > low else 1.0), 0.0), 0.0, 1.0)
     lut = colour_table(colormap)  # [256, 3]
     colour = lut[(scaled * 255).astype(np.int64)]  # [rows, cols, 3]

@@ -42,6 +42,7 @@ def sweep(
     runs: int = 3,
     warmup: int = 1,
     mode: str = "constant",
+    prop_attn: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
     input_name: str = "",
     progress: bool = False,
@@ -57,7 +58,9 @@ def sweep(
 
     def config(method: str, ratio: float) -> MergeConfig:
         options = (method_options or {}).get(method, {})
-        return MergeConfig(method=get_method(method, **options), ratio=ratio, mode=mode, trace=True, extra=dict(extra))
+        return MergeConfig(
+            method=get_method(method, **options), ratio=ratio, mode=mode, prop_attn=prop_attn, trace=True, extra=dict(extra)
+        )
 
     base_config = config("tome", 0.0)
     base_outputs = run(loaded, inputs, base_config)[0]

@@ -41,6 +41,7 @@ class MergeMethod:
     needs_cls_attention: ClassVar[bool] = False  # the engine computes CLS attention before planning
     needs_hidden: ClassVar[bool] = False
     needs_positions: ClassVar[bool] = False  # the engine tracks MergeInputs.positions through the merges
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # the inputs the method applies to
 
     def plan(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
         raise NotImplementedError

@@ -47,6 +47,7 @@ class Subword(MergeMethod):
     name = "subword"
     label = "Subword (merge the pieces of each word)"
     needs_positions = True
+    modalities = ("text",)
 
     def __init__(self, layer: int | None = None):
         self.layer = layer  # merge only at this layer (0-based); None = wherever the schedule merges

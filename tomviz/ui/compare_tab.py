@@ -16,6 +16,7 @@ import gradio as gr
 import numpy as np
 
 import tomviz
+from tomviz.merge import METHODS
 from tomviz.merge.schedule import MAX_RATIO
 from tomviz.render.compare import (comparison_figure, comparison_table, difference_overlay, difference_stats,
                                    difference_tokens, jaccard_distance)
@@ -31,7 +32,6 @@ from tomviz.ui.text_tab import EXAMPLE_PROMPTS
 
 KINDS = ("image", "text")
 DEFAULT_MODEL = {"image": "dinov2-small", "text": "minilm"}
-TEXT_ONLY_METHODS = {"subword"}  # needs word ids (see tomviz/merge/subword.py)
 SWEEP_METHODS = ["tome", "pitome", "evit", "random"]
 SWEEP_RATIOS = "0, 0.25, 0.5, 0.75, 0.9"
 SWEEP_RUNS, SWEEP_WARMUP = 3, 1  # timed / untimed forwards per setting (default sweep: ~15 s for dinov2-small on 1 CPU thread)
@@ -55,7 +55,7 @@ class CompareSession:
 
 def methods_for(kind: str) -> list[tuple[str, str]]:
     """``(label, name)`` of the methods that run on ``kind`` inputs."""
-    return [(label, name) for label, name in method_choices() if kind == "text" or name not in TEXT_ONLY_METHODS]
+    return [(label, name) for label, name in method_choices() if kind in METHODS[name].modalities]
 
 
 def _input_of(kind: str, image: str | None, prompt: str | None) -> Any:
@@ -167,7 +167,8 @@ def sweep_rows_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, methods: list[str] | None,
-              ratios: str = SWEEP_RATIOS, schedule: str = "constant", progress: gr.Progress = gr.Progress(track_tqdm=True)):
+              ratios: str = SWEEP_RATIOS, schedule: str = "constant", prop_attn: bool = True,
+              progress: gr.Progress = gr.Progress(track_tqdm=True)):
     """Fidelity and measured speed of every chosen method × ratio on the input: (figure, table, CSV path).
     API: ``/sweep``."""
     with user_errors("run the sweep"):
@@ -190,13 +191,14 @@ def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, meth
         if loaded.modality != kind:
             raise ValueError(f"{name} is {'a text' if loaded.modality == 'text' else 'an image'} model: "
                              f"choose the {loaded.modality} input kind")
-        skipped = [m for m in methods if kind != "text" and m in TEXT_ONLY_METHODS]
+        skipped = [m for m in methods if kind not in METHODS[m].modalities]
         if skipped:
-            gr.Warning(f"Skipped {', '.join(skipped)}: text only.")
+            gr.Warning(f"Skipped {', '.join(skipped)}: not for {kind} inputs.")
             methods = [m for m in methods if m not in skipped]
             if not methods:
-                raise ValueError("no method left that runs on images")
-        rows = sweep(loaded, x, methods, values, runs=SWEEP_RUNS, warmup=SWEEP_WARMUP, mode=schedule, progress=True)
+                raise ValueError(f"no method left that runs on {kind} inputs")
+        rows = sweep(loaded, x, methods, values, runs=SWEEP_RUNS, warmup=SWEEP_WARMUP, mode=schedule, prop_attn=bool(prop_attn),
+                     progress=True)
         failed = [r for r in rows if r.get("error")]
         if failed:
             gr.Warning(f"{len(failed)} of {len(rows)} settings could not run (see the error column).")
@@ -292,6 +294,6 @@ def build_compare_tab() -> None:
     layer.input(render_compare_layer, inputs=[layer, session], outputs=layer_views, api_name="render_compare_layer",
                 trigger_mode="always_last", show_progress="hidden", queue=False)  # a redraw from the stored traces
     sweep_btn.click(
-        run_sweep, inputs=[kind, image, prompt, model, sweep_methods, sweep_ratios, schedule],
+        run_sweep, inputs=[kind, image, prompt, model, sweep_methods, sweep_ratios, schedule, prop_attn],
         outputs=[sweep_plot, sweep_table, csv], api_name="sweep", concurrency_id="model", concurrency_limit=1,
     )

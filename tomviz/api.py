@@ -1,7 +1,7 @@
 """The public API: ``load``, ``inspect``, ``patch``, ``unpatch``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ class InspectResult:
     state: MergeState  # final sizes/valid of the last layer; per-block hidden states when config.keep_hidden
 
     def banzhaf(self, layer: int, samples: int = 512, exact: bool = False, seed: int = 0, target: Any = None):
-        """Banzhaf values and interactions of the groups after ``layer`` (needs ``keep_hidden=True``).
+        """Banzhaf values and interactions of the groups after ``layer``.
 
         Returns a :class:`tomviz.scores.banzhaf.BanzhafResult`: ``.values [n]``, ``.stderr [n]``,
         ``.interactions [n, n]``, ``.players`` (group ids), ``.target``; ``.to_tokens()`` /
@@ -34,7 +34,12 @@ class InspectResult:
         """
         from tomviz.scores.banzhaf import banzhaf
 
-        return banzhaf(self, layer, samples=samples, exact=exact, seed=seed, target=target)
+        result = self
+        if not self.state.hidden:  # not inspected with keep_hidden=True: run the same forward once more, keeping them
+            config = replace(self.config, keep_hidden=True)
+            outputs, state = run(self.model, self.inputs, config)
+            result = replace(self, outputs=outputs, state=state, config=config)
+        return banzhaf(result, layer, samples=samples, exact=exact, seed=seed, target=target)
 
 
 def _merge_config(method, r, ratio, mode, prop_attn, trace, method_options, **flags) -> MergeConfig:

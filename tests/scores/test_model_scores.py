@@ -67,10 +67,12 @@ def test_dinov2_cosine_and_mapping(dinov2):
         res.banzhaf(0, exact=True)  # 13 players
 
 
-def test_needs_keep_hidden(dinov2):
+def test_scores_function_needs_keep_hidden(dinov2):
+    from tomviz.scores.banzhaf import banzhaf
+
     res = tomviz.inspect(dinov2, _image(), r=R)
     with pytest.raises(ValueError, match="keep_hidden"):
-        res.banzhaf(1)
+        banzhaf(res, 1)  # the InspectResult.banzhaf method reruns the forward instead
 
 
 def test_bert_mean_excludes_absent_tokens(bert):
@@ -170,3 +172,17 @@ def test_compacted_coalitions_equal_full_masking(dinov2):
     config = dataclasses.replace(res.config, trace=False, keep_hidden=False, resume=Resume(1, hidden, sizes, present))
     outputs, state = run(res.model, res.inputs, config)
     np.testing.assert_allclose(game(masks), game.read(outputs, state).double().numpy(), atol=1e-5)
+
+
+def test_banzhaf_without_keep_hidden_reruns_the_forward():
+    import transformers as tf
+
+    import tomviz
+
+    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8,
+                          num_labels=3)
+    model = tf.ViTForImageClassification(config).eval()
+    res = tomviz.inspect(model, torch.randn(1, 3, 32, 32), r=4)
+    assert not res.state.hidden
+    scores = res.banzhaf(layer=0, exact=True)
+    assert scores.values.shape == (len(scores.players),) and len(scores.players) == 17 - 4 - 1

@@ -93,11 +93,14 @@ class MergePlan:
         batch, num_in, channels = x.shape
         src = self.edges.src  # [B, r]
         slot = self.dst.gather(1, src)  # [B, r] output slot of each folded token
-        in_offset = torch.arange(batch, device=x.device).unsqueeze(1) * num_in  # [B, 1]
-        out_offset = torch.arange(batch, device=x.device).unsqueeze(1) * self.num_out
-        keep_rows = (self.keep + in_offset).reshape(-1)  # [B*num_out]
-        src_rows = (src + in_offset).reshape(-1)  # [B*r]
-        slot_rows = (slot + out_offset).reshape(-1)  # [B*r]
+        if batch == 1:
+            keep_rows, src_rows, slot_rows = self.keep[0], src[0], slot[0]
+        else:
+            in_offset = torch.arange(batch, device=x.device).unsqueeze(1) * num_in  # [B, 1]
+            out_offset = torch.arange(batch, device=x.device).unsqueeze(1) * self.num_out
+            keep_rows = (self.keep + in_offset).reshape(-1)  # [B*num_out]
+            src_rows = (src + in_offset).reshape(-1)  # [B*r]
+            slot_rows = (slot + out_offset).reshape(-1)  # [B*r]
         flat_x = x.reshape(-1, channels)  # [B*N_in, C]
         if sizes is None:
             sizes = x.new_ones(batch, num_in, 1)

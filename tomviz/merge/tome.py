@@ -9,6 +9,8 @@ next layer's A/B split depends on this order.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
@@ -44,9 +46,15 @@ def bipartite_plan(
 
 def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every A token to every B token: ``[B, Na, C] x [B, Nb, C] → [B, Na, Nb]``."""
-    a = a / a.norm(dim=-1, keepdim=True)
-    b = b / b.norm(dim=-1, keepdim=True)
+    a = a / torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+    b = b / torch.linalg.vector_norm(b, dim=-1, keepdim=True)
     return a @ b.transpose(1, 2)
+
+
+@functools.lru_cache(maxsize=1024)
+def _arange(start: int, end: int, step: int, device: torch.device) -> torch.Tensor:
+    """A cached ``arange`` (read-only: never modify the result in place)."""
+    return torch.arange(start, end, step, device=device)
 
 
 def _mask_padding(scores: torch.Tensor, valid_a: torch.Tensor, valid_b: torch.Tensor) -> torch.Tensor:
@@ -63,7 +71,8 @@ def _alternating_plan(metric: torch.Tensor, r: int, num_protected: int, valid: t
     batch, num_tokens, _ = metric.shape
     device = metric.device
     protected_a, protected_b = (num_protected + 1) // 2, num_protected // 2  # A[:pa], B[:pb] are protected
-    scores = _scores(metric[:, ::2], metric[:, 1::2])  # [B, Na, Nb]
+    metric = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb] cosine similarities
     num_a, num_b = scores.shape[1:]
     scores[:, :protected_a] = -torch.inf
     scores[:, :, :protected_b] = -torch.inf
@@ -78,15 +87,15 @@ def _alternating_plan(metric: torch.Tensor, r: int, num_protected: int, valid: t
     # Output order: protected tokens (positions 0..P-1), kept A ascending, then unprotected B.
     keep = torch.cat(
         [
-            torch.arange(num_protected, device=device).expand(batch, -1),
+            _arange(0, num_protected, 1, device).expand(batch, -1),
             2 * kept_a,
-            (2 * torch.arange(protected_b, num_b, device=device) + 1).expand(batch, -1),
+            _arange(2 * protected_b + 1, 2 * num_b + 1, 2, device).expand(batch, -1),  # B positions
         ],
         dim=1,
     )  # [B, N - r]
     num_out = num_tokens - r
     dst = torch.empty(batch, num_tokens, dtype=torch.long, device=device)
-    dst.scatter_(1, keep, torch.arange(num_out, device=device).expand(batch, -1))
+    dst.scatter_(1, keep, _arange(0, num_out, 1, device).expand(batch, -1))
     target_b = best_b.gather(1, src_a)  # [B, r]
     src = 2 * src_a
     dst.scatter_(1, src, num_protected + num_kept_a + target_b - protected_b)

@@ -45,6 +45,20 @@ def model_widths(config: Any) -> tuple[int, int]:
     return hidden, int(mlp)
 
 
+def timed_run(loaded: Any, inputs: Any, config: MergeConfig) -> tuple[Any, Any, float]:
+    """One forward under ``config`` (traced or not): ``(outputs, state, seconds)``."""
+    from tomviz.api import run
+
+    cuda = loaded.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    outputs, state = run(loaded, inputs, config)
+    if cuda:
+        torch.cuda.synchronize()
+    return outputs, state, time.perf_counter() - start
+
+
 def measure_latencies(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3, warmup: int = 0) -> list[float]:
     """Seconds of each of ``runs`` untraced forwards of ``loaded`` on ``inputs`` under ``config``."""
     from tomviz.api import run

@@ -83,7 +83,8 @@ def speed_markdown(speed: Any) -> str:
     """A short markdown summary of a :class:`tomviz.speed.SpeedReport`."""
     return (
         f"**Latency on {speed.device}**: merged **{speed.merged_s * 1e3:.1f} ms**, unmerged {speed.unmerged_s * 1e3:.1f} ms "
-        f"(medians of the last {speed.runs} and {speed.baseline_runs} runs; more accumulate as you explore) → "
+        f"(medians of the last {speed.runs} and {speed.baseline_runs} runs; more accumulate as you explore; "
+        f"merged runs are the traced ones, so the speed-up is slightly understated) → "
         f"speed-up **{speed.speedup:.2f}×**  \n"
         f"**Analytic GFLOPs** (layers only, 1 multiply-add = 2 FLOPs): merged {speed.merged_gflops_total:.2f}, "
         f"unmerged {speed.unmerged_gflops_total:.2f} → {speed.flops_ratio:.2f}× fewer"

@@ -53,3 +53,14 @@ def test_bad_version_and_format(tmp_path, trace):
         trace.save(tmp_path / "t.pkl")
     with pytest.raises(IndexError):
         trace.groups(3)
+
+
+def test_stable_groups_name_groups_by_their_smallest_member(trace):
+    for layer in range(trace.num_layers):
+        groups, stable = trace.groups(layer), trace.stable_groups(layer)
+        for g in np.unique(groups):
+            members = np.nonzero(groups == g)[0]
+            assert (stable[members] == members.min()).all()
+    # a token alone through every layer keeps its own index as its name
+    alone = np.nonzero(trace.sizes(2)[trace.groups(2)] == 1)[0]
+    assert (trace.stable_groups(2)[alone] == alone).all()

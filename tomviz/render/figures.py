@@ -19,7 +19,8 @@ def _scrambled(ids: np.ndarray) -> np.ndarray:
 
 
 def cluster_map_figure(trace: Trace, layer: int, height: int = 380) -> go.Figure:
-    """Interactive map of the patch grid after ``layer`` (0-based): colour = group; hover shows
+    """Interactive map of the patch grid after ``layer`` (0-based): colour = group (keyed on its
+    smallest member, so colours stay put from layer to layer); hover shows
     the group id, its size (input tokens) and the layer (1-based) where it first merged."""
     num_protected = int(trace.meta.get("num_protected", 1))
     grid = trace.meta["patch_grid"]
@@ -32,7 +33,7 @@ def cluster_map_figure(trace: Trace, layer: int, height: int = 380) -> go.Figure
     custom = np.stack([labels.astype(str), size_map.astype(str), joined_text], axis=-1)  # [rows, cols, 3]
     fig = go.Figure(
         go.Heatmap(
-            z=_scrambled(labels), customdata=custom, colorscale="Turbo", showscale=False, zmin=0, zmax=1,
+            z=_scrambled(patch_labels(trace.stable_groups(layer), grid, num_protected)), customdata=custom, colorscale="Turbo", showscale=False, zmin=0, zmax=1,
             hovertemplate="patch (%{y}, %{x})<br>group %{customdata[0]}<br>size %{customdata[1]}"
             "<br>joined at layer %{customdata[2]}<extra></extra>",
         )

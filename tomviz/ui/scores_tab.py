@@ -178,7 +178,8 @@ def build_scores_tab() -> None:
     with gr.Row():
         with gr.Column(scale=4):
             model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value="dinov2-small", label="Model", allow_custom_value=True)
-            image = gr.Image(type="filepath", label="Image (image models)", sources=["upload", "clipboard"], height=240)
+            image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image (image models)",
+                             sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos")
             text = gr.Textbox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
             ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
@@ -207,7 +208,8 @@ def build_scores_tab() -> None:
     with gr.Row():
         with gr.Column(scale=4):
             clip_model = gr.Textbox(CLIP_MODEL, label="CLIP model (Hugging Face id)")
-            clip_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=240)
+            clip_image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image",
+                                  sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=clip_image, label="Example photos")
             prompt = gr.Textbox("a cat sleeping on a sofa", label="Prompt")
             clip_ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")

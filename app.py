@@ -38,7 +38,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Image", id="image"):
                 build_image_tab(demo)
             with gr.Tab("Text", id="text"):
-                build_text_tab()
+                build_text_tab(demo)
             for title, builder in EXTRA_TABS:
                 with gr.Tab(title):
                     builder()

@@ -77,12 +77,14 @@ def text_downloads(session: Analysis | None = None) -> list[str]:
     return [str(session.trace.save(folder / "trace.json")), str(session.trace.save(folder / "trace.npz"))]
 
 
-def build_text_tab() -> None:
-    """Lay out the Text tab inside the current ``gr.Tab`` and wire its events."""
+def build_text_tab(demo: gr.Blocks | None = None) -> None:
+    """Lay out the Text tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the first
+    example prompt is filled in and inspected when a visitor opens the page."""
     session = gr.State(None)
     with gr.Row():
         with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter")
+            prompt = gr.Textbox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter",
+                                value=EXAMPLE_PROMPTS[0] if demo is not None else None)
             run = gr.Button("Run", variant="primary")
             examples = gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
             model, method, schedule, prop_attn, ratio = merge_controls("minilm", TEXT_MODELS)
@@ -110,6 +112,9 @@ def build_text_tab() -> None:
         inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="inspect_text",
         concurrency_id="model", concurrency_limit=1, trigger_mode="always_last",
     )
+    if demo is not None:
+        demo.load(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="open_page_text", api_visibility="private",
+                  concurrency_id="model", concurrency_limit=1)
     examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="pick_example_text",
                                    api_visibility="private",
                                    concurrency_id="model", concurrency_limit=1)

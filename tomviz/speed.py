@@ -61,21 +61,9 @@ def timed_run(loaded: Any, inputs: Any, config: MergeConfig) -> tuple[Any, Any, 
 
 def measure_latencies(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3, warmup: int = 0) -> list[float]:
     """Seconds of each of ``runs`` untraced forwards of ``loaded`` on ``inputs`` under ``config``."""
-    from tomviz.api import run
-
     config = replace(config, trace=False)
-    cuda = loaded.device.type == "cuda"
-    times = []
-    for i in range(warmup + runs):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run(loaded, inputs, config)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+    times = [timed_run(loaded, inputs, config)[2] for _ in range(warmup + runs)]
+    return times[warmup:]
 
 
 def measure_latency(loaded: Any, inputs: Any, config: MergeConfig, runs: int = 3, warmup: int = 0) -> float:

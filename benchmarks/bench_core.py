@@ -12,6 +12,7 @@ against plain merging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import sys
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tomviz  # noqa: E402
 from tomviz.merge import get_method  # noqa: E402
-from tomviz.merge.engine import MergeConfig  # noqa: E402
+from tomviz.merge.engine import MergeConfig, MergeState  # noqa: E402
 from tomviz.merge.schedule import clipped_constant_schedule, token_counts  # noqa: E402
 from tomviz.models import patching  # noqa: E402
 from tomviz.speed import gflops_per_layer  # noqa: E402
@@ -37,6 +38,26 @@ def flops_ratio(num_tokens: int, schedule: list[int], hidden: int, mlp: int) -> 
     counts = [num_tokens] + token_counts(num_tokens, schedule)
     full = sum(gflops_per_layer([num_tokens] * len(schedule), [num_tokens] * len(schedule), hidden, mlp))
     return full / sum(gflops_per_layer(counts[:-1], counts[1:], hidden, mlp))
+
+
+@contextlib.contextmanager
+def slicing_instead_of_merging():
+    """The hardware ceiling: every block drops its last r tokens with a slice (no matching,
+    no merge arithmetic, no attention bias), so only the smaller matrix products remain.
+    No merge method can be faster than this on the same schedule."""
+    original = MergeState.after_attention
+
+    def drop(self: MergeState, layer: int, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+        r = self.schedule[layer]
+        self.removed.append(r)
+        self.clear_captures()
+        return x[:, : x.shape[1] - r]
+
+    MergeState.after_attention = drop
+    try:
+        yield
+    finally:
+        MergeState.after_attention = original
 
 
 def vit_config(size: str) -> tf.ViTConfig:
@@ -65,6 +86,10 @@ def main() -> None:
     parser.add_argument("--size", choices=["S", "B"], default="S")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument(
+        "--ceiling", action="store_true",
+        help="also time the ceiling: the same schedule with tokens dropped by slicing (zero merge cost)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--cpu-time", action="store_true",
@@ -82,8 +107,9 @@ def main() -> None:
     tome = get_method("tome")
     clock_name = "process CPU time" if args.cpu_time else "wall time"
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} ViT-{args.size}/16 rounds={args.rounds} clock={clock_name}")
-    print("| batch | r | unpatched ms | merged ms | speedup | FLOP-ratio limit | speedup / limit | trace ms | trace / merged |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    ceiling_head = " ceiling ms | ceiling speedup |" if args.ceiling else ""
+    print("| batch | r | unpatched ms | merged ms | speedup | FLOP-ratio limit | speedup / limit | trace ms | trace / merged |" + ceiling_head)
+    print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * args.ceiling)
     for batch in args.batches:
         x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
 
@@ -108,10 +134,21 @@ def main() -> None:
 
             return fn
 
+        def make_ceiling(r):
+            merged_fn = make_merged(r)
+
+            def fn():
+                with slicing_instead_of_merging():
+                    merged_fn()
+
+            return fn
+
         runs = {"base": run_base}
         for r in args.rs:
             runs[("merged", r)] = make_merged(r)
             runs[("trace", r)] = make_traced(r)
+            if args.ceiling:
+                runs[("ceiling", r)] = make_ceiling(r)
         times = {k: [] for k in runs}
         with torch.inference_mode():
             for _ in range(args.warmup):
@@ -130,6 +167,7 @@ def main() -> None:
             print(
                 f"| {batch} | {r} | {med['base']:.1f} | {med[('merged', r)]:.1f} | {speedup:.2f}x | {limit:.2f}x | "
                 f"{speedup / limit:.2f} | {med[('trace', r)]:.1f} | {med[('trace', r)] / med[('merged', r)]:.3f} |"
+                + (f" {med[('ceiling', r)]:.1f} | {med['base'] / med[('ceiling', r)]:.2f}x |" if args.ceiling else "")
             )
 
 

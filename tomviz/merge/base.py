@@ -21,7 +21,7 @@ from tomviz.merge.plan import MergePlan
 class MergeInputs:
     """What a method may read at one layer (batch B, tokens N, channels C)."""
 
-    metric: torch.Tensor  # [B, N, C_k] keys averaged over heads (the ToMe similarity metric)
+    metric: torch.Tensor  # [B, N, C_k] keys summed over heads (ToMe's metric up to scale: compare by cosine)
     num_protected: int = 1  # the first tokens never merge and are never merged into
     hidden: torch.Tensor | None = None  # [B, N, C] hidden states after the attention residual
     cls_attention: torch.Tensor | None = None  # [B, N] CLS→token attention, mean over heads

@@ -223,9 +223,10 @@ class MergeState:
 
     # -- helpers -------------------------------------------------------------------------
     def _metric(self, num_heads: int) -> torch.Tensor:
-        """Keys averaged over heads: ``[B, N, d]``."""
+        """Keys summed over heads: ``[B, N, d]``. ToMe averages them; the sum is the mean
+        times the head count, which no cosine similarity sees, and skips a division."""
         batch, num_tokens, width = self.keys.shape
-        return self.keys.view(batch, num_tokens, num_heads, width // num_heads).mean(2)
+        return self.keys.view(batch, num_tokens, num_heads, width // num_heads).sum(2)
 
     def _logits(self, query: torch.Tensor, num_heads: int) -> torch.Tensor:
         """query ``[B, Q, H*d]`` → attention probabilities ``[B, H, Q, N]``."""

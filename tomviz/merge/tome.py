@@ -75,7 +75,8 @@ def _alternating_plan(metric: torch.Tensor, r: int, num_protected: int, valid: t
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb] cosine similarities
     num_a, num_b = scores.shape[1:]
     scores[:, :protected_a] = -torch.inf
-    scores[:, :, :protected_b] = -torch.inf
+    if protected_b:
+        scores[:, :, :protected_b] = -torch.inf
     if valid is not None:
         scores = _mask_padding(scores, valid[:, ::2], valid[:, 1::2])
 

@@ -33,6 +33,20 @@ MODELS = {
         ),
         5,
     ),
+    "dinov2-classifier": (
+        lambda: tf.Dinov2ForImageClassification(
+            tf.Dinov2Config(num_labels=5, **{k: v for k, v in VISION.items() if k != "intermediate_size"})
+        ),
+        1,
+    ),
+    "dinov2-registers-classifier": (
+        lambda: tf.Dinov2WithRegistersForImageClassification(
+            tf.Dinov2WithRegistersConfig(
+                num_register_tokens=4, num_labels=5, **{k: v for k, v in VISION.items() if k != "intermediate_size"}
+            )
+        ),
+        5,
+    ),
     "clip-vision": (lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**VISION)), 1),
     "clip": (_clip, 1),
     "bert": (lambda: tf.BertModel(tf.BertConfig(**TEXT)), 1),
@@ -133,6 +147,28 @@ def test_deit_distillation_token_is_read_by_the_head():
     # both heads read positions 0 and 1: CLS and distillation token, never merged
     for layer in range(res.trace.num_layers):
         assert res.trace.groups(layer)[:2].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["dinov2-classifier", "dinov2-registers-classifier"])
+def test_dinov2_classifier_pools_merged_patch_tokens_by_size(name):
+    build, num_protected = MODELS[name]
+    model = build().eval()
+    backbone = model.dinov2 if hasattr(model, "dinov2") else model.dinov2_with_registers
+    seen = []
+    handle = backbone.layernorm.register_forward_hook(lambda module, args, output: seen.append(output))
+    res = tomviz.inspect(model, torch.randn(1, 3, 64, 64), r=6)
+    handle.remove()
+    tokens = seen[-1][0]  # [N_L, C]
+    sizes = torch.as_tensor(res.trace.sizes(res.trace.num_layers - 1))[num_protected:, None]
+    assert sizes.max() > 1  # merged, so weighting matters
+    patches = tokens[num_protected:]
+    with torch.no_grad():
+        weighted = model.classifier(torch.cat([tokens[0], (patches * sizes).sum(0) / sizes.sum()]))
+        plain = model.classifier(torch.cat([tokens[0], patches.mean(0)]))
+    assert torch.allclose(res.outputs.logits[0], weighted, atol=1e-5)
+    assert not torch.allclose(res.outputs.logits[0], plain, atol=1e-4)
+    tomviz.unpatch(model)
+    assert not model.classifier._forward_pre_hooks and not backbone.layernorm._forward_hooks
 
 
 def test_bert_padding_never_merges_with_real_tokens():

@@ -84,6 +84,7 @@ class MergeState:
         self.query_cls: torch.Tensor | None = None  # [B, H*d] CLS query
         self.query: torch.Tensor | None = None  # [B, N, H*d] (full attention only)
         self.layers: list[LayerTrace] = []
+        self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output, for heads that pool by size
         self.hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # keep_hidden: per block ([1, N_l, C], [1, N_l, 1])
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
         self._started = False

@@ -43,6 +43,8 @@ class Adapter:
     key_proj: Callable[[nn.Module], nn.Module]  # block → its key projection (nn.Linear)
     query_proj: Callable[[nn.Module], nn.Module]  # block → its query projection
     block_forward: Callable[..., torch.Tensor]  # (block, state, index, num_heads, hidden, mask, **kw) → hidden
+    # Hooks that make a head pool merged tokens by size: (root model, backbone) → hook handles (default: none).
+    head_hooks: Callable[[nn.Module, nn.Module], list[Any]] = lambda model, backbone: []
 
 
 @dataclass
@@ -166,6 +168,7 @@ def apply(model: nn.Module) -> PatchInfo:
         block.forward = _make_block_forward(adapter, block, index, num_heads)
         hooks.append(adapter.key_proj(block).register_forward_hook(_key_hook))
         hooks.append(adapter.query_proj(block).register_forward_hook(_query_hook))
+    hooks.extend(adapter.head_hooks(model, backbone))
     model.forward = _make_root_forward(model)
     info = PatchInfo(adapter=adapter, backbone=backbone, blocks=blocks, num_heads=num_heads, hooks=hooks)
     setattr(model, _PATCHED, info)

@@ -6,6 +6,10 @@ input runs to layer ``l``, where the similarity of each of its bipartite proposa
 recorded; ``τ_l`` is the value that the ``r_l · M`` highest of the ``M`` inputs' pooled
 proposals exceed, so the average count over the inputs is ``r_l``.
 
+Each layer's thresholds are then made non-increasing in r (a running minimum over the
+r grid; the raw values can rise by a few thousandths when earlier layers merged more),
+so asking for more merging never raises a threshold.
+
 Run ``python -m tomviz.merge.calibrate`` to rebuild the shipped table
 (``dinov2-small``, the photos in ``assets/``, constant schedules ``r = 2, 4, ..., 18``).
 """
@@ -25,7 +29,7 @@ from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
 from tomviz.models.loading import LoadedModel, load
 
-EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "grace_hopper.jpg")
+EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "grace_hopper.jpg")
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 CALIBRATED_R = tuple(range(2, 20, 2))
 
@@ -83,13 +87,15 @@ def calibrate_default(out: Path = DEFAULT_CALIBRATION, r_values: Sequence[int] =
 
     loaded = load("dinov2-small", device="cpu")
     images = [ASSETS / name for name in EXAMPLE_PHOTOS]
-    table = [calibrate_thresholds(loaded, images, [r] * loaded.num_layers) for r in tqdm(r_values, desc="calibrating r")]
+    raw = [calibrate_thresholds(loaded, images, [r] * loaded.num_layers) for r in tqdm(r_values, desc="calibrating r")]
+    table = torch.tensor(raw).cummin(dim=0).values.tolist()  # [len(r), num_layers], non-increasing in r
     data = {
         "model": "dinov2-small",
         "images": list(EXAMPLE_PHOTOS),
         "schedule": "constant r per layer",
         "r": list(r_values),
-        "thresholds": table,  # [len(r), num_layers]
+        "thresholds": table,  # [len(r), num_layers], running minimum over r
+        "raw_thresholds": raw,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))

@@ -22,7 +22,7 @@ from tomviz.ui.compute import Analysis, Settings, analyse
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
-                                      "motorcycle_left.png", "grace_hopper.jpg") if (p := ASSETS / name).exists()]
+                                      "hubble_deep_field.jpg", "grace_hopper.jpg") if (p := ASSETS / name).exists()]
 
 
 # --- pictures for one layer (pure: no gradio) ------------------------------------------

@@ -213,3 +213,25 @@ def test_concurrent_calls_on_one_model_keep_their_own_settings():
         t.join()
     for r in (0, 2, 5):
         assert results[r] == [65 - r * i for i in range(5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["vit", "dinov2-registers", "bert"])
+def test_half_precision_merges(name, dtype):
+    """The GPU path runs fp16: masks, sizes and matching must work in the model's dtype."""
+    build, num_protected = MODELS[name]
+    model = build().eval().to(dtype)
+    x = _inputs(model, name)
+    if isinstance(x, dict):
+        x["attention_mask"][:, -5:] = 0  # padding: an additive mask in the half dtype
+    else:
+        x = x.to(dtype)
+    res = tomviz.inspect(model, x, r=3)
+    out = res.outputs.last_hidden_state
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    _check_partition(res.trace, num_protected)
+    assert res.trace.token_counts()[-1] < res.trace.num_input_tokens
+    if isinstance(x, dict):  # padding stays among padding
+        last = res.trace.groups(res.trace.num_layers - 1)
+        real, pad = set(last[:-5].tolist()), set(last[-5:].tolist())
+        assert not real & pad

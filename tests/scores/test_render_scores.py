@@ -1,6 +1,8 @@
 """Score pictures: PIL images and plotly figures of the right sizes, no gradio."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -35,5 +37,5 @@ def test_render_banzhaf_and_hbi(clip):
 def test_token_values_and_no_gradio():
     out = render.token_values(["[CLS]", "the", "##m", "dog"], np.array([np.nan, 0.5, -1.0, 0.25]))
     assert out[0] == ("[CLS]", None) and out[2] == ("m", -1.0) and out[1][1] == 0.5
-    source = open(render.__file__).read()
+    source = Path(render.__file__).read_text()
     assert "import gradio" not in source

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-import torch
 
 from tomviz.merge import MergeInputs, get_method
 from tomviz.merge.dtome import load_calibration, DEFAULT_CALIBRATION

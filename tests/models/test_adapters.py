@@ -9,7 +9,6 @@ import torch
 import transformers as tf
 
 import tomviz
-from tomviz.models import patching
 
 VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64, patch_size=8)
 TEXT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=120)

@@ -8,10 +8,8 @@
 """
 from __future__ import annotations
 
-
 import torch
 
-from tomviz.merge.base import MergeInputs
 from tomviz.merge.plan import PRUNED, MergeEdges, MergePlan
 
 

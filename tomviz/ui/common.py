@@ -47,6 +47,11 @@ class LayerSlider(gr.Slider):
         return float(max(1, round(payload)))  # the handlers clamp it to the model's last layer
 
 
+def layer_index(layer: float, num_layers: int) -> int:
+    """A 1-based slider value → 0-based layer, clamped to ``1..num_layers``."""
+    return int(min(max(int(round(layer)), 1), num_layers)) - 1
+
+
 def layer_slider(num_layers: int, value: int) -> LayerSlider:
     return LayerSlider(1, num_layers, value=value, step=1, label="Layer",
                        info="Show the groups after this layer (no model run)")
@@ -59,9 +64,7 @@ def user_errors(what: str) -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except (ImageInputError, tomviz.ModelLoadError, ScheduleError) as err:
-        raise gr.Error(str(err), title=f"Cannot {what}") from err
-    except (ValueError, IndexError) as err:
+    except (ImageInputError, tomviz.ModelLoadError, ScheduleError, ValueError, IndexError) as err:
         raise gr.Error(str(err), title=f"Cannot {what}") from err
     except Exception as err:  # noqa: BLE001 - keep serving; say what went wrong
         log.exception("unexpected error while trying to %s", what)

@@ -25,9 +25,9 @@ from tomviz.render.overlay import group_overlay
 from tomviz.render.sweep import sweep_figure
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
 from tomviz.sweep import sweep, to_csv
-from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, layer_slider, method_choices, user_errors
-from tomviz.ui.compute import Analysis, Settings, analyse
-from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload, _layer_index
+from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, layer_index, layer_slider, method_choices, user_errors
+from tomviz.ui.compute import Analysis, Settings, analyse, check_methods, check_mode, check_ratio
+from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
 from tomviz.ui.text_tab import EXAMPLE_PROMPTS
 
 KINDS = ("image", "text")
@@ -111,7 +111,7 @@ def compare(kind: str, image: str | None, prompt: str | None, model: str, method
         new = CompareSession(a=results[0], b=results[1], kind=kind)
         new.a.reference = new.b.reference  # keep one reference with every timing gathered so far
         names = new.names
-        l = _layer_index(new.a, layer)
+        l = layer_index(layer, new.a.trace.num_layers)
         summaries = [new.a.summary(), new.b.summary()]
         speeds = [new.a.speed, new.b.speed]
         figure = comparison_figure(
@@ -133,7 +133,7 @@ def render_compare_layer(layer: float = 6, session: CompareSession | None = None
     if session is None:
         return (None,) * 6 + ("",)
     with user_errors("show this layer"):
-        return compare_layer_views(session, _layer_index(session.a, layer))
+        return compare_layer_views(session, layer_index(layer, session.a.trace.num_layers))
 
 
 def parse_ratios(text: str | None) -> list[float]:
@@ -147,8 +147,7 @@ def parse_ratios(text: str | None) -> list[float]:
             value = float(part)
         except ValueError:
             raise ValueError(f"{part!r} is not a number: type ratios separated by commas, e.g. {SWEEP_RATIOS}") from None
-        if not np.isfinite(value) or not 0.0 <= value <= MAX_RATIO:
-            raise ValueError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {part}")
+        check_ratio(value)
         ratios.append(value)
     return sorted(set(ratios))
 
@@ -177,14 +176,11 @@ def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, meth
         methods = [m for m in (methods or []) if m]
         if not methods:
             raise ValueError("no method chosen: tick at least one")
-        unknown = [m for m in methods if m not in tomviz.METHODS]
-        if unknown:
-            raise ValueError(f"unknown merge method {', '.join(unknown)}: choose from {', '.join(sorted(tomviz.METHODS))}")
+        check_methods(methods)
         if len(methods) * len(values) > MAX_SWEEP_SETTINGS:
             raise ValueError(f"{len(methods)} methods × {len(values)} ratios = {len(methods) * len(values)} settings; "
                              f"at most {MAX_SWEEP_SETTINGS} per sweep")
-        if schedule not in ("constant", "decreasing"):
-            raise ValueError(f"unknown schedule {schedule!r}: use 'constant' or 'decreasing'")
+        check_mode(schedule)
         name = (model or DEFAULT_MODEL[kind]).strip()
         progress(0.0, desc=f"Loading {name}")
         loaded = tomviz.load(name)

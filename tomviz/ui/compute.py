@@ -55,18 +55,35 @@ class Settings:
 
     def check(self) -> None:
         """Raise ValueError with a readable message for settings out of range."""
-        if self.ratio is None or not np.isfinite(self.ratio) or not 0.0 <= float(self.ratio) <= MAX_RATIO:
-            raise ValueError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {self.ratio}")
-        if self.mode not in ("constant", "decreasing"):
-            raise ValueError(f"unknown schedule {self.mode!r}: use 'constant' or 'decreasing'")
-        if self.method not in tomviz.METHODS:
-            raise ValueError(f"unknown merge method {self.method!r}: choose one of {', '.join(sorted(tomviz.METHODS))}")
+        check_ratio(self.ratio)
+        check_mode(self.mode)
+        check_methods([self.method])
 
     def config(self, trace: bool, extra: dict[str, Any] | None = None) -> MergeConfig:
         return MergeConfig(
             method=get_method(self.method), ratio=float(self.ratio), mode=self.mode, prop_attn=bool(self.prop_attn),
             trace=trace, extra=dict(extra or {}),
         )
+
+
+def check_ratio(ratio: float | None) -> None:
+    """ValueError unless ``0 <= ratio <= MAX_RATIO``."""
+    if ratio is None or not np.isfinite(ratio) or not 0.0 <= float(ratio) <= MAX_RATIO:
+        raise ValueError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {ratio}")
+
+
+def check_mode(mode: str) -> None:
+    """ValueError unless ``mode`` is a schedule the app offers."""
+    if mode not in ("constant", "decreasing"):
+        raise ValueError(f"unknown schedule {mode!r}: use 'constant' or 'decreasing'")
+
+
+def check_methods(names: list[str]) -> None:
+    """ValueError naming every entry of ``names`` that is not in ``tomviz.METHODS``."""
+    unknown = [name for name in names if name not in tomviz.METHODS]
+    if unknown:
+        raise ValueError(f"unknown merge method {', '.join(map(repr, unknown))}: "
+                         f"choose one of {', '.join(sorted(tomviz.METHODS))}")
 
 
 @dataclass

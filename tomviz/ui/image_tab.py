@@ -17,7 +17,8 @@ from PIL import Image
 from tomviz.render.figures import cluster_map_figure, gflops_figure, token_count_figure
 from tomviz.render.overlay import group_overlay, heatmap_overlay, small_multiples
 from tomviz.render.text import fidelity_markdown, speed_markdown
-from tomviz.ui.common import IMAGE_MODELS, layer_slider, merge_controls, user_errors
+from tomviz.scores.attention import cls_attention_grid
+from tomviz.ui.common import IMAGE_MODELS, layer_index, layer_slider, merge_controls, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -29,13 +30,9 @@ EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.pn
 def attention_values(analysis: Analysis, layer: int) -> np.ndarray | None:
     """``[rows*cols]`` CLS attention inside ``layer`` (0-based) per patch: each entering token's
     attention shared equally among the input patches it holds (None when not traced)."""
-    trace = analysis.trace
-    attention = trace.layers[layer].cls_attention  # [N_in]
-    if attention is None:
+    if analysis.trace.layers[layer].cls_attention is None:
         return None
-    sizes = trace.sizes(layer - 1) if layer > 0 else np.ones_like(attention)  # [N_in]
-    per_patch = trace.spread(np.asarray(attention) / np.maximum(sizes, 1), layer, entering=True)  # [N0]
-    return per_patch[int(trace.meta.get("num_protected", 1)):]
+    return cls_attention_grid(analysis.trace, layer, share=True).reshape(-1)
 
 
 def layer_pictures(analysis: Analysis, layer: int, opacity: float) -> tuple[Image.Image, Any, Image.Image]:
@@ -56,10 +53,6 @@ def layer_strip(analysis: Analysis, selected: int | None = None) -> Image.Image:
     )
 
 
-def _layer_index(analysis: Analysis, layer: float) -> int:
-    return int(min(max(int(round(layer)), 1), analysis.trace.num_layers)) - 1
-
-
 # --- handlers ----------------------------------------------------------------------------
 # overlay, strip, cluster map, heatmap, token counts, speed, GFLOPs, fidelity, summary
 EMPTY_IMAGE_OUTPUTS = (None, None, None, None, None, "", None, "", None)
@@ -78,7 +71,7 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
         analysis = analyse(image, settings, reference, modality="image")
         for note in analysis.notes:
             gr.Warning(note)
-        l = _layer_index(analysis, layer)
+        l = layer_index(layer, analysis.trace.num_layers)
         overlay, cluster, heat = layer_pictures(analysis, l, opacity)
         trace = analysis.trace
         return (
@@ -94,7 +87,7 @@ def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis
     if session is None:
         return None, None, None
     with user_errors("show this layer"):
-        return layer_pictures(session, _layer_index(session, layer), opacity)
+        return layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity)
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -102,7 +95,7 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
     if session is None:
         raise gr.Error("Nothing to download yet: inspect an image first.")
     with user_errors("prepare the downloads"):
-        l = _layer_index(session, layer)
+        l = layer_index(layer, session.trace.num_layers)
         folder = Path(tempfile.mkdtemp(prefix="tomviz-"))
         overlay, _, heat = layer_pictures(session, l, opacity)
         paths = [session.trace.save(folder / "trace.json"), session.trace.save(folder / "trace.npz")]

@@ -19,7 +19,7 @@ from tomviz.render.overlay import display_image, heatmap_overlay
 from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
-from tomviz.ui.common import IMAGE_MODELS, TEXT_MODELS, user_errors
+from tomviz.ui.common import IMAGE_MODELS, TEXT_MODELS, layer_index, user_errors
 from tomviz.ui.image_tab import EXAMPLE_IMAGES
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -48,7 +48,7 @@ def _progress_callback(progress: Any) -> Callable[[float, str], None]:
 
 def _layer(loaded: Any, layer: float) -> int:
     """The UI's 1-based "groups after layer k" → 0-based, k in 1..L-1 (a layer must run after it)."""
-    return int(min(max(int(round(layer)), 1), loaded.num_layers - 1)) - 1
+    return layer_index(layer, loaded.num_layers - 1)
 
 
 def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, layer: float, samples: int,

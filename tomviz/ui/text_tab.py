@@ -8,7 +8,7 @@ import gradio as gr
 
 from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
 from tomviz.render.text import fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
-from tomviz.ui.common import TEXT_MODELS, layer_slider, merge_controls, user_errors
+from tomviz.ui.common import TEXT_MODELS, layer_index, layer_slider, merge_controls, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
 
 EXAMPLE_PROMPTS = [
@@ -32,10 +32,6 @@ def text_layer_views(analysis: Analysis, layer: int):
     return token_highlights(trace, layer), group_table(trace, layer), figure
 
 
-def _layer_index(analysis: Analysis, layer: float) -> int:
-    return int(min(max(int(round(layer)), 1), analysis.trace.num_layers)) - 1
-
-
 def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", method: str = "tome",
                  schedule: str = "constant", prop_attn: bool = True, layer: float = 3,
                  session: Analysis | None = None):
@@ -49,7 +45,7 @@ def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", me
         analysis = analyse(str(text), settings, reference, modality="text")
         for note in analysis.notes:
             gr.Warning(note, title="Prompt truncated")
-        l = _layer_index(analysis, layer)
+        l = layer_index(layer, analysis.trace.num_layers)
         highlights, table, attention = text_layer_views(analysis, l)
         speed = analysis.speed
         return (
@@ -65,7 +61,7 @@ def render_text_layer(layer: float = 3, session: Analysis | None = None):
     if session is None:
         return None, None, None
     with user_errors("show this layer"):
-        highlights, table, attention = text_layer_views(session, _layer_index(session, layer))
+        highlights, table, attention = text_layer_views(session, layer_index(layer, session.trace.num_layers))
         return highlights, gr.Dataframe(value=table, headers=TABLE_HEADERS), attention
 
 

@@ -100,7 +100,7 @@ def inspect(
         method, r, ratio, mode, prop_attn, True, method_options,
         cls_attention_heads=cls_attention_heads, full_attention=full_attention, keep_hidden=keep_hidden,
     )
-    config.extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
+    config.extra = inputs.method_extra()
     outputs, state = run(loaded, inputs, config)
     return InspectResult(trace=state.trace(), outputs=outputs, model=loaded, inputs=inputs, config=config, state=state)
 

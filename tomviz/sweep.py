@@ -16,7 +16,6 @@ A ratio a method cannot reach gives a row with ``error`` set and no figures.
 from __future__ import annotations
 
 import csv
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -54,7 +53,7 @@ def sweep(
     loaded = load(model) if not isinstance(model, LoadedModel) else model
     inputs: PreparedInput = loaded.prepare(x)
     modality = loaded.modality
-    extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
+    extra = inputs.method_extra()
 
     def config(method: str, ratio: float) -> MergeConfig:
         options = (method_options or {}).get(method, {})
@@ -63,10 +62,10 @@ def sweep(
         )
 
     base_config = config("tome", 0.0)
-    base_outputs = run(loaded, inputs, base_config)[0]
+    base_outputs, base_state = run(loaded, inputs, base_config)
     base_embedding, _ = final_embedding(base_outputs, modality)
+    tokens_in = base_state.trace().num_input_tokens
     base_latency = measure_latency(loaded, inputs, base_config, runs=runs, warmup=warmup)
-    tokens_in = run(loaded, inputs, base_config)[1].trace().num_input_tokens
 
     jobs = [(m, float(r)) for m in methods for r in ratios]
     if progress:
@@ -90,7 +89,7 @@ def sweep(
         row["cosine"] = cosine(embedding, base_embedding)
         if getattr(outputs, "logits", None) is not None:
             row["top1_agree"] = bool(embedding.argmax() == base_embedding.argmax())
-        row["latency_s"] = measure_latency(loaded, inputs, replace(merged, extra=dict(extra)), runs=runs, warmup=warmup)
+        row["latency_s"] = measure_latency(loaded, inputs, merged, runs=runs, warmup=warmup)
         row["speedup"] = base_latency / row["latency_s"]
         rows.append(row)
     return rows

@@ -46,6 +46,10 @@ class PreparedInput:
     meta: dict[str, Any] = field(default_factory=dict)
     image: Any = None  # the RGB PIL image the model saw (before resizing), for pictures
 
+    def method_extra(self) -> dict[str, Any]:
+        """What merge methods may read about this input (``MergeConfig.extra``): word ids, patch grid."""
+        return {k: self.meta[k] for k in ("word_ids", "patch_grid") if self.meta.get(k) is not None}
+
 
 @dataclass
 class LoadedModel:
@@ -256,7 +260,6 @@ def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
 def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
     """Fail in seconds, not after the hub client's retries, when the hub cannot be reached
     and the model is not in the local Hugging Face cache."""
-    import os
     import urllib.error
     import urllib.request
 

@@ -172,10 +172,9 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
             fresh = measure_latencies(loaded, inputs, unmerged_config(), runs=1)
             reference.unmerged_samples = reference.add(reference.unmerged_samples, fresh)
             reference.unmerged_measured_at = time.monotonic()
-    extra = {k: inputs.meta[k] for k in ("word_ids", "patch_grid") if inputs.meta.get(k) is not None}
     # The traced forward is also the merged timing sample: tracing costs 0-8 % (BENCHMARKS.md), so the
     # speed-up shown is, if anything, a slight underestimate; it saves a second forward per ratio change.
-    outputs, state, seconds = timed_run(loaded, inputs, settings.config(trace=True, extra=extra))
+    outputs, state, seconds = timed_run(loaded, inputs, settings.config(trace=True, extra=inputs.method_extra()))
     trace = state.trace()
     speed_key = repr((settings.method, settings.ratio, settings.mode, settings.prop_attn))
     merged_samples = reference.add(reference.merged_samples.get(speed_key, []), [seconds])

@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from PIL import Image
 
 from tomviz.render.overlay import heatmap_overlay
-from tomviz.render.text import _pieces
+from tomviz.render.text import display_pieces
 
 DIFF_COLORMAP = "magma"
 
@@ -70,7 +70,7 @@ def difference_overlay(image: Image.Image, distance: np.ndarray, patch_grid: Seq
 def difference_tokens(tokens: Sequence[str], distance: np.ndarray) -> list[tuple[str, float | None]]:
     """``[(text, score)]`` for gr.HighlightedText: each input token with its distance on the fixed 0..1 scale
     (None = same group in both settings, not highlighted)."""
-    return [(piece, float(d) if d > 1e-12 else None) for piece, d in zip(_pieces(list(tokens)), np.asarray(distance, dtype=float))]
+    return [(piece, float(d) if d > 1e-12 else None) for piece, d in zip(display_pieces(list(tokens)), np.asarray(distance, dtype=float))]
 
 
 def comparison_figure(names: Sequence[str], cosines: Sequence[float], merged_ms: Sequence[float], unmerged_ms: float,

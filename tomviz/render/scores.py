@@ -12,18 +12,12 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
-from tomviz.render.overlay import display_image, patch_labels, pixel_labels
-from tomviz.render.text import _pieces
+from tomviz.render.overlay import display_image, heatmap_overlay, patch_labels
+from tomviz.render.text import display_pieces
 from tomviz.trace import Trace
 
 POSITIVE = (200, 40, 40)  # interactions / values above zero
 NEGATIVE = (40, 90, 200)
-
-
-def _lut(colormap: str) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return (colormaps[colormap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)  # [256, 3]
 
 
 def value_overlay(
@@ -37,25 +31,18 @@ def value_overlay(
     """Signed per-patch values ``[rows, cols]`` (nan = none) over the photo.
 
     symmetric: the colour scale is ±max|value| (white = 0, red > 0, blue < 0 with ``RdBu_r``);
-    otherwise min..max. Returns RGB at the (downscaled) photo's size.
+    otherwise min..max. Returns RGB at the (downscaled) photo's size (drawn by
+    :func:`~tomviz.render.overlay.heatmap_overlay` on that fixed scale).
     """
-    base = display_image(image, max_side) if max_side else image.convert("RGB")
-    pixels = np.asarray(base, dtype=np.float32)  # [H, W, 3]
     grid = np.asarray(grid, dtype=np.float32)
-    rows, cols = grid.shape
     finite = np.isfinite(grid)
     if symmetric:
         bound = float(np.abs(grid[finite]).max()) if finite.any() else 1.0
-        low, high = -bound, bound
+        value_range = (-bound, bound)
     else:
-        low, high = (float(grid[finite].min()), float(grid[finite].max())) if finite.any() else (0.0, 1.0)
-    span = high - low if high > low else 1.0
-    scaled = np.where(finite, np.clip((grid - low) / span, 0, 1), 0.5)  # [rows, cols]
-    colour = _lut(colormap)[(scaled * 255).astype(np.int64)]  # [rows, cols, 3]
-    pixel_idx = pixel_labels(np.arange(rows * cols).reshape(rows, cols), *pixels.shape[:2])  # [H, W]
-    alpha = float(np.clip(opacity, 0, 1)) * finite.reshape(-1)[pixel_idx][..., None]  # [H, W, 1]
-    out = (1 - alpha) * pixels + alpha * colour.reshape(-1, 3)[pixel_idx]
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+        value_range = (float(grid[finite].min()), float(grid[finite].max())) if finite.any() else (0.0, 1.0)
+    return heatmap_overlay(image, grid.reshape(-1), grid.shape, opacity=opacity, colormap=colormap,
+                           max_side=max_side, value_range=value_range)
 
 
 def token_values(tokens: Sequence[str], values: np.ndarray) -> list[tuple[str, float | None]]:
@@ -65,7 +52,7 @@ def token_values(tokens: Sequence[str], values: np.ndarray) -> list[tuple[str, f
     finite = np.isfinite(values)
     bound = float(np.abs(values[finite]).max()) if finite.any() else 1.0
     bound = bound if bound > 0 else 1.0
-    return [(piece, (float(v / bound) if np.isfinite(v) else None)) for piece, v in zip(_pieces(list(tokens)), values)]
+    return [(piece, (float(v / bound) if np.isfinite(v) else None)) for piece, v in zip(display_pieces(list(tokens)), values)]
 
 
 def group_labels(trace: Trace, layer: int, players: np.ndarray) -> list[str]:

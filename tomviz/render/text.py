@@ -8,7 +8,7 @@ import numpy as np
 from tomviz.trace import Trace
 
 
-def _pieces(tokens: list[str]) -> list[str]:
+def display_pieces(tokens: list[str]) -> list[str]:
     """Word-piece tokens → display strings with the spaces between words (``##ing`` → ``ing``)."""
     out = []
     for i, tok in enumerate(tokens):
@@ -53,7 +53,7 @@ def token_highlights(trace: Trace, layer: int) -> list[tuple[str, str | None]]:
     groups = trace.groups(layer)  # [N0]
     sizes = trace.sizes(layer)  # [N_l]
     out: list[tuple[str, str | None]] = []
-    for piece, g in zip(_pieces(tokens), groups):
+    for piece, g in zip(display_pieces(tokens), groups):
         if g < 0:
             out.append((piece, "pruned"))
         elif sizes[g] > 1:

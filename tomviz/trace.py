@@ -97,15 +97,12 @@ class Trace:
         -1 = pruned. Unlike :meth:`groups`, a name survives the renumbering between layers, so
         colours keyed on it stay put until the group merges with one holding a smaller index."""
         source = self.groups(layer)
-        first = np.full(self.num_tokens_after(layer), np.iinfo(np.int32).max, dtype=np.int64)
+        first = np.full(self.sizes(layer).shape[0], np.iinfo(np.int32).max, dtype=np.int64)
         keep = source >= 0
         np.minimum.at(first, source[keep], np.nonzero(keep)[0])
         out = np.full(source.shape, -1, dtype=np.int32)
         out[keep] = first[source[keep]]
         return out
-
-    def num_tokens_after(self, layer: int) -> int:
-        return self._layer(layer).num_tokens
 
     def joined_at(self, layer: int) -> np.ndarray:
         """``[N0]`` int: for each input token, the first layer (≤ ``layer``) after which its

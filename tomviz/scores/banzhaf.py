@@ -65,9 +65,7 @@ class BanzhafResult:
 
     def per_group(self) -> np.ndarray:
         """``[N_l]``: the value of every token after ``layer`` (protected tokens: nan)."""
-        out = np.full(self.trace.sizes(self.layer).shape[0], np.nan, dtype=np.float32)
-        out[self.players] = self.values
-        return out
+        return players_per_group(self.trace, self.layer, self.players, self.values)
 
     def to_tokens(self, share: bool = False) -> np.ndarray:
         """``[N0]``: each input token gets its group's value (``share=True``: value / group size);
@@ -83,15 +81,20 @@ class BanzhafResult:
 
     def to_pixels(self, height: int, width: int, share: bool = False) -> np.ndarray:
         """``[height, width]``: :meth:`to_grid` at the resolution of a picture of the input (image models)."""
-        grid = self.to_grid(share)  # [rows, cols]
-        rows, cols = grid.shape
-        row_of_y = np.minimum(np.arange(height) * rows // height, rows - 1)  # [H]
-        col_of_x = np.minimum(np.arange(width) * cols // width, cols - 1)  # [W]
-        return grid[row_of_y[:, None], col_of_x[None, :]]
+        from tomviz.render.overlay import pixel_labels
+
+        return pixel_labels(self.to_grid(share), height, width)
 
     def top_pairs(self, k: int = 10) -> list[tuple[int, int, float]]:
         """The ``k`` strongest interactions by magnitude: (player, player, interaction), player indices."""
         return top_pairs(self.interactions, k)
+
+
+def players_per_group(trace: Trace, layer: int, players: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``[N_l]``: ``values[k]`` at group ``players[k]`` after ``layer``, nan for the groups that do not play."""
+    out = np.full(trace.sizes(layer).shape[0], np.nan, dtype=np.float32)
+    out[players] = values
+    return out
 
 
 def patch_grid_values(trace: Trace, per_input: np.ndarray) -> np.ndarray:

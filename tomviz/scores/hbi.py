@@ -22,6 +22,7 @@ from tomviz.scores.banzhaf import (
     clip_image_forward,
     patch_grid_values,
     players_at,
+    players_per_group,
     pooled,
     resume_batches,
     top_pairs,
@@ -48,7 +49,7 @@ def split_words(tokenizer: Any, text: str) -> Words:
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the prompt is empty: type some text")
     enc = tokenizer(text, truncation=True, return_tensors="pt")
-    ids = enc["input_ids"][:, :]
+    ids = enc["input_ids"]
     mask = enc.get("attention_mask", torch.ones_like(ids))
     tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     try:
@@ -122,8 +123,7 @@ class HBIResult:
     def group_grid(self, values: np.ndarray | None = None) -> np.ndarray:
         """``[rows, cols]``: per-group values (default: the groups' Banzhaf values) over the patches."""
         values = self.group_values if values is None else values
-        per_group = np.full(self.trace.sizes(self.layer).shape[0], np.nan, dtype=np.float32)
-        per_group[self.groups] = values
+        per_group = players_per_group(self.trace, self.layer, self.groups, values)  # [N_l]
         return patch_grid_values(self.trace, self.trace.spread(per_group, self.layer))
 
     def top_pairs(self, k: int = 10) -> list[tuple[int, int, float]]:

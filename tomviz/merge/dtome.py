@@ -1,7 +1,7 @@
 """DToMe, the dynamic token merging of DyMU (Wang et al., "DyMU: Dynamic Merging and
 Virtual Unmerging for Efficient VLMs", 2025). Written from REFERENCES §2.
 
-ToMe's bipartite matching (:func:`tomviz.merge.tome.bipartite_plan`), but instead of
+ToMe's bipartite matching (:func:`tomviz.merge.tome.alternating_proposals`), but instead of
 the ``r`` best proposals, every proposal whose similarity exceeds the layer's
 threshold ``τ_l`` merges. The number of merged tokens therefore adapts to the input:
 a simple image loses more tokens than a busy one, and a layer may remove fewer or
@@ -35,7 +35,7 @@ import torch
 
 from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
 from tomviz.merge.plan import MergePlan
-from tomviz.merge.tome import bipartite_plan
+from tomviz.merge.tome import alternating_proposals, plan_from_proposals
 
 DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "dtome_thresholds.json"
 
@@ -53,10 +53,10 @@ def proposal_scores(metric: torch.Tensor, num_protected: int = 1, valid: torch.T
     Padding pairs score the dtype's maximum (they always merge), real–padding pairs never appear.
     """
     r_max = max_removable(metric.shape[1], num_protected)
-    edges = bipartite_plan(metric, r_max, num_protected, valid).edges
-    if edges is None:
+    if r_max <= 0:
         return metric.new_zeros(metric.shape[0], 0)
-    return edges.score
+    with torch.no_grad():
+        return alternating_proposals(metric, num_protected, valid).top_scores(r_max)
 
 
 class DToMe(MergeMethod):
@@ -89,16 +89,19 @@ class DToMe(MergeMethod):
         column = table[:, min(layer, table.shape[1] - 1)]  # [G]
         return float(np.interp(r, r_grid, column))
 
-    def merge_count(self, inputs: MergeInputs, r: int) -> int:
-        """How many proposals pass this layer's threshold (smallest over the batch)."""
-        scores = proposal_scores(inputs.metric, inputs.num_protected, inputs.valid)  # [B, R_max]
-        passed = (scores > self.layer_threshold(inputs.layer, r)).sum(1)
-        return int(passed.min()) if passed.numel() else 0
-
     def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+        """Match once, then merge the proposals that pass this layer's threshold (smallest count over the batch)."""
+        batch, num_tokens, _ = inputs.metric.shape
+        r_max = max_removable(num_tokens, inputs.num_protected)
+        if r_max <= 0:
+            return MergePlan.identity(batch, num_tokens, inputs.metric.device)
         with torch.no_grad():
-            count = self.merge_count(inputs, r)
-            return bipartite_plan(inputs.metric, count, inputs.num_protected, inputs.valid)
+            proposals = alternating_proposals(inputs.metric, inputs.num_protected, inputs.valid)
+            passed = (proposals.top_scores(r_max) > self.layer_threshold(inputs.layer, r)).sum(1)  # [B]
+            count = int(passed.min())
+            if count == 0:
+                return MergePlan.identity(batch, num_tokens, inputs.metric.device)
+            return plan_from_proposals(proposals, count)
 
     def __repr__(self) -> str:
         if self.thresholds is not None:

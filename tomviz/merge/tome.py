@@ -10,6 +10,7 @@ next layer's A/B split depends on this order.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -40,7 +41,7 @@ def bipartite_plan(
         return MergePlan.identity(batch, num_tokens, metric.device)
     with torch.no_grad():
         if is_a is None:
-            return _alternating_plan(metric, r, num_protected, valid)
+            return plan_from_proposals(alternating_proposals(metric, num_protected, valid), r)
         return _general_plan(metric, r, num_protected, valid, is_a)
 
 
@@ -66,26 +67,48 @@ def _mask_padding(scores: torch.Tensor, valid_a: torch.Tensor, valid_b: torch.Te
     return torch.where(pad_pair, torch.finfo(scores.dtype).max, scores)
 
 
-def _alternating_plan(metric: torch.Tensor, r: int, num_protected: int, valid: torch.Tensor | None) -> MergePlan:
-    """The reference split (A = even positions, B = odd), written with slices for speed."""
-    batch, num_tokens, _ = metric.shape
-    device = metric.device
+@dataclass(frozen=True)
+class Proposals:
+    """Every A token's best B partner under the reference split (A = even positions, B = odd)."""
+
+    best_score: torch.Tensor  # [B, Na] cosine similarity of each A token's best B token
+    best_b: torch.Tensor  # [B, Na] index of that B token (into B)
+    order: torch.Tensor  # [B, Na] A indices by best_score, highest first
+    num_tokens: int  # N
+    num_protected: int  # P
+
+    def top_scores(self, r: int) -> torch.Tensor:
+        """``[B, r]`` the ``r`` highest proposal similarities, highest first."""
+        return self.best_score.gather(1, self.order[:, :r])
+
+
+def alternating_proposals(metric: torch.Tensor, num_protected: int, valid: torch.Tensor | None) -> Proposals:
+    """Score the proposals of the reference split, written with slices for speed. metric: ``[B, N, C]``."""
     protected_a, protected_b = (num_protected + 1) // 2, num_protected // 2  # A[:pa], B[:pb] are protected
     metric = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True)
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb] cosine similarities
-    num_a, num_b = scores.shape[1:]
     scores[:, :protected_a] = -torch.inf
     if protected_b:
         scores[:, :, :protected_b] = -torch.inf
     if valid is not None:
         scores = _mask_padding(scores, valid[:, ::2], valid[:, 1::2])
-
     best_score, best_b = scores.max(dim=-1)  # [B, Na]
     order = best_score.argsort(dim=-1, descending=True)  # [B, Na]
+    return Proposals(best_score, best_b, order, metric.shape[1], num_protected)
+
+
+def plan_from_proposals(proposals: Proposals, r: int) -> MergePlan:
+    """Merge the ``r`` best proposals (``0 < r <= max_removable``). Output order: protected tokens
+    (positions 0..P-1), kept A ascending, then the unprotected B tokens."""
+    best_score, best_b, order = proposals.best_score, proposals.best_b, proposals.order
+    num_tokens, num_protected = proposals.num_tokens, proposals.num_protected
+    batch, num_a = best_score.shape
+    num_b = num_tokens - num_a
+    device = best_score.device
+    protected_a, protected_b = (num_protected + 1) // 2, num_protected // 2
     src_a = order[:, :r]  # [B, r] A indices that merge away
     kept_a = order[:, r:].sort(dim=-1).values[:, protected_a:]  # [B, Na - r - pa], ascending
     num_kept_a = kept_a.shape[1]
-    # Output order: protected tokens (positions 0..P-1), kept A ascending, then unprotected B.
     keep = torch.cat(
         [
             _arange(0, num_protected, 1, device).expand(batch, -1),

@@ -30,6 +30,7 @@ from tomviz.merge.engine import MergeConfig, MergeState  # noqa: E402
 from tomviz.merge.schedule import clipped_constant_schedule, token_counts  # noqa: E402
 from tomviz.models import patching  # noqa: E402
 from tomviz.speed import gflops_per_layer  # noqa: E402
+from timing import side_by_side, vit_config  # noqa: E402
 
 
 def flops_ratio(num_tokens: int, schedule: list[int], hidden: int, mlp: int) -> float:
@@ -58,12 +59,6 @@ def slicing_instead_of_merging():
         yield
     finally:
         MergeState.after_attention = original
-
-
-def vit_config(size: str) -> tf.ViTConfig:
-    if size == "S":
-        return tf.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224, patch_size=16)
-    return tf.ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224, patch_size=16)
 
 
 def timer(device: torch.device, cpu_time: bool = False):
@@ -149,16 +144,8 @@ def main() -> None:
             runs[("trace", r)] = make_traced(r)
             if args.ceiling:
                 runs[("ceiling", r)] = make_ceiling(r)
-        times = {k: [] for k in runs}
         with torch.inference_mode():
-            for _ in range(args.warmup):
-                for fn in runs.values():
-                    fn()
-            for _ in range(args.rounds):
-                for key, fn in runs.items():
-                    start = clock()
-                    fn()
-                    times[key].append(clock() - start)
+            times, _ = side_by_side(runs, args.rounds, args.warmup, clock)
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
         for r in args.rs:
             schedule = clipped_constant_schedule(r, 12, 197, 1)  # what the merged model runs (r=16 clips the last layer)

@@ -13,6 +13,7 @@ so on random weights its token count is whatever passes them: the table reports 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -27,14 +28,9 @@ import tomviz  # noqa: E402
 from tomviz.merge import METHODS, get_method  # noqa: E402
 from tomviz.merge.engine import MergeConfig  # noqa: E402
 from tomviz.models import patching  # noqa: E402
+from timing import side_by_side, vit_config  # noqa: E402
 
 IMAGE_METHODS = [m for m in METHODS if m != "subword"]
-
-
-def vit_s16() -> torch.nn.Module:
-    config = tf.ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                          image_size=224, patch_size=16)
-    return tf.ViTModel(config, add_pooling_layer=False).eval()
 
 
 def forward(model: torch.nn.Module, pixels: torch.Tensor, method: str | None, r: int) -> int:
@@ -49,19 +45,13 @@ def forward(model: torch.nn.Module, pixels: torch.Tensor, method: str | None, r:
 
 def bench(batch: int, rs: list[int], rounds: int, warmup: int, cpu_time: bool = False) -> list[dict]:
     torch.manual_seed(0)
-    model = vit_s16()
+    model = tf.ViTModel(vit_config("S"), add_pooling_layer=False).eval()
     tomviz.load(model)  # patch (idempotent); without a merge state the model runs unchanged
     pixels = torch.randn(batch, 3, 224, 224)
     configs = [(None, 0)] + [(m, r) for r in rs for m in IMAGE_METHODS]
     clock = time.process_time if cpu_time else time.perf_counter
-    times: dict[tuple, list[float]] = {c: [] for c in configs}
-    tokens = {}
-    for round_index in range(warmup + rounds):
-        for method, r in configs:
-            start = clock()
-            tokens[(method, r)] = forward(model, pixels, method, r)
-            if round_index >= warmup:
-                times[(method, r)].append(clock() - start)
+    runs = {(method, r): functools.partial(forward, model, pixels, method, r) for method, r in configs}
+    times, tokens = side_by_side(runs, rounds, warmup, clock)
     base = statistics.median(times[(None, 0)])
     rows = []
     for method, r in configs:

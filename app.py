@@ -48,6 +48,7 @@ def build_app() -> gr.Blocks:
 
 demo = build_app()
 
+
 def configure_torch_threads() -> None:
     """CPU threads per forward: $TOMVIZ_TORCH_THREADS, default 1. On a shared or busy CPU (Spaces'
     CPU tier, a laptop running other work) one thread per request is several times faster than

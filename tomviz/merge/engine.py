@@ -222,6 +222,16 @@ class MergeState:
         self.clear_captures()
         return x
 
+    def token_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, N, 1]`` in ``tokens``' dtype: how many input tokens each of ``tokens`` ``[B, N, C]`` (the
+        current tokens) stands for: its size, 0 where it is absent (padding, a coalition's missing token)."""
+        batch, num_tokens = tokens.shape[:2]
+        weights = tokens.new_ones(batch, num_tokens, 1) if self.sizes is None else self.sizes.to(tokens.dtype)
+        weights = weights.expand(batch, -1, -1)
+        if self.valid is not None:
+            weights = weights * self.valid.unsqueeze(-1).to(tokens.dtype)
+        return weights
+
     # -- helpers -------------------------------------------------------------------------
     def _metric(self, num_heads: int) -> torch.Tensor:
         """Keys summed over heads: ``[B, N, d]``. ToMe averages them; the sum is the mean

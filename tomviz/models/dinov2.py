@@ -56,9 +56,7 @@ def size_weighted_head(model: nn.Module, backbone: nn.Module) -> list[Any]:
         if state is None or state.sizes is None or state.final_tokens is None:
             return None
         tokens, p = state.final_tokens, state.num_protected
-        sizes = state.sizes[:, p:].to(tokens.dtype)  # [B, N_L - P, 1]
-        if state.valid is not None:  # tokens absent from a coalition (scores) weigh nothing
-            sizes = sizes * state.valid[:, p:, None]
+        sizes = state.token_weights(tokens)[:, p:]  # [B, N_L - P, 1]; tokens absent from a coalition weigh 0
         patch_mean = (tokens[:, p:] * sizes).sum(1) / sizes.sum(1)  # [B, C]
         return (torch.cat([tokens[:, 0], patch_mean], dim=1),)
 

@@ -307,10 +307,7 @@ def _cls_embedding(outputs: Any) -> torch.Tensor:
 def _mean_embedding(outputs: Any, state: MergeState) -> torch.Tensor:
     """Size-weighted mean of the present tokens: ``[M, N, C]`` → ``[M, C]``."""
     hidden = outputs.last_hidden_state  # [M, N, C]
-    weight = state.sizes if state.sizes is not None else hidden.new_ones(*hidden.shape[:2], 1)  # [M, N, 1]
-    weight = weight.expand(hidden.shape[0], -1, -1).to(hidden.dtype)
-    if state.valid is not None:
-        weight = weight * state.valid.unsqueeze(-1).to(hidden.dtype)
+    weight = state.token_weights(hidden)  # [M, N, 1]
     return (hidden * weight).sum(1) / weight.sum(1).clamp_min(1e-12)
 
 

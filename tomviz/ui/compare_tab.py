@@ -26,7 +26,7 @@ from tomviz.render.sweep import sweep_figure
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
 from tomviz.sweep import sweep, to_csv
 from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, layer_index, layer_slider, method_choices, user_errors
-from tomviz.ui.compute import Analysis, Settings, analyse, check_methods, check_mode, check_ratio
+from tomviz.ui.compute import Analysis, Settings, analyse, check_methods, check_modality, check_mode, check_ratio
 from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
 from tomviz.ui.text_tab import EXAMPLE_PROMPTS
 
@@ -184,9 +184,7 @@ def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, meth
         name = (model or DEFAULT_MODEL[kind]).strip()
         progress(0.0, desc=f"Loading {name}")
         loaded = tomviz.load(name)
-        if loaded.modality != kind:
-            raise ValueError(f"{name} is {'a text' if loaded.modality == 'text' else 'an image'} model: "
-                             f"choose the {loaded.modality} input kind")
+        check_modality(name, loaded, kind, f"choose the {loaded.modality} input kind")
         skipped = [m for m in methods if kind not in METHODS[m].modalities]
         if skipped:
             gr.Warning(f"Skipped {', '.join(skipped)}: not for {kind} inputs.")

@@ -86,6 +86,12 @@ def check_methods(names: list[str]) -> None:
                          f"choose one of {', '.join(sorted(tomviz.METHODS))}")
 
 
+def check_modality(name: str, loaded: Any, modality: str, remedy: str) -> None:
+    """ValueError ("<name> is a text model: <remedy>") when ``loaded`` does not take ``modality`` inputs."""
+    if loaded.modality != modality:
+        raise ValueError(f"{name} is {'a text' if loaded.modality == 'text' else 'an image'} model: {remedy}")
+
+
 @dataclass
 class Reference:
     """The unmerged (r=0) run of one input and the timings gathered for it, reused while only
@@ -159,9 +165,8 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
     """
     settings.check()
     loaded = tomviz.load(settings.model)
-    if modality is not None and loaded.modality != modality:
-        other = "Text" if loaded.modality == "text" else "Image"
-        raise ValueError(f"{settings.model} is {'a text' if loaded.modality == 'text' else 'an image'} model: use it in the {other} tab")
+    if modality is not None:
+        check_modality(settings.model, loaded, modality, f"use it in the {loaded.modality.capitalize()} tab")
     inputs = loaded.prepare(x)
     key = input_key(loaded, inputs.tensors)
     if reference is None or reference.key != key:

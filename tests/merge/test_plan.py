@@ -26,3 +26,26 @@ def test_compose_and_identity():
     assert second.compose(first.compose(source)).tolist() == [[0, -1, -1, 1]]
     assert MergePlan.identity(2, 5).is_identity
     assert first.reduce_any(torch.tensor([[False, True, False, False]])).tolist() == [[False, True, False]]
+
+
+def test_custom_mean_weights_and_size_factors():
+    """A plain mean of x and sizes ``size_dst + Σ size_src · factor`` (DiffRate's rule), worked by hand."""
+    dst = torch.tensor([[0, 1, 1, PRUNED, 1]])
+    x = torch.tensor([[[1.0], [2.0], [4.0], [8.0], [6.0]]])
+    sizes = torch.tensor([[[1.0], [2.0], [3.0], [1.0], [5.0]]])
+    factors = torch.tensor([[[1.0], [1.0], [0.5], [1.0], [0.2]]])
+    plan = MergePlan(dst=dst, num_out=2, mean_weights=torch.ones(1, 5, 1), size_factors=factors)
+    merged, new_sizes = plan.merge(x, sizes)
+    assert torch.allclose(merged[0, :, 0], torch.tensor([1.0, (2 + 4 + 6) / 3]))
+    assert torch.allclose(new_sizes[0, :, 0], torch.tensor([1.0, 2 + 3 * 0.5 + 5 * 0.2]))
+    # only one of the two: the other stays ToMe's
+    tome_sizes = MergePlan(dst=dst, num_out=2, mean_weights=torch.ones(1, 5, 1)).merge(x, sizes)[1]
+    assert tome_sizes[0, :, 0].tolist() == [1.0, 10.0]
+    tome_mean = MergePlan(dst=dst, num_out=2, size_factors=factors).merge(x, sizes)[0]
+    assert torch.allclose(tome_mean[0, :, 0], torch.tensor([1.0, (4 + 12 + 30) / 10]))
+
+
+def test_a_permutation_is_not_the_identity():
+    plan = MergePlan(dst=torch.tensor([[0, 2, 1]]), num_out=3)
+    assert not plan.is_identity
+    assert plan.merge(torch.tensor([[[1.0], [2.0], [3.0]]]), None)[0][0, :, 0].tolist() == [1.0, 3.0, 2.0]

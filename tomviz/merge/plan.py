@@ -40,6 +40,12 @@ class MergePlan:
     # When given, every other token with ``dst >= 0`` must be an ``edges.src`` (folded into
     # its slot); merging is then a gather plus a scatter of the r folded tokens only.
     keep: torch.Tensor | None = None
+    # Optional merge rules other than ToMe's (size-weighted mean, sizes add), for methods whose
+    # authors merge differently (DiffRate). Both ``[B, N_in, 1]`` float, None = ToMe's rule:
+    # ``mean_weights``: each token's weight in its output's mean (None = its size);
+    # ``size_factors``: each token adds ``size * factor`` to its output's size (None = 1).
+    mean_weights: torch.Tensor | None = None
+    size_factors: torch.Tensor | None = None
 
     @property
     def num_in(self) -> int:
@@ -47,7 +53,10 @@ class MergePlan:
 
     @property
     def is_identity(self) -> bool:
-        return self.num_out == self.num_in and self.edges is None
+        """Nothing merges, nothing is dropped and nothing moves."""
+        if self.num_out != self.num_in or self.edges is not None:
+            return False
+        return bool((self.dst == torch.arange(self.num_in, device=self.dst.device)).all())
 
     @staticmethod
     def identity(batch: int, num_tokens: int, device: torch.device | str = "cpu") -> "MergePlan":
@@ -63,12 +72,14 @@ class MergePlan:
         return (dst + offsets).reshape(-1)
 
     def merge(self, x: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Size-weighted mean of each group.
+        """Size-weighted mean of each group (or the plan's ``mean_weights`` / ``size_factors`` rule).
 
         x: ``[B, N_in, C]``; sizes: ``[B, N_in, 1]`` (None = all ones).
         Returns ``(x_out [B, num_out, C], sizes_out [B, num_out, 1])``.
         """
         batch, _, channels = x.shape
+        if self.mean_weights is not None or self.size_factors is not None:
+            return self._merge_weighted(x, sizes)
         if self.keep is not None and self.edges is not None:
             return self._merge_fast(x, sizes)
         if sizes is None:
@@ -81,6 +92,22 @@ class MergePlan:
         x_sum = x_sum.view(batch, width, channels)[:, : self.num_out]
         s_sum = s_sum.view(batch, width, 1)[:, : self.num_out]
         return x_sum / s_sum, s_sum
+
+    def _merge_weighted(self, x: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_out = Σ w·x / Σ w`` with ``w = mean_weights`` (or sizes) and ``sizes_out = Σ size·size_factors``:
+        ``[B, N_in, C] → [B, num_out, C]``, sizes ``[B, num_out, 1]``."""
+        batch, _, channels = x.shape
+        if sizes is None:
+            sizes = x.new_ones(batch, self.num_in, 1)
+        weights = (sizes if self.mean_weights is None else self.mean_weights).to(x.dtype)
+        added = sizes if self.size_factors is None else sizes * self.size_factors.to(sizes.dtype)
+        index = self._flat_index()
+        width = self.num_out + 1
+        x_sum = x.new_zeros(batch * width, channels).index_add_(0, index, (x * weights).reshape(-1, channels))
+        w_sum = x.new_zeros(batch * width, 1).index_add_(0, index, weights.reshape(-1, 1))
+        s_sum = added.new_zeros(batch * width, 1).index_add_(0, index, added.reshape(-1, 1))
+        x_out = x_sum.view(batch, width, channels)[:, : self.num_out] / w_sum.view(batch, width, 1)[:, : self.num_out]
+        return x_out, s_sum.view(batch, width, 1)[:, : self.num_out]
 
     def _merge_fast(self, x: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Select the representatives, then fold the r other tokens into their slots:

@@ -28,6 +28,8 @@ class MergeInputs:
     sizes: torch.Tensor | None = None  # [B, N, 1] tokens represented by each token (None = ones)
     valid: torch.Tensor | None = None  # [B, N] bool, False for padding (text); None = all valid
     positions: torch.Tensor | None = None  # [B, N] long, smallest input position in each token (if needs_positions)
+    attention: torch.Tensor | None = None  # [B, N] attention each token receives, mean over heads and queries (if needs_attention)
+    history: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, N_l] ``attention`` of each observed layer run so far
     layer: int = 0  # 0-based layer index
     num_layers: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # per-input side information (e.g. word ids, patch grid)
@@ -41,10 +43,26 @@ class MergeMethod:
     needs_cls_attention: ClassVar[bool] = False  # the engine computes CLS attention before planning
     needs_hidden: ClassVar[bool] = False
     needs_positions: ClassVar[bool] = False  # the engine tracks MergeInputs.positions through the merges
+    needs_attention: ClassVar[bool] = False  # the engine computes MergeInputs.attention (full attention, averaged)
+    plans_every_layer: ClassVar[bool] = False  # plan is called at every layer, also with r=0 (e.g. to reorder)
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # the inputs the method applies to
 
     def plan(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def schedule_for(self, requested: list[int], num_tokens: int, num_protected: int, num_layers: int) -> list[int]:
+        """Tokens to remove per layer, given the checked schedule the caller asked for.
+
+        The default runs the request. A method with its own schedule (a published one, or a
+        single-shot selection) returns another list of ``num_layers`` counts; it may remove more
+        than half the tokens in a layer. ``num_tokens`` counts the input tokens.
+        """
+        return requested
+
+    def observed_layers(self, num_layers: int) -> tuple[int, ...]:
+        """Layers (0-based) whose ``attention`` the engine keeps in ``MergeInputs.history`` for
+        later layers, running them even where nothing merges (needs ``needs_attention``)."""
+        return ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -87,6 +87,8 @@ class MergeState:
         self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output, for heads that pool by size
         self.hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # keep_hidden: per block ([1, N_l, C], [1, N_l, 1])
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
+        self.observed: set[int] = set()  # layers whose averaged attention the method keeps (MergeInputs.history)
+        self.history: dict[int, torch.Tensor] = {}  # layer -> [B, N_l]
         self._started = False
         self._bias: torch.Tensor | None = None  # [B, 1, 1, N] additive bias in use
 
@@ -105,7 +107,7 @@ class MergeState:
 
     @property
     def wants_query(self) -> bool:
-        return self.config.trace and self.config.full_attention
+        return (self.config.trace and self.config.full_attention) or self.config.method.needs_attention
 
     # -- called by the patched blocks -----------------------------------------------------
     def skip_block(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
@@ -130,7 +132,9 @@ class MergeState:
         self._started = True
         batch, num_tokens, _ = x.shape
         c = self.config
-        self.schedule = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.mode)
+        requested = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.mode)
+        self.schedule = _method_schedule(c.method, requested, num_tokens, self.num_protected, self.num_layers)
+        self.observed = {layer % self.num_layers for layer in c.method.observed_layers(self.num_layers)}
         self.meta["num_input_tokens"] = num_tokens
         self.valid = _valid_from_mask(incoming, batch, num_tokens)
         if self.config.trace:
@@ -144,6 +148,8 @@ class MergeState:
         return (
             self.sizes is None
             and self.schedule[layer] == 0
+            and layer not in self.observed
+            and not self.config.method.plans_every_layer
             and not self.config.trace
             and not self.config.keep_hidden
             and self.config.resume is None
@@ -181,17 +187,24 @@ class MergeState:
         schedule and method say; returns ``[B, N - r, C]``."""
         r = self.schedule[layer]
         tracing = self.config.trace
-        cls_attn = cls_heads = full = None
+        method = self.config.method
+        plans = r > 0 or method.plans_every_layer
+        cls_attn = cls_heads = full = received = None
         if self.wants_cls_attention and self.keys is not None and self.query_cls is not None:
             cls_heads = self._cls_attention(num_heads)  # [B, H, N]
             cls_attn = cls_heads.mean(1)
-        if tracing and self.config.full_attention and self.query is not None:
+        if self.query is not None and ((tracing and self.config.full_attention) or method.needs_attention):
             full = self._full_attention(num_heads)
-        if r == 0 and not tracing:
+            received = _mean_over_queries(full, self.valid)  # [B, N]
+            if layer in self.observed:
+                self.history[layer] = received
+            if not (tracing and self.config.full_attention):
+                full = None
+        if not plans and not tracing:
             self.removed.append(0)
             self.clear_captures()
             return x
-        if r > 0:
+        if plans:
             inputs = MergeInputs(
                 metric=self._metric(num_heads),
                 num_protected=self.num_protected,
@@ -200,11 +213,13 @@ class MergeState:
                 sizes=self.sizes,
                 valid=self.valid,
                 positions=self.positions,
+                attention=received,
+                history=dict(self.history),
                 layer=layer,
                 num_layers=self.num_layers,
                 extra=self.config.extra,
             )
-            plan = self.config.method.plan(inputs, r)
+            plan = method.plan(inputs, r)
         else:
             plan = MergePlan.identity(x.shape[0], x.shape[1], x.device)
         num_in = x.shape[1]
@@ -257,10 +272,13 @@ class MergeState:
         return self._logits(self.query, num_heads).mean(1)  # [B, N, N]
 
     def _record(self, plan, num_in, x, cls_attn, cls_heads, full) -> None:
-        sizes = self.sizes[0, :, 0] if self.sizes is not None else x.new_ones(x.shape[1])
+        source = self.source[0].cpu().numpy().astype(np.int32)
+        # input tokens per token, counted from the source map (a method's own size rule, such as
+        # DiffRate's cosine-scaled sizes, changes self.sizes but not the member counts)
+        sizes = np.bincount(source[source >= 0], minlength=x.shape[1]).astype(np.float32)
         lt = LayerTrace(
-            source=self.source[0].cpu().numpy().astype(np.int32),
-            sizes=sizes.detach().float().cpu().numpy(),
+            source=source,
+            sizes=sizes,
             num_tokens_in=num_in,
         )
         if plan.edges is not None:
@@ -288,6 +306,25 @@ class MergeState:
             "num_protected": self.num_protected,
         }
         return Trace(meta=meta, layers=self.layers)
+
+
+def _method_schedule(method: MergeMethod, requested: list[int], num_tokens: int, num_protected: int, num_layers: int) -> list[int]:
+    """The method's own per-layer schedule (:meth:`MergeMethod.schedule_for`), checked for shape and sign."""
+    schedule = [int(r) for r in method.schedule_for(list(requested), num_tokens, num_protected, num_layers)]
+    if len(schedule) != num_layers or any(r < 0 for r in schedule):
+        raise ValueError(f"{method!r} returned the schedule {schedule} for {num_layers} layers")
+    if sum(schedule) > num_tokens - num_protected:
+        raise ValueError(f"{method!r} asks to remove {sum(schedule)} of {num_tokens - num_protected} tokens")
+    return schedule
+
+
+def _mean_over_queries(attention: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``[B, N, N]`` (query, key) → ``[B, N]``: the attention each key receives, averaged over the
+    queries (the real ones only, when ``valid`` ``[B, N]`` marks padding)."""
+    if valid is None:
+        return attention.mean(1)
+    weights = valid.to(attention.dtype).unsqueeze(-1)  # [B, N, 1]
+    return (attention * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def _valid_from_mask(mask: torch.Tensor | None, batch: int, num_tokens: int) -> torch.Tensor | None:

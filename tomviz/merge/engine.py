@@ -227,6 +227,8 @@ class MergeState:
             x, self.sizes = plan.merge(x, self.sizes)
             if self.valid is not None:
                 self.valid = plan.reduce_any(self.valid)
+            elif plan.ragged:  # per-element counts: the empty slots become padding
+                self.valid = plan.reduce_any(torch.ones_like(plan.dst, dtype=torch.bool))
             if self.source is not None:
                 self.source = plan.compose(self.source)
             if self.positions is not None:
@@ -282,9 +284,10 @@ class MergeState:
             num_tokens_in=num_in,
         )
         if plan.edges is not None:
-            lt.edges_src = plan.edges.src[0].cpu().numpy().astype(np.int32)
-            lt.edges_dst = plan.edges.dst[0].cpu().numpy().astype(np.int32)
-            lt.edges_score = plan.edges.score[0].detach().float().cpu().numpy()
+            real = plan.edges.src[0] >= 0  # a ragged plan pads its edges with -1
+            lt.edges_src = plan.edges.src[0][real].cpu().numpy().astype(np.int32)
+            lt.edges_dst = plan.edges.dst[0][real].cpu().numpy().astype(np.int32)
+            lt.edges_score = plan.edges.score[0][real].detach().float().cpu().numpy()
         if cls_attn is not None and self.config.cls_attention:
             lt.cls_attention = cls_attn[0].detach().float().cpu().numpy()
         if cls_heads is not None and self.config.cls_attention_heads:

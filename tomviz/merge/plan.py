@@ -17,7 +17,8 @@ PRUNED = -1
 
 @dataclass(frozen=True)
 class MergeEdges:
-    """The merges of one layer, for the trace. All ``[B, r]``, indices into the layer's input tokens."""
+    """The merges of one layer, for the trace. All ``[B, r]``, indices into the layer's input tokens
+    (a ragged plan pads the rows of the elements that merged fewer with src = dst = -1)."""
 
     src: torch.Tensor  # long: the token that merges away
     dst: torch.Tensor  # long: the token it merges into
@@ -46,6 +47,10 @@ class MergePlan:
     # ``size_factors``: each token adds ``size * factor`` to its output's size (None = 1).
     mean_weights: torch.Tensor | None = None
     size_factors: torch.Tensor | None = None
+    # Per-element counts (DToMe): the batch elements that removed more tokens than others leave
+    # their last output slots empty. Merging gives an empty slot zeros and size 0; the engine
+    # marks it invalid (padding), so attention ignores it. Needs the general path (no ``keep``).
+    ragged: bool = False
 
     @property
     def num_in(self) -> int:
@@ -91,6 +96,8 @@ class MergePlan:
         s_sum = sizes.new_zeros(batch * width, 1).index_add_(0, index, sizes.reshape(-1, 1))
         x_sum = x_sum.view(batch, width, channels)[:, : self.num_out]
         s_sum = s_sum.view(batch, width, 1)[:, : self.num_out]
+        if self.ragged:  # empty slots: 0 / tiny = 0
+            return x_sum / s_sum.clamp(min=torch.finfo(s_sum.dtype).tiny), s_sum
         return x_sum / s_sum, s_sum
 
     def _merge_weighted(self, x: torch.Tensor, sizes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

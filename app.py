@@ -27,12 +27,16 @@ INTRO = (
 # ---------------------------------------------------------------------------------------
 EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab)]
 
+# Bounds of the public server (README, "The public server's bounds"); the tabs' own bounds are in tomviz/ui/common.py.
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
 DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1
+MAX_FILE_SIZE_MB = 25  # uploads above this are refused before they are written (a 50-megapixel phone JPEG fits)
+MAX_SESSIONS = 200  # visitors whose state is kept at once (least recently active dropped first)
+CACHE_CLEANUP = (300, 900)  # every 5 min, delete files Gradio cached for this app (uploads, outputs) older than 15 min
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=CACHE_CLEANUP) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
@@ -58,10 +62,16 @@ def configure_torch_threads() -> None:
     torch.set_num_threads(max(1, int(os.environ.get("TOMVIZ_TORCH_THREADS", "1"))))
 
 
+def launch_options() -> dict:
+    """What ``demo.launch`` gets besides the address (the tests launch with the same options)."""
+    return dict(max_file_size=f"{MAX_FILE_SIZE_MB}mb", state_session_capacity=MAX_SESSIONS, show_error=True,
+                theme=gr.themes.Soft())
+
+
 if __name__ == "__main__":
     configure_torch_threads()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),
-        theme=gr.themes.Soft(), show_error=True,
+        **launch_options(),
     )

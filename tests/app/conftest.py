@@ -14,10 +14,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def app_url():
-    from app import demo
+    from app import demo, launch_options
 
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_error=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 

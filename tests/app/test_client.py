@@ -185,8 +185,8 @@ def test_cleared_image_resets_every_output_without_error():
     assert outputs[0] is None
 
 
-def test_local_classifier_folder_shows_top5_labels(client, tmp_path):
-    """A local folder of a supported architecture loads like a hub id; classifiers get top-5 labels."""
+def test_local_classifier_folder_shows_top5_labels(client, tmp_path, monkeypatch):
+    """A local folder the operator allows (TOMVIZ_LOCAL_MODELS) loads like a hub id; classifiers get top-5 labels."""
     import json
 
     from transformers import ViTConfig, ViTForImageClassification
@@ -197,6 +197,7 @@ def test_local_classifier_folder_shows_top5_labels(client, tmp_path):
     ViTForImageClassification(config).eval().save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    monkeypatch.setenv("TOMVIZ_LOCAL_MODELS", str(tmp_path))  # the in-process server reads it per call
     out = _ok_image(client, ratio=0.5, model=str(tmp_path), layer=2)
     fidelity = out[SUMMARY]["fidelity"]
     assert len(fidelity["top_merged"]) == len(fidelity["top_unmerged"]) == 5

@@ -20,7 +20,7 @@ def photo(tmp_path):
 
 def test_banzhaf_handler_on_a_tiny_classifier(monkeypatch, vit_classifier, photo):
     loaded = tomviz.load(vit_classifier)
-    monkeypatch.setattr(scores_tab.tomviz, "load", lambda name: loaded)
+    monkeypatch.setattr(scores_tab.tomviz, "load", lambda name, untrusted: loaded)  # the tab must say the name is untrusted
     seen = []
     out = scores_tab.score_banzhaf("tiny", photo, None, ratio=0.3, layer=2, samples=64, top_k=3,
                                    progress=lambda f, desc=None: seen.append(f))
@@ -36,7 +36,7 @@ def test_banzhaf_handler_on_a_tiny_classifier(monkeypatch, vit_classifier, photo
 
 
 def test_hbi_says_plainly_when_the_hub_cannot_be_reached(monkeypatch, photo):
-    def unreachable(name):
+    def unreachable(name, untrusted):
         raise tomviz.ModelLoadError(f"cannot load model {name!r}: We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(scores_tab.tomviz, "load", unreachable)
@@ -47,7 +47,7 @@ def test_hbi_says_plainly_when_the_hub_cannot_be_reached(monkeypatch, photo):
 def test_hbi_handler_on_a_tiny_clip(monkeypatch, clip, clip_tokenizer, photo):
     loaded = tomviz.load(clip)
     loaded.tokenizer = clip_tokenizer
-    monkeypatch.setattr(scores_tab.tomviz, "load", lambda name: loaded)
+    monkeypatch.setattr(scores_tab.tomviz, "load", lambda name, untrusted: loaded)  # the tab must say the name is untrusted
     out = scores_tab.score_hbi("tiny-clip", photo, "a cat", ratio=0.3, layer=2, samples=64, progress=lambda *a, **k: None)
     session, lines, cross, words, heat, rows, summary = out
     assert session.result.words == ["a", "cat"]

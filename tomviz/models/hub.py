@@ -57,6 +57,8 @@ def is_repo_id(name: str) -> bool:
 
 def refusal(name: str) -> str:
     """The one message for a name the web may not load (the same whether or not such a path exists)."""
+    if len(name) > 100:
+        name = name[:97] + "..."
     return (
         f"model {name!r} is not an embedded model ({', '.join(DEFAULT_MODELS)}) or a Hugging Face repo id "
         f"(owner/name). This server loads local folders only where its operator allows them: "

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
@@ -16,6 +22,54 @@ log = logging.getLogger("tomviz.app")
 IMAGE_MODELS = ["dinov2-small", "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
 TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
 MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
+
+# Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
+SESSION_TTL_S = 1800  # a visitor's traces and pictures (gr.State) are dropped this long after they were made
+MAX_PROMPT_CHARS = 5000  # any free text box: prompts, CLIP texts, model ids, ratio lists
+MAX_SEED = 2**31 - 1
+DOWNLOAD_TTL_S = 300  # written downloads are deleted this long after they were made (Gradio serves its own copy)
+DOWNLOAD_ROOT = Path(tempfile.gettempdir()) / f"tomviz-downloads-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+def session_state() -> gr.State:
+    """A per-visitor ``gr.State`` that Gradio deletes ``SESSION_TTL_S`` after it was last set (and an hour
+    after the visitor closes the page, Gradio's own rule for closed sessions)."""
+    return gr.State(None, time_to_live=SESSION_TTL_S)
+
+
+def download_folder() -> Path:
+    """A new folder for one download, under ``DOWNLOAD_ROOT``; folders older than ``DOWNLOAD_TTL_S`` are
+    removed first, so the files written for downloads stay bounded (Gradio copies returned files into its
+    cache, which ``Blocks(delete_cache=...)`` cleans)."""
+    DOWNLOAD_ROOT.mkdir(mode=0o700, exist_ok=True)
+    cutoff = time.time() - DOWNLOAD_TTL_S
+    for old in DOWNLOAD_ROOT.iterdir():
+        try:
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another request removed it
+            pass
+    folder = DOWNLOAD_ROOT / uuid.uuid4().hex
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+class PromptBox(gr.Textbox):
+    """gr.Textbox's front end (``is_template``) that refuses text longer than ``MAX_PROMPT_CHARS`` on the
+    server (gr.Textbox's ``max_length`` is checked in the browser only; API callers skip it)."""
+
+    is_template = True
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_length", MAX_PROMPT_CHARS)
+        super().__init__(*args, **kwargs)
+
+    def preprocess(self, payload: str | None) -> str | None:
+        text = super().preprocess(payload)
+        if text is not None and len(text) > MAX_PROMPT_CHARS:
+            raise gr.Error(f"The text has {len(text)} characters; this server takes at most {MAX_PROMPT_CHARS}.",
+                           title="Text too long")
+        return text
 
 
 def method_choices() -> list[tuple[str, str]]:

@@ -7,9 +7,7 @@ slider re-renders from the stored traces without running a model. Pictures come 
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -25,7 +23,7 @@ from tomviz.render.overlay import group_overlay
 from tomviz.render.sweep import sweep_figure
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
 from tomviz.sweep import sweep, to_csv
-from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, layer_index, layer_slider, method_choices, user_errors
+from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, PromptBox, download_folder, layer_index, session_state, layer_slider, method_choices, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse, check_methods, check_modality, check_mode, check_ratio
 from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
 from tomviz.ui.text_tab import EXAMPLE_PROMPTS
@@ -183,7 +181,7 @@ def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, meth
         check_mode(schedule)
         name = (model or DEFAULT_MODEL[kind]).strip()
         progress(0.0, desc=f"Loading {name}")
-        loaded = tomviz.load(name)
+        loaded = tomviz.load(name, untrusted=True)
         check_modality(name, loaded, kind, f"choose the {loaded.modality} input kind")
         skipped = [m for m in methods if kind not in METHODS[m].modalities]
         if skipped:
@@ -196,7 +194,7 @@ def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, meth
         failed = [r for r in rows if r.get("error")]
         if failed:
             gr.Warning(f"{len(failed)} of {len(rows)} settings could not run (see the error column).")
-        path = to_csv(rows, Path(tempfile.mkdtemp(prefix="tomviz-sweep-")) / "sweep.csv")
+        path = to_csv(rows, download_folder() / "sweep.csv")
         return sweep_figure(rows), sweep_rows_table(rows), str(path)
 
 
@@ -218,7 +216,7 @@ def switch_kind(kind: str, method_a: str, method_b: str, sweep_methods: list[str
 # --- layout and wiring -------------------------------------------------------------------
 def build_compare_tab() -> None:
     """Lay out the Compare / Sweep tab inside the current ``gr.Tab`` and wire its events."""
-    session = gr.State(None)
+    session = session_state()
     choices = methods_for("image")
     gr.Markdown("Two merge settings on the same input (difference map: for each token, the Jaccard distance between "
                 "its group under A and under B), then a sweep of methods × ratios.")
@@ -229,7 +227,7 @@ def build_compare_tab() -> None:
                 image = ImageUpload(value=None, type="filepath", label="Image", sources=["upload", "clipboard"], height=240)
                 gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos (see assets/ATTRIBUTION.md)")
             with gr.Column(visible=False) as text_box:
-                prompt = gr.Textbox(EXAMPLE_PROMPTS[1], label="Prompt", lines=3)
+                prompt = PromptBox(EXAMPLE_PROMPTS[1], label="Prompt", lines=3)
                 gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
             model = gr.Dropdown(IMAGE_MODELS, value="dinov2-small", label="Model", allow_custom_value=True, info=MODEL_HELP)
             with gr.Row():
@@ -269,7 +267,7 @@ def build_compare_tab() -> None:
     with gr.Row():
         with gr.Column(scale=4):
             sweep_methods = gr.CheckboxGroup(choices, value=SWEEP_METHODS, label="Methods")
-            sweep_ratios = gr.Textbox(SWEEP_RATIOS, label="Ratios", info=f"Comma-separated, each between 0 and {MAX_RATIO}")
+            sweep_ratios = PromptBox(SWEEP_RATIOS, label="Ratios", info=f"Comma-separated, each between 0 and {MAX_RATIO}")
             sweep_btn = gr.Button("Run sweep", variant="primary")
             csv = gr.File(label="CSV", interactive=False)
         with gr.Column(scale=7):

@@ -6,7 +6,6 @@ sliders re-render from it without running a model.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from tomviz.render.figures import cluster_map_figure, gflops_figure, token_count
 from tomviz.render.overlay import group_overlay, heatmap_overlay, small_multiples
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.scores.attention import cls_attention_grid
-from tomviz.ui.common import IMAGE_MODELS, layer_index, layer_slider, merge_controls, user_errors
+from tomviz.ui.common import IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -96,7 +95,7 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
         raise gr.Error("Nothing to download yet: inspect an image first.")
     with user_errors("prepare the downloads"):
         l = layer_index(layer, session.trace.num_layers)
-        folder = Path(tempfile.mkdtemp(prefix="tomviz-"))
+        folder = download_folder()
         overlay, _, heat = layer_pictures(session, l, opacity)
         paths = [session.trace.save(folder / "trace.json"), session.trace.save(folder / "trace.npz")]
         for name, picture in ((f"overlay_layer{l + 1}.png", overlay), ("layers.png", layer_strip(session, l)),
@@ -129,7 +128,7 @@ class ImageUpload(gr.Image):
 def build_image_tab(demo: gr.Blocks | None = None) -> None:
     """Lay out the Image tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the first
     example photo is shown and inspected when a visitor opens the page (the model loads on first use)."""
-    session = gr.State(None)
+    session = session_state()
     with gr.Row():
         with gr.Column(scale=4):
             image = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,

@@ -19,7 +19,7 @@ from tomviz.render.overlay import display_image, heatmap_overlay
 from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
-from tomviz.ui.common import IMAGE_MODELS, TEXT_MODELS, layer_index, user_errors
+from tomviz.ui.common import IMAGE_MODELS, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, session_state, user_errors
 from tomviz.ui.image_tab import EXAMPLE_IMAGES
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -55,7 +55,7 @@ def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, laye
                     exact: bool, seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
     """Inspect the input (image for image models, ``text`` for text models) and estimate the Banzhaf
     values of the groups after the 1-based ``layer`` (no gradio)."""
-    loaded = tomviz.load((model or "dinov2-small").strip())
+    loaded = tomviz.load((model or "dinov2-small").strip(), untrusted=True)
     if loaded.modality == "image":
         if image is None:
             raise ValueError("upload an image (or pick an example) for an image model")
@@ -126,7 +126,7 @@ def compute_hbi(model: str, image: Any, text: str, ratio: float, layer: float, s
                 seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
     """Image groups × words of a CLIP model (no gradio). Raises ``tomviz.ModelLoadError`` when the
     weights cannot be loaded (no hub access), ``ValueError`` for bad input."""
-    loaded = tomviz.load((model or CLIP_MODEL).strip())
+    loaded = tomviz.load((model or CLIP_MODEL).strip(), untrusted=True)
     if not loaded.clip_text:
         raise ValueError(f"{loaded.name} is not a CLIP model with image and text towers")
     if image is None:
@@ -169,7 +169,7 @@ def score_hbi(model: str, image: Any, text: str, ratio: float = 0.5, layer: floa
 # --- layout and wiring ---------------------------------------------------------------------
 def build_scores_tab() -> None:
     """Lay out the Scores tab inside the current ``gr.Tab`` and wire its events."""
-    session = gr.State(None)
+    session = session_state()
     gr.Markdown(
         "**Banzhaf values of merged tokens.** The players are the groups after the chosen layer (CLS excluded). "
         "A coalition runs the remaining layers with only its groups present, sizes kept; the value is the predicted "
@@ -181,14 +181,14 @@ def build_scores_tab() -> None:
             image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image (image models)",
                              sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos")
-            text = gr.Textbox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
+            text = PromptBox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
             ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
             layer = gr.Slider(1, 11, value=11, step=1, label="Groups after layer",
                               info="Layers after it run for every coalition (at most the second-to-last layer)")
             samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
             with gr.Row():
                 exact = gr.Checkbox(False, label="Exact (≤ 12 groups)")
-                seed = gr.Number(0, label="Seed", precision=0)
+                seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             top_k = gr.Slider(1, 30, value=8, step=1, label="Top pairs")
             run_btn = gr.Button("Estimate", variant="primary")
         with gr.Column(scale=7):
@@ -204,18 +204,18 @@ def build_scores_tab() -> None:
             pairs = gr.Dataframe(headers=PAIR_HEADERS, label="Top pairs", interactive=False)
 
     gr.Markdown("## Image + Text (CLIP)\n" + HUB_NOTE)
-    hbi_session = gr.State(None)
+    hbi_session = session_state()
     with gr.Row():
         with gr.Column(scale=4):
-            clip_model = gr.Textbox(CLIP_MODEL, label="CLIP model (Hugging Face id)")
+            clip_model = PromptBox(CLIP_MODEL, label="CLIP model (Hugging Face id)")
             clip_image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image",
                                   sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=clip_image, label="Example photos")
-            prompt = gr.Textbox("a cat sleeping on a sofa", label="Prompt")
+            prompt = PromptBox("a cat sleeping on a sofa", label="Prompt")
             clip_ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
             clip_layer = gr.Slider(1, 11, value=11, step=1, label="Image groups after layer")
             clip_samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
-            clip_seed = gr.Number(0, label="Seed", precision=0)
+            clip_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
             clip_top = gr.Slider(1, 30, value=8, step=1, label="Top pairs")
             hbi_btn = gr.Button("Score image × text", variant="primary")
         with gr.Column(scale=7):

@@ -1,14 +1,12 @@
 """The Text tab: type a prompt, move the merge ratio, see which tokens merge at every layer."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 
 from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
 from tomviz.render.text import fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
-from tomviz.ui.common import TEXT_MODELS, layer_index, layer_slider, merge_controls, user_errors
+from tomviz.ui.common import TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
 
 EXAMPLE_PROMPTS = [
@@ -69,17 +67,17 @@ def text_downloads(session: Analysis | None = None) -> list[str]:
     """Write the trace as .json and .npz; returns the paths."""
     if session is None:
         raise gr.Error("Nothing to download yet: inspect a prompt first.")
-    folder = Path(tempfile.mkdtemp(prefix="tomviz-"))
+    folder = download_folder()
     return [str(session.trace.save(folder / "trace.json")), str(session.trace.save(folder / "trace.npz"))]
 
 
 def build_text_tab(demo: gr.Blocks | None = None) -> None:
     """Lay out the Text tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the first
     example prompt is filled in and inspected when a visitor opens the page."""
-    session = gr.State(None)
+    session = session_state()
     with gr.Row():
         with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter",
+            prompt = PromptBox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter",
                                 value=EXAMPLE_PROMPTS[0] if demo is not None else None)
             run = gr.Button("Run", variant="primary")
             examples = gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")

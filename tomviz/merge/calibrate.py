@@ -12,6 +12,14 @@ so asking for more merging never raises a threshold.
 
 Run ``python -m tomviz.merge.calibrate`` to rebuild the shipped table
 (``dinov2-small``, the photos in ``assets/``, constant schedules ``r = 2, 4, ..., 18``).
+
+DyMU's own rule is :func:`calibrate_thresholds_dymu` (``ToMEBlock`` with
+``update_threshold=True`` and ``threshold_running_avg`` in ``src/open_clip/tome.py`` of
+https://github.com/MikeWangWZHL/dymu, commit ``c57d75a1a5ef82ee3ed18181253fbb5ca3558951``):
+the inputs run in batches of ``B`` through all layers at once; at each layer the ``r·B``
+best proposals of the whole batch merge (batch-level ToMe, so each image merges its own
+count) and the ``(r·B+1)``-th best score, clamped at 0, is that batch's threshold for the
+layer; ``τ_l`` is the running mean of those over the batches.
 """
 from __future__ import annotations
 
@@ -23,11 +31,11 @@ from typing import Any, Sequence
 import torch
 
 from tomviz.api import run
-from tomviz.merge.base import MergeInputs
-from tomviz.merge.dtome import DEFAULT_CALIBRATION, DToMe, proposal_scores
+from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
+from tomviz.merge.dtome import DEFAULT_CALIBRATION, DToMe, dymu_proposals, plan_from_merging, proposal_scores
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
-from tomviz.models.loading import LoadedModel, load
+from tomviz.models.loading import LoadedModel, PreparedInput, load
 
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "grace_hopper.jpg")
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -79,6 +87,76 @@ def calibrate_thresholds(model: str | LoadedModel, images: Sequence[Any], r_per_
         below = scores[wanted] if wanted < scores.numel() else scores[-1] - 1e-3
         thresholds.append(float((scores[wanted - 1] + below) / 2))
     return thresholds
+
+
+class DyMUCalibration(MergeMethod):
+    """DyMU's threshold-finding forward: at each layer the ``r·B`` best proposals of the whole
+    batch merge (each image its own count), and the ``(r·B+1)``-th best proposal score,
+    clamped at 0, is recorded in :attr:`recorded` (layer → one value per batch)."""
+
+    name = "dymu_calibration"
+    label = "DyMU threshold calibration (batch-level ToMe)"
+    modalities = ("image",)
+
+    def __init__(self) -> None:
+        self.recorded: dict[int, list[float]] = {}
+
+    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+        metric = inputs.metric
+        batch, num_tokens, _ = metric.shape
+        r = min(r, max_removable(num_tokens, inputs.num_protected))
+        if r <= 0:
+            return MergePlan.identity(batch, num_tokens, metric.device)
+        with torch.no_grad():
+            proposals = dymu_proposals(metric, inputs.num_protected, inputs.valid)
+            flat = proposals.best_score.reshape(-1)  # [B*Na], the batch's proposals pooled
+            order = flat.argsort(descending=True)
+            pooled = r * batch
+            nxt = flat[order[min(pooled, flat.numel() - 1)]]  # the (r·B+1)-th best
+            self.recorded.setdefault(inputs.layer, []).append(max(float(nxt), 0.0))
+            merging = torch.zeros_like(flat, dtype=torch.bool)
+            merging[order[:pooled]] = True
+            merging &= torch.isfinite(flat)  # never protected tokens or padding
+            return plan_from_merging(proposals, merging.view(batch, -1), inputs.valid)
+
+
+def running_threshold(values: Sequence[float]) -> float:
+    """DyMU's ``threshold_running_avg``: the buffer starts at 1.0 (no merging); the first value
+    replaces it, later ones update the running mean ``(τ·n + v) / (n + 1)``."""
+    threshold, count = 1.0, 1.0
+    for value in values:
+        if threshold == 1.0:
+            threshold = float(value)
+        else:
+            threshold = (threshold * count + float(value)) / (count + 1)
+            count += 1
+    return threshold
+
+
+def calibrate_thresholds_dymu(
+    model: str | LoadedModel, images: Sequence[Any], r_per_layer: Sequence[int], batch_size: int = 8
+) -> list[float]:
+    """DyMU's calibration rule: per-layer thresholds from batches of ``images`` (see the module docstring).
+
+    model: a loaded image model or a name for :func:`tomviz.load`; images: anything its
+    ``prepare`` accepts, all of one size; r_per_layer: ``[L]``, the tokens each layer should
+    remove per image on average; batch_size: ``B``. Returns ``[L]`` floats (1.0, DyMU's
+    "no merging", where ``r`` is 0).
+    """
+    loaded = load(model) if not isinstance(model, LoadedModel) else model
+    if len(r_per_layer) != loaded.num_layers:
+        raise ValueError(f"r_per_layer has {len(r_per_layer)} entries, the model has {loaded.num_layers} layers")
+    prepared = [loaded.prepare(image) for image in images]
+    method = DyMUCalibration()
+    for start in range(0, len(prepared), batch_size):
+        chunk = prepared[start : start + batch_size]
+        keys = chunk[0].tensors.keys()
+        try:
+            tensors = {k: torch.cat([p.tensors[k] for p in chunk]) for k in keys}
+        except RuntimeError as err:
+            raise ValueError(f"calibrate_thresholds_dymu needs inputs of one size: {err}") from err
+        run(loaded, PreparedInput(tensors=tensors, meta=dict(chunk[0].meta)), MergeConfig(method=method, r=list(r_per_layer)))
+    return [running_threshold(method.recorded.get(layer, [])) for layer in range(loaded.num_layers)]
 
 
 def calibrate_default(out: Path = DEFAULT_CALIBRATION, r_values: Sequence[int] = CALIBRATED_R) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.models import patching
 from tomviz.models.loading import LoadedModel, PreparedInput, load
+from tomviz.models.vlm import LoadedVLM
+from tomviz.vlm import VLMResult, inspect_vlm
 from tomviz.trace import Trace
 
 
@@ -83,7 +85,8 @@ def inspect(
     full_attention: bool = False,
     keep_hidden: bool = False,
     method_options: dict[str, Any] | None = None,
-) -> InspectResult:
+    **vlm_options: Any,
+) -> "InspectResult | VLMResult":
     """Run ``model`` on ``x`` with token merging and record everything in a :class:`Trace`.
 
     model: a name for :func:`tomviz.load`, a transformers model instance, or a loaded model.
@@ -93,8 +96,19 @@ def inspect(
     r: instead, tokens removed per layer: an int, ``(r, -1)`` (decreasing) or a per-layer list; 0 = no merging.
     keep_hidden: keep every block's output tokens (needed to resume a forward, e.g. for Banzhaf scores).
     The trace records batch element 0.
+
+    A vision-language model takes ``x = (image, question)`` and ``place="encoder"|"boundary"|"llm"``
+    (plus ``max_new_tokens``, ``fastv_layer``, ...: see :func:`tomviz.vlm.inspect_vlm`); it returns a
+    :class:`tomviz.vlm.VLMResult` (``.answer``, ``.reference_answer``, ``.trace``, ``.stages``, ``.fidelity``).
     """
-    loaded = load(model) if not isinstance(model, LoadedModel) else model
+    loaded = load(model) if not isinstance(model, (LoadedModel, LoadedVLM)) else model
+    if isinstance(loaded, LoadedVLM):
+        if not (isinstance(x, tuple) and len(x) == 2):
+            raise ValueError(f"{loaded.name} is a vision-language model: give it (image, question)")
+        return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn, mode=mode,
+                           method_options=method_options or {}, **vlm_options)
+    if vlm_options:
+        raise TypeError(f"unexpected arguments for {loaded.name}: {', '.join(vlm_options)}")
     inputs = loaded.prepare(x)
     config = _merge_config(
         method, r, ratio, mode, prop_attn, True, method_options,

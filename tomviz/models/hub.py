@@ -29,9 +29,18 @@ LOCAL_MODELS_ENV = "TOMVIZ_LOCAL_MODELS"
 
 MAX_PARAMETERS = int(float(os.environ.get("TOMVIZ_MAX_PARAMETERS", "4e8")))
 """Hub models above this many parameters are refused (read from the hub's safetensors metadata before downloading)."""
+MAX_PARAMETERS_CUDA = int(float(os.environ.get("TOMVIZ_MAX_PARAMETERS_CUDA", "8e9")))
+"""The same cap for a model that goes to a CUDA device (a 7B VLM in fp16 fits)."""
+
+
+def max_parameters(device_type: str = "cpu") -> tuple[int, str]:
+    """(the cap, the variable that sets it) for a model loaded onto ``device_type``."""
+    if device_type == "cuda":
+        return MAX_PARAMETERS_CUDA, "TOMVIZ_MAX_PARAMETERS_CUDA"
+    return MAX_PARAMETERS, "TOMVIZ_MAX_PARAMETERS"
 
 # What a hub snapshot may bring: configs, safetensors weights and tokenizer files, nothing executable or pickled.
-HUB_FILES = ["*.json", "model*.safetensors", "vocab.txt", "merges.txt", "*.model", "tokenizer*"]
+HUB_FILES = ["*.json", "model*.safetensors", "vocab.txt", "merges.txt", "*.model", "tokenizer*", "chat_template.jinja"]
 
 # Hugging Face repo ids: an optional owner and a name, each of letters, digits, "-", "_", "." (at most 96 each),
 # starting and ending with a letter or digit, with no "--" or "..".
@@ -95,7 +104,7 @@ def resolve_source(name: str, untrusted: bool = False) -> ModelSource:
     raise ModelLoadError(f"cannot load model {name!r}: it is neither a folder on this machine nor a Hugging Face repo id (owner/name)")
 
 
-def fetch(repo_id: str) -> Path:
+def fetch(repo_id: str, device_type: str = "cpu") -> Path:
     """The hub repo's snapshot folder in the Hugging Face cache: configs, safetensors weights and tokenizer
     files only. Fails in seconds when the hub cannot be reached; refuses models above ``MAX_PARAMETERS``
     and models without safetensors weights before downloading them."""
@@ -106,7 +115,7 @@ def fetch(repo_id: str) -> Path:
     except Exception:  # noqa: BLE001 - not cached (or not a complete snapshot): go to the hub
         pass
     check_reachable(repo_id)
-    check_size(repo_id)
+    check_size(repo_id, device_type)
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
     except Exception as err:  # noqa: BLE001 - the hub raises many types; all mean "cannot load"
@@ -133,8 +142,8 @@ def check_reachable(repo_id: str, timeout: float = 3.0) -> None:
         ) from err
 
 
-def check_size(repo_id: str) -> None:
-    """Refuse hub models with more than ``MAX_PARAMETERS`` parameters, or with no safetensors weights
+def check_size(repo_id: str, device_type: str = "cpu") -> None:
+    """Refuse hub models with more than :func:`max_parameters` for ``device_type``, or with no safetensors weights
     (pickled ``.bin`` weights are never loaded from the hub)."""
     from huggingface_hub import get_safetensors_metadata
 
@@ -144,10 +153,11 @@ def check_size(repo_id: str) -> None:
         raise ModelLoadError(f"cannot load model {repo_id!r}: {first_line(err)} (tomviz loads hub models "
                              "with safetensors weights only)") from err
     total = sum(counts.values())
-    if total > MAX_PARAMETERS:
+    limit, variable = max_parameters(device_type)
+    if total > limit:
         raise ModelLoadError(
             f"model {repo_id!r} has {total / 1e6:.0f}M parameters; this server loads models up to "
-            f"{MAX_PARAMETERS / 1e6:.0f}M (TOMVIZ_MAX_PARAMETERS)"
+            f"{limit / 1e6:.0f}M on {'CUDA' if device_type == 'cuda' else 'CPU'} ({variable})"
         )
 
 

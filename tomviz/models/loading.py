@@ -22,11 +22,14 @@ from torch import nn
 from tomviz.models import hub
 from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source
 from tomviz.models.patching import Adapter, apply, find_adapter
+from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
+from tomviz.models.vlm import wrap as wrap_vlm
 from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
 
 
 _IMAGE_FAMILIES = {"vit", "deit", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model"}
 _TEXT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
+_VLM_TYPES = {"smolvlm", "idefics3", "llava"}  # vision-language families (tomviz/models/smolvlm.py, llava.py)
 
 
 def default_device() -> torch.device:
@@ -164,6 +167,7 @@ MAX_OTHER_MODELS = int(os.environ.get("TOMVIZ_MAX_MODELS", "2"))
 
 def load(
     name: str | nn.Module | LoadedModel = "dinov2-small", device: str | torch.device | None = None, *, untrusted: bool = False,
+    processor: Any = None,
 ) -> LoadedModel:
     """Load a model by name: ``"dinov2-small"``, ``"minilm"``, a Hugging Face id, a local folder,
     or wrap a transformers model instance. Named models are cached per process.
@@ -171,10 +175,17 @@ def load(
     ``untrusted=True`` for names that come from the web (every app endpoint): only embedded names,
     hub repo ids and folders the operator allows in ``$TOMVIZ_LOCAL_MODELS`` (see :mod:`tomviz.models.hub`).
     A model loading (or downloading) holds only its own lock: other models stay available meanwhile.
+    A vision-language model instance (SmolVLM, LLaVA) needs its transformers ``processor`` and comes back
+    as a :class:`tomviz.models.vlm.LoadedVLM`.
     """
-    if isinstance(name, LoadedModel):
+    if isinstance(name, (LoadedModel, LoadedVLM)):
         return name
     device = torch.device(device) if device is not None else default_device()
+    if isinstance(name, nn.Module) and find_vlm_adapter(name) is not None:
+        try:
+            return wrap_vlm(type(name).__name__, name.to(device).eval(), processor)
+        except (TypeError, ValueError) as err:
+            raise ModelLoadError(str(err)) from err
     if isinstance(name, nn.Module):
         return _wrap(type(name).__name__, name.to(device).eval())
     source = resolve_source(name, untrusted=untrusted)
@@ -228,7 +239,7 @@ def _load_uncached(source: ModelSource, device: torch.device) -> LoadedModel:
     if source.ref == "minilm":
         model, tokenizer = weights.load_minilm()
         return _wrap(source.ref, model.to(device).eval(), tokenizer=tokenizer)
-    folder = hub.fetch(source.ref) if source.kind == "hub" else Path(source.ref)
+    folder = hub.fetch(source.ref, device.type) if source.kind == "hub" else Path(source.ref)
     return _load_folder(source.ref, folder, device)
 
 
@@ -242,6 +253,8 @@ def _load_folder(name: str, folder: Path, device: torch.device) -> LoadedModel:
     except Exception as err:  # noqa: BLE001 - many types; all mean "cannot load"
         raise ModelLoadError(f"cannot load model {name!r}: {hub.first_line(err)}") from err
     model_type = getattr(config, "model_type", "")
+    if model_type in _VLM_TYPES:
+        return _load_vlm(name, folder, device)
     if model_type not in _IMAGE_FAMILIES and model_type not in _TEXT_TYPES:
         raise ModelLoadError(
             f"model {name!r} is a {model_type or 'unknown'} model; tomviz supports ViT, DeiT, DINOv2, CLIP and BERT-family encoders"
@@ -263,6 +276,21 @@ def _load_folder(name: str, folder: Path, device: torch.device) -> LoadedModel:
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {name!r}: {err}") from err
     return _wrap(name, model.to(device).eval(), image_spec=spec, tokenizer=tokenizer)
+
+
+def _load_vlm(name: str, folder: Path, device: torch.device) -> LoadedVLM:
+    """A SmolVLM / Idefics3 / LLaVA folder and its processor (fp16 on CUDA; never ``trust_remote_code``)."""
+    import transformers as tf
+
+    from tomviz.models.vlm import load_processor
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        model = tf.AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
+        processor = load_processor(folder)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load model {name!r}: {hub.first_line(err)}") from err
+    return wrap_vlm(name, model.to(device).eval(), processor)
 
 
 def _image_spec(folder: Path) -> ImageSpec | None:

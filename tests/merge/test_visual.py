@@ -1,0 +1,48 @@
+"""Plans over the visual tokens a VLM's language model receives (tomviz.merge.visual)."""
+from __future__ import annotations
+
+import torch
+
+from tomviz.merge.visual import VisualTokens, bipartite_to, compose, get_visual_method, group_sizes, sequence_order
+from tomviz.merge.plan import MergePlan
+
+
+def _tokens(v=32, d=8, grid=(4, 4), tiles=2, attention=True):
+    torch.manual_seed(0)
+    feats = torch.randn(1, v, d)
+    return VisualTokens(features=feats, tile_grid=grid, num_tiles=tiles, attention=torch.rand(1, v) if attention else None)
+
+
+def test_bipartite_to_reaches_any_count():
+    tokens = _tokens()
+    for keep in (31, 16, 9, 3, 1):
+        plan, steps = bipartite_to(tokens.features, keep)
+        assert plan.num_out == keep and group_sizes(plan).sum() == 32
+        assert steps >= 1
+
+
+def test_downsample_pools_each_tile():
+    plan = get_visual_method("downsample").plan(_tokens(), 8)  # 2 tiles of 4x4 → 2 tiles of 2x2
+    assert plan.num_out == 8
+    assert plan.dst[0, :4].tolist() == [0, 0, 1, 1] and plan.dst[0, 16:20].tolist() == [4, 4, 5, 5]
+    merged, sizes = plan.merge(_tokens().features, None)
+    assert torch.allclose(merged[0, 0], _tokens().features[0, [0, 1, 4, 5]].mean(0), atol=1e-6)
+
+
+def test_selection_methods_keep_exactly():
+    for name in ("random", "fastv", "visionzip"):
+        plan = get_visual_method(name).plan(_tokens(), 10)
+        assert plan.num_out == 10
+    fastv = get_visual_method("fastv").plan(_tokens(), 10)
+    kept = (fastv.dst[0] >= 0).nonzero()[:, 0]
+    assert set(kept.tolist()) == set(_tokens().attention[0].topk(10).indices.tolist())
+    zip_plan = get_visual_method("visionzip").plan(_tokens(), 10)
+    assert (zip_plan.dst >= 0).all()  # contextual tokens absorb every non-dominant token
+
+
+def test_compose_and_sequence_order():
+    first = MergePlan(dst=torch.tensor([[1, 0, 1, 2]]), num_out=3)
+    second = MergePlan(dst=torch.tensor([[0, 0, -1]]), num_out=1)
+    assert compose(first, second).dst.tolist() == [[0, 0, 0, -1]]
+    ordered = sequence_order(MergePlan(dst=torch.tensor([[2, 0, 2, 1]]), num_out=3))
+    assert ordered.dst.tolist() == [[0, 1, 0, 2]]  # outputs numbered by their first member

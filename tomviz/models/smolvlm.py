@@ -1,0 +1,65 @@
+"""SmolVLM / Idefics3 (``SmolVLMForConditionalGeneration``, ``Idefics3ForConditionalGeneration``).
+
+Vision tower: ``model.model.vision_model`` (SigLIP layout: the ``siglip`` image adapter);
+connector: pixel shuffle by ``scale_factor`` then a linear map, so each tile of
+``(S/p)²`` patches reaches the LLM as ``(S/p/scale)²`` tokens; LLM: ``model.model.text_model``
+(Llama layers). The pixel shuffle needs the full patch grid: encoder merging is undone
+after the encoder (``unmerge=True``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
+
+from tomviz.models import siglip  # noqa: F401  (registers the vision tower's adapter)
+from tomviz.models.vlm import VLMAdapter, register
+
+
+def _features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model.model.get_image_features(tensors["pixel_values"], tensors.get("pixel_attention_mask"), return_dict=True)
+    return torch.cat(list(out.pooler_output), dim=0)  # [tiles * n, D]
+
+
+def _patch_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
+    patch = model.config.vision_config.patch_size
+    h, w = tensors["pixel_values"].shape[-2:]
+    return int(h) // patch, int(w) // patch
+
+
+def _token_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[tuple[int, int], int]:
+    rows, cols = _patch_grid(model, tensors)
+    scale = model.config.scale_factor
+    pixels = tensors["pixel_values"].flatten(0, -4)  # [tiles (+ padding tiles), 3, H, W]
+    tiles = int((pixels.flatten(1) != 0).any(1).sum().clamp(min=1))
+    return (rows // scale, cols // scale), tiles
+
+
+SMOLVLM = register(
+    VLMAdapter(
+        family="smolvlm",
+        matches=lambda m: isinstance(m, (SmolVLMForConditionalGeneration, Idefics3ForConditionalGeneration)),
+        vision_tower=lambda m: m.model.vision_model,
+        language_model=lambda m: m.model.text_model,
+        image_features=_features,
+        token_grid=_token_grid,
+        patch_grid=_patch_grid,
+        unmerge=True,
+        nested_images=True,
+    )
+)
+
+
+def processor_without_video(image_processor, tokenizer, image_seq_len: int, chat_template: str | None = None):
+    """A ``SmolVLMProcessor`` with no video processor. transformers builds SmolVLM's video processor
+    only with torchvision installed; images need none, so tomviz does not require torchvision."""
+    from transformers import SmolVLMProcessor
+
+    class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
+        def check_argument_for_proper_class(self, name, argument):
+            if name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(name, argument)
+
+    return ImageOnlySmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                     image_seq_len=image_seq_len, chat_template=chat_template)

@@ -1,0 +1,188 @@
+"""Vision-language models: what an adapter of a VLM family says, and a loaded VLM.
+
+A :class:`VLMAdapter` (one per family: ``tomviz/models/smolvlm.py``, ``tomviz/models/llava.py``)
+says only *where* things are: the vision tower (merged by the image adapters of
+``tomviz/models/patching.py``, e.g. ``siglip``/``clip``), the language model's decoder
+(patched by ``tomviz/models/llm.py``), how pixels become the LLM's visual tokens, and
+the grid those tokens form. The flow of a call lives in ``tomviz/vlm.py``.
+
+Merging inside the encoder uses the ordinary per-call :class:`~tomviz.merge.engine.MergeState`,
+here as :class:`EncoderState`, which always tracks each patch's group so that a
+connector that needs the full patch grid (SmolVLM's pixel shuffle) gets merged
+tokens copied back to their patches (merge, compute, unmerge).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from tomviz.merge.engine import MergeState, current_state
+from tomviz.models import llm, patching
+
+_HOOKS = "_tomviz_vlm_hooks"
+
+
+@dataclass(frozen=True)
+class VLMAdapter:
+    """Where things are in one VLM family."""
+
+    family: str  # "smolvlm", "llava"
+    matches: Callable[[nn.Module], bool]
+    vision_tower: Callable[[nn.Module], nn.Module]  # the module the image adapter patches
+    language_model: Callable[[nn.Module], nn.Module]  # the decoder: ``.layers``, ``.embed_tokens``
+    # (model, processor tensors) → [V', D] the visual tokens the LLM receives, in sequence order
+    image_features: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    # (model, processor tensors) → ((rows, cols) of one tile's visual-token grid, number of tiles)
+    token_grid: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[tuple[int, int], int]]
+    # (model, processor tensors) → ((rows, cols) of one tile's patch grid in the encoder)
+    patch_grid: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[int, int]]
+    unmerge: bool  # the connector needs every patch: unmerge after the encoder
+    encoder_layers_used: Callable[[nn.Module], int] = lambda model: 0  # layers whose output reaches the features (0 = all)
+    protected_dropped: Callable[[nn.Module], int] = lambda model: 0  # leading encoder tokens not passed on (CLS)
+    nested_images: bool = False  # the processor wants images as [[image]] (one list per prompt)
+
+
+VLM_ADAPTERS: list[VLMAdapter] = []
+
+
+def register(adapter: VLMAdapter) -> VLMAdapter:
+    VLM_ADAPTERS.append(adapter)
+    return adapter
+
+
+def find_vlm_adapter(model: Any) -> VLMAdapter | None:
+    for adapter in VLM_ADAPTERS:
+        if isinstance(model, nn.Module) and adapter.matches(model):
+            return adapter
+    return None
+
+
+class EncoderState(MergeState):
+    """A :class:`MergeState` that always tracks each input token's group (``source``), and
+    optionally copies merged tokens back to their patches after the encoder (``unmerge``)."""
+
+    unmerge: bool = False
+
+    def begin(self, x: torch.Tensor, incoming: torch.Tensor | None) -> None:
+        if self._started:
+            return
+        super().begin(x, incoming)
+        if self.source is None:
+            self.source = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], x.shape[1])
+
+
+def unmerge_tokens(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Copy each merged token to the input tokens of its group: ``[B, N, C]`` → ``[B, N0, C]``
+    (source ``[B, N0]``; pruned inputs, -1, get zeros)."""
+    index = source.clamp(min=0).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    return x.gather(1, index).masked_fill((source < 0).unsqueeze(-1), 0.0)
+
+
+def _unmerge_hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+    state = current_state()
+    if isinstance(state, EncoderState) and state.unmerge and state.sizes is not None:
+        return unmerge_tokens(output, state.source)
+    return None
+
+
+@dataclass
+class LoadedVLM:
+    """A transformers VLM with its processor."""
+
+    name: str
+    model: nn.Module
+    adapter: VLMAdapter
+    processor: Any
+
+    modality = "image+text"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vision(self) -> nn.Module:
+        return self.adapter.vision_tower(self.model)
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.adapter.language_model(self.model)
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    @property
+    def max_length(self) -> int:
+        text = getattr(self.model.config, "text_config", self.model.config)
+        return int(getattr(text, "max_position_embeddings", 2048))
+
+
+def prepare_model(model: nn.Module, adapter: VLMAdapter) -> None:
+    """Patch the vision tower (image adapter) and the LLM's decoder layers; idempotent.
+    Without an active state the model computes exactly what it computed before."""
+    vision = adapter.vision_tower(model)
+    patching.apply(vision)
+    llm.apply(adapter.language_model(model))
+    if adapter.unmerge and not hasattr(model, _HOOKS):
+        post = getattr(vision, "post_layernorm", None)
+        if post is None:
+            raise patching.UnsupportedModelError(f"{adapter.family}: the vision tower has no post_layernorm to unmerge after")
+        setattr(model, _HOOKS, [post.register_forward_hook(_unmerge_hook)])
+
+
+def wrap(name: str, model: nn.Module, processor: Any) -> LoadedVLM:
+    adapter = find_vlm_adapter(model)
+    if adapter is None:
+        raise patching.UnsupportedModelError(f"{type(model).__name__} is not a supported vision-language model")
+    if processor is None:
+        raise ValueError(f"{name}: a vision-language model needs its processor (tomviz.load(model, processor=...))")
+    prepare_model(model, adapter)
+    return LoadedVLM(name=name, model=model, adapter=adapter, processor=processor)
+
+
+def encoder_state(loaded: LoadedVLM, config: Any, meta: dict[str, Any], unmerge: bool) -> EncoderState:
+    """The per-call merge state of the vision tower (see :class:`EncoderState`)."""
+    info = patching.apply(loaded.vision)
+    state = EncoderState(
+        config, num_protected=info.adapter.num_protected(info.backbone), num_layers=len(info.blocks),
+        meta={"family": info.adapter.family, "modality": "image", **meta},
+    )
+    state.unmerge = unmerge
+    return state
+
+
+def load_processor(folder: Any) -> Any:
+    """The transformers processor of a VLM folder. SmolVLM's needs torchvision (for videos); without it,
+    an image-only SmolVLM processor is built from the same files."""
+    import json
+    from pathlib import Path
+
+    import transformers as tf
+
+    try:
+        return tf.AutoProcessor.from_pretrained(folder)
+    except Exception:  # noqa: BLE001 - retried below for SmolVLM; otherwise raised again
+        config = tf.AutoConfig.from_pretrained(folder)
+        if config.model_type != "smolvlm":
+            raise
+    from tomviz.models.smolvlm import processor_without_video
+
+    folder = Path(folder)
+    settings = json.loads((folder / "processor_config.json").read_text()) if (folder / "processor_config.json").exists() else {}
+    template = None
+    if (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text()
+    elif (folder / "chat_template.json").exists():
+        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    vision = config.vision_config
+    seq_len = settings.get("image_seq_len") or (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+    return processor_without_video(tf.AutoImageProcessor.from_pretrained(folder), tf.AutoTokenizer.from_pretrained(folder),
+                                   int(seq_len), template)

@@ -1,0 +1,430 @@
+"""Token reduction inside vision-language models: where, what the LLM then sees, and what it answers.
+
+Three places to reduce the visual tokens (``place``):
+
+* ``"encoder"``: any merge method of ``tomviz.METHODS`` inside the vision encoder. SmolVLM's
+  pixel shuffle needs every patch, so merged tokens are copied back to their patches after
+  the encoder (the encoder saves compute, the LLM sees the usual count); LLaVA's projector
+  works per token, so the LLM receives the merged tokens;
+* ``"boundary"``: on the tokens the LLM receives (``tomviz.merge.visual``: ``tome``, ``random``,
+  ``downsample``, ``visionzip``); merged tokens carry their size into the LLM's attention as a
+  ``log(size)`` bias through its mask (``prop_attn``);
+* ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``).
+
+Each place is traced as a stage with the same :class:`~tomviz.trace.Trace` type:
+``stages["encoder"]`` (the patches of tile 0 through the encoder layers), ``stages["boundary"]``
+(the visual tokens → the tokens the LLM receives) and ``stages["llm"]`` (the visual tokens the
+LLM receives → those layers ≥ K keep). The tokens are laid out per tile (``meta["token_grid"]``,
+``meta["num_tiles"]``), tile-major and row-major, as the model's sequence orders them.
+
+The reduced sequence keeps the text tokens and puts each visual group where its first
+member sat; positions are renumbered contiguously (as VisionZip does), except under
+FastV where the kept tokens keep their positions.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from tomviz.merge import get_method
+from tomviz.merge.engine import MergeConfig
+from tomviz.merge.plan import MergePlan
+from tomviz.merge.schedule import resolve_schedule
+from tomviz.merge.visual import FastV, VisualTokens, get_visual_method, group_sizes, sequence_order
+from tomviz.models import llm, patching
+from tomviz.models.preprocess import load_image
+from tomviz.models.vlm import LoadedVLM, encoder_state
+from tomviz.trace import LayerTrace, Trace
+
+PLACES = ("none", "encoder", "boundary", "llm")
+
+
+@dataclass
+class Reduction:
+    """Where and how much to reduce, for one call (never stored on the model)."""
+
+    place: str = "none"  # "none" | "encoder" | "boundary" | "llm"
+    method: str = "tome"  # encoder: a tomviz.METHODS name; boundary: tomviz.merge.visual; llm: "fastv"
+    ratio: float = 0.0  # fraction of the visual tokens removed (encoder: of the patch tokens, by the last layer)
+    mode: str = "constant"  # encoder: how the ratio spreads over the layers
+    prop_attn: bool = True  # log(size) bias for merged tokens (encoder attention; the LLM's attention at the boundary)
+    fastv_layer: int = 2  # K for FastV: layers K.. see only the kept visual tokens
+    seed: int = 0  # random selection
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.place not in PLACES:
+            raise ValueError(f"unknown place {self.place!r}: choose one of {', '.join(PLACES)}")
+        if not 0.0 <= self.ratio <= 0.95:
+            raise ValueError(f"ratio {self.ratio} is outside 0..0.95")
+        if self.place == "llm" and self.method != "fastv":
+            raise ValueError(f"inside the LLM the method is fastv, not {self.method!r}")
+        if self.place == "boundary" and self.method == "fastv":
+            raise ValueError("fastv works inside the LLM: use place='llm'")
+
+
+@dataclass
+class VLMInput:
+    """The processor's tensors for one image and question, and their description."""
+
+    tensors: dict[str, torch.Tensor]  # input_ids [1, L], attention_mask, pixel_values, ...
+    prompt: str
+    question: str
+    image: Any  # the RGB PIL image
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prefill:
+    """The LLM's (reduced) input and how it came to be."""
+
+    embeds: torch.Tensor  # [1, L', C]
+    visual: torch.Tensor  # [L'] bool, the visual tokens of the sequence
+    key_bias: torch.Tensor | None  # [L'] log(size) of visual groups (0 for text), or None
+    fastv: llm.FastVRequest | None
+    stages: dict[str, Trace]
+    encoder_seconds: float  # vision encoder + boundary reduction
+
+
+@dataclass
+class Generation:
+    tokens: list[int]  # the answer's token ids (without the prompt; with the stop token if one came)
+    text: str
+    first_logits: torch.Tensor  # [vocab] float32, the logits of the first answer token
+    prefill_seconds: float
+    decode_seconds: float
+    llm_visual_tokens: list[int]  # visual tokens per LLM layer
+    keep: torch.Tensor | None  # FastV: prefill positions kept from layer K
+
+
+@dataclass
+class Fidelity:
+    """How close the reduced model stays to the unreduced one on the unreduced answer."""
+
+    log_likelihood: float  # log p(reference answer | reduced model), teacher-forced, summed over tokens
+    reference_log_likelihood: float  # the same under the unreduced model
+    first_token_kl: float  # KL(p_unreduced || p_reduced) of the first answer token
+    exact_match: bool  # the two greedy answers are the same tokens
+
+
+@dataclass
+class VLMResult:
+    """``tomviz.inspect(vlm, (image, question), place=...)``."""
+
+    answer: str
+    reference_answer: str
+    trace: Trace  # the stage of the chosen place (the boundary stage when nothing is reduced)
+    stages: dict[str, Trace]
+    fidelity: Fidelity
+    timings: dict[str, float]  # encoder_s, prefill_s, decode_s, ttft_s, and the same with a "reference_" prefix
+    token_counts: dict[str, int]  # visual tokens: patches (per tile), llm_input, llm_after_k, text
+    answer_attention: np.ndarray | None  # [layers, A, V'] attention of each answer step to the visual tokens the LLM received
+    answer_tokens: list[str]
+    reduction: Reduction
+    inputs: VLMInput
+    model: LoadedVLM
+
+    def attention_on_image(self, layer: int, step: int) -> np.ndarray:
+        """``[V]`` attention of answer step ``step`` in LLM ``layer``, spread onto the visual tokens
+        before any reduction at the boundary (each group's value on all its members; pruned: nan)."""
+        if self.answer_attention is None:
+            raise ValueError("no answer attention was recorded")
+        return self.stages["boundary"].spread(self.answer_attention[layer, step], -1)
+
+
+# --- input -------------------------------------------------------------------------------------
+def prepare(loaded: LoadedVLM, image: Any, question: str) -> VLMInput:
+    """Image (PIL / path / bytes / array) and question → the processor's tensors."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty: type a question about the image")
+    picture = load_image(image)
+    processor = loaded.processor
+    template = getattr(processor, "chat_template", None) or getattr(loaded.tokenizer, "chat_template", None)
+    if template:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    else:
+        token = getattr(processor, "image_token", "<image>")
+        prompt = f"User: {token} {question}\nAssistant:"
+    images = [[picture]] if loaded.adapter.nested_images else [picture]
+    try:
+        tensors = processor(text=[prompt], images=images, return_tensors="pt")
+    except Exception as err:  # noqa: BLE001 - processors raise many types for images they refuse
+        raise ValueError(f"the processor of {loaded.name} refused the image: {err}") from err
+    length = int(tensors["input_ids"].shape[1])
+    if length > loaded.max_length:
+        raise ValueError(f"the prompt is {length} tokens with the image; {loaded.name} takes at most {loaded.max_length}")
+    device = loaded.device
+    tensors = {k: v.to(device) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    if "pixel_values" in tensors:
+        tensors["pixel_values"] = tensors["pixel_values"].to(loaded.model.dtype)
+    return VLMInput(tensors=tensors, prompt=prompt, question=question, image=picture,
+                    meta={"image_size": [picture.width, picture.height], "num_prompt_tokens": length})
+
+
+# --- the visual tokens ----------------------------------------------------------------------------
+def _stage(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
+    """A one-step Trace over the ``plan.num_in`` visual tokens."""
+    sizes = group_sizes(plan)[0].cpu().numpy().astype(np.float32)
+    layer = LayerTrace(source=plan.dst[0].cpu().numpy().astype(np.int32), sizes=sizes, num_tokens_in=plan.num_in)
+    meta = {**meta, "stage": name, "num_input_tokens": plan.num_in, "num_protected": 0,
+            "schedule": [plan.num_in - plan.num_out], "prop_attn": meta.get("prop_attn", False)}
+    return Trace(meta=meta, layers=[layer])
+
+
+def _encoder_config(loaded: LoadedVLM, red: Reduction, num_patches: int, protected: int) -> MergeConfig:
+    method = get_method(red.method if red.place == "encoder" else "tome", **(red.method_options if red.place == "encoder" else {}))
+    vision_layers = len(patching.apply(loaded.vision).blocks)
+    used = loaded.adapter.encoder_layers_used(loaded.model) or vision_layers
+    if red.place != "encoder" or red.ratio == 0:
+        return MergeConfig(method=method, r=0, prop_attn=red.prop_attn)
+    schedule = resolve_schedule(None, red.ratio, used, num_patches, protected, red.mode)
+    return MergeConfig(method=method, r=schedule + [0] * (vision_layers - used), prop_attn=red.prop_attn, trace=True)
+
+
+def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:
+    """Run the vision encoder (merging at ``place='encoder'``), reduce at the boundary, and build
+    the LLM's input sequence. input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
+    red.check()
+    model, adapter, tensors = loaded.model, loaded.adapter, inputs.tensors
+    rows, cols = adapter.patch_grid(model, tensors)
+    token_grid, num_tiles = adapter.token_grid(model, tensors)
+    protected = patching_protected(loaded)
+    config = _encoder_config(loaded, red, rows * cols + protected, protected)
+    meta = {"model": loaded.name, "patch_grid": [rows, cols], "token_grid": list(token_grid), "num_tiles": num_tiles,
+            "image_size": inputs.meta["image_size"], "place": red.place}
+    start = time.perf_counter()
+    stages: dict[str, Trace] = {}
+    with torch.inference_mode():
+        state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge)
+        with state:
+            features = adapter.image_features(model, tensors)[None]  # [1, V', D]
+        input_ids = tensors["input_ids"]
+        visual = input_ids[0] == loaded.image_token_id  # [L]
+        num_visual = int(visual.sum())
+        if config.trace:
+            stages["encoder"] = state.trace()
+        if red.place == "encoder" and not adapter.unmerge and state.sizes is not None:
+            dropped = adapter.protected_dropped(model)
+            source = state.source[:1, dropped:] - dropped  # [1, V] patch → merged token (features order)
+            plan = MergePlan(dst=torch.where(source < 0, -1, source), num_out=features.shape[1])
+            merged_features = True
+        else:
+            if features.shape[1] != num_visual:
+                raise ValueError(f"{features.shape[1]} visual features for {num_visual} image tokens in the prompt")
+            plan = MergePlan.identity(1, num_visual, features.device)
+            merged_features = False
+        boundary_meta = {**meta, "method": "none", "prop_attn": red.prop_attn}
+        if red.place == "encoder":
+            boundary_meta["method"] = f"encoder:{red.method}"
+        if red.place == "boundary" and red.ratio > 0:
+            method = get_visual_method(red.method, **red.method_options)
+            keep = max(1, num_visual - int(round(red.ratio * num_visual)))
+            tokens = VisualTokens(features=features, tile_grid=tuple(token_grid), num_tiles=num_tiles, seed=red.seed)
+            if method.needs_attention:
+                tokens.attention = _encoder_attention(loaded, tensors, token_grid, num_tiles)
+            plan = method.plan(tokens, keep)
+            boundary_meta["method"] = red.method
+        if merged_features:  # reorder the merged features by their first patch (the sequence order)
+            first = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V']
+            features = features[:, first.argsort()]
+            plan = sequence_order(plan)
+            sizes = group_sizes(plan)
+        else:
+            plan = sequence_order(plan)
+            sizes = None
+            if plan.num_out != num_visual:
+                features, sizes = plan.merge(features, None)
+                sizes = sizes[..., 0]
+        stages["boundary"] = _stage("boundary", plan, boundary_meta)
+        embeds = loaded.language_model.get_input_embeddings()(input_ids)  # [1, L, C]
+        first_member = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V'] sorted
+        visual_positions = visual.nonzero()[:, 0]  # [V]
+        keep_seq = ~visual.clone()
+        keep_seq[visual_positions[first_member]] = True
+        embeds = embeds[:, keep_seq].clone()
+        new_visual = visual[keep_seq]
+        embeds[0, new_visual] = features[0].to(embeds.dtype)
+        key_bias = None
+        if sizes is not None and red.prop_attn and (red.place in ("boundary", "encoder")):
+            key_bias = torch.zeros(embeds.shape[1], device=embeds.device)
+            key_bias[new_visual] = sizes[0].float().log()
+            if not bool(key_bias.any()):
+                key_bias = None
+        fastv = None
+        if red.place == "llm" and red.ratio > 0:
+            keep = max(1, num_visual - int(round(red.ratio * num_visual)))
+            selector = FastV()
+
+            def select(attention: torch.Tensor) -> torch.Tensor:
+                chosen = selector.plan(VisualTokens(features=attention[..., None], tile_grid=tuple(token_grid),
+                                                    num_tiles=num_tiles, attention=attention), keep)
+                return (chosen.dst[0] >= 0).nonzero()[:, 0]
+
+            if not 1 <= red.fastv_layer < len(loaded.language_model.layers):
+                raise ValueError(f"fastv_layer must be 1..{len(loaded.language_model.layers) - 1}")
+            fastv = llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
+    seconds = time.perf_counter() - start
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=seconds)
+
+
+def patching_protected(loaded: LoadedVLM) -> int:
+    info = patching.apply(loaded.vision)
+    return info.adapter.num_protected(info.backbone)
+
+
+def _encoder_attention(loaded: LoadedVLM, tensors: dict[str, torch.Tensor], token_grid, num_tiles) -> torch.Tensor:
+    """``[1, V]`` the attention each LLM visual token's patches received in the encoder's second-last
+    layer (mean over heads and queries), pooled to the token grid. Recomputed from that layer's keys
+    and queries with no merging (the SDPA kernel gives no weights)."""
+    raise NotImplementedError("visionzip needs the encoder attention (not implemented yet)")
+
+
+# --- the language model ----------------------------------------------------------------------------
+def _stop_ids(loaded: LoadedVLM) -> set[int]:
+    ids = set()
+    for source in (loaded.tokenizer, getattr(loaded.model, "generation_config", None)):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update([value] if isinstance(value, int) else list(value))
+    return ids
+
+
+def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> Generation:
+    """Greedy decoding at batch 1 with the KV cache, under the prefill's reduction."""
+    model = loaded.model
+    stop = _stop_ids(loaded)
+    state = llm.LLMState(visual=prefill.visual, key_bias=prefill.key_bias, fastv=prefill.fastv)
+    tokens: list[int] = []
+    with torch.inference_mode(), state:
+        start = time.perf_counter()
+        out = model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1)
+        first_logits = out.logits[0, -1].float()
+        token = int(first_logits.argmax())
+        prefill_seconds = time.perf_counter() - start
+        cache = out.cache
+        start = time.perf_counter()
+        tokens.append(token)
+        while len(tokens) < max_new_tokens and token not in stop:
+            step = torch.tensor([[token]], device=prefill.embeds.device)
+            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = out.cache
+            token = int(out.logits[0, -1].argmax())
+            tokens.append(token)
+        decode_seconds = time.perf_counter() - start
+    num_layers = len(loaded.language_model.layers)
+    visual_count = int(prefill.visual.sum())
+    counts = [visual_count] * num_layers
+    if prefill.fastv is not None:
+        counts = [visual_count] * prefill.fastv.layer + [prefill.fastv.keep] * (num_layers - prefill.fastv.layer)
+    text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True).strip()
+    return Generation(tokens=tokens, text=text, first_logits=first_logits, prefill_seconds=prefill_seconds,
+                      decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep)
+
+
+@dataclass
+class TeacherForced:
+    log_probs: torch.Tensor  # [A] log p of each answer token
+    first_logits: torch.Tensor  # [vocab]
+    attention: list[torch.Tensor]  # per layer [A, L'] (when recorded)
+    keep: torch.Tensor | None  # FastV: kept positions of the sequence
+
+
+def teacher_forced(loaded: LoadedVLM, prefill: Prefill, answer: list[int], record_attention: bool = False) -> TeacherForced:
+    """One forward over the prompt + ``answer`` (no cache): the log-probability of each answer
+    token, and with ``record_attention`` the attention of each answer step (the position that
+    predicts the token) to every token, per LLM layer, mean over heads."""
+    answer = answer or [int(loaded.tokenizer.eos_token_id or 0)]
+    ids = torch.tensor([answer], device=prefill.embeds.device)
+    with torch.inference_mode():
+        embeds = torch.cat([prefill.embeds, loaded.language_model.get_input_embeddings()(ids)], dim=1)
+        length = prefill.embeds.shape[1]
+        visual = torch.cat([prefill.visual, torch.zeros(len(answer), dtype=torch.bool, device=embeds.device)])
+        bias = None
+        if prefill.key_bias is not None:
+            bias = torch.cat([prefill.key_bias, torch.zeros(len(answer), device=embeds.device)])
+        queries = torch.arange(length - 1, length - 1 + len(answer), device=embeds.device) if record_attention else None
+        fastv = None if prefill.fastv is None else replace(prefill.fastv, query=length - 1)  # decided by the last prompt token
+        state = llm.LLMState(visual=visual, key_bias=bias, fastv=fastv, record_queries=queries)
+        with state:
+            logits = loaded.model(inputs_embeds=embeds, use_cache=False).logits[0].float()  # [L'', vocab]
+    steps = logits[-(len(answer) + 1):-1]  # [A, vocab] the logits that predict each answer token
+    log_probs = steps.log_softmax(-1).gather(1, ids[0][:, None])[:, 0]
+    return TeacherForced(log_probs=log_probs, first_logits=steps[0], attention=state.attention, keep=state.keep)
+
+
+def first_token_kl(reference: torch.Tensor, reduced: torch.Tensor) -> float:
+    """KL(p_ref || p_red) of two logit vectors ``[vocab]``."""
+    p = reference.float().log_softmax(-1)
+    q = reduced.float().log_softmax(-1)
+    return float((p.exp() * (p - q)).sum())
+
+
+def inspect_vlm(
+    loaded: LoadedVLM,
+    image: Any,
+    question: str,
+    place: str = "boundary",
+    method: str = "tome",
+    ratio: float = 0.5,
+    max_new_tokens: int = 24,
+    record_attention: bool = True,
+    **options: Any,
+) -> VLMResult:
+    """The unreduced and the reduced answer to ``question`` about ``image``, their fidelity,
+    the traces of every stage and the answer's attention to the visual tokens.
+    ``options``: the other :class:`Reduction` fields (``fastv_layer``, ``prop_attn``, ``mode``, ``seed``, ``method_options``)."""
+    inputs = prepare(loaded, image, question)
+    reduction = Reduction(place=place, method=method, ratio=ratio, **options)
+    reduction.check()
+    base = build_prefill(loaded, inputs, Reduction(place="none"))
+    reference = generate(loaded, base, max_new_tokens)
+    reduced_prefill = build_prefill(loaded, inputs, reduction) if place != "none" else base
+    reduced = generate(loaded, reduced_prefill, max_new_tokens) if place != "none" else reference
+    forced = teacher_forced(loaded, reduced_prefill, reference.tokens, record_attention=record_attention)
+    forced_ref = teacher_forced(loaded, base, reference.tokens) if place != "none" else forced
+    fidelity = Fidelity(
+        log_likelihood=float(forced.log_probs.sum()),
+        reference_log_likelihood=float(forced_ref.log_probs.sum()),
+        first_token_kl=first_token_kl(reference.first_logits, reduced.first_logits),
+        exact_match=reference.tokens == reduced.tokens,
+    )
+    stages = dict(reduced_prefill.stages)
+    boundary = stages["boundary"]
+    llm_input = boundary.layers[-1].num_tokens
+    if reduced_prefill.fastv is not None and reduced.keep is not None:
+        kept = reduced_prefill.visual[reduced.keep]  # visual flags of the kept positions
+        visual_positions = reduced_prefill.visual.nonzero()[:, 0]
+        kept_visual = torch.isin(visual_positions, reduced.keep[kept])
+        dst = torch.where(kept_visual, kept_visual.long().cumsum(0) - 1, -1)[None]
+        stages["llm"] = _stage("llm", MergePlan(dst=dst, num_out=int(kept_visual.sum())),
+                               {**boundary.meta, "method": "fastv", "layer": reduction.fastv_layer})
+    trace = stages.get({"encoder": "encoder", "llm": "llm"}.get(place, "boundary"), boundary)
+    attention = None
+    if record_attention and forced.attention:
+        visual_positions = reduced_prefill.visual.nonzero()[:, 0]
+        attention = torch.stack([a[:, visual_positions] for a in forced.attention]).cpu().numpy()  # [layers, A, V']
+    timings = {
+        "encoder_s": reduced_prefill.encoder_seconds, "prefill_s": reduced.prefill_seconds, "decode_s": reduced.decode_seconds,
+        "ttft_s": reduced_prefill.encoder_seconds + reduced.prefill_seconds,
+        "reference_encoder_s": base.encoder_seconds, "reference_prefill_s": reference.prefill_seconds,
+        "reference_decode_s": reference.decode_seconds, "reference_ttft_s": base.encoder_seconds + reference.prefill_seconds,
+    }
+    counts = {
+        "patches": int(np.prod(boundary.meta["patch_grid"])) * int(boundary.meta["num_tiles"]),
+        "visual": boundary.num_input_tokens,
+        "llm_input": llm_input,
+        "llm_after_k": reduced.llm_visual_tokens[-1],
+        "text": int(reduced_prefill.embeds.shape[1] - llm_input),
+    }
+    tokenizer = loaded.tokenizer
+    return VLMResult(
+        answer=reduced.text, reference_answer=reference.text, trace=trace, stages=stages, fidelity=fidelity,
+        timings=timings, token_counts=counts, answer_attention=attention,
+        answer_tokens=tokenizer.convert_ids_to_tokens(reference.tokens), reduction=reduction, inputs=inputs, model=loaded,
+    )

@@ -28,8 +28,8 @@ class MergeInputs:
     sizes: torch.Tensor | None = None  # [B, N, 1] tokens represented by each token (None = ones)
     valid: torch.Tensor | None = None  # [B, N] bool, False for padding (text); None = all valid
     positions: torch.Tensor | None = None  # [B, N] long, smallest input position in each token (if needs_positions)
-    attention: torch.Tensor | None = None  # [B, N] attention each token receives, mean over heads and queries (if needs_attention)
-    history: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, N_l] ``attention`` of each observed layer run so far
+    attention: torch.Tensor | None = None  # [B, N, N] (query, key) attention probabilities, mean over heads (if needs_attention)
+    history: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, N_l, N_l] ``attention`` of the observed layers run so far
     layer: int = 0  # 0-based layer index
     num_layers: int = 1
     extra: dict[str, Any] = field(default_factory=dict)  # per-input side information (e.g. word ids, patch grid)
@@ -43,7 +43,7 @@ class MergeMethod:
     needs_cls_attention: ClassVar[bool] = False  # the engine computes CLS attention before planning
     needs_hidden: ClassVar[bool] = False
     needs_positions: ClassVar[bool] = False  # the engine tracks MergeInputs.positions through the merges
-    needs_attention: ClassVar[bool] = False  # the engine computes MergeInputs.attention (full attention, averaged)
+    needs_attention: ClassVar[bool] = False  # the engine computes MergeInputs.attention (the full attention map)
     plans_every_layer: ClassVar[bool] = False  # plan is called at every layer, also with r=0 (e.g. to reorder)
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # the inputs the method applies to
 

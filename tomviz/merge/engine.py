@@ -87,8 +87,8 @@ class MergeState:
         self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output, for heads that pool by size
         self.hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # keep_hidden: per block ([1, N_l, C], [1, N_l, 1])
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
-        self.observed: set[int] = set()  # layers whose averaged attention the method keeps (MergeInputs.history)
-        self.history: dict[int, torch.Tensor] = {}  # layer -> [B, N_l]
+        self.observed: set[int] = set()  # layers whose attention map the method keeps (MergeInputs.history)
+        self.history: dict[int, torch.Tensor] = {}  # layer -> [B, N_l, N_l]
         self._started = False
         self._bias: torch.Tensor | None = None  # [B, 1, 1, N] additive bias in use
 
@@ -189,17 +189,16 @@ class MergeState:
         tracing = self.config.trace
         method = self.config.method
         plans = r > 0 or method.plans_every_layer
-        cls_attn = cls_heads = full = received = None
+        cls_attn = cls_heads = attention = None
         if self.wants_cls_attention and self.keys is not None and self.query_cls is not None:
             cls_heads = self._cls_attention(num_heads)  # [B, H, N]
             cls_attn = cls_heads.mean(1)
-        if self.query is not None and ((tracing and self.config.full_attention) or method.needs_attention):
-            full = self._full_attention(num_heads)
-            received = _mean_over_queries(full, self.valid)  # [B, N]
+        record_full = tracing and self.config.full_attention
+        if self.query is not None and (record_full or method.needs_attention):
+            attention = self._full_attention(num_heads)  # [B, N, N]
             if layer in self.observed:
-                self.history[layer] = received
-            if not (tracing and self.config.full_attention):
-                full = None
+                self.history[layer] = attention
+        full = attention if record_full else None
         if not plans and not tracing:
             self.removed.append(0)
             self.clear_captures()
@@ -213,7 +212,7 @@ class MergeState:
                 sizes=self.sizes,
                 valid=self.valid,
                 positions=self.positions,
-                attention=received,
+                attention=attention,
                 history=dict(self.history),
                 layer=layer,
                 num_layers=self.num_layers,
@@ -319,15 +318,6 @@ def _method_schedule(method: MergeMethod, requested: list[int], num_tokens: int,
     if sum(schedule) > num_tokens - num_protected:
         raise ValueError(f"{method!r} asks to remove {sum(schedule)} of {num_tokens - num_protected} tokens")
     return schedule
-
-
-def _mean_over_queries(attention: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """``[B, N, N]`` (query, key) → ``[B, N]``: the attention each key receives, averaged over the
-    queries (the real ones only, when ``valid`` ``[B, N]`` marks padding)."""
-    if valid is None:
-        return attention.mean(1)
-    weights = valid.to(attention.dtype).unsqueeze(-1)  # [B, N, 1]
-    return (attention * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def _valid_from_mask(mask: torch.Tensor | None, batch: int, num_tokens: int) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from typing import Callable
 
 import gradio as gr
 
+from tomviz.ui.bench_tab import build_bench_tab
 from tomviz.ui.compare_tab import build_compare_tab
 from tomviz.ui.image_tab import build_image_tab
 from tomviz.ui.scores_tab import build_scores_tab
@@ -25,7 +26,9 @@ INTRO = (
 # EXTRA TABS — other engineers add tabs here: (tab title, builder). A builder lays out its
 # components and wires its events inside the current gr.Tab (see tomviz/ui/image_tab.py).
 # ---------------------------------------------------------------------------------------
-EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab)]
+EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [
+    ("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab), ("Benchmark", build_bench_tab),
+]
 
 # Bounds of the public server (README, "The public server's bounds"); the tabs' own bounds are in tomviz/ui/common.py.
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")

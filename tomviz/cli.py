@@ -1,4 +1,4 @@
-"""Command line: ``python -m tomviz inspect|sweep ...`` (``--help`` on each).
+"""Command line: ``python -m tomviz inspect|sweep|bench ...`` (``--help`` on each).
 
 inspect INPUT   one traced forward; writes into --out:
                   overlay_layerNN.png (image inputs: groups filled with their mean
@@ -7,6 +7,11 @@ inspect INPUT   one traced forward; writes into --out:
                   the unmerged embedding, groups of the last layer for text)
 sweep INPUT...  fidelity and measured speed for every method × ratio; writes
                   sweep.csv, sweep.html (plotly) and sweep.png
+bench INPUT     models × methods × ratios × proportional attention over a folder of
+                  images, a CSV (file,label) or a .txt of prompts, on Ray (local by
+                  default, --address for a cluster) or in process; writes per-shard
+                  Parquet (a rerun skips finished shards), results.parquet,
+                  summary.json and report.html (Pareto front, table)
 
 INPUT is an image file, a .txt file, or a literal text. The model defaults to
 dinov2-small for images and minilm for text.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -116,6 +122,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from tomviz.bench import BenchSpec, list_items, make_settings, read_summary, read_toml, run_bench
+    from tomviz.merge import METHODS
+    from tomviz.render.bench import report_html
+
+    config = read_toml(args.config) if args.config else {}
+    pick = lambda name, default: getattr(args, name) if getattr(args, name) is not None else config.get(name, default)  # noqa: E731
+    try:
+        items = list_items(args.input)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
+    text = all(item.text is not None for item in items)
+    models = pick("model", None) or config.get("models") or ["minilm" if text else "dinov2-small"]
+    methods = pick("methods", ["tome", "pitome", "evit", "random"])
+    for name in [m for m in methods if m not in METHODS]:
+        print(f"warning: unknown method {name!r}: its settings will be reported as errors", file=sys.stderr)
+    ratios = pick("ratios", None if (args.r or config.get("r")) else [0.25, 0.5, 0.75]) or []
+    prop = {"on": [True], "off": [False], "both": [True, False]}[args.prop_attn] if args.prop_attn else config.get("prop_attn", [True])
+    options = _options(args.method_options) if args.method_options else config.get("method_options", {})
+    settings = make_settings(methods, ratios, pick("r", []) or [], mode=pick("mode", "constant"), prop_attn=prop)
+    spec = BenchSpec(models=list(models), settings=settings, method_options=options,
+                     batch_size=int(pick("batch_size", 8)), shard_size=int(pick("shard_size", 32)))
+    out = Path(args.out)
+    run = run_bench(spec, items, out, engine=args.engine, workers=args.workers, address=args.address,
+                    cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, threads=args.threads,
+                    progress=not args.no_progress, ship_code=args.ship_code)
+    summary, meta = read_summary((out / "summary.json").read_text())
+    (out / "report.html").write_text(report_html(summary, meta))
+    rows = run.rows()
+    errors = Counter(r["error"] for r in rows if r.get("error"))
+    print(f"wrote {out}: {len(items)} inputs × {len(settings)} settings × {len(models)} model(s) = {len(rows)} rows; "
+          f"shards: {len(run.ran)} computed, {len(run.skipped)} already done, {len(run.failed)} failed; {run.seconds:.1f} s")
+    for message, count in errors.most_common(8):
+        print(f"  {count} row(s): {message}")
+    for shard, why in run.failed.items():
+        print(f"  shard {shard} failed (rerun to retry): {why}", file=sys.stderr)
+    return 1 if run.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tomviz.merge import METHODS
 
@@ -145,6 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--runs", type=int, default=3, help="timed runs per point (median)")
     sweep.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     sweep.set_defaults(run=cmd_sweep)
+
+    bench = commands.add_parser("bench", help="methods x ratios x models over many inputs, on Ray",
+                                description="Sweep models x methods x ratios (or r) x proportional attention over a folder "
+                                "of images (flat or one sub-folder per class), a CSV file,label or a .txt of prompts. "
+                                "Writes OUT/shards/*.parquet, results.parquet, summary.json and report.html. A rerun "
+                                "with the same settings computes only the shards that are missing.")
+    bench.add_argument("input", help="folder of images, .csv (file,label) or .txt (one prompt per line)")
+    bench.add_argument("--out", required=True, help="output folder (created; reused by reruns)")
+    bench.add_argument("--config", help="TOML file with any of: models, methods, ratios, r, mode, prop_attn, batch_size, "
+                       "shard_size, [method_options.NAME]; flags given on the command line win")
+    bench.add_argument("--model", action="append", help="model (repeatable; default dinov2-small, minilm for prompts)")
+    bench.add_argument("--methods", nargs="+", help=f"merge methods (default tome pitome evit random; known: {', '.join(methods)})")
+    bench.add_argument("--ratios", nargs="+", type=float, help="fractions of the input tokens removed by the last layer")
+    bench.add_argument("--r", nargs="+", type=int, help="tokens removed per layer (settings beside the ratios)")
+    bench.add_argument("--mode", choices=["constant", "decreasing"], help="how a ratio or r spreads over layers")
+    bench.add_argument("--prop-attn", choices=["on", "off", "both"], help="proportional attention (default on)")
+    bench.add_argument("--method-options", help="JSON options per method, e.g. '{\"dtome\": {\"threshold\": 0.9}}'")
+    bench.add_argument("--batch-size", type=int, help="images per forward; throughput is measured at this size (default 8)")
+    bench.add_argument("--shard-size", type=int, help="inputs per shard / result file (default 32)")
+    bench.add_argument("--engine", choices=["ray", "local"], default="ray", help="Ray actors (default) or this process")
+    bench.add_argument("--workers", type=int, default=1, help="Ray actors per model (one model each)")
+    bench.add_argument("--address", help="join a Ray cluster: auto or ray://host:10001 (default: start Ray locally)")
+    bench.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per actor")
+    bench.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs Ray reserves per actor (CUDA is used when > 0 or present)")
+    bench.add_argument("--threads", type=int, help="torch threads per worker (default: CPUs per worker)")
+    bench.add_argument("--ship-code", action="store_true", help="send this tomviz checkout to the cluster's workers")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -1,10 +1,11 @@
 """Fidelity: how close a merged forward stays to the unmerged one.
 
-One definition, used by the app, the sweep and the CLI: the cosine similarity of
+One definition, used by the app, the sweep, the bench and the CLI: the cosine similarity of
 the final embedding, and for classifiers the top-k labels (top-1 agreement).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,35 +14,78 @@ import torch
 TOP_K = 5
 
 
-def final_embedding(outputs: Any, modality: str, final_sizes: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """``[C]`` embedding of batch element 0 that fidelity is measured on, and its name.
+def final_embeddings(outputs: Any, modality: str, weights: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """``[B, C]`` embeddings that fidelity is measured on (one per batch element), and their name.
 
-    Classifiers: the logits. Text models: the size-weighted mean of the final tokens
-    (= the mean over input tokens, as sentence encoders pool); ``final_sizes`` ``[N_L]``
-    comes from the merge state (None = all ones). Image models: ``image_embeds`` (CLIP),
-    else ``pooler_output``, else the CLS token of ``last_hidden_state``.
+    Classifiers: the logits. Text models: the weighted mean of the final tokens (= the mean
+    over input tokens, as sentence encoders pool); ``weights`` ``[B, N_L]`` are the final
+    tokens' sizes from the merge state (None = all ones; see :func:`final_weights_of`).
+    Image models: ``image_embeds`` (CLIP), else ``pooler_output``, else the CLS token of
+    ``last_hidden_state``.
     """
     logits = getattr(outputs, "logits", None)
     if logits is not None:
-        return logits[0].float().cpu().numpy(), "logits"
+        return logits.float().cpu().numpy(), "logits"
     if modality == "text":
-        hidden = outputs.last_hidden_state[0].float().cpu().numpy()  # [N_L, C]
-        if final_sizes is None:
-            weights = np.ones(hidden.shape[0])
+        hidden = outputs.last_hidden_state.float().cpu().numpy()  # [B, N_L, C]
+        if weights is None:
+            w = np.ones(hidden.shape[:2])
         else:
-            weights = np.asarray(torch.as_tensor(final_sizes).reshape(-1).float().cpu().numpy(), dtype=np.float64)
-        return (weights[:, None] * hidden).sum(0) / weights.sum(), "mean-pooled tokens"
+            w = np.asarray(torch.as_tensor(weights).float().cpu().numpy(), dtype=np.float64)
+            w = np.broadcast_to(w.reshape(-1, w.shape[-1]), hidden.shape[:2])  # [N_L] (element 0's) or [B, N_L]
+        return (w[..., None] * hidden).sum(1) / w.sum(1, keepdims=True), "mean-pooled tokens"
     for name in ("image_embeds", "pooler_output"):
         value = getattr(outputs, name, None)
         if value is not None:
-            return value[0].float().cpu().numpy(), name.replace("_", " ")
-    return outputs.last_hidden_state[0, 0].float().cpu().numpy(), "CLS token"
+            return value.float().cpu().numpy(), name.replace("_", " ")
+    return outputs.last_hidden_state[:, 0].float().cpu().numpy(), "CLS token"
+
+
+def final_embedding(outputs: Any, modality: str, final_sizes: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """``[C]`` embedding of batch element 0 (see :func:`final_embeddings`); ``final_sizes`` ``[N_L]``."""
+    embeddings, name = final_embeddings(outputs, modality, final_sizes)
+    return embeddings[0], name
 
 
 def final_sizes_of(state: Any) -> torch.Tensor | None:
     """``[N_L]`` sizes of batch element 0's final tokens from a merge state (None if nothing merged)."""
     sizes = getattr(state, "sizes", None)
     return None if sizes is None else sizes[0, :, 0]
+
+
+def final_weights_of(state: Any) -> torch.Tensor | None:
+    """``[B, N_L]``: how many input tokens each final token stands for (size; 0 for padding), or None
+    when nothing merged and nothing is padded."""
+    sizes, valid = getattr(state, "sizes", None), getattr(state, "valid", None)
+    if sizes is None and valid is None:
+        return None
+    weights = torch.ones(valid.shape) if sizes is None else sizes[..., 0].float().cpu()
+    return weights if valid is None else weights * valid.float().cpu()
+
+
+@dataclass
+class Agreement:
+    """Fidelity of one batch element's merged embedding to its unmerged one."""
+
+    cosine: float
+    top1_agree: bool | None = None  # classifiers: the top-1 class is unchanged
+    top5_overlap: float | None = None  # classifiers: |top-5 merged ∩ top-5 unmerged| / 5
+    top1: int | None = None  # classifiers: the merged top-1 class id
+
+
+def agreements(merged: np.ndarray, base: np.ndarray, classifier: bool, k: int = TOP_K) -> list[Agreement]:
+    """Per batch element, the fidelity of ``merged`` ``[B, C]`` to ``base`` ``[B, C]`` (logits when ``classifier``)."""
+    out = []
+    for m, b in zip(merged, base):
+        agreement = Agreement(cosine=cosine(m, b))
+        if classifier:
+            kk = min(k, m.shape[0])
+            top_m, top_b = np.argsort(-m, kind="stable")[:kk], np.argsort(-b, kind="stable")[:kk]
+            agreement.top1_agree = bool(top_m[0] == top_b[0])
+            agreement.top5_overlap = len(set(top_m.tolist()) & set(top_b.tolist())) / kk
+            agreement.top1 = int(top_m[0])
+        out.append(agreement)
+    return out
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

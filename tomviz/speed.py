@@ -108,6 +108,18 @@ class SpeedReport:
         }
 
 
+def state_token_counts(state: Any) -> list[int]:
+    """Tokens the batch carried after each layer, preceded by the input count: ``[N0, N_0, ..., N_{L-1}]``,
+    from a merge state (traced or not). Blocks that ran their original forward (nothing merged yet)
+    record nothing; they removed no token, so the missing leading entries are zeros."""
+    removed = list(state.removed)
+    removed = [0] * (state.num_layers - len(removed)) + removed
+    counts = [int(state.meta["num_input_tokens"])]
+    for r in removed:
+        counts.append(counts[-1] - int(r))
+    return counts
+
+
 def trace_gflops(trace: Any, hidden: int, mlp_hidden: int) -> tuple[list[float], list[float]]:
     """``(merged [L], unmerged [L])`` GFLOPs per layer for a trace's token counts."""
     counts = trace.token_counts()  # [N0, N_0, ..., N_{L-1}]

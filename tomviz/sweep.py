@@ -1,12 +1,15 @@
 """Sweep: fidelity and measured speed of every method × ratio on one input.
 
-For each (method, ratio) one traced forward gives the final token count and the
-output, compared with the unmerged forward:
+For each (method, ratio) one forward gives the final token count and the output,
+compared with the unmerged forward by :func:`tomviz.measure.compare` (the metric code
+that ``python -m tomviz bench`` uses too):
 
 * ``cosine``: cosine similarity of the final embedding to the unmerged one
-  (:func:`tomviz.fidelity.final_embedding`: logits for classifiers, the pooled
+  (:func:`tomviz.fidelity.final_embeddings`: logits for classifiers, the pooled
   image embedding, the size-weighted token mean for text encoders);
-* ``top1_agree``: for classifiers, whether the top-1 class is unchanged (else None);
+* ``top1_agree`` / ``top5_overlap``: for classifiers, whether the top-1 class is
+  unchanged and the share of the unmerged top-5 classes kept (else None);
+* ``gflops`` / ``base_gflops``: analytic GFLOPs of the layers, merged and unmerged;
 * ``latency_s``: median of ``runs`` untraced forwards (``torch.inference_mode``) after
   ``warmup`` untimed ones; ``baseline_latency_s`` is the unmerged model, measured in
   the same sweep; ``speedup`` = baseline / latency.
@@ -19,8 +22,7 @@ import csv
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tomviz.api import run
-from tomviz.fidelity import cosine, final_embedding, final_sizes_of
+from tomviz.measure import compare, measured_forward
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.schedule import ScheduleError
@@ -28,8 +30,8 @@ from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.speed import measure_latency
 
 COLUMNS = (
-    "input", "method", "ratio", "tokens_in", "tokens_out", "cosine", "top1_agree",
-    "latency_s", "baseline_latency_s", "speedup", "error",
+    "input", "method", "ratio", "tokens_in", "tokens_out", "cosine", "top1_agree", "top5_overlap",
+    "gflops", "base_gflops", "latency_s", "baseline_latency_s", "speedup", "error",
 )
 
 
@@ -52,19 +54,17 @@ def sweep(
     """
     loaded = load(model) if not isinstance(model, LoadedModel) else model
     inputs: PreparedInput = loaded.prepare(x)
-    modality = loaded.modality
     extra = inputs.method_extra()
 
     def config(method: str, ratio: float) -> MergeConfig:
         options = (method_options or {}).get(method, {})
         return MergeConfig(
-            method=get_method(method, **options), ratio=ratio, mode=mode, prop_attn=prop_attn, trace=True, extra=dict(extra)
+            method=get_method(method, **options), ratio=ratio, mode=mode, prop_attn=prop_attn, extra=dict(extra)
         )
 
     base_config = config("tome", 0.0)
-    base_outputs, base_state = run(loaded, inputs, base_config)
-    base_embedding, _ = final_embedding(base_outputs, modality)
-    tokens_in = base_state.trace().num_input_tokens
+    base = measured_forward(loaded, inputs, base_config)
+    tokens_in = base.tokens_in
     base_latency = measure_latency(loaded, inputs, base_config, runs=runs, warmup=warmup)
 
     jobs = [(m, float(r)) for m in methods for r in ratios]
@@ -78,17 +78,13 @@ def sweep(
         row.update(input=input_name, method=method, ratio=ratio, tokens_in=tokens_in, baseline_latency_s=base_latency)
         try:
             merged = config(method, ratio)
-            result = run(loaded, inputs, merged)
+            (metrics,) = compare(measured_forward(loaded, inputs, merged), base)
         except (ScheduleError, ValueError) as err:
             row["error"] = str(err)
             rows.append(row)
             continue
-        outputs, state = result
-        embedding, _ = final_embedding(outputs, modality, final_sizes_of(state))
-        row["tokens_out"] = state.trace().token_counts()[-1]
-        row["cosine"] = cosine(embedding, base_embedding)
-        if getattr(outputs, "logits", None) is not None:
-            row["top1_agree"] = bool(embedding.argmax() == base_embedding.argmax())
+        row.update(tokens_out=metrics.tokens_out, cosine=metrics.agreement.cosine, top1_agree=metrics.agreement.top1_agree,
+                   top5_overlap=metrics.agreement.top5_overlap, gflops=metrics.gflops, base_gflops=metrics.base_gflops)
         row["latency_s"] = measure_latency(loaded, inputs, merged, runs=runs, warmup=warmup)
         row["speedup"] = base_latency / row["latency_s"]
         rows.append(row)

@@ -31,7 +31,7 @@ def sweep_figure(rows: Iterable[dict[str, Any]]):
             fig.add_trace(
                 go.Scatter(
                     x=ratios, y=[p[key] for p in points], mode="lines+markers", name=label,
-                    legendgroup=label, showlegend=col == 1, line={"color": _colour(index)},
+                    legendgroup=label, showlegend=col == 1, line={"color": series_colour(index)},
                 ),
                 row=1, col=col,
             )
@@ -50,7 +50,7 @@ def sweep_figure_png(rows: Iterable[dict[str, Any]], path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for index, (label, points) in enumerate(_series(rows).items()):
         for ax, (key, _) in zip(axes, PANELS):
-            ax.plot([p["ratio"] for p in points], [p[key] for p in points], marker="o", label=label, color=_colour(index))
+            ax.plot([p["ratio"] for p in points], [p[key] for p in points], marker="o", label=label, color=series_colour(index))
     for ax, (_, title) in zip(axes, PANELS):
         ax.set_title(title)
         ax.set_xlabel("merge ratio")
@@ -61,6 +61,6 @@ def sweep_figure_png(rows: Iterable[dict[str, Any]], path) -> None:
     plt.close(fig)
 
 
-def _colour(index: int) -> str:
+def series_colour(index: int) -> str:
     palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
     return palette[index % len(palette)]

@@ -1,0 +1,122 @@
+"""Benchmark results: one row per input × setting × model (``COLUMNS``), stored per shard as Parquet;
+and a summary per setting.
+
+Reading needs ``pyarrow`` for Parquet. The summary (:func:`summarise`) is plain JSON, small enough for
+the app to open however large the benchmark was.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+# name -> pyarrow type name (nullable; a failed row leaves the figures empty)
+SCHEMA: dict[str, str] = {
+    "model": "string", "item": "string", "label": "string", "label_id": "int64", "shard": "string",
+    "setting": "string", "method": "string", "ratio": "float64", "r": "int64", "mode": "string", "prop_attn": "bool",
+    "tokens_in": "int64", "tokens_out": "int64", "gflops": "float64", "base_gflops": "float64",
+    "cosine": "float64", "top1_agree": "bool", "top5_overlap": "float64", "correct": "bool", "base_correct": "bool",
+    "seconds": "float64",  # this input's share of its batch's merged forward (batch seconds / batch size)
+    "base_seconds": "float64",  # the same for the unmerged forward of the batch
+    "batch_size": "int64", "device": "string", "worker": "string", "error": "string",
+}
+COLUMNS = tuple(SCHEMA)
+SETTING_KEYS = ("model", "setting", "method", "ratio", "r", "mode", "prop_attn")
+
+
+def arrow_schema():
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+    return pa.schema([(name, types[kind]) for name, kind in SCHEMA.items()])
+
+
+def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write rows as Parquet, atomically (a killed writer leaves no half file under ``path``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{k: row.get(k) for k in COLUMNS} for row in rows], schema=arrow_schema())
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    pq.write_table(table, partial)
+    os.replace(partial, path)
+    return path
+
+
+def read_rows(path: str | Path, max_rows: int | None = None) -> list[dict[str, Any]]:
+    """Rows of one Parquet file (columns outside ``COLUMNS`` are dropped, missing ones are None)."""
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(str(path))
+    if max_rows is not None and file.metadata.num_rows > max_rows:
+        raise ValueError(f"{file.metadata.num_rows} rows; at most {max_rows} can be opened here")
+    names = [c for c in file.schema_arrow.names if c in SCHEMA]
+    table = file.read(columns=names)
+    return [{k: row.get(k) for k in COLUMNS} for row in table.to_pylist()]
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model × setting: means over the inputs that ran, and the measured speed-up.
+
+    ``speedup`` = total unmerged seconds / total merged seconds over those inputs (a throughput ratio);
+    ``flops_speedup`` = unmerged GFLOPs / merged GFLOPs; ``accuracy`` and ``base_accuracy`` over the
+    inputs with a label the model has; ``errors`` counts the rows with an error (figures may be missing).
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row.get(k) for k in SETTING_KEYS)].append(row)
+    out = []
+    for key, members in groups.items():
+        ran = [r for r in members if r.get("cosine") is not None]
+        labelled = [r for r in ran if r.get("correct") is not None]
+        seconds = sum(r["seconds"] for r in ran if r.get("seconds") is not None)
+        base_seconds = sum(r["base_seconds"] for r in ran if r.get("base_seconds") is not None)
+        gflops, base_gflops = _mean(r.get("gflops") for r in ran), _mean(r.get("base_gflops") for r in ran)
+        entry = dict(zip(SETTING_KEYS, key))
+        entry.update(
+            inputs=len(members), ran=len(ran), errors=sum(1 for r in members if r.get("error")),
+            cosine=_mean(r.get("cosine") for r in ran), top1_agree=_mean(r.get("top1_agree") for r in ran),
+            top5_overlap=_mean(r.get("top5_overlap") for r in ran),
+            accuracy=_mean(r["correct"] for r in labelled), base_accuracy=_mean(r.get("base_correct") for r in labelled),
+            tokens_in=_mean(r.get("tokens_in") for r in ran), tokens_out=_mean(r.get("tokens_out") for r in ran),
+            gflops=gflops, base_gflops=base_gflops,
+            flops_speedup=(base_gflops / gflops) if gflops else None,
+            throughput=(len(ran) / seconds) if seconds > 0 else None,
+            base_throughput=(len(ran) / base_seconds) if base_seconds > 0 else None,
+            speedup=(base_seconds / seconds) if seconds > 0 else None,
+            first_error=next((r["error"] for r in members if r.get("error")), None),
+        )
+        out.append(entry)
+    out.sort(key=lambda e: (str(e["model"]), str(e["method"]), bool(e["prop_attn"]) is False, e["ratio"] if e["ratio"] is not None else -1, e["r"] or 0))
+    return out
+
+
+def write_summary(summary: list[dict[str, Any]], path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps({"tomviz_bench": 1, "meta": meta or {}, "summary": summary}, indent=1, default=str))
+    return path
+
+
+def read_summary(text: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(summary, meta)`` from the JSON that :func:`write_summary` writes, or from a JSON list of rows."""
+    data = json.loads(text)
+    if isinstance(data, dict) and isinstance(data.get("summary"), list):
+        entries, meta = data["summary"], data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    elif isinstance(data, list):
+        entries, meta = summarise([{k: r.get(k) for k in COLUMNS} for r in data if isinstance(r, dict)]), {}
+    else:
+        raise ValueError("not a tomviz bench summary (expected {\"summary\": [...]} or a list of rows)")
+    keep = set(SETTING_KEYS) | {"inputs", "ran", "errors", "cosine", "top1_agree", "top5_overlap", "accuracy", "base_accuracy",
+                                "tokens_in", "tokens_out", "gflops", "base_gflops", "flops_speedup", "throughput",
+                                "base_throughput", "speedup", "first_error"}
+    return [{k: e.get(k) for k in keep} for e in entries if isinstance(e, dict)], meta

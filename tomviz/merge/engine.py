@@ -194,7 +194,7 @@ class MergeState:
             cls_heads = self._cls_attention(num_heads)  # [B, H, N]
             cls_attn = cls_heads.mean(1)
         record_full = tracing and self.config.full_attention
-        if self.query is not None and (record_full or method.needs_attention):
+        if self.query is not None and (record_full or (method.needs_attention and (plans or layer in self.observed))):
             attention = self._full_attention(num_heads)  # [B, N, N]
             if layer in self.observed:
                 self.history[layer] = attention

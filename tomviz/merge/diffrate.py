@@ -13,12 +13,15 @@ and ``get_merge_func`` in ``DiffRate/merge.py``, repository OpenGVLab/DiffRate a
    (cosine of x) of the first ``k_merge``, CLS excluded. A merged token's value is the
    **plain mean** of x over it and the tokens that joined it, and its size is
    ``size_dst + Σ size_src · cos(src, dst)`` (the original's "proportional attention
-   considering similarity").
+   considering similarity"). As there, a source whose best cosine is negative lowers the size,
+   and proportional attention takes its log; the trace's sizes count the members.
 
 ``k_prune``/``k_merge`` per layer come from ``schedule``: one of the schedules the authors
 publish in ``compression_rate.json`` (shipped in ``data/diffrate_schedules.json``; e.g.
 ``"ViT-S-DeiT/2.9"``, the model and its GFLOPs target), or a pair of per-layer lists of
-kept counts. As in the original, counts above the tokens present keep all of them. Without
+kept counts; it replaces the requested ``r`` or ratio. The counts are absolute, for the
+authors' 224-px inputs (197 tokens; 257 for ViT-H/14), and as in the original, counts above
+the tokens present keep all of them. Without
 a schedule the tomviz schedule's ``r`` splits as ``n_prune = round(r * prune_fraction)``,
 ``n_merge = r - n_prune``.
 

@@ -62,6 +62,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from tomviz.fidelity import cosine, final_embedding, final_sizes_of
 
     x, modality, _ = read_input(args.input)
+    if getattr(args, "question", None):
+        from tomviz.cli_vlm import cmd_inspect_vlm
+
+        return cmd_inspect_vlm(args, x)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = tomviz.load(_model_name(args.model, modality))
@@ -182,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--method", default="tome", choices=methods)
     inspect.add_argument("--ratio", type=float, default=0.5, help="fraction of the input tokens removed by the last layer")
     inspect.add_argument("--r", type=int, help="instead of --ratio: tokens removed per layer")
+    from tomviz.cli_vlm import add_arguments as add_vlm_arguments
+
+    add_vlm_arguments(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
     sweep = commands.add_parser("sweep", parents=[common], help="fidelity and speed for methods x ratios",

@@ -186,9 +186,21 @@ def _encoder_config(loaded: LoadedVLM, red: Reduction, num_patches: int, protect
     return MergeConfig(method=method, r=schedule + [0] * (vision_layers - used), prop_attn=red.prop_attn, trace=True)
 
 
-def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:
-    """Run the vision encoder (merging at ``place='encoder'``), reduce at the boundary, and build
-    the LLM's input sequence. input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
+@dataclass
+class Encoded:
+    """The vision encoder's output, before the boundary."""
+
+    features: torch.Tensor  # [1, V', D] the visual tokens for the LLM (V' < V only when the encoder merged, LLaVA)
+    plan: MergePlan  # V visual tokens → the V' features (identity unless the encoder merged them away)
+    merged: bool  # the features are already merged (plan not yet applied to anything)
+    stages: dict[str, Trace]
+    meta: dict[str, Any]
+    token_grid: tuple[int, int]
+    num_tiles: int
+
+
+def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
+    """Run the vision encoder and connector (merging inside at ``place='encoder'``)."""
     red.check()
     model, adapter, tensors = loaded.model, loaded.adapter, inputs.tensors
     rows, cols = adapter.patch_grid(model, tensors)
@@ -197,39 +209,48 @@ def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefil
     config = _encoder_config(loaded, red, rows * cols + protected, protected)
     meta = {"model": loaded.name, "patch_grid": [rows, cols], "token_grid": list(token_grid), "num_tiles": num_tiles,
             "image_size": inputs.meta["image_size"], "place": red.place}
-    start = time.perf_counter()
     stages: dict[str, Trace] = {}
     with torch.inference_mode():
         state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge)
         with state:
             features = adapter.image_features(model, tensors)[None]  # [1, V', D]
-        input_ids = tensors["input_ids"]
-        visual = input_ids[0] == loaded.image_token_id  # [L]
-        num_visual = int(visual.sum())
+        num_visual = int((tensors["input_ids"][0] == loaded.image_token_id).sum())
         if config.trace:
             stages["encoder"] = state.trace()
         if red.place == "encoder" and not adapter.unmerge and state.sizes is not None:
             dropped = adapter.protected_dropped(model)
             source = state.source[:1, dropped:] - dropped  # [1, V] patch → merged token (features order)
             plan = MergePlan(dst=torch.where(source < 0, -1, source), num_out=features.shape[1])
-            merged_features = True
+            merged = True
         else:
             if features.shape[1] != num_visual:
                 raise ValueError(f"{features.shape[1]} visual features for {num_visual} image tokens in the prompt")
             plan = MergePlan.identity(1, num_visual, features.device)
-            merged_features = False
-        boundary_meta = {**meta, "method": "none", "prop_attn": red.prop_attn}
+            merged = False
+    return Encoded(features=features, plan=plan, merged=merged, stages=stages, meta=meta,
+                   token_grid=tuple(token_grid), num_tiles=num_tiles)
+
+
+def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
+    """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
+    features, plan, token_grid, num_tiles = encoded.features, encoded.plan, encoded.token_grid, encoded.num_tiles
+    stages = dict(encoded.stages)
+    input_ids = inputs.tensors["input_ids"]
+    visual = input_ids[0] == loaded.image_token_id  # [L]
+    num_visual = int(visual.sum())
+    with torch.inference_mode():
+        boundary_meta = {**encoded.meta, "method": "none", "prop_attn": red.prop_attn}
         if red.place == "encoder":
             boundary_meta["method"] = f"encoder:{red.method}"
         if red.place == "boundary" and red.ratio > 0:
             method = get_visual_method(red.method, **red.method_options)
             keep = max(1, num_visual - int(round(red.ratio * num_visual)))
-            tokens = VisualTokens(features=features, tile_grid=tuple(token_grid), num_tiles=num_tiles, seed=red.seed)
+            tokens = VisualTokens(features=features, tile_grid=token_grid, num_tiles=num_tiles, seed=red.seed)
             if method.needs_attention:
-                tokens.attention = _encoder_attention(loaded, tensors, token_grid, num_tiles)
+                tokens.attention = _encoder_attention(loaded, inputs, encoded)
             plan = method.plan(tokens, keep)
             boundary_meta["method"] = red.method
-        if merged_features:  # reorder the merged features by their first patch (the sequence order)
+        if encoded.merged:  # reorder the merged features by their first patch (the sequence order)
             first = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V']
             features = features[:, first.argsort()]
             plan = sequence_order(plan)
@@ -242,34 +263,44 @@ def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefil
                 sizes = sizes[..., 0]
         stages["boundary"] = _stage("boundary", plan, boundary_meta)
         embeds = loaded.language_model.get_input_embeddings()(input_ids)  # [1, L, C]
-        first_member = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V'] sorted
-        visual_positions = visual.nonzero()[:, 0]  # [V]
+        first_member = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V'] ascending
         keep_seq = ~visual.clone()
-        keep_seq[visual_positions[first_member]] = True
+        keep_seq[visual.nonzero()[:, 0][first_member]] = True
         embeds = embeds[:, keep_seq].clone()
         new_visual = visual[keep_seq]
         embeds[0, new_visual] = features[0].to(embeds.dtype)
         key_bias = None
-        if sizes is not None and red.prop_attn and (red.place in ("boundary", "encoder")):
+        if sizes is not None and red.prop_attn and red.place in ("boundary", "encoder"):
             key_bias = torch.zeros(embeds.shape[1], device=embeds.device)
             key_bias[new_visual] = sizes[0].float().log()
             if not bool(key_bias.any()):
                 key_bias = None
         fastv = None
         if red.place == "llm" and red.ratio > 0:
-            keep = max(1, num_visual - int(round(red.ratio * num_visual)))
-            selector = FastV()
+            fastv = _fastv_request(loaded, red, num_visual, token_grid, num_tiles)
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0)
 
-            def select(attention: torch.Tensor) -> torch.Tensor:
-                chosen = selector.plan(VisualTokens(features=attention[..., None], tile_grid=tuple(token_grid),
-                                                    num_tiles=num_tiles, attention=attention), keep)
-                return (chosen.dst[0] >= 0).nonzero()[:, 0]
 
-            if not 1 <= red.fastv_layer < len(loaded.language_model.layers):
-                raise ValueError(f"fastv_layer must be 1..{len(loaded.language_model.layers) - 1}")
-            fastv = llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
-    seconds = time.perf_counter() - start
-    return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=seconds)
+def _fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int, token_grid, num_tiles: int) -> llm.FastVRequest:
+    if not 1 <= red.fastv_layer < len(loaded.language_model.layers):
+        raise ValueError(f"fastv_layer must be 1..{len(loaded.language_model.layers) - 1}")
+    keep = max(1, num_visual - int(round(red.ratio * num_visual)))
+    selector = FastV()
+
+    def select(attention: torch.Tensor) -> torch.Tensor:
+        """attention ``[1, V]`` → the kept visual indices ``[keep]``, ascending."""
+        tokens = VisualTokens(features=attention[..., None], tile_grid=token_grid, num_tiles=num_tiles, attention=attention)
+        return (selector.plan(tokens, keep).dst[0] >= 0).nonzero()[:, 0]
+
+    return llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
+
+
+def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:
+    """:func:`encode` then :func:`to_prefill`, timed together (``encoder_seconds``)."""
+    start = time.perf_counter()
+    prefill = to_prefill(loaded, inputs, encode(loaded, inputs, red), red)
+    prefill.encoder_seconds = time.perf_counter() - start
+    return prefill
 
 
 def patching_protected(loaded: LoadedVLM) -> int:
@@ -277,7 +308,7 @@ def patching_protected(loaded: LoadedVLM) -> int:
     return info.adapter.num_protected(info.backbone)
 
 
-def _encoder_attention(loaded: LoadedVLM, tensors: dict[str, torch.Tensor], token_grid, num_tiles) -> torch.Tensor:
+def _encoder_attention(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded) -> torch.Tensor:
     """``[1, V]`` the attention each LLM visual token's patches received in the encoder's second-last
     layer (mean over heads and queries), pooled to the token grid. Recomputed from that layer's keys
     and queries with no merging (the SDPA kernel gives no weights)."""

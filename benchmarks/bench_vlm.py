@@ -1,0 +1,219 @@
+"""Speed of visual-token reduction inside a VLM, against a zero-cost ceiling measured in the same run.
+
+Random weights in SmolVLM-256M's exact shape (config below: SigLIP-B/16 at 512 px, pixel shuffle 4,
+a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens), a prompt of
+``--text-tokens`` text tokens, batch 1, no grad. Each configuration is timed once per round in turn
+(``benchmarks/timing.side_by_side``), medians reported.
+
+* encoder: the vision encoder + connector (``tomviz.vlm.encode``). Merged: ToMe at ``--encoder-ratio``
+  (constant schedule) with the unmerge before the pixel shuffle. Ceiling: the same schedule, but every
+  block drops its last r tokens with a slice and the encoder output is zero-padded back to 1024 tokens
+  (no matching, no merge arithmetic, no attention bias, no unmerge).
+* boundary: the reduction of ``--boundary-ratio`` of the 64 visual tokens plus the LLM prefill
+  (``tomviz.vlm.to_prefill`` + the LLM forward that yields the first token). Ceiling: the visual features
+  sliced to the first k, no bias. Baseline: the unreduced prefill.
+* time to first token = encoder + prefill (the first token's logits come out of the prefill).
+
+    python benchmarks/bench_vlm.py              # CPU, 1 thread
+    python benchmarks/bench_vlm.py --llava7b    # LLaVA-1.5-7B-shaped, fp16, on CUDA (boundary + FastV only)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.timing import side_by_side  # noqa: E402
+from tomviz import vlm  # noqa: E402
+from tomviz.merge.engine import current_state  # noqa: E402
+from tomviz.merge.plan import MergePlan  # noqa: E402
+from tomviz.models import llm  # noqa: E402
+from tomviz.models.vlm import EncoderState, wrap  # noqa: E402
+
+IMAGE_TOKEN = 49190
+
+
+def smolvlm_256m_config():
+    """SmolVLM-256M-Instruct's shape (HuggingFaceTB/SmolVLM-256M-Instruct config.json, written out)."""
+    from transformers import SmolVLMConfig
+
+    return SmolVLMConfig(
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=512, patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
+        text_config=dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49280, max_position_embeddings=8192,
+                         rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=2),
+        scale_factor=4, image_token_id=IMAGE_TOKEN,
+    )
+
+
+def llava_7b_config():
+    """LLaVA-1.5-7B's shape: CLIP ViT-L/14 at 336 px (576 visual tokens), Llama-2-7B."""
+    from transformers import LlavaConfig
+
+    return LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                           num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+        text_config=dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32064),
+        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+
+
+@contextlib.contextmanager
+def slicing_encoder(num_patches: int):
+    """The encoder ceiling: blocks drop their last r tokens with a slice; the encoder output is
+    zero-padded back to ``num_patches`` so that the pixel shuffle runs (instead of the unmerge)."""
+    original = EncoderState.after_attention
+
+    def drop(self, layer, x, num_heads):
+        r = self.schedule[layer]
+        self.removed.append(r)
+        self.clear_captures()
+        return x[:, : x.shape[1] - r]
+
+    def pad(module, args, output):
+        if isinstance(current_state(), EncoderState) and output.shape[1] < num_patches:
+            return F.pad(output, (0, 0, 0, num_patches - output.shape[1]))
+        return None
+
+    EncoderState.after_attention = drop
+    try:
+        yield lambda post: post.register_forward_hook(pad)
+    finally:
+        EncoderState.after_attention = original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--text-tokens", type=int, default=30)
+    parser.add_argument("--encoder-ratio", type=float, default=0.5)
+    parser.add_argument("--boundary-ratio", type=float, default=0.75)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-encoder", action="store_true")
+    parser.add_argument("--llava7b", action="store_true", help="LLaVA-1.5-7B shape, fp16 on CUDA")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cuda" if args.llava7b else "cpu")
+    dtype = torch.float16 if args.llava7b else torch.float32
+    if args.llava7b:
+        from transformers import LlavaForConditionalGeneration
+
+        config = llava_7b_config()
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config).to(dtype).eval()
+        image_token, size, patches, visual = config.image_token_id, 336, 576, 576
+        args.skip_encoder = True
+    else:
+        from transformers import SmolVLMForConditionalGeneration
+
+        config = smolvlm_256m_config()
+        model = SmolVLMForConditionalGeneration(config).eval()
+        image_token, size, patches, visual = IMAGE_TOKEN, 512, 1024, 64
+    print(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+          f"{device.type}, {dtype}, threads {torch.get_num_threads()}")
+    loaded = wrap("bench", model, processor=object())
+    text = torch.randint(100, 1000, (args.text_tokens,))
+    input_ids = torch.cat([text[:5], torch.full((visual,), image_token), text[5:]])[None].to(device)
+    pixels = torch.randn(1, 3, size, size, dtype=dtype, device=device)
+    if not args.llava7b:
+        pixels = pixels[:, None]  # [1, tiles, 3, H, W]
+    inputs = vlm.VLMInput(tensors={"input_ids": input_ids, "pixel_values": pixels}, prompt="", question="", image=None,
+                          meta={"image_size": [size, size]})
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    med: dict = {}
+    if not args.skip_encoder:
+        none = vlm.Reduction()
+        merged = vlm.Reduction("encoder", "tome", args.encoder_ratio)
+        post = loaded.vision.post_layernorm
+
+        def ceiling_run():
+            with slicing_encoder(patches) as add_pad:
+                handle = add_pad(post)
+                try:
+                    return vlm.encode(loaded, inputs, merged)
+                finally:
+                    handle.remove()
+
+        runs = {"base": lambda: vlm.encode(loaded, inputs, none), "merged": lambda: vlm.encode(loaded, inputs, merged),
+                "ceiling": ceiling_run}
+        times, results = side_by_side(runs, args.rounds, args.warmup, clock)
+        med["encoder"] = {k: statistics.median(v) for k, v in times.items()}
+        removed = results["merged"].stages["encoder"].meta["schedule"]
+        print(f"encoder ToMe ratio {args.encoder_ratio}: schedule {removed} ({patches} → {patches - sum(removed)} tokens)")
+
+    encoded = vlm.encode(loaded, inputs, vlm.Reduction())
+    keep = visual - round(args.boundary_ratio * visual)
+
+    def prefill_run(red):
+        def fn():
+            prefill = vlm.to_prefill(loaded, inputs, encoded, red)
+            with torch.inference_mode(), llm.LLMState(visual=prefill.visual, key_bias=prefill.key_bias, fastv=prefill.fastv):
+                return model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1).logits
+
+        return fn
+
+    def ceiling_prefill():
+        sliced = vlm.Encoded(features=encoded.features[:, :keep], plan=MergePlan.identity(1, keep, device), merged=False, stages={},
+                             meta=encoded.meta, token_grid=encoded.token_grid, num_tiles=encoded.num_tiles)
+        ids = input_ids[0]
+        visual_pos = (ids == image_token).nonzero()[:, 0]
+        keep_seq = torch.ones_like(ids, dtype=torch.bool)
+        keep_seq[visual_pos[keep:]] = False
+        short = vlm.VLMInput(tensors={"input_ids": input_ids[:, keep_seq]}, prompt="", question="", image=None, meta=inputs.meta)
+        prefill = vlm.to_prefill(loaded, short, sliced, vlm.Reduction())
+        with torch.inference_mode(), llm.LLMState(visual=prefill.visual):
+            return model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1).logits
+
+    ratio = args.boundary_ratio
+    runs = {
+        "base": prefill_run(vlm.Reduction()),
+        "ceiling": ceiling_prefill,
+        "tome": prefill_run(vlm.Reduction("boundary", "tome", ratio)),
+        "tome (no bias)": prefill_run(vlm.Reduction("boundary", "tome", ratio, prop_attn=False)),
+        "random": prefill_run(vlm.Reduction("boundary", "random", ratio)),
+        "downsample": prefill_run(vlm.Reduction("boundary", "downsample", ratio)),
+        "fastv K=2": prefill_run(vlm.Reduction("llm", "fastv", ratio, fastv_layer=2)),
+    }
+    times, _ = side_by_side(runs, args.rounds * 3, args.warmup, clock)
+    med["prefill"] = {k: statistics.median(v) for k, v in times.items()}
+
+    if "encoder" in med:
+        e = med["encoder"]
+        print(f"\n| encoder (ratio {args.encoder_ratio}) | ms | speed-up | / ceiling's speed-up | time to first token ms |")
+        print("|---|---|---|---|---|")
+        base_prefill = med["prefill"]["base"]
+        for key in ("base", "ceiling", "merged"):
+            speedup = e["base"] / e[key]
+            ceiling = e["base"] / e["ceiling"]
+            print(f"| {key} | {e[key] * 1000:.0f} | {speedup:.2f}x | {speedup / ceiling:.2f} "
+                  f"| {(e[key] + base_prefill) * 1000:.0f} |")
+    p = med["prefill"]
+    ceiling = p["base"] / p["ceiling"]
+    encoder_ms = med["encoder"]["base"] if "encoder" in med else 0.0
+    print(f"\n| boundary / LLM ({visual} → {keep} visual tokens, {args.text_tokens} text) | prefill ms | speed-up | "
+          f"speed-up / ceiling's | time to first token ms |")
+    print("|---|---|---|---|---|")
+    for key, value in p.items():
+        speedup = p["base"] / value
+        print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / ceiling:.2f} | {(encoder_ms + value) * 1000:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,7 @@ from tomviz.ui.compare_tab import build_compare_tab
 from tomviz.ui.image_tab import build_image_tab
 from tomviz.ui.scores_tab import build_scores_tab
 from tomviz.ui.text_tab import build_text_tab
+from tomviz.ui.vlm_tab import build_vlm_tab
 
 TITLE = "tomviz — token merging, layer by layer"
 INTRO = (
@@ -28,6 +29,7 @@ INTRO = (
 # ---------------------------------------------------------------------------------------
 EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [
     ("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab), ("Benchmark", build_bench_tab),
+    ("Image + question", build_vlm_tab),
 ]
 
 # Bounds of the public server (README, "The public server's bounds"); the tabs' own bounds are in tomviz/ui/common.py.

@@ -1,0 +1,38 @@
+"""The "Image + question" tab's handlers, with a tiny random SmolVLM in place of a hub model."""
+from __future__ import annotations
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+import tomviz
+from tests.vlm import tiny
+from tomviz.ui import vlm_tab
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    model, processor = tiny.smolvlm()
+    return tomviz.load(model, processor=processor, device="cpu")
+
+
+def test_ask_and_redraw(loaded, monkeypatch):
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: loaded)
+    session, overlay, answers, counts, steps, attention = vlm_tab.ask(
+        tiny.photo(), "what is in this image ?", "tiny", "llm", "fastv", 0.5, 3)
+    assert isinstance(overlay, Image.Image) and isinstance(attention, Image.Image)
+    assert "unreduced" in answers and "exact match" in answers
+    assert "the LLM receives 16" in counts and "from layer K 8" in counts
+    assert isinstance(vlm_tab.show_step(1, session), Image.Image)
+
+
+def test_bad_input(loaded, monkeypatch):
+    with pytest.raises(gr.Error, match="not a vision-language model"):
+        vlm_tab.ask(tiny.photo(), "what ?", "dinov2-small", "boundary", "tome", 0.5, 3)
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: loaded)
+    with pytest.raises(gr.Error, match="question is empty"):
+        vlm_tab.ask(tiny.photo(), " ", "tiny", "boundary", "tome", 0.5, 3)
+    with pytest.raises(gr.Error, match="works in the encoder"):
+        vlm_tab.ask(tiny.photo(), "what ?", "tiny", "boundary", "pitome", 0.5, 3)
+    with pytest.raises(gr.Error, match="ask a question first"):
+        vlm_tab.show_step(0, None)

@@ -197,6 +197,7 @@ class Encoded:
     meta: dict[str, Any]
     token_grid: tuple[int, int]
     num_tiles: int
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # "middle"/"deep": [1, V] received, per visual token
 
 
 def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
@@ -212,6 +213,8 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     stages: dict[str, Trace] = {}
     with torch.inference_mode():
         state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge)
+        layers = _attention_layers(loaded, red)
+        state.attention_layers = tuple(layers.values())
         with state:
             features = adapter.image_features(model, tensors)[None]  # [1, V', D]
         num_visual = int((tensors["input_ids"][0] == loaded.image_token_id).sum())
@@ -227,8 +230,28 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
                 raise ValueError(f"{features.shape[1]} visual features for {num_visual} image tokens in the prompt")
             plan = MergePlan.identity(1, num_visual, features.device)
             merged = False
+        attention = {name: _pool_received(loaded, state.received[layer], (rows, cols), token_grid)
+                     for name, layer in layers.items()}
     return Encoded(features=features, plan=plan, merged=merged, stages=stages, meta=meta,
-                   token_grid=tuple(token_grid), num_tiles=num_tiles)
+                   token_grid=tuple(token_grid), num_tiles=num_tiles, attention=attention)
+
+
+def _attention_layers(loaded: LoadedVLM, red: Reduction) -> dict[str, int]:
+    """The encoder layers whose attention a boundary method reads: ``{"deep": L-2, "middle": L//2}``."""
+    if red.place != "boundary" or red.ratio == 0 or not get_visual_method(red.method, **red.method_options).needs_attention:
+        return {}
+    num_layers = len(patching.apply(loaded.vision).blocks)
+    used = loaded.adapter.encoder_layers_used(loaded.model) or num_layers
+    return {"deep": max(0, used - 2), "middle": used // 2}
+
+
+def _pool_received(loaded: LoadedVLM, received: torch.Tensor, patch_grid, token_grid) -> torch.Tensor:
+    """Attention received per patch ``[T, N]`` (with leading protected tokens) → per visual token ``[1, V]``:
+    the mean over the patches each token is made of (SmolVLM: a scale x scale block; LLaVA: one patch)."""
+    rows, cols = patch_grid
+    patches = received[:, received.shape[1] - rows * cols:].float().view(-1, 1, rows, cols)  # CLS dropped
+    pooled = torch.nn.functional.adaptive_avg_pool2d(patches, tuple(token_grid))  # [T, 1, r, c]
+    return pooled.reshape(1, -1)
 
 
 def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
@@ -247,7 +270,7 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             keep = max(1, num_visual - int(round(red.ratio * num_visual)))
             tokens = VisualTokens(features=features, tile_grid=token_grid, num_tiles=num_tiles, seed=red.seed)
             if method.needs_attention:
-                tokens.attention = _encoder_attention(loaded, inputs, encoded)
+                tokens.attention, tokens.attention_middle = encoded.attention["deep"], encoded.attention.get("middle")
             plan = method.plan(tokens, keep)
             boundary_meta["method"] = red.method
         if encoded.merged:  # reorder the merged features by their first patch (the sequence order)
@@ -306,13 +329,6 @@ def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefil
 def patching_protected(loaded: LoadedVLM) -> int:
     info = patching.apply(loaded.vision)
     return info.adapter.num_protected(info.backbone)
-
-
-def _encoder_attention(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded) -> torch.Tensor:
-    """``[1, V]`` the attention each LLM visual token's patches received in the encoder's second-last
-    layer (mean over heads and queries), pooled to the token grid. Recomputed from that layer's keys
-    and queries with no merging (the SDPA kernel gives no weights)."""
-    raise NotImplementedError("visionzip needs the encoder attention (not implemented yet)")
 
 
 # --- the language model ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ def test_downsample_pools_each_tile():
 
 
 def test_selection_methods_keep_exactly():
-    for name in ("random", "fastv", "visionzip"):
+    for name in ("random", "fastv", "visionzip", "hiprune"):
         plan = get_visual_method(name).plan(_tokens(), 10)
         assert plan.num_out == 10
     fastv = get_visual_method("fastv").plan(_tokens(), 10)
@@ -46,3 +46,15 @@ def test_compose_and_sequence_order():
     assert compose(first, second).dst.tolist() == [[0, 0, 0, -1]]
     ordered = sequence_order(MergePlan(dst=torch.tensor([[2, 0, 2, 1]]), num_out=3))
     assert ordered.dst.tolist() == [[0, 1, 0, 2]]  # outputs numbered by their first member
+
+
+def test_hiprune_anchors_buffers_registers():
+    tokens = _tokens(v=16, grid=(4, 4), tiles=1)
+    middle = torch.zeros(1, 16)
+    middle[0, 5] = 1.0  # the anchor: cell (1, 1); its neighbours are 1, 4, 6, 9
+    deep = torch.zeros(1, 16)
+    deep[0, 15] = 1.0  # the register
+    tokens.attention, tokens.attention_middle = deep, middle
+    plan = get_visual_method("hiprune", anchor_fraction=0.2, buffer_fraction=0.8).plan(tokens, 6)
+    kept = set((plan.dst[0] >= 0).nonzero()[:, 0].tolist())
+    assert kept == {5, 1, 4, 6, 9, 15}

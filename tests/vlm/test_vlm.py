@@ -18,6 +18,8 @@ REDUCTIONS = [
     vlm.Reduction("boundary", "random", 0.5),
     vlm.Reduction("boundary", "downsample", 0.75),
     vlm.Reduction("llm", "fastv", 0.5, fastv_layer=1),
+    vlm.Reduction("boundary", "visionzip", 0.5),
+    vlm.Reduction("boundary", "hiprune", 0.5),
 ]
 
 
@@ -140,3 +142,22 @@ def test_inspect_result(loaded):
     same = tomviz.inspect(loaded, (tiny.photo(), QUESTION), ratio=0.0, place="boundary", max_new_tokens=4)
     assert same.fidelity.exact_match and same.answer == same.reference_answer
     assert abs(same.fidelity.log_likelihood - same.fidelity.reference_log_likelihood) < 1e-4
+
+
+def test_encoder_attention_matches_eager():
+    """The attention received per visual token (VisionZip, HiPrune) equals eager attention weights, pooled."""
+    model, processor = tiny.smolvlm(vision_layers=3)
+    loaded = wrap("smolvlm", model, processor)
+    inputs = vlm.prepare(loaded, tiny.photo(), QUESTION)
+    encoded = vlm.encode(loaded, inputs, vlm.Reduction("boundary", "visionzip", 0.5))
+    vision = model.model.vision_model
+    vision.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            weights = vision(inputs.tensors["pixel_values"][0], output_attentions=True).attentions
+    finally:
+        vision.config._attn_implementation = "sdpa"
+    for name, layer in (("deep", 1), ("middle", 1)):
+        received = weights[layer][0].mean(0).mean(0).view(1, 1, 8, 8)  # [N] mean over heads and queries
+        expected = torch.nn.functional.adaptive_avg_pool2d(received, (4, 4)).reshape(1, -1)
+        assert (encoded.attention[name] - expected).abs().max() < 1e-5

@@ -38,7 +38,8 @@ class VisualTokens:
     features: torch.Tensor  # [B, V, D] the tokens as the LLM would receive them
     tile_grid: tuple[int, int]  # (rows, cols) of one tile's token grid; V = num_tiles * rows * cols
     num_tiles: int = 1
-    attention: torch.Tensor | None = None  # [B, V] attention each token received (encoder, or the LLM's last token)
+    attention: torch.Tensor | None = None  # [B, V] attention each token received (encoder's deep layer, or the LLM's last token)
+    attention_middle: torch.Tensor | None = None  # [B, V] the same in a middle encoder layer (HiPrune's anchors)
     seed: int = 0
 
 
@@ -203,8 +204,44 @@ class VisionZip(VisualMethod):
         return f"VisionZip(contextual_fraction={self.contextual_fraction})"
 
 
+def tile_neighbours(chosen: torch.Tensor, grid: tuple[int, int], num_tiles: int) -> torch.Tensor:
+    """``[B, V]`` bool: tokens whose cell touches (4-neighbourhood, same tile) a chosen token's cell."""
+    rows, cols = grid
+    batch = chosen.shape[0]
+    cells = chosen.float().view(batch * num_tiles, 1, rows, cols)
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=chosen.device).view(1, 1, 3, 3)
+    return (torch.nn.functional.conv2d(cells, cross, padding=1) > 0).view(batch, -1)
+
+
+class HiPruneVisual(VisualMethod):
+    """HiPrune (Liu et al. 2025) as in the paper: one selection from the vision encoder's attention.
+    ``anchor_fraction`` of the budget: anchors by the middle layer's attention; up to ``buffer_fraction``:
+    their grid neighbours (most attended first); the rest: registers by the deep layer's attention."""
+
+    name = "hiprune"
+    label = "HiPrune (anchors + buffers + registers, from the encoder's attention)"
+    needs_attention = True
+
+    def __init__(self, anchor_fraction: float = 0.25, buffer_fraction: float = 0.5):
+        self.anchor_fraction, self.buffer_fraction = float(anchor_fraction), float(buffer_fraction)
+
+    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
+        deep = tokens.attention.float()
+        middle = deep if tokens.attention_middle is None else tokens.attention_middle.float()
+        anchor = top_k_mask(middle, max(1, round(self.anchor_fraction * keep)))
+        near = tile_neighbours(anchor, tokens.tile_grid, tokens.num_tiles) & ~anchor
+        buffer = top_k_mask(middle.masked_fill(~near, -torch.inf), round(self.buffer_fraction * keep)) & near
+        chosen = anchor | buffer
+        left = keep - chosen.sum(1, keepdim=True)  # [B, 1] registers
+        rank = deep.masked_fill(chosen, -torch.inf).argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+        return plan_from_assignment(chosen | ((rank < left) & ~chosen))
+
+    def __repr__(self) -> str:
+        return f"HiPruneVisual(anchor_fraction={self.anchor_fraction}, buffer_fraction={self.buffer_fraction})"
+
+
 VISUAL_METHODS: dict[str, type[VisualMethod]] = {
-    cls.name: cls for cls in (ToMeVisual, RandomVisual, Downsample, FastV, VisionZip)
+    cls.name: cls for cls in (ToMeVisual, RandomVisual, Downsample, FastV, VisionZip, HiPruneVisual)
 }
 
 

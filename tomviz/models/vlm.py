@@ -61,10 +61,36 @@ def find_vlm_adapter(model: Any) -> VLMAdapter | None:
 
 
 class EncoderState(MergeState):
-    """A :class:`MergeState` that always tracks each input token's group (``source``), and
-    optionally copies merged tokens back to their patches after the encoder (``unmerge``)."""
+    """A :class:`MergeState` that always tracks each input token's group (``source``), optionally
+    copies merged tokens back to their patches after the encoder (``unmerge``), and records the
+    attention each token receives in ``attention_layers`` (``received[layer]``: ``[B, N]``, mean over
+    heads and queries; recomputed from the captured keys and queries, so SDPA stays the kernel)."""
 
     unmerge: bool = False
+    attention_layers: tuple[int, ...] = ()
+
+    @property
+    def wants_query(self) -> bool:
+        return super().wants_query or bool(self.attention_layers)
+
+    def passthrough(self, layer: int) -> bool:
+        return super().passthrough(layer) and layer not in self.attention_layers
+
+    def after_attention(self, layer: int, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+        if layer in self.attention_layers and self.keys is not None and self.query is not None:
+            if not hasattr(self, "received"):
+                self.received: dict[int, torch.Tensor] = {}
+            keys, query = self.keys, self.query
+            rows = []
+            for b in range(x.shape[0]):  # one tile at a time: [H, N, N] probabilities
+                self.keys, self.query = keys[b:b + 1], query[b:b + 1]
+                bias = self._bias
+                self._bias = None if bias is None else bias[b:b + 1]
+                rows.append(self._logits(self.query, num_heads)[0].mean(0).mean(0))  # [N] received, mean over heads, queries
+                self._bias = bias
+            self.keys, self.query = keys, query
+            self.received[layer] = torch.stack(rows)  # [B, N]
+        return super().after_attention(layer, x, num_heads)
 
     def begin(self, x: torch.Tensor, incoming: torch.Tensor | None) -> None:
         if self._started:

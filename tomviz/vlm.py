@@ -127,6 +127,45 @@ class VLMResult:
     reduction: Reduction
     inputs: VLMInput
     model: LoadedVLM
+    _prefill: Prefill | None = None  # the reduced LLM input (for banzhaf)
+    _reference_tokens: list[int] | None = None
+
+    def banzhaf(self, samples: int = 256, exact: bool = False, seed: int = 0, chunk: int = 8, progress=None):
+        """Banzhaf values of the visual groups the LLM receives (boundary stage; FastV is not applied).
+
+        Value of a coalition S: the teacher-forced log-probability of the unreduced answer when only
+        S's visual tokens are present (the others are masked out of every attention, positions kept).
+        Returns :class:`tomviz.scores.estimate.GameEstimate` (``values [n]``, ``stderr``, ``interactions``);
+        ``self.stages["boundary"].spread(values, -1)`` puts them back on the visual tokens.
+        ``progress(fraction, message)`` is called as the coalitions are evaluated.
+        """
+        from tomviz.scores.estimate import banzhaf_game
+
+        loaded, prefill = self.model, self._prefill
+        answer = self._reference_tokens or [int(loaded.tokenizer.eos_token_id or 0)]
+        ids = torch.tensor([answer], device=prefill.embeds.device)
+        visual_positions = prefill.visual.nonzero()[:, 0]  # [n] the players' sequence positions
+        with torch.inference_mode():
+            embeds = torch.cat([prefill.embeds, loaded.language_model.get_input_embeddings()(ids)], dim=1)  # [1, L, C]
+        length = embeds.shape[1]
+        visual = torch.cat([prefill.visual, torch.zeros(len(answer), dtype=torch.bool, device=embeds.device)])
+        base = torch.zeros(length, device=embeds.device)
+        if prefill.key_bias is not None:
+            base[: prefill.key_bias.shape[0]] = prefill.key_bias
+        absent_bias = torch.finfo(torch.float32).min / 4
+
+        def value(masks: np.ndarray) -> np.ndarray:
+            present = torch.as_tensor(masks, device=embeds.device)  # [M, n]
+            bias = base.expand(len(masks), -1).clone()  # [M, L]
+            bias[:, visual_positions] = torch.where(present, bias[:, visual_positions], absent_bias)
+            with torch.inference_mode(), llm.LLMState(visual=visual, key_bias=bias):
+                logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False).logits.float()
+            steps = logits[:, -(len(answer) + 1):-1]  # [M, A, vocab]
+            logp = steps.log_softmax(-1).gather(2, ids.expand(len(masks), -1)[..., None])[..., 0]  # [M, A]
+            return logp.sum(1).cpu().numpy()
+
+        return banzhaf_game(value, int(visual_positions.numel()), samples=samples, exact=exact, seed=seed, chunk=chunk,
+                            progress=progress)
 
     def attention_on_image(self, layer: int, step: int) -> np.ndarray:
         """``[V]`` attention of answer step ``step`` in LLM ``layer``, spread onto the visual tokens
@@ -474,4 +513,5 @@ def inspect_vlm(
         answer=reduced.text, reference_answer=reference.text, trace=trace, stages=stages, fidelity=fidelity,
         timings=timings, token_counts=counts, answer_attention=attention,
         answer_tokens=tokenizer.convert_ids_to_tokens(reference.tokens), reduction=reduction, inputs=inputs, model=loaded,
+        _prefill=reduced_prefill, _reference_tokens=reference.tokens,
     )

@@ -161,3 +161,14 @@ def test_encoder_attention_matches_eager():
         received = weights[layer][0].mean(0).mean(0).view(1, 1, 8, 8)  # [N] mean over heads and queries
         expected = torch.nn.functional.adaptive_avg_pool2d(received, (4, 4)).reshape(1, -1)
         assert (encoded.attention[name] - expected).abs().max() < 1e-5
+
+
+def test_banzhaf_of_visual_groups():
+    """Players = the visual groups the LLM receives; v(all) is the reduced model's log-likelihood."""
+    model, processor = tiny.smolvlm()
+    loaded = wrap("smolvlm", model, processor)
+    res = vlm.inspect_vlm(loaded, tiny.photo(), QUESTION, place="boundary", method="tome", ratio=0.75, max_new_tokens=3)
+    game = res.banzhaf(exact=True)
+    assert game.values.shape == (res.token_counts["llm_input"],) and np.isfinite(game.values).all()
+    assert abs(game.full_value - res.fidelity.log_likelihood) < 1e-3
+    assert res.stages["boundary"].spread(game.values, -1).shape == (res.token_counts["visual"],)

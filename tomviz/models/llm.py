@@ -48,7 +48,7 @@ class LLMState:
     """Per-call state of the language model (batch 1). Sequence positions index the prefill tokens."""
 
     visual: torch.Tensor  # [L] bool, the visual tokens of the prefill sequence
-    key_bias: torch.Tensor | None = None  # [L] float, added to every attention logit towards that key (log size; 0 = text)
+    key_bias: torch.Tensor | None = None  # [L] or [B, L] float, added to every attention logit towards that key (log size; 0 = text)
     fastv: FastVRequest | None = None
     record_queries: torch.Tensor | None = None  # [Q] long: record these queries' attention (one pass, no cache)
     # filled during the call
@@ -109,11 +109,13 @@ def layer_attention(
 def _bias_mask(
     mask: torch.Tensor | None, bias: torch.Tensor, q_len: int, kv_len: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """An additive ``[1, 1, q_len, kv_len]`` mask: causal (or the model's ``mask``) plus ``bias``
-    on the first ``len(bias)`` keys (zero on later keys: generated tokens)."""
+    """An additive ``[B, 1, q_len, kv_len]`` mask: causal (or the model's ``mask``) plus ``bias``
+    (``[Lb]`` or ``[B, Lb]``) on the first ``Lb`` keys (zero on later keys: generated tokens)."""
     device = bias.device
-    full = torch.zeros(kv_len, dtype=torch.float32, device=device)
-    full[: bias.shape[0]] = bias
+    rows = bias.reshape(-1, bias.shape[-1])  # [B or 1, Lb]
+    full = torch.zeros(rows.shape[0], kv_len, dtype=torch.float32, device=device)
+    full[:, : rows.shape[1]] = rows
+    full = full[:, None, None, :]  # [B, 1, 1, kv]
     if mask is None:
         query_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
         allowed = torch.arange(kv_len, device=device)[None, :] <= query_pos  # [q, kv]
@@ -160,7 +162,7 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             elif mask is not None:
                 mask = _slice_keys(mask, keep, prefix)
             if key_bias is not None:
-                key_bias = key_bias[keep]
+                key_bias = key_bias[..., keep]
         if prefill and state.record_queries is not None:
             queries = torch.searchsorted(state.keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)

@@ -58,3 +58,13 @@ def test_hiprune_anchors_buffers_registers():
     plan = get_visual_method("hiprune", anchor_fraction=0.2, buffer_fraction=0.8).plan(tokens, 6)
     kept = set((plan.dst[0] >= 0).nonzero()[:, 0].tolist())
     assert kept == {5, 1, 4, 6, 9, 15}
+
+
+def test_dtome_merges_by_threshold():
+    feats = torch.randn(1, 16, 8)
+    feats[0, 1::2] = feats[0, ::2] + 1e-3  # 8 near-duplicate pairs (tokens 2i and 2i + 1)
+    tokens = VisualTokens(features=feats, tile_grid=(4, 4))
+    plan = get_visual_method("dtome", threshold=0.999).plan(tokens, 1)
+    assert plan.num_out == 8 and (plan.dst[0, ::2] == plan.dst[0, 1::2]).all()  # exactly the duplicates merge
+    assert get_visual_method("dtome", threshold=1.5).plan(tokens, 1).num_out == 16  # nothing passes
+    assert get_visual_method("dtome", threshold=-1.0).plan(tokens, 5).num_out == 5  # keep is a floor

@@ -28,7 +28,7 @@ import torch
 from tomviz.merge.base import max_removable
 from tomviz.merge.plan import PRUNED, MergePlan
 from tomviz.merge.selection import plan_from_assignment, top_k_mask
-from tomviz.merge.tome import bipartite_plan
+from tomviz.merge.tome import alternating_proposals, bipartite_plan, plan_from_proposals
 
 
 @dataclass
@@ -117,6 +117,39 @@ class ToMeVisual(VisualMethod):
 
     def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
         return bipartite_to(tokens.features.float(), keep)[0]
+
+
+class DToMeVisual(VisualMethod):
+    """DToMe (DyMU's threshold merging) on the visual tokens: repeated bipartite steps, each merging every
+    proposal whose cosine similarity exceeds ``threshold``, so the count adapts to the image; ``keep`` is a
+    floor (the ratio is the most it may remove). The LLM gets the sizes as a log-size attention bias."""
+
+    name = "dtome"
+    label = "DToMe / DyMU (threshold merging of the visual tokens, adaptive count)"
+
+    def __init__(self, threshold: float = 0.9):
+        self.threshold = float(threshold)
+
+    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
+        current = tokens.features.float()
+        batch = current.shape[0]
+        plan = MergePlan.identity(batch, current.shape[1], current.device)
+        sizes = None
+        while current.shape[1] > keep:
+            r_max = min(max_removable(current.shape[1], 0), current.shape[1] - keep)
+            if r_max <= 0:
+                break
+            proposals = alternating_proposals(current, 0, None)
+            count = int((proposals.top_scores(r_max) > self.threshold).sum(1).min())
+            if count == 0:
+                break
+            step = plan_from_proposals(proposals, count)
+            current, sizes = step.merge(current, sizes)
+            plan = compose(plan, step)
+        return plan
+
+    def __repr__(self) -> str:
+        return f"DToMeVisual(threshold={self.threshold})"
 
 
 class RandomVisual(VisualMethod):
@@ -241,7 +274,7 @@ class HiPruneVisual(VisualMethod):
 
 
 VISUAL_METHODS: dict[str, type[VisualMethod]] = {
-    cls.name: cls for cls in (ToMeVisual, RandomVisual, Downsample, FastV, VisionZip, HiPruneVisual)
+    cls.name: cls for cls in (ToMeVisual, DToMeVisual, RandomVisual, Downsample, FastV, VisionZip, HiPruneVisual)
 }
 
 

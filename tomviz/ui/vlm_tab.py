@@ -15,8 +15,8 @@ from tomviz.models.vlm import LoadedVLM
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
 from tomviz.ui.common import PromptBox, session_state, user_errors
 
-VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
-              "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf"]
+# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap. LLaVA-OneVision is not supported yet.
+VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct", "llava-hf/llava-1.5-7b-hf"]
 PLACES = [("In the vision encoder (merge, compute, unmerge)", "encoder"),
           ("At the boundary (the tokens the LLM receives)", "boundary"),
           ("Inside the LLM at layer K (FastV)", "llm")]

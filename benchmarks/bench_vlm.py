@@ -107,15 +107,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device("cuda" if args.llava7b else "cpu")
-    dtype = torch.float16 if args.llava7b else torch.float32
+    device = torch.device("cuda" if args.llava7b and torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
     if args.llava7b:
         from transformers import LlavaForConditionalGeneration
 
         config = llava_7b_config()
         with torch.device(device):
             model = LlavaForConditionalGeneration(config).to(dtype).eval()
-        image_token, size, patches, visual = config.image_token_id, 336, 576, 576
+        size = config.vision_config.image_size
+        image_token, patches = config.image_token_id, (size // config.vision_config.patch_size) ** 2
+        visual = patches
         args.skip_encoder = True
     else:
         from transformers import SmolVLMForConditionalGeneration

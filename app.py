@@ -37,11 +37,12 @@ QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
 DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1
 MAX_FILE_SIZE_MB = 25  # uploads above this are refused before they are written (a 50-megapixel phone JPEG fits)
 MAX_SESSIONS = 200  # visitors whose state is kept at once (least recently active dropped first)
-CACHE_CLEANUP = (300, 900)  # every 5 min, delete files Gradio cached for this app (uploads, outputs) older than 15 min
+# Files Gradio cached for this app (uploads, pictures sent back) are deleted once older than this; checked a third as often.
+CACHE_TTL_S = int(os.environ.get("TOMVIZ_CACHE_TTL_S", 900))
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title=TITLE, delete_cache=CACHE_CLEANUP) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=(max(1, CACHE_TTL_S // 3), CACHE_TTL_S)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tabs():
             with gr.Tab("Image", id="image"):
@@ -70,6 +71,7 @@ def configure_torch_threads() -> None:
 def launch_options() -> dict:
     """What ``demo.launch`` gets besides the address (the tests launch with the same options)."""
     return dict(max_file_size=f"{MAX_FILE_SIZE_MB}mb", state_session_capacity=MAX_SESSIONS, show_error=True,
+                run_history=False,  # no per-run records, no Hub bucket a visitor could connect
                 theme=gr.themes.Soft())
 
 

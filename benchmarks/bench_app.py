@@ -11,38 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from app_server import start_app
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "assets" / "chelsea.png"
 RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_app() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}/"
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the app did not start within 180 s")
 
 
 def _quantiles(times: list[float]) -> dict[str, float]:
@@ -76,7 +53,7 @@ def main() -> None:
     parser.add_argument("--url", help="an app that is already running (default: start one)")
     parser.add_argument("--rounds", type=int, default=5, help="passes over the ratios %s" % RATIOS)
     args = parser.parse_args()
-    proc, url = (None, args.url) if args.url else _start_app()
+    proc, url = (None, args.url) if args.url else start_app()
     try:
         results = measure(url, args.rounds)
     finally:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tomviz.models import hub
-from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source
+from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
 from tomviz.models.patching import Adapter, apply, find_adapter
 from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
 from tomviz.models.vlm import wrap as wrap_vlm

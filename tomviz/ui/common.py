@@ -24,10 +24,12 @@ TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-
 MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
 
 # Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
-SESSION_TTL_S = 1800  # a visitor's traces and pictures (gr.State) are dropped this long after they were made
+SESSION_TTL_S = float(os.environ.get("TOMVIZ_SESSION_TTL_S", 1800))  # a visitor's traces and pictures (gr.State)
+# are dropped this long after they were made
 MAX_PROMPT_CHARS = 5000  # any free text box: prompts, CLIP texts, model ids, ratio lists
 MAX_SEED = 2**31 - 1
-DOWNLOAD_TTL_S = 300  # written downloads are deleted this long after they were made (Gradio serves its own copy)
+# written downloads are deleted this long after they were made (Gradio serves its own copy from its cache)
+DOWNLOAD_TTL_S = float(os.environ.get("TOMVIZ_DOWNLOAD_TTL_S", 300))
 DOWNLOAD_ROOT = Path(tempfile.gettempdir()) / f"tomviz-downloads-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 

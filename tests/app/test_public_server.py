@@ -13,7 +13,7 @@ from gradio_client.exceptions import AppError
 
 import app
 from tomviz.models.hub import refusal
-from tomviz.ui.common import MAX_PROMPT_CHARS
+from tomviz.ui.common import MAX_PROMPT_CHARS, SESSION_TTL_S
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT = str(ROOT / "assets" / "chelsea.png")
@@ -81,6 +81,23 @@ def test_ui_code_loads_models_only_as_untrusted():
                 calls.append((path.name, node.lineno, isinstance(flag, ast.Constant) and flag.value is True))
     assert len(calls) >= 4
     assert all(ok for _, _, ok in calls), [c for c in calls if not c[2]]
+
+
+def test_ui_state_is_per_session_with_a_lifetime():
+    """No tab keeps a visitor's data in a gr.State without the session lifetime (session_state())."""
+    bare = []
+    for path in (ROOT / "tomviz" / "ui").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "State" and path.name != "common.py":
+                bare.append((path.name, node.lineno))
+    assert not bare, f"gr.State made outside session_state(): {bare}"
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        for _, builder in app.EXTRA_TABS:
+            builder()
+    states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+    assert states and all(s.time_to_live == SESSION_TTL_S for s in states)
 
 
 def test_upload_above_the_size_limit_is_refused(client, app_url, tmp_path):

@@ -86,6 +86,12 @@ class Trace:
         """Tokens after each layer, preceded by the input count: ``[N0, N_0, ..., N_{L-1}]``."""
         return [self.num_input_tokens] + [lt.num_tokens for lt in self.layers]
 
+    def sizes_entering(self, layer: int) -> np.ndarray:
+        """``[N_in]``: sizes of the tokens entering ``layer`` (all 1 before layer 0)."""
+        if layer == 0:
+            return np.ones(self.num_input_tokens, dtype=np.float32)
+        return self.sizes(layer - 1)
+
     def groups_entering(self, layer: int) -> np.ndarray:
         """``[N0]``: group ids of the tokens entering ``layer`` (identity before layer 0)."""
         if layer == 0:
@@ -126,6 +132,37 @@ class Trace:
         keep = source >= 0
         out[keep] = np.asarray(values, dtype=np.float32)[source[keep]]
         return out
+
+    def per_group(self, layer: int, groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``[N_l]``: ``values[k]`` at group ``groups[k]`` after ``layer``, nan for the other groups."""
+        out = np.full(self.sizes(layer).shape[0], np.nan, dtype=np.float32)
+        out[groups] = values
+        return out
+
+    # --- patch-grid geometry (image traces) -------------------------------------
+    # The input tokens are ``num_protected`` leading tokens (CLS, distillation, registers) followed
+    # by the patches in row-major order; these methods are the one place that says so.
+    @property
+    def num_protected(self) -> int:
+        """Leading input tokens that never merge (CLS & co.)."""
+        return int(self.meta.get("num_protected", 1))
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the patches; ValueError for a trace that is not an image's."""
+        grid = self.meta.get("patch_grid")
+        if not grid:
+            raise ValueError("not an image trace: it has no patch grid")
+        return int(grid[0]), int(grid[1])
+
+    def patch_tokens(self) -> slice:
+        """The input tokens that are patches: ``[N0][patch_tokens()]`` is ``[rows*cols]`` in row-major order."""
+        rows, cols = self.patch_grid
+        return slice(self.num_protected, self.num_protected + rows * cols)
+
+    def on_patch_grid(self, per_input: np.ndarray) -> np.ndarray:
+        """``[N0]`` per input token → ``[rows, cols]`` per patch (protected tokens dropped; dtype kept)."""
+        return on_patch_grid(per_input, self.patch_grid, self.num_protected)
 
     # --- saving ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +228,24 @@ class Trace:
                     i += 1
             return Trace(meta=meta, layers=layers)
         raise ValueError(f"unknown trace format: {name!r} (use .json or .npz)")
+
+
+def on_patch_grid(per_input: np.ndarray, patch_grid: Any, num_protected: int) -> np.ndarray:
+    """``[N0]`` per input token → ``[rows, cols]`` per patch: the tokens after the ``num_protected``
+    leading ones, in row-major order (:meth:`Trace.on_patch_grid` for a trace)."""
+    rows, cols = int(patch_grid[0]), int(patch_grid[1])
+    patches = np.asarray(per_input)[num_protected : num_protected + rows * cols]
+    if patches.shape[0] != rows * cols:
+        raise ValueError(f"{patches.shape[0]} patch tokens do not fill a {rows}×{cols} grid")
+    return patches.reshape(rows, cols)
+
+
+def pixel_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[rows, cols]`` → ``[height, width]``: the label of the patch under every pixel."""
+    rows, cols = labels.shape
+    row_of_y = np.minimum(np.arange(height) * rows // height, rows - 1)  # [H]
+    col_of_x = np.minimum(np.arange(width) * cols // width, cols - 1)  # [W]
+    return labels[row_of_y[:, None], col_of_x[None, :]]
 
 
 def _check_version(version: Any) -> None:

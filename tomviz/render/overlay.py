@@ -14,6 +14,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tomviz.trace import on_patch_grid as patch_labels  # noqa: F401  (patch geometry: tomviz/trace.py)
+from tomviz.trace import pixel_labels  # noqa: F401
+
 PRUNED_COLOUR = (40, 40, 40)
 
 
@@ -22,23 +25,6 @@ def display_image(image: Image.Image, max_side: int = 448) -> Image.Image:
     small = image.convert("RGB") if image.mode != "RGB" else image.copy()
     small.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return small
-
-
-def patch_labels(groups: np.ndarray, patch_grid: Sequence[int], num_protected: int) -> np.ndarray:
-    """``[N0]`` group ids → ``[rows, cols]`` group id of every patch (protected tokens dropped)."""
-    rows, cols = int(patch_grid[0]), int(patch_grid[1])
-    patches = np.asarray(groups)[num_protected : num_protected + rows * cols]
-    if patches.shape[0] != rows * cols:
-        raise ValueError(f"{patches.shape[0]} patch tokens do not fill a {rows}×{cols} grid")
-    return patches.reshape(rows, cols)
-
-
-def pixel_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[rows, cols]`` → ``[height, width]``: the label of the patch under every pixel."""
-    rows, cols = labels.shape
-    row_of_y = np.minimum(np.arange(height) * rows // height, rows - 1)  # [H]
-    col_of_x = np.minimum(np.arange(width) * cols // width, cols - 1)  # [W]
-    return labels[row_of_y[:, None], col_of_x[None, :]]
 
 
 def boundary_mask(label_map: np.ndarray) -> np.ndarray:

@@ -6,22 +6,36 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from tomviz.render.groups import HIGHLIGHT, stable_colours
 from tomviz.render.overlay import patch_labels
 from tomviz.trace import Trace
 
 _MARGIN = dict(l=40, r=10, t=36, b=36)
 
 
-def _scrambled(ids: np.ndarray) -> np.ndarray:
-    """Map group ids to colour positions in [0, 1) so that neighbouring ids get distant colours."""
-    golden = 0.6180339887
-    return np.where(ids >= 0, (ids * golden) % 1.0, np.nan)
+def _outline_segments(labels: np.ndarray, merged: np.ndarray) -> tuple[list, list]:
+    """Line segments (plotly x/y lists, None-separated) between neighbouring patches of different groups
+    where at least one side is a merged group; patch (i, j) is centred on x=j, y=i."""
+    xs: list = []
+    ys: list = []
+    rows, cols = labels.shape
+    right = (labels[:, :-1] != labels[:, 1:]) & (merged[:, :-1] | merged[:, 1:])  # [rows, cols-1]
+    for i, j in zip(*np.nonzero(right)):
+        xs += [j + 0.5, j + 0.5, None]
+        ys += [i - 0.5, i + 0.5, None]
+    below = (labels[:-1, :] != labels[1:, :]) & (merged[:-1, :] | merged[1:, :])  # [rows-1, cols]
+    for i, j in zip(*np.nonzero(below)):
+        xs += [j - 0.5, j + 0.5, None]
+        ys += [i + 0.5, i + 0.5, None]
+    return xs, ys
 
 
-def cluster_map_figure(trace: Trace, layer: int, height: int = 380) -> go.Figure:
-    """Interactive map of the patch grid after ``layer`` (0-based): colour = group (keyed on its
-    smallest member, so colours stay put from layer to layer); hover shows
-    the group id, its size (input tokens) and the layer (1-based) where it first merged."""
+def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int | None = None) -> go.Figure:
+    """Interactive map of the patch grid after ``layer`` (0-based). A patch still alone is light grey;
+    a merged group (two or more patches) gets a colour keyed on its smallest member (so it stays put from
+    layer to layer) and a white outline; ``token`` (an input token index) draws its group in magenta
+    and every other group grey. Hover shows the group id, its size (input tokens) and the layer
+    (1-based) where it first merged. The title counts the merged groups."""
     num_protected = int(trace.meta.get("num_protected", 1))
     grid = trace.meta["patch_grid"]
     groups = trace.groups(layer)  # [N0]
@@ -31,18 +45,31 @@ def cluster_map_figure(trace: Trace, layer: int, height: int = 380) -> go.Figure
     size_map = np.where(labels >= 0, sizes[np.maximum(labels, 0)], 0).astype(int)
     joined_text = np.where(joined >= 0, (joined + 1).astype(str), "never")
     custom = np.stack([labels.astype(str), size_map.astype(str), joined_text], axis=-1)  # [rows, cols, 3]
+    stable = patch_labels(trace.stable_groups(layer), grid, num_protected)  # [rows, cols]
+    merged = size_map >= 2
+    rgb = np.full(labels.shape + (3,), 228.0, dtype=np.float32)  # [rows, cols, 3] single patches: light grey
+    if token is None:
+        rgb[merged] = stable_colours(stable[merged])
+    else:
+        rgb[merged] = 180.0  # the other merged groups: a darker grey
+        rgb[(labels == groups[token]) & (groups[token] >= 0)] = HIGHLIGHT
+    rgb[labels < 0] = 40.0
+    xs, ys = _outline_segments(labels, merged)
     fig = go.Figure(
-        go.Heatmap(
-            z=_scrambled(patch_labels(trace.stable_groups(layer), grid, num_protected)), customdata=custom, colorscale="Turbo", showscale=False, zmin=0, zmax=1,
-            hovertemplate="patch (%{y}, %{x})<br>group %{customdata[0]}<br>size %{customdata[1]}"
-            "<br>joined at layer %{customdata[2]}<extra></extra>",
-        )
+        [
+            go.Image(z=rgb.round().astype(np.uint8), customdata=custom,
+                     hovertemplate="patch (%{y}, %{x})<br>group %{customdata[0]}<br>size %{customdata[1]}"
+                     "<br>joined at layer %{customdata[2]}<extra></extra>"),
+            go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="white", width=2), hoverinfo="skip", showlegend=False),
+        ]
     )
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
-    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    merged_count = int((sizes >= 2).sum())
     fig.update_layout(
-        title=f"Groups after layer {layer + 1}: {trace.layers[layer].num_tokens} tokens",
-        height=height, margin=_MARGIN,
+        title=f"Groups after layer {layer + 1}: {trace.layers[layer].num_tokens} tokens, "
+              f"{merged_count} merged groups (≥ 2 patches)",
+        height=height, margin=_MARGIN, plot_bgcolor="white",
     )
     return fig
 

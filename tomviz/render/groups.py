@@ -1,0 +1,232 @@
+"""Readable pictures of merged groups (PIL; no gradio): single patches recede, merged groups stand out.
+
+* Colours are keyed on a group's smallest member (``Trace.stable_groups``), so a group keeps its colour
+  from layer to layer until it merges with one holding a smaller index.
+* A single patch (a group of one) shows the photo in grey; a merged group is tinted with its colour and
+  outlined.
+* A selected group (the one holding a clicked patch) is drawn in ``HIGHLIGHT`` and everything else in grey.
+
+Shapes as in :mod:`tomviz.render.overlay`: group arrays are ``[N0]`` (one id per input token, -1 = pruned),
+the first ``num_protected`` tokens are CLS & co., the rest the patches in row-major order.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tomviz.render.overlay import PRUNED_COLOUR, boundary_mask, display_image, patch_labels, pixel_labels
+from tomviz.trace import Trace
+
+HIGHLIGHT = (230, 0, 230)  # the selected group (magenta: no stable colour is this saturated on a grey photo)
+SINGLE_GREY = 0.55  # single patches: this much of the photo's luminance, the rest light grey
+TINT = 0.6  # merged groups: this much of their colour over the photo
+HIGHLIGHT_TINT = 0.7
+OUTLINE = (255, 255, 255)
+STRIP_LEGEND = ("Every layer (L = after layer, then tokens left and merged groups). Colour: a merged group, kept "
+                "across layers; grey: a patch still alone; magenta: the selected group.")
+
+
+def stable_colours(ids: np.ndarray) -> np.ndarray:
+    """``[...]`` non-negative ids → ``[..., 3]`` float RGB (0..255): hues spread by the golden ratio, so
+    neighbouring ids get distant hues; the same id always gets the same colour."""
+    from matplotlib.colors import hsv_to_rgb
+
+    ids = np.asarray(ids, dtype=np.float64)
+    hue = (ids * 0.6180339887 + 0.11) % 1.0
+    hsv = np.stack([hue, np.full_like(hue, 0.8), np.full_like(hue, 0.95)], axis=-1)
+    rgb = hsv_to_rgb(hsv) * 255.0
+    magenta = (hue > 0.78) & (hue < 0.9)  # keep magenta for the selection: shift these hues to blue
+    if magenta.any():
+        hsv[magenta, 0] -= 0.2
+        rgb[magenta] = hsv_to_rgb(hsv[magenta]) * 255.0
+    return rgb.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PatchGroups:
+    """One layer's groups on the patch grid: ``[rows, cols]`` each."""
+
+    stable: np.ndarray  # group named by its smallest input token; -1 = pruned
+    size: np.ndarray  # input tokens in the patch's group (0 = pruned)
+    selected: np.ndarray | None = None  # bool: in the selected group
+
+
+def patch_groups(trace: Trace, layer: int, token: int | None = None) -> PatchGroups:
+    """:class:`PatchGroups` after ``layer`` (0-based; -1 = the input, every patch alone); ``token``
+    (an input token index) selects its group."""
+    grid, protected = trace.meta["patch_grid"], int(trace.meta.get("num_protected", 1))
+    if layer < 0:
+        groups = np.arange(trace.num_input_tokens)
+        stable, sizes = groups, np.ones(trace.num_input_tokens)
+    else:
+        groups, stable, sizes = trace.groups(layer), trace.stable_groups(layer), trace.sizes(layer)
+    size = np.where(groups >= 0, sizes[np.maximum(groups, 0)], 0)  # [N0]
+    selected = None
+    if token is not None:
+        selected = patch_labels((groups == groups[token]) & (groups[token] >= 0), grid, protected)
+    return PatchGroups(patch_labels(stable, grid, protected), patch_labels(size, grid, protected).astype(int), selected)
+
+
+def merged_group_count(trace: Trace, layer: int) -> int:
+    """Groups of two or more input tokens after ``layer`` (0-based)."""
+    return int((trace.sizes(layer) >= 2).sum())
+
+
+def cluster_picture(image: Image.Image, groups: PatchGroups, max_side: int | None = 448,
+                    outline: bool = True) -> Image.Image:
+    """The readable cluster picture of one layer (see the module docstring), at the photo's size
+    (downscaled to ``max_side``)."""
+    base = display_image(image, max_side) if max_side else image.convert("RGB")
+    pixels = np.asarray(base, dtype=np.float32)  # [H, W, 3]
+    height, width = pixels.shape[:2]
+    stable = pixel_labels(groups.stable, height, width)  # [H, W]
+    size = pixel_labels(groups.size, height, width)  # [H, W]
+    grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # [H, W]
+    out = np.repeat((SINGLE_GREY * grey + (1 - SINGLE_GREY) * 235.0)[..., None], 3, axis=-1)  # [H, W, 3]
+    if groups.selected is None:
+        merged = size >= 2
+        colours = stable_colours(np.maximum(stable[merged], 0))  # [M, 3]
+        out[merged] = TINT * colours + (1 - TINT) * pixels[merged]
+    else:
+        chosen = pixel_labels(groups.selected.astype(np.int8), height, width).astype(bool)
+        out[chosen] = HIGHLIGHT_TINT * np.asarray(HIGHLIGHT, np.float32) + (1 - HIGHLIGHT_TINT) * pixels[chosen]
+    out[stable < 0] = PRUNED_COLOUR
+    if outline:  # outline the merged groups only (single patches stay unframed)
+        alone = -2 - np.arange(groups.stable.size).reshape(groups.stable.shape)  # a label of its own per patch
+        labels = pixel_labels(np.where(groups.size >= 2, groups.stable, alone), height, width)  # [H, W]
+        edge = boundary_mask(labels) & _touches(size >= 2)
+        out[edge] = OUTLINE
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+def _touches(mask: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: pixels in ``mask`` or whose right or lower neighbour is."""
+    out = mask.copy()
+    out[:, :-1] |= mask[:, 1:]
+    out[:-1, :] |= mask[1:, :]
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def caption_font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+@dataclass(frozen=True)
+class StripLayout:
+    """Where each layer's tile sits in the strip: tile ``l`` (0-based) spans
+    ``(x(l), y(l)) .. (x(l) + tile_w, y(l) + tile_h)`` in the strip's pixels."""
+
+    num_tiles: int
+    columns: int
+    tile_w: int
+    tile_h: int
+    gap: int = 6
+    caption: int = 20
+    header: int = 24
+
+    @property
+    def size(self) -> tuple[int, int]:
+        rows = (self.num_tiles + self.columns - 1) // self.columns
+        return (self.columns * (self.tile_w + self.gap) + self.gap,
+                self.header + rows * (self.tile_h + self.caption + self.gap) + self.gap)
+
+    def x(self, tile: int) -> int:
+        return self.gap + (tile % self.columns) * (self.tile_w + self.gap)
+
+    def y(self, tile: int) -> int:
+        return self.header + self.gap + (tile // self.columns) * (self.tile_h + self.caption + self.gap) + self.caption
+
+
+def strip_layout(image_size: tuple[int, int], num_tiles: int, width: int = 1380, columns: int = 6) -> StripLayout:
+    """The layout of a strip ``width`` pixels wide for a photo of ``image_size = (w, h)``."""
+    columns = max(1, min(columns, num_tiles))
+    gap = StripLayout.gap
+    tile_w = (width - (columns + 1) * gap) // columns
+    tile_h = max(1, round(tile_w * image_size[1] / image_size[0]))
+    return StripLayout(num_tiles, columns, tile_w, tile_h)
+
+
+def layer_strip_picture(image: Image.Image, trace: Trace, token: int | None = None, current: int | None = None,
+                        width: int = 1380, columns: int = 6) -> Image.Image:
+    """Every layer's cluster picture in a grid ``width`` pixels wide, captioned "L<l> · <tokens> tokens ·
+    <g> merged"; ``token`` (input token index) highlights its group in every layer; the ``current`` layer
+    (0-based) gets a dark frame. Tile positions: :func:`strip_layout`."""
+    layout = strip_layout(image.size, trace.num_layers, width, columns)
+    tile = image.convert("RGB").resize((layout.tile_w, layout.tile_h), Image.Resampling.BILINEAR)
+    sheet = Image.new("RGB", layout.size, (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = caption_font(14)
+    draw.text((layout.gap, 4), STRIP_LEGEND, fill=(40, 40, 40), font=font)
+    counts = trace.token_counts()[1:]
+    for l in range(trace.num_layers):
+        x, y = layout.x(l), layout.y(l)
+        sheet.paste(cluster_picture(tile, patch_groups(trace, l, token), max_side=None), (x, y))
+        text = f"L{l + 1} · {counts[l]} tokens · {merged_group_count(trace, l)} merged"
+        draw.text((x + 2, y - layout.caption + 2), text, fill=(0, 0, 0), font=font)
+        if current == l:
+            draw.rectangle((x - 3, y - 3, x + layout.tile_w + 2, y + layout.tile_h + 2), outline=(20, 20, 20), width=2)
+    return sheet
+
+
+def strip_token_at(layout: StripLayout, trace: Trace, x: float, y: float) -> tuple[int, int] | None:
+    """The (layer, input token) under pixel ``(x, y)`` of a strip, or None between tiles."""
+    for l in range(layout.num_tiles):
+        tx, ty = x - layout.x(l), y - layout.y(l)
+        if 0 <= tx < layout.tile_w and 0 <= ty < layout.tile_h:
+            return l, token_at(trace, tx / layout.tile_w, ty / layout.tile_h)
+    return None
+
+
+def token_at(trace: Trace, fx: float, fy: float) -> int:
+    """The input token of the patch at fraction ``(fx, fy)`` (0..1) of the picture's width and height."""
+    rows, cols = (int(v) for v in trace.meta["patch_grid"])
+    row = min(max(int(fy * rows), 0), rows - 1)
+    col = min(max(int(fx * cols), 0), cols - 1)
+    return int(trace.meta.get("num_protected", 1)) + row * cols + col
+
+
+def patch_name(trace: Trace, token: int) -> str:
+    """``"patch (row, col)"`` (1-based) of an input token; protected tokens are named as such."""
+    protected = int(trace.meta.get("num_protected", 1))
+    if token < protected:
+        return "CLS" if token == 0 else f"protected token {token}"
+    cols = int(trace.meta["patch_grid"][1])
+    row, col = divmod(token - protected, cols)
+    return f"patch ({row + 1}, {col + 1})"
+
+
+def animation_frames(image: Image.Image, trace: Trace, max_side: int = 448) -> list[Image.Image]:
+    """``num_layers + 1`` frames: the input (every patch alone), then the cluster picture after each
+    layer, each under a band saying the layer, the tokens left and the merged groups."""
+    base = display_image(image, max_side)
+    font = caption_font(16)
+    band = 28
+    counts = trace.token_counts()
+    frames = []
+    for l in range(-1, trace.num_layers):
+        picture = cluster_picture(base, patch_groups(trace, l), max_side=None)
+        frame = Image.new("RGB", (picture.width, picture.height + band), (255, 255, 255))
+        frame.paste(picture, (0, band))
+        if l < 0:
+            text = f"input · {counts[0]} tokens"
+        else:
+            text = f"after layer {l + 1} of {trace.num_layers} · {counts[l + 1]} tokens · {merged_group_count(trace, l)} merged groups"
+        ImageDraw.Draw(frame).text((6, 5), text, fill=(0, 0, 0), font=font)
+        frames.append(frame)
+    return frames
+
+
+def save_animation(frames: Sequence[Image.Image], path, frame_ms: int = 700, last_ms: int = 2000):
+    """Write ``frames`` as a looping animated GIF at ``path``; returns the path. Every frame is kept
+    (consecutive frames differ at least in their caption)."""
+    durations = [frame_ms] * (len(frames) - 1) + [last_ms]
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=durations, loop=0, optimize=False)
+    return path

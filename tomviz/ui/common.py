@@ -62,10 +62,6 @@ class PromptBox(gr.Textbox):
 
     is_template = True
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("max_length", MAX_PROMPT_CHARS)
-        super().__init__(*args, **kwargs)
-
     def preprocess(self, payload: str | None) -> str | None:
         text = super().preprocess(payload)
         if text is not None and len(text) > MAX_PROMPT_CHARS:

@@ -13,6 +13,8 @@ from tomviz.ui.bench_tab import build_bench_tab
 from tomviz.ui.compare_tab import build_compare_tab
 from tomviz.ui.image_tab import build_image_tab
 from tomviz.ui.scores_tab import build_scores_tab
+from tomviz.ui.common import APP_CSS
+from tomviz.ui.share import selected_tab
 from tomviz.ui.text_tab import build_text_tab
 from tomviz.ui.vlm_tab import build_vlm_tab
 
@@ -37,6 +39,7 @@ QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
 DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1
 MAX_FILE_SIZE_MB = 25  # uploads above this are refused before they are written (a 50-megapixel phone JPEG fits)
 MAX_SESSIONS = 200  # visitors whose state is kept at once (least recently active dropped first)
+MEMORY_TRIM_S = 5.0  # free heap pages are returned to the system this often (configure_memory)
 # Files Gradio cached for this app (uploads, pictures sent back) are deleted once older than this; checked a third as often.
 CACHE_TTL_S = int(os.environ.get("TOMVIZ_CACHE_TTL_S", 900))
 
@@ -44,7 +47,7 @@ CACHE_TTL_S = int(os.environ.get("TOMVIZ_CACHE_TTL_S", 900))
 def build_app() -> gr.Blocks:
     with gr.Blocks(title=TITLE, delete_cache=(max(1, CACHE_TTL_S // 3), CACHE_TTL_S)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Image", id="image"):
                 build_image_tab(demo)
             with gr.Tab("Text", id="text"):
@@ -52,6 +55,7 @@ def build_app() -> gr.Blocks:
             for title, builder in EXTRA_TABS:
                 with gr.Tab(title):
                     builder()
+        demo.load(selected_tab, None, tabs, queue=False, show_progress="hidden")  # a shared link names its tab
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
     return demo
 
@@ -72,11 +76,40 @@ def launch_options() -> dict:
     """What ``demo.launch`` gets besides the address (the tests launch with the same options)."""
     return dict(max_file_size=f"{MAX_FILE_SIZE_MB}mb", state_session_capacity=MAX_SESSIONS, show_error=True,
                 run_history=False,  # no per-run records, no Hub bucket a visitor could connect
-                theme=gr.themes.Soft())
+                theme=gr.themes.Soft(), css=APP_CSS)
+
+
+def configure_memory() -> None:
+    """Keep the server's memory flat under many visitors (glibc only; elsewhere nothing to do).
+
+    Gradio runs handlers in a pool of worker threads, and glibc gives each thread that allocates its own
+    malloc arena; the tensors freed there stay mapped, so the RSS creeps up with every thread that has run a
+    model (bench_soak.py: +22 % over 400 requests). Two arenas, and returning free pages to the system every
+    few seconds (``malloc_trim``), keep it flat. ``MALLOC_ARENA_MAX`` in the environment takes precedence."""
+    import ctypes
+    import ctypes.util
+    import threading
+    import time
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(MEMORY_TRIM_S)
+            trim(0)
+
+    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
 
 
 if __name__ == "__main__":
     configure_torch_threads()
+    configure_memory()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         server_port=int(os.environ.get("PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))),

@@ -159,7 +159,8 @@ def expect(condition: bool, message: str) -> None:
         raise Mismatch(message)
 
 
-def soak(sessions: int = 8, requests: int = 400, ttl_s: int = 60, seed: int = 0) -> dict[str, Any]:
+def soak(sessions: int = 8, requests: int = 400, ttl_s: int = 60, seed: int = 0,
+         warmup_per_session: int = WARMUP_PER_SESSION) -> dict[str, Any]:
     """Run the soak against a freshly started app; returns the figures (see the module docstring)."""
     work = Path(tempfile.mkdtemp(prefix="tomviz-soak-"))
     gradio_tmp, tmp = work / "gradio", work / "tmp"
@@ -188,7 +189,7 @@ def soak(sessions: int = 8, requests: int = 400, ttl_s: int = 60, seed: int = 0)
             warm.step(kind)
         visitors = [Visitor(url, seed=seed + 1 + i, bad_file=str(bad_file)) for i in range(sessions)]
         errors: list[str] = []
-        concurrently(visitors, [WARMUP_PER_SESSION] * sessions, errors)  # the server's threads and buffers at full use
+        concurrently(visitors, [warmup_per_session] * sessions, errors)  # the server's threads and buffers at full use
         for v in visitors:
             v.times.clear()
         rss_warm, disk_warm = rss_bytes(proc.pid), tree_bytes(gradio_tmp, tmp)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from tomviz.merge import get_method
@@ -12,8 +11,9 @@ from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.models import patching
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.models.vlm import LoadedVLM
-from tomviz.vlm import VLMResult, inspect_vlm
+from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.trace import Trace
+from tomviz.vlm import VLMResult, inspect_vlm
 
 
 @dataclass
@@ -27,19 +27,17 @@ class InspectResult:
     config: MergeConfig
     state: MergeState  # final sizes/valid of the last layer; per-block hidden states when config.keep_hidden
 
-    def banzhaf(self, layer: int, samples: int = 512, exact: bool = False, seed: int = 0, target: Any = None):
+    def banzhaf(self, layer: int, samples: int = 512, exact: bool = False, seed: int = 0, target: Any = None) -> BanzhafResult:
         """Banzhaf values and interactions of the groups after ``layer``.
 
-        Returns a :class:`tomviz.scores.banzhaf.BanzhafResult`: ``.values [n]``, ``.stderr [n]``,
+        Returns a :class:`~tomviz.scores.banzhaf.BanzhafResult`: ``.values [n]``, ``.stderr [n]``,
         ``.interactions [n, n]``, ``.players`` (group ids), ``.target``; ``.to_tokens()`` /
         ``.to_grid()`` map the values back to input tokens / patches. See :func:`tomviz.scores.banzhaf.banzhaf`.
         """
-        from tomviz.scores.banzhaf import banzhaf
-
         result = self
         if not self.state.hidden:  # not inspected with keep_hidden=True: run the same forward once more, keeping them
             config = replace(self.config, keep_hidden=True)
-            outputs, state = run(self.model, self.inputs, config)
+            outputs, state = self.model.run(self.inputs, config)
             result = replace(self, outputs=outputs, state=state, config=config)
         return banzhaf(result, layer, samples=samples, exact=exact, seed=seed, target=target)
 
@@ -59,18 +57,8 @@ def run(
     config: MergeConfig,
     **model_kwargs: Any,
 ) -> tuple[Any, MergeState]:
-    """One forward pass of a loaded model under ``config``; returns (outputs, state).
-
-    ``state.trace()`` is the trace (when ``config.trace``); ``state.sizes``/``state.valid``
-    describe the output tokens; ``model_kwargs`` go to the model (e.g. CLIP's ``input_ids``).
-    """
-    meta = {"model": model.name, **inputs.meta}
-    with torch.inference_mode(), patching.new_state(model.model, config, meta) as state:
-        module = model.model
-        if model.clip_text and "input_ids" not in model_kwargs:
-            module = model.backbone  # a CLIPModel given only an image: run its image tower
-        outputs = module(**inputs.tensors, **model_kwargs)
-    return outputs, state
+    """One forward pass of a loaded model under ``config``; returns (outputs, state). See :meth:`LoadedModel.run`."""
+    return model.run(inputs, config, **model_kwargs)
 
 
 def inspect(
@@ -115,7 +103,7 @@ def inspect(
         cls_attention_heads=cls_attention_heads, full_attention=full_attention, keep_hidden=keep_hidden,
     )
     config.extra = inputs.method_extra()
-    outputs, state = run(loaded, inputs, config)
+    outputs, state = loaded.run(inputs, config)
     return InspectResult(trace=state.trace(), outputs=outputs, model=loaded, inputs=inputs, config=config, state=state)
 
 

@@ -56,8 +56,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import tomviz
-    from tomviz.api import run
-    from tomviz.merge import get_method
     from tomviz.merge.engine import MergeConfig
     from tomviz.fidelity import cosine, final_embedding, final_sizes_of
 
@@ -75,7 +73,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     trace.save(out / "trace.json")
     trace.save(out / "trace.npz")
     text = loaded.modality == "text"
-    base = run(loaded, result.inputs, MergeConfig(method=get_method("tome"), r=0))[0]
+    base = loaded.run(result.inputs, MergeConfig.unmerged())[0]
     merged_embedding, _ = final_embedding(result.outputs, loaded.modality, final_sizes_of(result.state))
     similarity = cosine(merged_embedding, final_embedding(base, loaded.modality)[0])
     stats: dict[str, Any] = {

@@ -47,13 +47,11 @@ def model_widths(config: Any) -> tuple[int, int]:
 
 def timed_run(loaded: Any, inputs: Any, config: MergeConfig) -> tuple[Any, Any, float]:
     """One forward under ``config`` (traced or not): ``(outputs, state, seconds)``."""
-    from tomviz.api import run
-
     cuda = loaded.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    outputs, state = run(loaded, inputs, config)
+    outputs, state = loaded.run(inputs, config)
     if cuda:
         torch.cuda.synchronize()
     return outputs, state, time.perf_counter() - start

@@ -62,7 +62,7 @@ def sweep(
             method=get_method(method, **options), ratio=ratio, mode=mode, prop_attn=prop_attn, extra=dict(extra)
         )
 
-    base_config = config("tome", 0.0)
+    base_config = MergeConfig.unmerged(extra=dict(extra))
     base = measured_forward(loaded, inputs, base_config)
     tokens_in = base.tokens_in
     base_latency = measure_latency(loaded, inputs, base_config, runs=runs, warmup=warmup)

@@ -38,6 +38,7 @@ from tomviz.merge.visual import FastV, VisualTokens, get_visual_method, group_si
 from tomviz.models import llm, patching
 from tomviz.models.preprocess import load_image
 from tomviz.models.vlm import LoadedVLM, encoder_state
+from tomviz.scores.estimate import banzhaf_game
 from tomviz.trace import LayerTrace, Trace
 
 PLACES = ("none", "encoder", "boundary", "llm")
@@ -139,8 +140,6 @@ class VLMResult:
         ``self.stages["boundary"].spread(values, -1)`` puts them back on the visual tokens.
         ``progress(fraction, message)`` is called as the coalitions are evaluated.
         """
-        from tomviz.scores.estimate import banzhaf_game
-
         loaded, prefill = self.model, self._prefill
         answer = self._reference_tokens or [int(loaded.tokenizer.eos_token_id or 0)]
         ids = torch.tensor([answer], device=prefill.embeds.device)

@@ -106,7 +106,7 @@ def test_batch_equals_batch_of_one_on_a_vit(tiny_vit):
 
 
 def test_dymu_calibration_step_by_hand():
-    from tomviz.merge.calibrate import DyMUCalibration
+    from tomviz.tools.calibrate_dtome import DyMUCalibration
 
     metric = torch.cat([METRIC, OTHER])  # proposals: image 0: 0.8, 0.6; image 1: 0.8, 0.30
     cal = DyMUCalibration()
@@ -118,14 +118,14 @@ def test_dymu_calibration_step_by_hand():
 
 
 def test_dymu_running_mean():
-    from tomviz.merge.calibrate import running_threshold
+    from tomviz.tools.calibrate_dtome import running_threshold
 
     assert running_threshold([0.5, 0.7, 0.9]) == pytest.approx(0.7)  # 0.5, then (0.5 + 0.7) / 2, then (0.6·2 + 0.9) / 3
     assert running_threshold([]) == 1.0  # DyMU's "no merging"
 
 
 def test_dymu_calibration_on_one_batch_merges_r_per_image_on_average(tiny_vit):
-    from tomviz.merge.calibrate import calibrate_thresholds_dymu
+    from tomviz.tools.calibrate_dtome import calibrate_thresholds_dymu
 
     torch.manual_seed(4)
     images = [torch.randn(1, 3, 32, 32) for _ in range(4)]

@@ -7,7 +7,7 @@ import torch
 
 import tomviz
 from tomviz.scores import attention
-from tomviz.scores.banzhaf import model_game
+from tomviz.scores.game import model_game
 from tomviz.scores.hbi import Words, hbi
 
 R = [3, 3, 0, 0]  # 17 → 14 → 11 tokens, then no merging: 10 groups play after layer 1

@@ -18,6 +18,7 @@ from tomviz.bench.inputs import Item, label_id
 from tomviz.bench.results import COLUMNS
 from tomviz.bench.spec import BenchSpec, Setting, Shard
 from tomviz.measure import Forward, SettingMetrics, compare, measured_forward
+from tomviz.merge.engine import MergeConfig
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 
 Row = dict[str, Any]
@@ -57,7 +58,7 @@ class ShardWorker:
             ready.append((item, prepared, target, label_error))
         for batch in self._batches(ready):
             inputs = _stack([p for _, p, _, _ in batch])
-            base_config = Setting("tome", r=0).config(extra=inputs.method_extra())
+            base_config = MergeConfig.unmerged(extra=inputs.method_extra())
             if not self._warm:  # the first forward in a process pays one-off costs: not timed
                 measured_forward(self.loaded, inputs, base_config)
                 self._warm = True

@@ -32,8 +32,8 @@ Thresholds, first match wins:
 * ``thresholds=[τ_0, ..., τ_{L-1}]``: one per layer;
 * ``threshold=τ``: the same for every layer;
 * otherwise the calibration shipped in ``tomviz/merge/data/dtome_thresholds.json``
-  (made by :mod:`tomviz.merge.calibrate` for ``dinov2-small`` on the example photos with
-  tomviz's rule; DyMU's own rule is :func:`tomviz.merge.calibrate.calibrate_thresholds_dymu`):
+  (made by :mod:`tomviz.tools.calibrate_dtome` for ``dinov2-small`` on the example photos with
+  tomviz's rule; DyMU's own rule is :func:`tomviz.tools.calibrate_dtome.calibrate_thresholds_dymu`):
   per layer, the threshold under which the photos merged on average the schedule's
   ``r`` at that layer, interpolated between the calibrated constant schedules.
 
@@ -75,7 +75,7 @@ DEFAULT_CALIBRATION = Path(__file__).parent / "data" / "dtome_thresholds.json"
 
 @lru_cache(maxsize=8)
 def load_calibration(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(r_grid [G], thresholds [G, L])`` from a calibration JSON (see :mod:`tomviz.merge.calibrate`)."""
+    """``(r_grid [G], thresholds [G, L])`` from a calibration JSON (see :mod:`tomviz.tools.calibrate_dtome`)."""
     data = json.loads(Path(path).read_text())
     return np.asarray(data["r"], dtype=np.float64), np.asarray(data["thresholds"], dtype=np.float64)
 

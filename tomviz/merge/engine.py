@@ -12,7 +12,7 @@ app users) never see each other's schedule or trace.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.schedule import resolve_schedule
+from tomviz.merge.tome import ToMe
 from tomviz.trace import LayerTrace, Trace
 
 
@@ -40,6 +41,17 @@ class MergeConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # per-input side information for methods
     keep_hidden: bool = False  # keep every block's output tokens and sizes (for scores that resume a forward)
     resume: "Resume | None" = None  # start after a layer from stored tokens (see Resume)
+
+    @classmethod
+    def unmerged(cls, like: "MergeConfig | None" = None, **fields: Any) -> "MergeConfig":
+        """The reference run: nothing removed (``r=0``), no trace, nothing kept or resumed.
+
+        ``like``: keep its method, flags and ``extra`` (without it the method is ToMe, which does
+        nothing at ``r=0``); ``fields`` set any other field.
+        """
+        if like is None:
+            return cls(method=ToMe(), r=0, **fields)
+        return replace(like, r=0, ratio=None, trace=False, keep_hidden=False, resume=None, **fields)
 
 
 @dataclass

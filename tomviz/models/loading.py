@@ -14,14 +14,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from tomviz.models import hub
+from tomviz.merge.engine import MergeConfig, MergeState
+from tomviz.models import hub, smolvlm, weights
 from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
-from tomviz.models.patching import Adapter, apply, find_adapter
+from tomviz.models.patching import Adapter, apply, find_adapter, new_state
 from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
 from tomviz.models.vlm import wrap as wrap_vlm
 from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
@@ -93,6 +94,24 @@ class LoadedModel:
         if self.adapter.family == "bert" and getattr(self.backbone.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # RoBERTa position ids start after the padding index
         return int(min(limit, getattr(self.tokenizer, "model_max_length", limit) or limit))
+
+    def run(
+        self, inputs: PreparedInput, config: MergeConfig, forward: Callable[..., Any] | None = None, **model_kwargs: Any,
+    ) -> tuple[Any, MergeState]:
+        """One forward pass under ``config``; returns (outputs, state).
+
+        ``state.trace()`` is the trace (when ``config.trace``); ``state.sizes``/``state.valid``
+        describe the output tokens; ``model_kwargs`` go to the model (e.g. CLIP's ``input_ids``).
+        ``forward`` replaces the model's own call (e.g. ``get_image_features``); it gets
+        ``**inputs.tensors, **model_kwargs``.
+        """
+        meta = {"model": self.name, **inputs.meta}
+        with torch.inference_mode(), new_state(self.model, config, meta) as state:
+            if forward is None:
+                # a CLIPModel given only an image: run its image tower
+                forward = self.backbone if self.clip_text and "input_ids" not in model_kwargs else self.model
+            outputs = forward(**inputs.tensors, **model_kwargs)
+        return outputs, state
 
     def prepare(self, x: Any) -> PreparedInput:
         """A PIL image / path / bytes / array, a string, or ready tensors → model inputs."""
@@ -230,8 +249,6 @@ def _wrap(name: str, model: nn.Module, image_spec: ImageSpec | None = None, toke
 def _load_uncached(source: ModelSource, device: torch.device) -> LoadedModel:
     from transformers.utils import logging as tf_logging
 
-    from tomviz.models import weights
-
     tf_logging.disable_progress_bar()  # "Loading weights" bars would fill the app's log on every load
 
     if source.ref == "dinov2-small":
@@ -282,8 +299,6 @@ def _load_vlm(name: str, folder: Path, device: torch.device) -> LoadedVLM:
     """A SmolVLM / Idefics3 / LLaVA folder and its processor (fp16 on CUDA; never ``trust_remote_code``)."""
     import transformers as tf
 
-    from tomviz.models.vlm import load_processor
-
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
         model = tf.AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
@@ -291,6 +306,20 @@ def _load_vlm(name: str, folder: Path, device: torch.device) -> LoadedVLM:
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {name!r}: {hub.first_line(err)}") from err
     return wrap_vlm(name, model.to(device).eval(), processor)
+
+
+def load_processor(folder: Path) -> Any:
+    """The transformers processor of a VLM folder. SmolVLM's needs torchvision (for videos); without it,
+    an image-only SmolVLM processor is built from the same files."""
+    import transformers as tf
+
+    try:
+        return tf.AutoProcessor.from_pretrained(folder)
+    except Exception:  # noqa: BLE001 - retried below for SmolVLM; otherwise raised again
+        config = tf.AutoConfig.from_pretrained(folder)
+        if config.model_type != "smolvlm":
+            raise
+    return smolvlm.processor_from_files(Path(folder), config)
 
 
 def _image_spec(folder: Path) -> ImageSpec | None:

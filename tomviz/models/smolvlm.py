@@ -8,6 +8,10 @@ after the encoder (``unmerge=True``).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
@@ -63,3 +67,19 @@ def processor_without_video(image_processor, tokenizer, image_seq_len: int, chat
 
     return ImageOnlySmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                                      image_seq_len=image_seq_len, chat_template=chat_template)
+
+
+def processor_from_files(folder: Path, config: Any) -> Any:
+    """An image-only SmolVLM processor built from a folder's files (``config``: its transformers config)."""
+    import transformers as tf
+
+    settings = json.loads((folder / "processor_config.json").read_text()) if (folder / "processor_config.json").exists() else {}
+    template = None
+    if (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text()
+    elif (folder / "chat_template.json").exists():
+        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    vision = config.vision_config
+    seq_len = settings.get("image_seq_len") or (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
+    return processor_without_video(tf.AutoImageProcessor.from_pretrained(folder), tf.AutoTokenizer.from_pretrained(folder),
+                                   int(seq_len), template)

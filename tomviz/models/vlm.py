@@ -183,32 +183,3 @@ def encoder_state(loaded: LoadedVLM, config: Any, meta: dict[str, Any], unmerge:
     )
     state.unmerge = unmerge
     return state
-
-
-def load_processor(folder: Any) -> Any:
-    """The transformers processor of a VLM folder. SmolVLM's needs torchvision (for videos); without it,
-    an image-only SmolVLM processor is built from the same files."""
-    import json
-    from pathlib import Path
-
-    import transformers as tf
-
-    try:
-        return tf.AutoProcessor.from_pretrained(folder)
-    except Exception:  # noqa: BLE001 - retried below for SmolVLM; otherwise raised again
-        config = tf.AutoConfig.from_pretrained(folder)
-        if config.model_type != "smolvlm":
-            raise
-    from tomviz.models.smolvlm import processor_without_video
-
-    folder = Path(folder)
-    settings = json.loads((folder / "processor_config.json").read_text()) if (folder / "processor_config.json").exists() else {}
-    template = None
-    if (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text()
-    elif (folder / "chat_template.json").exists():
-        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
-    vision = config.vision_config
-    seq_len = settings.get("image_seq_len") or (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
-    return processor_without_video(tf.AutoImageProcessor.from_pretrained(folder), tf.AutoTokenizer.from_pretrained(folder),
-                                   int(seq_len), template)

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
 from tomviz.render.overlay import display_image, heatmap_overlay, patch_labels
-from tomviz.render.text import display_pieces
+from tomviz.render.text import display_pieces, group_names
 from tomviz.trace import Trace
 
 POSITIVE = (200, 40, 40)  # interactions / values above zero
@@ -58,8 +58,6 @@ def token_values(tokens: Sequence[str], values: np.ndarray) -> list[tuple[str, f
 def group_labels(trace: Trace, layer: int, players: np.ndarray) -> list[str]:
     """Player labels: the member tokens for text (``"g3: the · dog"``), ``"g3 (5 patches)"`` for images."""
     if trace.meta.get("tokens") and not trace.meta.get("patch_grid"):
-        from tomviz.render.text import group_names
-
         names = group_names(trace, layer, max_chars=28)
         return [names[int(g)] for g in players]
     sizes = trace.sizes(layer)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tomviz.scores.banzhaf import patch_grid_values
 from tomviz.trace import Trace
 
 
@@ -28,32 +27,25 @@ def cls_attention(trace: Trace, layer: int, head: int | None = None) -> np.ndarr
     return lt.cls_attention_heads[head]
 
 
-def _entering_sizes(trace: Trace, layer: int) -> np.ndarray:
-    """``[N_in]`` sizes of the tokens entering ``layer``."""
-    if layer == 0:
-        return np.ones(trace.num_input_tokens, dtype=np.float32)
-    return trace.sizes(layer - 1)
-
-
 def cls_attention_to_input(trace: Trace, layer: int, head: int | None = None, share: bool = True) -> np.ndarray:
     """``[N0]``: layer ``layer``'s CLS attention spread to the input tokens through the groups
     entering it (``share``: each member gets attention / group size). Pruned tokens: nan."""
     layer = layer % trace.num_layers
     attn = np.asarray(cls_attention(trace, layer, head), dtype=np.float32)  # [N_in]
     if share:
-        attn = attn / _entering_sizes(trace, layer)
+        attn = attn / trace.sizes_entering(layer)
     return trace.spread(attn, layer, entering=True)
 
 
 def cls_attention_grid(trace: Trace, layer: int, head: int | None = None, share: bool = True) -> np.ndarray:
     """``[rows, cols]``: :func:`cls_attention_to_input` over the patch grid (image models)."""
-    return patch_grid_values(trace, cls_attention_to_input(trace, layer, head, share))
+    return trace.on_patch_grid(cls_attention_to_input(trace, layer, head, share)).astype(np.float32)
 
 
 def _merge_matrix(trace: Trace, layer: int) -> np.ndarray:
     """``[N_l, N_in]``: token after ``layer`` = size-weighted mean of the tokens entering it."""
     before, after = trace.groups_entering(layer), trace.groups(layer)  # [N0] each
-    sizes_in = _entering_sizes(trace, layer)
+    sizes_in = trace.sizes_entering(layer)
     num_in = trace.layers[layer].num_tokens_in
     m = np.zeros((trace.layers[layer].num_tokens, num_in), dtype=np.float64)
     keep = (before >= 0) & (after >= 0)
@@ -89,4 +81,4 @@ def rollout_to_input(trace: Trace, last: int | None = None, residual: float = 0.
 
 def rollout_grid(trace: Trace, last: int | None = None, residual: float = 0.5) -> np.ndarray:
     """``[rows, cols]``: :func:`rollout_to_input` over the patches (protected tokens dropped)."""
-    return patch_grid_values(trace, rollout_to_input(trace, last, residual))
+    return trace.on_patch_grid(rollout_to_input(trace, last, residual)).astype(np.float32)

@@ -11,27 +11,15 @@ regions and words count *together*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from tomviz.scores.banzhaf import (
-    check_not_last,
-    chunk_size,
-    clip_image_forward,
-    patch_grid_values,
-    players_at,
-    players_per_group,
-    pooled,
-    resume_batches,
-    top_pairs,
-)
+from tomviz.scores.banzhaf import GroupScores, top_pairs
 from tomviz.scores.estimate import Progress, banzhaf_game
-from tomviz.trace import Trace
-
-if TYPE_CHECKING:
-    from tomviz.api import InspectResult
+from tomviz.scores.game import check_not_last, chunk_size, players_at, resume_batches
+from tomviz.scores.targets import Inspected, clip_image_forward, pooled
 
 
 @dataclass
@@ -82,22 +70,12 @@ def split_words(tokenizer: Any, text: str) -> Words:
 
 
 @dataclass
-class HBIResult:
-    """Banzhaf values of image groups and words in one game (n = n_img + n_w players)."""
+class HBIResult(GroupScores):
+    """Banzhaf values of image groups and words in one game (n = n_img + n_w players): ``values [n]``,
+    image groups first, then words; ``empty_value`` is the similarity with no group and no word present."""
 
-    values: np.ndarray  # [n]: image groups first, then words
-    stderr: np.ndarray  # [n]
-    interactions: np.ndarray  # [n, n]
-    interactions_stderr: np.ndarray  # [n, n]
     groups: np.ndarray  # [n_img] group ids at ``layer``
     words: list[str]  # [n_w]
-    target: str
-    layer: int
-    samples: int
-    exact: bool
-    empty_value: float  # similarity with no group and no word present
-    full_value: float
-    trace: Trace
 
     @property
     def num_groups(self) -> int:
@@ -123,8 +101,8 @@ class HBIResult:
     def group_grid(self, values: np.ndarray | None = None) -> np.ndarray:
         """``[rows, cols]``: per-group values (default: the groups' Banzhaf values) over the patches."""
         values = self.group_values if values is None else values
-        per_group = players_per_group(self.trace, self.layer, self.groups, values)  # [N_l]
-        return patch_grid_values(self.trace, self.trace.spread(per_group, self.layer))
+        per_group = self.trace.per_group(self.layer, self.groups, values)  # [N_l]
+        return self.trace.on_patch_grid(self.trace.spread(per_group, self.layer)).astype(np.float32)
 
     def top_pairs(self, k: int = 10) -> list[tuple[int, int, float]]:
         """Strongest group × word interactions: (group player index, word index, interaction)."""
@@ -138,7 +116,7 @@ class HBIResult:
 
 
 def hbi(
-    result: "InspectResult",
+    result: Inspected,
     text: str | Words,
     layer: int,
     samples: int = 512,
@@ -179,12 +157,7 @@ def hbi(
     est = banzhaf_game(
         value, n_img + n_w, samples=samples, exact=exact, seed=seed, chunk=chunk_size(result, layer), progress=progress
     )
-    return HBIResult(
-        values=est.values, stderr=est.stderr, interactions=est.interactions,
-        interactions_stderr=est.interactions_stderr, groups=groups, words=words.words, target=what,
-        layer=layer, samples=est.samples, exact=est.exact, empty_value=est.empty_value,
-        full_value=est.full_value, trace=result.trace,
-    )
+    return HBIResult.from_estimate(est, target=what, layer=layer, trace=result.trace, groups=groups, words=words.words)
 
 
 def _no_tokenizer(loaded: Any) -> Any:

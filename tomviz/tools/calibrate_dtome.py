@@ -10,7 +10,7 @@ Each layer's thresholds are then made non-increasing in r (a running minimum ove
 r grid; the raw values can rise by a few thousandths when earlier layers merged more),
 so asking for more merging never raises a threshold.
 
-Run ``python -m tomviz.merge.calibrate`` to rebuild the shipped table
+Run ``python -m tomviz.tools.calibrate_dtome`` to rebuild the shipped table
 (``dinov2-small``, the photos in ``assets/``, constant schedules ``r = 2, 4, ..., 18``).
 
 DyMU's own rule is :func:`calibrate_thresholds_dymu` (``ToMEBlock`` with
@@ -30,7 +30,6 @@ from typing import Any, Sequence
 
 import torch
 
-from tomviz.api import run
 from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
 from tomviz.merge.dtome import DEFAULT_CALIBRATION, DToMe, dymu_proposals, plan_from_merging, proposal_scores
 from tomviz.merge.engine import MergeConfig
@@ -79,7 +78,7 @@ def calibrate_thresholds(model: str | LoadedModel, images: Sequence[Any], r_per_
         pooled = []
         for inputs in prepared:
             recorder = _RecordingDToMe(thresholds + [math.inf] * (num_layers - layer), record_layer=layer)
-            run(loaded, inputs, MergeConfig(method=recorder, r=[1] * num_layers))
+            loaded.run(inputs, MergeConfig(method=recorder, r=[1] * num_layers))
             pooled.append(recorder.recorded)
         scores = torch.cat(pooled).sort(descending=True).values
         wanted = min(int(target) * len(prepared), scores.numel())
@@ -155,7 +154,7 @@ def calibrate_thresholds_dymu(
             tensors = {k: torch.cat([p.tensors[k] for p in chunk]) for k in keys}
         except RuntimeError as err:
             raise ValueError(f"calibrate_thresholds_dymu needs inputs of one size: {err}") from err
-        run(loaded, PreparedInput(tensors=tensors, meta=dict(chunk[0].meta)), MergeConfig(method=method, r=list(r_per_layer)))
+        loaded.run(PreparedInput(tensors=tensors, meta=dict(chunk[0].meta)), MergeConfig(method=method, r=list(r_per_layer)))
     return [running_threshold(method.recorded.get(layer, [])) for layer in range(loaded.num_layers)]
 
 

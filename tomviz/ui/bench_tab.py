@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from tomviz.bench.results import read_rows, read_summary, summarise
-from tomviz.render.bench import X_METRICS, Y_METRICS, available_metrics, pareto_figure, table_rows
+from tomviz.render.bench import TABLE_COLUMNS, X_METRICS, Y_METRICS, available_metrics, pareto_figure, table_rows
 from tomviz.ui.common import session_state, user_errors
 
 MAX_RESULTS_BYTES = 32 * 1024 * 1024  # uploads larger than this are refused
@@ -95,8 +95,6 @@ def redraw(summary: list[dict[str, Any]] | None, y: str, x: str):
 
 def build_bench_tab() -> None:
     """Lay out the Benchmark tab inside the current ``gr.Tab`` and wire its events."""
-    from tomviz.render.bench import TABLE_COLUMNS
-
     summary = session_state()
     gr.Markdown("Open the results of `python -m tomviz bench` (its `summary.json`, or `results.parquet` up to "
                 f"{MAX_ROWS:,} rows) to see fidelity or accuracy against speed-up, one line per method, with the "

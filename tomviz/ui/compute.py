@@ -143,16 +143,12 @@ def input_key(loaded: Any, tensors: dict[str, torch.Tensor]) -> str:
 
 def make_reference(loaded: Any, inputs: Any, key: str) -> Reference:
     """Run the unmerged model (r=0): embedding, top labels and first timings."""
-    config = unmerged_config()
+    config = MergeConfig.unmerged()
     outputs, _, seconds = timed_run(loaded, inputs, config)
     samples = [seconds] + measure_latencies(loaded, inputs, config, runs=FIRST_RUNS - 1)
     embedding, name = final_embedding(outputs, loaded.modality)
     return Reference(key=key, embedding=embedding, embedding_name=name, top_labels=top_labels(outputs, loaded.labels),
                      unmerged_samples=samples, unmerged_measured_at=time.monotonic())
-
-
-def unmerged_config() -> MergeConfig:
-    return MergeConfig(method=get_method("tome"), r=0, trace=False)
 
 
 @gpu
@@ -174,7 +170,7 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
     else:
         reference = deepcopy(reference)  # never mutate what the previous state holds
         if time.monotonic() - reference.unmerged_measured_at > BASELINE_REFRESH_S:  # follow the machine's load
-            fresh = measure_latencies(loaded, inputs, unmerged_config(), runs=1)
+            fresh = measure_latencies(loaded, inputs, MergeConfig.unmerged(), runs=1)
             reference.unmerged_samples = reference.add(reference.unmerged_samples, fresh)
             reference.unmerged_measured_at = time.monotonic()
     # The traced forward is also the merged timing sample: tracing costs 0-8 % (BENCHMARKS.md), so the

@@ -130,7 +130,7 @@ class StripLayout:
     tile_h: int
     gap: int = 6
     caption: int = 20
-    header: int = 24
+    header: int = 44  # the legend, below the space gr.Image's label covers
 
     @property
     def size(self) -> tuple[int, int]:
@@ -164,7 +164,7 @@ def layer_strip_picture(image: Image.Image, trace: Trace, token: int | None = No
     sheet = Image.new("RGB", layout.size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     font = caption_font(14)
-    draw.text((layout.gap, 4), STRIP_LEGEND, fill=(40, 40, 40), font=font)
+    draw.text((layout.gap, 24), STRIP_LEGEND, fill=(40, 40, 40), font=font)
     counts = trace.token_counts()[1:]
     for l in range(trace.num_layers):
         x, y = layout.x(l), layout.y(l)

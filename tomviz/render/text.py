@@ -24,11 +24,17 @@ def display_pieces(tokens: list[str]) -> list[str]:
 
 
 def _members(tokens: list[str], groups: np.ndarray) -> dict[int, list[str]]:
-    """Group id → its input tokens, in input order (pruned tokens left out)."""
+    """Group id → its input tokens, in input order (pruned tokens left out); consecutive word pieces of one
+    word in the same group read as that word ("token" + "##s" → "tokens")."""
     members: dict[int, list[str]] = {}
     for idx, g in enumerate(groups):
-        if g >= 0:
-            members.setdefault(int(g), []).append(tokens[idx])
+        if g < 0:
+            continue
+        words = members.setdefault(int(g), [])
+        if tokens[idx].startswith("##") and idx > 0 and groups[idx - 1] == g and words:
+            words[-1] += tokens[idx][2:]  # a word piece right after its word's start, in the same group: one word
+        else:
+            words.append(tokens[idx])
     return members
 
 
@@ -46,9 +52,13 @@ def group_names(trace: Trace, layer: int, entering: bool = False, max_chars: int
     return names
 
 
-def token_highlights(trace: Trace, layer: int) -> list[tuple[str, str | None]]:
+SELECTED_LABEL = "selected group"
+
+
+def token_highlights(trace: Trace, layer: int, token: int | None = None) -> list[tuple[str, str | None]]:
     """``[(text, label)]`` for every input token (gr.HighlightedText's value): tokens that share a
-    merged group share a label ``"group g (n tokens)"``; tokens still alone get no label."""
+    merged group share a label ``"group g (n tokens)"``; tokens still alone get no label. With ``token``
+    (an input token index), its group is labelled ``SELECTED_LABEL`` and the other groups are unlabelled."""
     tokens = trace.meta["tokens"]
     groups = trace.groups(layer)  # [N0]
     sizes = trace.sizes(layer)  # [N_l]
@@ -56,6 +66,8 @@ def token_highlights(trace: Trace, layer: int) -> list[tuple[str, str | None]]:
     for piece, g in zip(display_pieces(tokens), groups):
         if g < 0:
             out.append((piece, "pruned"))
+        elif token is not None:
+            out.append((piece, SELECTED_LABEL if g == groups[token] else None))
         elif sizes[g] > 1:
             out.append((piece, f"group {int(g)} ({int(sizes[g])} tokens)"))
         else:

@@ -121,3 +121,11 @@ def user_errors(what: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - keep serving; say what went wrong
         log.exception("unexpected error while trying to %s", what)
         raise gr.Error(f"{type(err).__name__}: {err}", title=f"Unexpected error while trying to {what}") from err
+
+
+# Page styles (``launch(css=...)``): captions under pictures in a smaller grey; word pieces of one word sit
+# flush against each other in gr.HighlightedText (its default margins read "token s" for "token" + "##s").
+APP_CSS = """
+.caption p { font-size: 0.85em; color: var(--body-text-color-subdued); margin: 0; }
+#text-groups .token.highlighted { margin-left: 0; margin-right: 0; padding-left: 1px; padding-right: 1px; }
+"""

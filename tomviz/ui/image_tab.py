@@ -13,12 +13,19 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from tomviz.lineage import group_lineage
 from tomviz.render.figures import cluster_map_figure, gflops_figure, token_count_figure
-from tomviz.render.overlay import group_overlay, heatmap_overlay, small_multiples
+from tomviz.render.groups import (
+    animation_frames, cluster_picture, layer_strip_picture, patch_groups, patch_name, save_animation, strip_layout,
+    strip_token_at, token_at,
+)
+from tomviz.render.lineage import lineage_markdown
+from tomviz.render.overlay import group_overlay, heatmap_overlay
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.scores.attention import cls_attention_grid
 from tomviz.ui.common import IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
+from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
@@ -34,22 +41,46 @@ def attention_values(analysis: Analysis, layer: int) -> np.ndarray | None:
     return cls_attention_grid(analysis.trace, layer, share=True).reshape(-1)
 
 
-def layer_pictures(analysis: Analysis, layer: int, opacity: float) -> tuple[Image.Image, Any, Image.Image]:
-    """Overlay, cluster map (plotly) and CLS-attention heatmap for ``layer`` (0-based)."""
+def layer_pictures(analysis: Analysis, layer: int, opacity: float,
+                   token: int | None = None) -> tuple[Image.Image, Any, Image.Image]:
+    """Overlay, cluster map (plotly) and CLS-attention heatmap for ``layer`` (0-based). With ``token``
+    (a clicked input token) the overlay and the map draw its group in magenta and the rest grey."""
     trace, image = analysis.trace, analysis.image
     grid, protected = trace.meta["patch_grid"], int(trace.meta.get("num_protected", 1))
-    overlay = group_overlay(image, trace.groups(layer), grid, protected, opacity=opacity)
+    if token is None:
+        overlay = group_overlay(image, trace.groups(layer), grid, protected, opacity=opacity)
+    else:
+        overlay = cluster_picture(image, patch_groups(trace, layer, token))
     values = attention_values(analysis, layer)
     heat = heatmap_overlay(image, values, grid) if values is not None else image
-    return overlay, cluster_map_figure(trace, layer), heat
+    return overlay, cluster_map_figure(trace, layer, token=token), heat
 
 
-def layer_strip(analysis: Analysis, selected: int | None = None) -> Image.Image:
+def layer_strip(analysis: Analysis, token: int | None = None, current: int | None = None) -> Image.Image:
+    """Every layer's groups, 1380 px wide (readable at a 1400 px window); ``token``'s group highlighted."""
+    return layer_strip_picture(analysis.image, analysis.trace, token=token, current=current)
+
+
+def lineage_panel(analysis: Analysis, token: int | None) -> str:
+    """The markdown under the strip: how the clicked patch's group formed (a hint before any click)."""
+    if token is None:
+        return LINEAGE_HINT
     trace = analysis.trace
-    return small_multiples(
-        analysis.image, [trace.groups(l) for l in range(trace.num_layers)], trace.meta["patch_grid"],
-        int(trace.meta.get("num_protected", 1)), token_counts=trace.token_counts()[1:], selected=selected,
-    )
+    names = [patch_name(trace, t) for t in range(trace.num_input_tokens)]
+    return lineage_markdown(group_lineage(trace, token), names, what="patch")
+
+
+LINEAGE_HINT = ("*Click a patch in the overlay or in the strip: its group is drawn in magenta in every layer, "
+                "and this panel says when each member joined and with what similarity.*")
+CAPTIONS = {
+    "overlay": "Each group filled with the mean colour of its patches and outlined in white (ToMe's picture); "
+               "a patch still alone keeps its own colour. After a click: the clicked patch's group in magenta, the rest grey.",
+    "attention": "CLS attention inside the layer, mean over heads, each token's share spread over the patches it holds: "
+                 "dark = little, bright yellow = much (inferno, scaled from the minimum to the 99th percentile).",
+    "cluster": "Light grey: a patch still alone. Colour: a merged group (two or more patches), keyed on its first "
+               "patch so it keeps its colour from layer to layer; white lines outline the groups; magenta: the "
+               "selected group. Hover a patch for its group, size and the layer it first merged in.",
+}
 
 
 # --- handlers ----------------------------------------------------------------------------
@@ -81,12 +112,66 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
         )
 
 
-def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None):
+def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None,
+                       selected: int | None = None):
     """Re-render the layer views from the stored trace (no model). API: ``/render_image_layer``."""
     if session is None:
         return None, None, None
     with user_errors("show this layer"):
-        return layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity)
+        return layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity, valid_token(session, selected))
+
+
+def valid_token(session: Analysis | None, token: int | None) -> int | None:
+    """``token`` if it is a patch of the session's trace, else None (a new photo may have fewer)."""
+    if session is None or token is None:
+        return None
+    trace = session.trace
+    protected = int(trace.meta.get("num_protected", 1))
+    return int(token) if protected <= int(token) < trace.num_input_tokens else None
+
+
+def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData):
+    """A click on the overlay: select the clicked patch's group → (selected token, overlay, cluster map,
+    strip, lineage panel). ``evt.index`` is the clicked pixel ``[x, y]`` of the overlay."""
+    if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+    width, height = session.image.size  # the overlay is drawn at the stored photo's size
+    token = token_at(session.trace, float(evt.index[0]) / width, float(evt.index[1]) / height)
+    return selection_views(layer, opacity, session, token)
+
+
+def select_in_strip(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData):
+    """A click on the strip: select the group of the patch under it (in any layer's tile)."""
+    if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+    layout = strip_layout(session.image.size, session.trace.num_layers)
+    hit = strip_token_at(layout, session.trace, float(evt.index[0]), float(evt.index[1]))
+    if hit is None:  # between tiles
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return selection_views(layer, opacity, session, hit[1])
+
+
+def selection_views(layer: float, opacity: float, session: Analysis | None, token: int | None):
+    """(selected, overlay, cluster map, strip, lineage) for ``token`` (None clears the selection)."""
+    if session is None:
+        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+    with user_errors("select this patch"):
+        token = valid_token(session, token)
+        l = layer_index(layer, session.trace.num_layers)
+        overlay, cluster, _ = layer_pictures(session, l, opacity, token)
+        return token, overlay, cluster, layer_strip(session, token), lineage_panel(session, token)
+
+
+def clear_selection(layer: float, opacity: float, session: Analysis | None):
+    return selection_views(layer, opacity, session, None)
+
+
+def refresh_selection(layer: float, opacity: float, session: Analysis | None, selected: int | None):
+    """After a model run: keep the selection (same photo) and redraw it, or drop it (no redraw)."""
+    token = valid_token(session, selected)
+    if token is None:
+        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+    return selection_views(layer, opacity, session, token)
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -98,11 +183,48 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
         folder = download_folder()
         overlay, _, heat = layer_pictures(session, l, opacity)
         paths = [session.trace.save(folder / "trace.json"), session.trace.save(folder / "trace.npz")]
-        for name, picture in ((f"overlay_layer{l + 1}.png", overlay), ("layers.png", layer_strip(session, l)),
+        for name, picture in ((f"overlay_layer{l + 1}.png", overlay), ("layers.png", layer_strip(session, current=l)),
                               (f"cls_attention_layer{l + 1}.png", heat)):
             picture.save(folder / name)
             paths.append(folder / name)
         return [str(p) for p in paths]
+
+
+def image_animation(session: Analysis | None = None) -> str:
+    """Write the merge as an animated GIF (the input, then one frame per layer); returns its path."""
+    if session is None:
+        raise gr.Error("Nothing to animate yet: inspect an image first.")
+    with user_errors("make the animation"):
+        name = f"merge_{session.settings.method}_ratio{session.settings.ratio:g}.gif"
+        return str(save_animation(animation_frames(session.image, session.trace), download_folder() / name))
+
+
+def open_image_view(request: gr.Request):
+    """Page load: the settings from the link (see tomviz/ui/share.py) → image, controls, example name."""
+    view = request_view(request, EXAMPLE_IMAGES, tab="image")
+    if view.tab != "image":  # the link is for the Text tab: this tab opens on its defaults
+        view.model = view.layer = view.example = None
+        view.method, view.schedule, view.ratio = "tome", "constant", 0.5
+    example = view.example or (Path(EXAMPLE_IMAGES[0]).name if EXAMPLE_IMAGES else None)
+    image = str(ASSETS / example) if example else None
+    return (image, view.model or "dinov2-small", view.method, view.schedule, view.ratio, view.layer or 6,
+            example)
+
+
+def image_view_link(example: str | None, model: str, method: str, schedule: str, ratio: float, layer: float) -> str:
+    """The URL query of the current view (an uploaded image is left out: the link opens the default photo)."""
+    return view_query("image", model, method, schedule, ratio, layer, example=example)
+
+
+def example_picked(evt: gr.SelectData) -> str | None:
+    """The file name of the example photo that was clicked."""
+    index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    return Path(EXAMPLE_IMAGES[int(index)]).name if 0 <= int(index) < len(EXAMPLE_IMAGES) else None
+
+
+def forget_example() -> None:
+    """An upload or a clear: the view no longer shows an example photo."""
+    return None
 
 
 class ImageUpload(gr.Image):
@@ -126,9 +248,12 @@ class ImageUpload(gr.Image):
 
 # --- layout and wiring -------------------------------------------------------------------
 def build_image_tab(demo: gr.Blocks | None = None) -> None:
-    """Lay out the Image tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the first
-    example photo is shown and inspected when a visitor opens the page (the model loads on first use)."""
+    """Lay out the Image tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the photo
+    and settings named in the page's link (else the first example photo) are shown and inspected when a
+    visitor opens the page (the model loads on first use)."""
     session = session_state()
+    selected = session_state()  # the clicked input token (int) or None
+    example_name = session_state()  # the example photo shown (its file name) or None after an upload
     with gr.Row():
         with gr.Column(scale=4):
             image = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,
@@ -137,16 +262,26 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
             model, method, schedule, prop_attn, ratio = merge_controls("dinov2-small", IMAGE_MODELS)
             layer = layer_slider(12, 6)
             opacity = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
+            with gr.Row():
+                link = gr.Textbox(label="Link to this view", elem_id="share-link", interactive=False, scale=4,
+                                  info="Settings and example photo; an uploaded photo is never put in a link")
+                copy = gr.Button("Copy link", elem_id="copy-link", scale=1)
             download = gr.Button("Download trace (.json, .npz) and pictures (.png)")
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            animate = gr.Button("Make the merge animation (GIF: the input, then one frame per layer)", elem_id="animate")
+            animation = gr.File(label="Animation", interactive=False, elem_id="animation-file")
         with gr.Column(scale=7):
             with gr.Row():
-                overlay = gr.Image(label="Groups after the selected layer", format="jpeg", elem_id="overlay",
-                                   interactive=False, height=320)
-                heat = gr.Image(label="CLS attention (spread through the groups)", format="jpeg", elem_id="attention",
-                                interactive=False, height=320)
-            cluster = gr.Plot(label="Cluster map (hover a patch)")
-            strip = gr.Image(label="Every layer", format="jpeg", interactive=False, elem_id="layer-strip")
+                with gr.Column():
+                    overlay = gr.Image(label="Groups after the selected layer (click a patch)", format="jpeg",
+                                       elem_id="overlay", interactive=False, height=320)
+                    gr.Markdown(CAPTIONS["overlay"], elem_classes=["caption"])
+                with gr.Column():
+                    heat = gr.Image(label="CLS attention (spread through the groups)", format="jpeg", elem_id="attention",
+                                    interactive=False, height=320)
+                    gr.Markdown(CAPTIONS["attention"], elem_classes=["caption"])
+            cluster = gr.Plot(label="Cluster map (hover a patch)", elem_id="cluster-map")
+            gr.Markdown(CAPTIONS["cluster"], elem_classes=["caption"])
             with gr.Row():
                 counts = gr.Plot(label="Token count")
                 gflops = gr.Plot(label="GFLOPs")
@@ -154,24 +289,49 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
             fidelity = gr.Markdown(label="Fidelity", elem_id="fidelity")
             with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
                 summary = gr.JSON(label="Summary")
+    strip = gr.Image(label="Every layer (click a patch to follow its group)", format="jpeg", interactive=False,
+                     elem_id="layer-strip")
+    with gr.Row():
+        lineage = gr.Markdown(LINEAGE_HINT, elem_id="lineage")
+        clear = gr.Button("Clear the selection", scale=0)
 
     main_outputs = [session, overlay, strip, cluster, heat, counts, speed, gflops, fidelity, summary, layer]
     main_inputs = [image, ratio, model, method, schedule, prop_attn, layer, opacity, session]
-    examples.load_input_event.then(inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="pick_example",
-                                   api_visibility="private",
-                                   concurrency_id="model", concurrency_limit=1)
+    selection_outputs = [selected, overlay, cluster, strip, lineage]
+    link_inputs = [example_name, model, method, schedule, ratio, layer]
+
+    def then_link(event):  # the link follows the view: query from the server, full URL and history in the browser
+        return (event.then(image_view_link, link_inputs, link, queue=False, show_progress="hidden")
+                .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))
+
+    def after_run(event):  # a model run: keep the clicked group (same photo), then update the link
+        return then_link(event.then(refresh_selection, [layer, opacity, session, selected], selection_outputs,
+                                    queue=False, show_progress="hidden"))
+
+    examples.dataset.select(example_picked, None, example_name, queue=False, show_progress="hidden")
+    after_run(examples.load_input_event.then(inspect_image, inputs=main_inputs, outputs=main_outputs,
+                                             api_name="pick_example", api_visibility="private",
+                                             concurrency_id="model", concurrency_limit=1))
     if demo is not None and EXAMPLE_IMAGES:
-        demo.load(inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="open_page", api_visibility="private",
-                  concurrency_id="model", concurrency_limit=1)
-    gr.on(
+        opened = demo.load(open_image_view, None, [image, model, method, schedule, ratio, layer, example_name],
+                           api_visibility="private", queue=False, show_progress="hidden")
+        after_run(opened.then(inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="open_page",
+                              api_visibility="private", concurrency_id="model", concurrency_limit=1))
+    gr.on([image.upload, image.clear], forget_example, None, example_name, queue=False, show_progress="hidden")
+    after_run(gr.on(
         # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
         [ratio.release, image.upload, image.clear, model.change, method.change, schedule.change, prop_attn.change],
         inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="inspect_image", concurrency_id="model", concurrency_limit=1,
         trigger_mode="always_last",
-    )
-    gr.on(
-        [layer.input, opacity.input], render_image_layer, inputs=[layer, opacity, session],
+    ))
+    then_link(gr.on(
+        [layer.input, opacity.input], render_image_layer, inputs=[layer, opacity, session, selected],
         outputs=[overlay, cluster, heat], api_name="render_image_layer", trigger_mode="always_last",
         show_progress="hidden", queue=False,  # a redraw from the stored trace: skip the queue
-    )
+    ))
+    overlay.select(select_patch, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
+    strip.select(select_in_strip, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
+    clear.click(clear_selection, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
+    copy.click(None, link, link, js=COPY_JS, queue=False)
     download.click(image_downloads, inputs=[layer, opacity, session], outputs=files, api_name="image_downloads")
+    animate.click(image_animation, inputs=session, outputs=animation, api_name="image_animation")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gradio as gr
 
+from tomviz.lineage import group_lineage
 from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
-from tomviz.render.text import fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
+from tomviz.render.lineage import lineage_markdown
+from tomviz.render.text import display_pieces, fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
 from tomviz.ui.common import TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
 from tomviz.ui.compute import Analysis, Settings, analyse
+from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
 
 EXAMPLE_PROMPTS = [
     "Token merging speeds up transformers by averaging tokens that carry the same information.",
@@ -18,8 +21,16 @@ EXAMPLE_PROMPTS = [
 TABLE_HEADERS = ["group", "size", "tokens"]
 
 
-def text_layer_views(analysis: Analysis, layer: int):
-    """Highlighted tokens, group table and CLS attention per group for ``layer`` (0-based)."""
+TOKEN_HINT = ("*Click a token: its group is highlighted, and this panel says when each member joined "
+              "and with what similarity.*")
+TOKENS_CAPTION = ("Tokens that share a colour are one merged group after the selected layer (the legend names "
+                  "each group and its size); uncoloured tokens are still alone. After a click, only the clicked "
+                  "token's group is coloured.")
+
+
+def text_layer_views(analysis: Analysis, layer: int, token: int | None = None):
+    """Highlighted tokens, group table and CLS attention per group for ``layer`` (0-based); ``token``
+    (a clicked input token) highlights its group only."""
     trace = analysis.trace
     attention = trace.layers[layer].cls_attention  # [N_in] over the tokens entering the layer
     figure = None
@@ -27,7 +38,23 @@ def text_layer_views(analysis: Analysis, layer: int):
         protected = int(trace.meta.get("num_protected", 1))
         names = group_names(trace, layer, entering=True)[protected:]
         figure = group_attention_figure(names, attention[protected:].tolist(), layer)
-    return token_highlights(trace, layer), group_table(trace, layer), figure
+    return token_highlights(trace, layer, token), group_table(trace, layer), figure
+
+
+def token_lineage(analysis: Analysis, token: int | None) -> str:
+    """How the clicked token's group formed (a hint before any click)."""
+    if token is None:
+        return TOKEN_HINT
+    names = [piece.strip() or piece for piece in display_pieces(analysis.trace.meta["tokens"])]
+    return lineage_markdown(group_lineage(analysis.trace, token), [f"'{n}' ({i})" for i, n in enumerate(names)],
+                            what="token")
+
+
+def valid_token(session: Analysis | None, token: int | None) -> int | None:
+    """``token`` if it indexes the session's input tokens, else None."""
+    if session is None or token is None or not 0 <= int(token) < session.trace.num_input_tokens:
+        return None
+    return int(token)
 
 
 def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", method: str = "tome",
@@ -54,13 +81,56 @@ def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", me
         )
 
 
-def render_text_layer(layer: float = 3, session: Analysis | None = None):
+def render_text_layer(layer: float = 3, session: Analysis | None = None, selected: int | None = None):
     """Re-render the layer views from the stored trace (no model). API: ``/render_text_layer``."""
     if session is None:
         return None, None, None
     with user_errors("show this layer"):
-        highlights, table, attention = text_layer_views(session, layer_index(layer, session.trace.num_layers))
+        highlights, table, attention = text_layer_views(session, layer_index(layer, session.trace.num_layers),
+                                                        valid_token(session, selected))
         return highlights, gr.Dataframe(value=table, headers=TABLE_HEADERS), attention
+
+
+def select_token(layer: float, session: Analysis | None, evt: gr.SelectData):
+    """A click on a token (``evt.index``: its position) → (selected token, highlighted tokens, lineage)."""
+    index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    return token_views(layer, session, index if isinstance(index, int) else None)
+
+
+def token_views(layer: float, session: Analysis | None, token: int | None):
+    """(selected, highlighted tokens, lineage panel) for ``token`` (None clears the selection)."""
+    if session is None:
+        return None, gr.skip(), TOKEN_HINT
+    with user_errors("select this token"):
+        token = valid_token(session, token)
+        highlights = token_highlights(session.trace, layer_index(layer, session.trace.num_layers), token)
+        return token, highlights, token_lineage(session, token)
+
+
+def clear_token(layer: float, session: Analysis | None):
+    return token_views(layer, session, None)
+
+
+def refresh_token(layer: float, session: Analysis | None, selected: int | None):
+    """After a model run: keep the selection when it still indexes the prompt, else drop it."""
+    token = valid_token(session, selected)
+    if token is None:
+        return None, gr.skip(), TOKEN_HINT
+    return token_views(layer, session, token)
+
+
+def open_text_view(request: gr.Request):
+    """Page load: the prompt and settings from the link (tomviz/ui/share.py) when it is a Text-tab link."""
+    view = request_view(request, [], tab="text")
+    if view.tab != "text":  # an Image-tab link: this tab opens on its defaults
+        return EXAMPLE_PROMPTS[0], "minilm", "tome", "constant", 0.5, 3
+    return (view.prompt or EXAMPLE_PROMPTS[0], view.model or "minilm", view.method, view.schedule, view.ratio,
+            view.layer or 3)
+
+
+def text_view_link(prompt: str | None, model: str, method: str, schedule: str, ratio: float, layer: float) -> str:
+    """The URL query of the current view, prompt included."""
+    return view_query("text", model, method, schedule, ratio, layer, prompt=(prompt or "").strip() or None)
 
 
 def text_downloads(session: Analysis | None = None) -> list[str]:
@@ -72,9 +142,11 @@ def text_downloads(session: Analysis | None = None) -> list[str]:
 
 
 def build_text_tab(demo: gr.Blocks | None = None) -> None:
-    """Lay out the Text tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the first
-    example prompt is filled in and inspected when a visitor opens the page."""
+    """Lay out the Text tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the prompt and
+    settings of a Text-tab link (else the first example prompt) are filled in and inspected when a visitor
+    opens the page."""
     session = session_state()
+    selected = session_state()  # the clicked input token (int) or None
     with gr.Row():
         with gr.Column(scale=4):
             prompt = PromptBox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter",
@@ -83,12 +155,20 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
             examples = gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
             model, method, schedule, prop_attn, ratio = merge_controls("minilm", TEXT_MODELS)
             layer = layer_slider(6, 3)
+            with gr.Row():
+                link = gr.Textbox(label="Link to this view", elem_id="share-link-text", interactive=False, scale=4,
+                                  info="Settings and prompt")
+                copy = gr.Button("Copy link", scale=1)
             download = gr.Button("Download trace (.json, .npz)")
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
         with gr.Column(scale=7):
-            tokens = gr.HighlightedText(label="Tokens coloured by group (merged tokens share a colour)",
+            tokens = gr.HighlightedText(label="Tokens coloured by group (click a token to follow its group)",
                                         combine_adjacent=False, show_legend=True, show_inline_category=False,
                                         elem_id="text-groups")
+            gr.Markdown(TOKENS_CAPTION, elem_classes=["caption"])
+            with gr.Row():
+                lineage = gr.Markdown(TOKEN_HINT, elem_id="text-lineage")
+                clear = gr.Button("Clear the selection", scale=0)
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
             attention = gr.Plot(label="CLS attention per group")
             with gr.Row():
@@ -101,18 +181,34 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
 
     main_outputs = [session, tokens, table, attention, counts, speed, gflops, fidelity, summary, layer]
     main_inputs = [prompt, ratio, model, method, schedule, prop_attn, layer, session]
-    gr.on(
+    selection_outputs = [selected, tokens, lineage]
+    link_inputs = [prompt, model, method, schedule, ratio, layer]
+
+    def then_link(event):  # the link follows the view (see image_tab.build_image_tab)
+        return (event.then(text_view_link, link_inputs, link, queue=False, show_progress="hidden")
+                .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))
+
+    def after_run(event):
+        return then_link(event.then(refresh_token, [layer, session, selected], selection_outputs, queue=False,
+                                    show_progress="hidden"))
+
+    after_run(gr.on(
         [run.click, prompt.submit, ratio.release, model.change, method.change, schedule.change, prop_attn.change],
         inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="inspect_text",
         concurrency_id="model", concurrency_limit=1, trigger_mode="always_last",
-    )
+    ))
     if demo is not None:
-        demo.load(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="open_page_text", api_visibility="private",
-                  concurrency_id="model", concurrency_limit=1)
-    examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="pick_example_text",
-                                   api_visibility="private",
-                                   concurrency_id="model", concurrency_limit=1)
-    layer.input(render_text_layer, inputs=[layer, session], outputs=[tokens, table, attention],
-                api_name="render_text_layer", trigger_mode="always_last", show_progress="hidden",
-                queue=False)  # a redraw from the stored trace: skip the queue
+        opened = demo.load(open_text_view, None, [prompt, model, method, schedule, ratio, layer], api_visibility="private",
+                           queue=False, show_progress="hidden")
+        after_run(opened.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="open_page_text",
+                              api_visibility="private", concurrency_id="model", concurrency_limit=1))
+    after_run(examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs,
+                                             api_name="pick_example_text", api_visibility="private",
+                                             concurrency_id="model", concurrency_limit=1))
+    then_link(layer.input(render_text_layer, inputs=[layer, session, selected], outputs=[tokens, table, attention],
+                          api_name="render_text_layer", trigger_mode="always_last", show_progress="hidden",
+                          queue=False))  # a redraw from the stored trace: skip the queue
+    tokens.select(select_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
+    clear.click(clear_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
+    copy.click(None, link, link, js=COPY_JS, queue=False)
     download.click(text_downloads, inputs=session, outputs=files, api_name="text_downloads")

@@ -1,0 +1,141 @@
+"""Shareable views: the page's URL query carries the settings, and a link opens the same view.
+
+    ?tab=image&model=dinov2-small&method=tome&schedule=constant&ratio=0.5&layer=6&example=chelsea.png
+    ?tab=text&model=minilm&method=tome&schedule=constant&ratio=0.5&layer=3&prompt=The+cat+sat
+
+Every parameter is untrusted input: :func:`parse_view` checks each one, keeps the default for a bad
+value and says why. A link names an example photo from ``assets/`` by its file name only (never a
+server path); uploaded images are never put in links. Handlers are module-level; no model runs here.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+from urllib.parse import urlencode
+
+import gradio as gr
+
+import tomviz
+from tomviz.merge.schedule import MAX_RATIO
+from tomviz.ui.common import MAX_PROMPT_CHARS
+
+TABS = ("image", "text")
+SCHEDULES = ("constant", "decreasing")
+MAX_LAYER = 256
+# a Hugging Face repo id ("name" or "owner/name"); the loader (untrusted=True) still decides what loads
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+# In the browser: the query the server made → the page's own URL (history) and the full link (returned).
+LINK_JS = """(query) => {
+  if (!query || !query.startsWith('?')) return query;
+  const url = window.location.origin + window.location.pathname + query;
+  try { window.history.replaceState(null, '', url); } catch (e) {}
+  return url;
+}"""
+COPY_JS = """(url) => {
+  try { navigator.clipboard.writeText(url); } catch (e) {}
+  return url;
+}"""
+
+
+@dataclass
+class View:
+    """The settings a link asks for (defaults where it says nothing or something invalid)."""
+
+    tab: str = "image"
+    model: str | None = None  # None: the tab's default
+    method: str = "tome"
+    schedule: str = "constant"
+    ratio: float = 0.5
+    layer: int | None = None  # 1-based; None: the tab's default
+    example: str | None = None  # an example photo's file name
+    prompt: str | None = None
+    problems: list[str] = field(default_factory=list)  # one readable sentence per refused parameter
+
+
+def parse_view(params: Mapping[str, str], examples: Sequence[str]) -> View:
+    """Check a URL query (``params``: name → value); ``examples``: the example photos' paths. Unknown
+    parameters are ignored; a bad value keeps the default and adds a sentence to ``problems``."""
+    view = View()
+    names = [Path(p).name for p in examples]
+
+    def refuse(key: str, value: str, why: str) -> None:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        view.problems.append(f"The link's {key}={shown!r} was ignored: {why}.")
+
+    if (tab := params.get("tab")) is not None:
+        if tab in TABS:
+            view.tab = tab
+        else:
+            refuse("tab", tab, "use 'image' or 'text'")
+    if (model := params.get("model")) is not None:
+        if MODEL_ID.match(model) and ".." not in model:
+            view.model = model
+        else:
+            refuse("model", model, "a link names an embedded model or a Hugging Face id such as 'facebook/dinov2-small'")
+    if (method := params.get("method")) is not None:
+        if method in tomviz.METHODS:
+            view.method = method
+        else:
+            refuse("method", method, f"choose one of {', '.join(sorted(tomviz.METHODS))}")
+    if (schedule := params.get("schedule")) is not None:
+        if schedule in SCHEDULES:
+            view.schedule = schedule
+        else:
+            refuse("schedule", schedule, "use 'constant' or 'decreasing'")
+    if (ratio := params.get("ratio")) is not None:
+        try:
+            value = float(ratio)
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and 0.0 <= value <= MAX_RATIO:
+            view.ratio = value
+        else:
+            refuse("ratio", ratio, f"the merge ratio is a number between 0 and {MAX_RATIO}")
+    if (layer := params.get("layer")) is not None:
+        if layer.isdigit() and 1 <= int(layer) <= MAX_LAYER:
+            view.layer = int(layer)
+        else:
+            refuse("layer", layer, f"the layer is a whole number from 1 to the model's depth (at most {MAX_LAYER})")
+    if (example := params.get("example")) is not None:
+        if example in names:
+            view.example = example
+        else:
+            refuse("example", example, f"the example photos are {', '.join(names)}")
+    if (prompt := params.get("prompt")) is not None:
+        if len(prompt) <= MAX_PROMPT_CHARS and prompt.strip():
+            view.prompt = prompt
+        else:
+            refuse("prompt", prompt, f"a prompt has 1 to {MAX_PROMPT_CHARS} characters")
+    return view
+
+
+def view_query(tab: str, model: str, method: str, schedule: str, ratio: float, layer: float,
+               example: str | None = None, prompt: str | None = None) -> str:
+    """The URL query (starting with ``?``) for a view; ``example`` is a file name, never a path."""
+    params = {"tab": tab, "model": (model or "").strip(), "method": method, "schedule": schedule,
+              "ratio": f"{float(ratio):g}", "layer": str(int(round(float(layer))))}
+    if example:
+        params["example"] = Path(example).name
+    if prompt:
+        params["prompt"] = prompt[:MAX_PROMPT_CHARS]
+    return "?" + urlencode(params)
+
+
+def request_view(request: gr.Request | None, examples: Sequence[str], tab: str) -> View:
+    """The view in the page's URL (a default view without a request). Problems are shown as warnings by
+    the ``tab`` the link is for (links without a valid tab are Image-tab links)."""
+    params = dict(request.query_params) if request is not None and request.query_params is not None else {}
+    view = parse_view(params, examples)
+    if view.tab == tab:
+        for problem in view.problems:
+            gr.Warning(problem, title="Part of the link was ignored")
+    return view
+
+
+def selected_tab(request: gr.Request):
+    """``gr.Tabs`` selecting the tab the link names (the Image tab by default); warnings come from the tabs."""
+    params = dict(request.query_params) if request is not None and request.query_params is not None else {}
+    return gr.Tabs(selected="text" if params.get("tab") == "text" else "image")

@@ -26,9 +26,15 @@ def get_method(name: str | MergeMethod, **options) -> MergeMethod:
     """A merge method by name (``tomviz.merge.METHODS``), with its method-specific options."""
     if isinstance(name, MergeMethod):
         return name
-    if name not in METHODS:
-        raise ValueError(f"unknown merge method {name!r}: choose one of {', '.join(sorted(METHODS))}")
+    check_methods([name])
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "PRUNED", "MergeEdges", "MergeInputs", "MergeMethod", "MergePlan", "get_method", "register_method"]
+def check_methods(names: list[str]) -> None:
+    """ValueError naming every entry of ``names`` that is not in ``METHODS``."""
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown merge method {', '.join(map(repr, unknown))}: choose one of {', '.join(sorted(METHODS))}")
+
+
+__all__ = ["METHODS", "PRUNED", "MergeEdges", "MergeInputs", "MergeMethod", "MergePlan", "check_methods", "get_method", "register_method"]

@@ -17,7 +17,8 @@ schedule beyond that is reported with :class:`ScheduleError`, never clipped.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 from tomviz.merge.base import max_removable
 
@@ -26,6 +27,27 @@ MAX_RATIO = 0.95
 
 class ScheduleError(ValueError):
     """A schedule that cannot be run as asked."""
+
+
+SCHEDULES = ("constant", "decreasing")  # how a ratio (or a plain int r) spreads over the layers
+
+
+def check_ratio(ratio: Any) -> float:
+    """``ratio`` as a float; :class:`ScheduleError` unless it is a number in ``[0, MAX_RATIO]``."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_RATIO):
+        raise ScheduleError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {ratio}")
+    return value
+
+
+def check_mode(mode: str) -> str:
+    """``mode``; :class:`ScheduleError` unless it is one of ``SCHEDULES``."""
+    if mode not in SCHEDULES:
+        raise ScheduleError(f"unknown schedule {mode!r}: use 'constant' or 'decreasing'")
+    return mode
 
 
 def token_counts(num_tokens: int, schedule: Sequence[int]) -> list[int]:
@@ -117,10 +139,8 @@ def schedule_from_ratio(
     could not finish otherwise). If R cannot be reached at all, a
     :class:`ScheduleError` says what the maximum is.
     """
-    if not 0.0 <= ratio <= MAX_RATIO:
-        raise ScheduleError(f"ratio must be in [0, {MAX_RATIO}], got {ratio}")
-    if mode not in ("constant", "decreasing"):
-        raise ScheduleError(f"unknown schedule mode {mode!r}: use 'constant' or 'decreasing'")
+    check_ratio(ratio)
+    check_mode(mode)
     mergeable = num_tokens - num_protected
     total = int(round(ratio * mergeable))
     if mode == "constant" or num_layers == 1:

@@ -95,7 +95,7 @@ def comparison_figure(names: Sequence[str], cosines: Sequence[float], merged_ms:
 
 def comparison_table(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> list[list[Any]]:
     """Rows ``[setting, tokens at the end, cosine, top-1 kept, latency ms, speed-up, GFLOPs]`` from
-    :meth:`tomviz.ui.compute.Analysis.summary` digests (top-1 kept is "" for models without classes)."""
+    :meth:`tomviz.analysis.Analysis.summary` digests (top-1 kept is "" for models without classes)."""
     rows = []
     for name, s in zip(names, summaries):
         fid, speed = s["fidelity"], s["speed"]

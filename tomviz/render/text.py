@@ -104,7 +104,7 @@ def speed_markdown(speed: Any) -> str:
 
 
 def fidelity_markdown(fidelity: dict[str, Any]) -> str:
-    """Markdown for the fidelity summary made by :func:`tomviz.ui.compute.fidelity`."""
+    """Markdown for the fidelity summary made by :func:`tomviz.analysis.analyse` (``Analysis.fidelity``)."""
     lines = [f"**Cosine similarity of the final embedding** ({fidelity['embedding']}) to the unmerged run: "
              f"**{fidelity['cosine']:.4f}**"]
     if fidelity.get("top_merged"):

@@ -1,7 +1,7 @@
 """The Compare / Sweep tab: two merge settings side by side on one input, and a sweep of methods × ratios.
 
 Handlers are module-level functions (testable without a browser). A comparison keeps both
-:class:`~tomviz.ui.compute.Analysis` results in a :class:`CompareSession` (``gr.State``), so the layer
+:class:`~tomviz.analysis.Analysis` results in a :class:`CompareSession` (``gr.State``), so the layer
 slider re-renders from the stored traces without running a model. Pictures come from
 ``tomviz/render`` (compare.py for the difference map, sweep.py for the sweep figure).
 """
@@ -14,8 +14,8 @@ import gradio as gr
 import numpy as np
 
 import tomviz
-from tomviz.merge import METHODS
-from tomviz.merge.schedule import MAX_RATIO
+from tomviz.merge import METHODS, check_methods
+from tomviz.merge.schedule import MAX_RATIO, check_mode, check_ratio
 from tomviz.render.compare import (comparison_figure, comparison_table, difference_overlay, difference_stats,
                                    difference_tokens, jaccard_distance)
 from tomviz.render.figures import token_count_figure
@@ -24,7 +24,7 @@ from tomviz.render.sweep import sweep_figure
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
 from tomviz.sweep import sweep, to_csv
 from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, PromptBox, download_folder, layer_index, session_state, layer_slider, method_choices, user_errors
-from tomviz.ui.compute import Analysis, Settings, analyse, check_methods, check_modality, check_mode, check_ratio
+from tomviz.analysis import Analysis, Settings, analyse, check_modality
 from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
 from tomviz.ui.text_tab import EXAMPLE_PROMPTS
 

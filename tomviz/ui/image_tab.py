@@ -1,7 +1,7 @@
 """The Image tab: upload a photo, move the merge ratio, look at every layer.
 
 Handlers are module-level functions (testable without a browser). The session's
-:class:`~tomviz.ui.compute.Analysis` lives in ``gr.State``; the layer and opacity
+:class:`~tomviz.analysis.Analysis` lives in ``gr.State``; the layer and opacity
 sliders re-render from it without running a model.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tomviz.render.overlay import group_overlay, heatmap_overlay
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.scores.attention import cls_attention_grid
 from tomviz.ui.common import IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
-from tomviz.ui.compute import Analysis, Settings, analyse
+from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"

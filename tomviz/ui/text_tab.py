@@ -9,7 +9,7 @@ from tomviz.render.figures import gflops_figure, group_attention_figure, token_c
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import display_pieces, fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
 from tomviz.ui.common import TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
-from tomviz.ui.compute import Analysis, Settings, analyse
+from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
 
 EXAMPLE_PROMPTS = [

@@ -1,4 +1,4 @@
-"""What the app computes for one input, without gradio (testable on its own).
+"""What the app computes for one input: its service layer, without gradio (testable on its own).
 
 :func:`analyse` runs the model once with tracing, reuses (or makes) the unmerged
 reference for the same input, measures speed and fidelity, and returns an
@@ -19,9 +19,9 @@ from PIL import Image
 
 import tomviz
 from tomviz.fidelity import cosine, final_embedding, top_labels
-from tomviz.merge import get_method
+from tomviz.merge import check_methods, get_method
 from tomviz.merge.engine import MergeConfig
-from tomviz.merge.schedule import MAX_RATIO
+from tomviz.merge.schedule import check_mode, check_ratio
 from tomviz.render.overlay import display_image
 from tomviz.speed import SpeedReport, measure_latencies, model_widths, timed_run, trace_gflops
 from tomviz.trace import Trace
@@ -64,26 +64,6 @@ class Settings:
             method=get_method(self.method), ratio=float(self.ratio), mode=self.mode, prop_attn=bool(self.prop_attn),
             trace=trace, extra=dict(extra or {}),
         )
-
-
-def check_ratio(ratio: float | None) -> None:
-    """ValueError unless ``0 <= ratio <= MAX_RATIO``."""
-    if ratio is None or not np.isfinite(ratio) or not 0.0 <= float(ratio) <= MAX_RATIO:
-        raise ValueError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {ratio}")
-
-
-def check_mode(mode: str) -> None:
-    """ValueError unless ``mode`` is a schedule the app offers."""
-    if mode not in ("constant", "decreasing"):
-        raise ValueError(f"unknown schedule {mode!r}: use 'constant' or 'decreasing'")
-
-
-def check_methods(names: list[str]) -> None:
-    """ValueError naming every entry of ``names`` that is not in ``tomviz.METHODS``."""
-    unknown = [name for name in names if name not in tomviz.METHODS]
-    if unknown:
-        raise ValueError(f"unknown merge method {', '.join(map(repr, unknown))}: "
-                         f"choose one of {', '.join(sorted(tomviz.METHODS))}")
 
 
 def check_modality(name: str, loaded: Any, modality: str, remedy: str) -> None:

@@ -37,6 +37,14 @@ def test_shipped_calibration_is_monotone_in_r():
     assert math.isclose(mid, (table[0, 3] + table[1, 3]) / 2)
 
 
+def test_a_model_deeper_than_the_calibration_table_is_refused():
+    """The shipped table covers dinov2-small's 12 layers: layer 12 gets no silent copy of layer 11's row."""
+    method = get_method("dtome")
+    method.layer_threshold(11, 4)
+    with pytest.raises(ValueError, match="covers 12 layers, but layer 12 merges"):
+        method.layer_threshold(12, 4)
+
+
 # ---------------------------------------------------------------- each image its own count (DyMU)
 # image 1: token 4 = (0, 0.3, 0.3, 0.9)/|.| proposes token 3 at cos 0.30 only
 OTHER = unit([0, 0, 0, 1], [1, 0, 0, 0], [0.8, 0.6, 0, 0], [0, 0, 1, 0], [0, 0.3, 0.3, 0.9])

@@ -36,7 +36,9 @@ class MergeInputs:
 
 
 class MergeMethod:
-    """Base class: subclasses set ``name``/``label`` and implement :meth:`plan`."""
+    """Base class: subclasses set ``name``/``label`` and implement :meth:`plan_removal` (the real case:
+    0 < r <= :meth:`removable`); :meth:`plan` clips ``r`` and returns the identity when nothing is removed.
+    A method whose own rule decides when nothing is removed (DToMe, DiffRate, subword) overrides :meth:`plan`."""
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""  # shown in the UI
@@ -47,7 +49,21 @@ class MergeMethod:
     plans_every_layer: ClassVar[bool] = False  # plan is called at every layer, also with r=0 (e.g. to reorder)
     modalities: ClassVar[tuple[str, ...]] = ("image", "text")  # the inputs the method applies to
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
+    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+        """The plan removing ``r`` tokens at this layer: ``r`` clipped to :meth:`removable`; the identity
+        plan when that leaves nothing to remove, else :meth:`plan_removal`."""
+        batch, num_tokens = inputs.metric.shape[:2]
+        r = min(r, self.removable(inputs))
+        if r <= 0:
+            return MergePlan.identity(batch, num_tokens, inputs.metric.device)
+        return self.plan_removal(inputs, r)
+
+    def removable(self, inputs: MergeInputs) -> int:
+        """The most tokens one step removes (default: bipartite matching's limit, half the unprotected tokens)."""
+        return max_removable(inputs.metric.shape[1], inputs.num_protected)
+
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
+        """The plan removing ``r`` tokens, ``0 < r <= removable(inputs)``."""
         raise NotImplementedError
 
     def schedule_for(self, requested: list[int], num_tokens: int, num_protected: int, num_layers: int) -> list[int]:

@@ -188,7 +188,13 @@ class DToMe(MergeMethod):
         if self.threshold is not None:
             return self.threshold
         r_grid, table = load_calibration(self.calibration)
-        column = table[:, min(layer, table.shape[1] - 1)]  # [G]
+        if layer >= table.shape[1]:
+            raise ValueError(
+                f"dtome's calibration table ({Path(self.calibration).name}) covers {table.shape[1]} layers, but layer "
+                f"{layer} merges: calibrate this model (tomviz.tools.calibrate_dtome) and pass thresholds=[...], "
+                "or give one threshold="
+            )
+        column = table[:, layer]  # [G]
         return float(np.interp(r, r_grid, column))
 
     def plan(self, inputs: MergeInputs, r: int) -> MergePlan:

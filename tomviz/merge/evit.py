@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
+from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.selection import plan_from_assignment, protected_first, top_k_mask
 
@@ -39,12 +39,8 @@ class EViT(MergeMethod):
     label = "EViT (keep top-k by CLS attention, fuse the rest)"
     needs_cls_attention = True
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
         if inputs.cls_attention is None:
             raise ValueError("evit needs the CLS attention")
-        batch, num_tokens, _ = inputs.metric.shape
-        r = min(r, max_removable(num_tokens, inputs.num_protected))
-        if r <= 0:
-            return MergePlan.identity(batch, num_tokens, inputs.metric.device)
         with torch.no_grad():
             return keep_and_fuse_plan(inputs.cls_attention, r, inputs.num_protected, inputs.valid)

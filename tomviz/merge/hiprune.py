@@ -164,14 +164,15 @@ class HiPrune(MergeMethod):
     def observed_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self._layers(num_layers)[0],) if self.single_shot else ()
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+    def removable(self, inputs: MergeInputs) -> int:
+        """A selection, not a bipartite step: every unprotected token may go."""
+        return inputs.metric.shape[1] - inputs.num_protected
+
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
         if inputs.attention is None:
             raise ValueError("hiprune needs the attention map")
         batch, num_tokens, _ = inputs.metric.shape
         protected = inputs.num_protected
-        r = min(r, num_tokens - protected)
-        if r <= 0:
-            return MergePlan.identity(batch, num_tokens, inputs.metric.device)
         register_scores = received_attention(inputs.attention.float(), inputs.valid, self.rank_by)
         anchor_scores = register_scores
         if self.single_shot:

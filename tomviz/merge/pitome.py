@@ -68,7 +68,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
+from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.selection import plan_from_assignment
 from tomviz.merge.tome import bipartite_plan
@@ -182,12 +182,9 @@ class PiToMe(MergeMethod):
             scores = scores.masked_fill(~inputs.valid, torch.inf)
         return scores
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
         metric, valid, p = self._metric(inputs), inputs.valid, inputs.num_protected
         batch, num_tokens, channels = metric.shape
-        r = min(r, max_removable(num_tokens, p))
-        if r <= 0:
-            return MergePlan.identity(batch, num_tokens, metric.device)
         variant = self.layer_variant(inputs.layer, inputs.num_layers)
         if variant == "tome":
             return bipartite_plan(metric, r, p, valid)

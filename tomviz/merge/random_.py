@@ -34,7 +34,7 @@ class RandomBipartite(MergeMethod):
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
         num_tokens = inputs.metric.shape[1]
         is_a = random_split(num_tokens, inputs.num_protected, self.seed + inputs.layer).to(inputs.metric.device)
         return bipartite_plan(inputs.metric, r, inputs.num_protected, inputs.valid, is_a=is_a)

@@ -174,5 +174,5 @@ class ToMe(MergeMethod):
     name = "tome"
     label = "ToMe (bipartite soft matching)"
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
         return bipartite_plan(inputs.metric, r, inputs.num_protected, inputs.valid)

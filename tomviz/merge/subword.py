@@ -14,6 +14,9 @@ merge does so until no word is split.
 
 The current tokens' words come from ``MergeInputs.positions`` (tracked by the engine).
 A batch shares one input's word ids (``extra`` describes one input).
+
+No original code: the study defines the operation (average the sub-tokens of a word at a chosen layer) but
+ships no implementation to reproduce, so this is tomviz's own adaptation (the app's label says so).
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ class Subword(MergeMethod):
     """Merge the pieces of each word (text models only)."""
 
     name = "subword"
-    label = "Subword (merge the pieces of each word)"
+    label = "Subword (tomviz's own: merge the pieces of each word; no authors' code to follow)"
     needs_positions = True
     modalities = ("text",)
 

@@ -93,7 +93,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     elif result.inputs.image is not None:
         from tomviz.render.overlay import group_overlay
 
-        grid, protected = trace.meta["patch_grid"], trace.meta["num_protected"]
+        grid, protected = trace.patch_grid, trace.num_protected
         for layer in tqdm(range(trace.num_layers), desc="overlays", unit="layer"):
             group_overlay(result.inputs.image, trace.groups(layer), grid, protected).save(out / f"overlay_layer{layer:02d}.png")
     (out / "stats.json").write_text(json.dumps(stats, indent=1))

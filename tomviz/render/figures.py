@@ -7,7 +7,6 @@ import numpy as np
 import plotly.graph_objects as go
 
 from tomviz.render.groups import HIGHLIGHT, stable_colours
-from tomviz.render.overlay import patch_labels
 from tomviz.trace import Trace
 
 _MARGIN = dict(l=40, r=10, t=36, b=36)
@@ -36,16 +35,14 @@ def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int |
     layer to layer) and a white outline; ``token`` (an input token index) draws its group in magenta
     and every other group grey. Hover shows the group id, its size (input tokens) and the layer
     (1-based) where it first merged. The title counts the merged groups."""
-    num_protected = int(trace.meta.get("num_protected", 1))
-    grid = trace.meta["patch_grid"]
     groups = trace.groups(layer)  # [N0]
-    labels = patch_labels(groups, grid, num_protected)  # [rows, cols]
+    labels = trace.on_patch_grid(groups)  # [rows, cols]
     sizes = trace.sizes(layer)  # [N_l]
-    joined = patch_labels(trace.joined_at(layer), grid, num_protected)  # [rows, cols]
+    joined = trace.on_patch_grid(trace.joined_at(layer))  # [rows, cols]
     size_map = np.where(labels >= 0, sizes[np.maximum(labels, 0)], 0).astype(int)
     joined_text = np.where(joined >= 0, (joined + 1).astype(str), "never")
     custom = np.stack([labels.astype(str), size_map.astype(str), joined_text], axis=-1)  # [rows, cols, 3]
-    stable = patch_labels(trace.stable_groups(layer), grid, num_protected)  # [rows, cols]
+    stable = trace.on_patch_grid(trace.stable_groups(layer))  # [rows, cols]
     merged = size_map >= 2
     rgb = np.full(labels.shape + (3,), 228.0, dtype=np.float32)  # [rows, cols, 3] single patches: light grey
     if token is None:

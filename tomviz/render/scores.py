@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw, ImageFont
 
-from tomviz.render.overlay import display_image, heatmap_overlay, patch_labels
+from tomviz.render.overlay import display_image, heatmap_overlay
 from tomviz.render.text import display_pieces, group_names
 from tomviz.trace import Trace
 
@@ -116,8 +116,7 @@ def pairs_rows(pairs: Sequence[tuple[int, int, float]], names_a: Sequence[str], 
 
 def group_centres(trace: Trace, layer: int, width: int, height: int) -> dict[int, tuple[float, float]]:
     """Pixel centre (x, y) of every group after ``layer`` in a picture of ``width × height``."""
-    grid = trace.meta["patch_grid"]
-    labels = patch_labels(trace.groups(layer), grid, trace.num_input_tokens - int(grid[0]) * int(grid[1]))  # [rows, cols]
+    labels = trace.on_patch_grid(trace.groups(layer))  # [rows, cols]
     rows, cols = labels.shape
     centres = {}
     for g in np.unique(labels[labels >= 0]):

@@ -79,7 +79,7 @@ def compare_layer_views(session: CompareSession, layer: int):
                f"between A and B (mean Jaccard distance {stats['mean']:.3f}; 0 = same group, pruned in one only = 1). "
                f"Tokens: A {ta.layers[layer].num_tokens}, B {tb.layers[layer].num_tokens}.")
     if session.kind == "image":
-        grid, protected = ta.meta["patch_grid"], int(ta.meta.get("num_protected", 1))
+        grid, protected = ta.patch_grid, ta.num_protected
         image = session.a.image
         return (group_overlay(image, ta.groups(layer), grid, protected), group_overlay(image, tb.groups(layer), grid, protected),
                 difference_overlay(image, distance, grid, protected), None, None, None, summary)

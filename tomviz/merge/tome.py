@@ -8,8 +8,8 @@ tokens, kept A tokens in ascending position, then the B tokens in order; the
 next layer's A/B split depends on this order.
 
 Reproduces facebookresearch/ToMe ``tome/merge.py`` (``bipartite_soft_matching``, ``merge_wavg``), whose
-decisions ``tests/merge/test_tome.py`` checks at every layer against an independent reference (no commit is
-pinned here: the function has the same definition across the repository's history we read). Deliberate
+decisions ``tests/merge/test_tome.py`` checks at every layer against an independent reference written from
+that definition (no commit of the repository is pinned). Deliberate
 differences: the keys are summed over heads, not averaged (cosine is scale-free: the same decisions); any
 number of protected leading tokens (CLS, distillation, registers), not only CLS and DeiT's distillation
 token; text padding never merges; proportional attention is an additive SDPA mask, so the fused kernel runs.

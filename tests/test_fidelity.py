@@ -31,3 +31,11 @@ def test_cosine():
     assert cosine(np.array([1.0, 0.0]), np.array([2.0, 0.0])) == pytest.approx(1.0)
     assert cosine(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == pytest.approx(0.0)
     assert np.isnan(cosine(np.zeros(2), np.ones(2)))
+
+
+def test_embedding_fidelity_json_has_top_labels_only_for_classifiers():
+    from tomviz.fidelity import EmbeddingFidelity
+
+    assert EmbeddingFidelity("CLS token", 0.5).to_dict() == {"embedding": "CLS token", "cosine": 0.5}
+    both = EmbeddingFidelity("logits", 0.9, [("cat", 0.6)], [("dog", 0.7)]).to_dict()
+    assert both["top_merged"] == [("cat", 0.6)] and both["top_unmerged"] == [("dog", 0.7)]

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import tomviz
-from tomviz.fidelity import cosine, final_embedding, top_labels
+from tomviz.fidelity import EmbeddingFidelity, cosine, final_embedding, top_labels
 from tomviz.merge import check_methods, get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.schedule import check_mode, check_ratio
@@ -96,7 +96,7 @@ class Analysis:
     trace: Trace
     settings: Settings
     reference: Reference
-    fidelity: dict[str, Any]
+    fidelity: EmbeddingFidelity
     speed: SpeedReport
     image: Image.Image | None = None  # the photo, at most DISPLAY_SIDE per side (image models)
     notes: list[str] = field(default_factory=list)  # things the user should be told (truncation, ...)
@@ -108,7 +108,7 @@ class Analysis:
             "model": meta.get("model"), "method": meta.get("method"), "ratio": self.settings.ratio,
             "schedule_mode": self.settings.mode, "prop_attn": self.settings.prop_attn,
             "schedule": meta.get("schedule"), "token_counts": self.trace.token_counts(),
-            "num_layers": self.trace.num_layers, "fidelity": self.fidelity, "speed": self.speed.to_dict(),
+            "num_layers": self.trace.num_layers, "fidelity": self.fidelity.to_dict(), "speed": self.speed.to_dict(),
             "notes": self.notes,
         }
 
@@ -162,10 +162,9 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
     reference.merged_samples[speed_key] = merged_samples
 
     embedding, _ = final_embedding(outputs, loaded.modality, trace.sizes(trace.num_layers - 1))
-    fidelity: dict[str, Any] = {"embedding": reference.embedding_name, "cosine": cosine(embedding, reference.embedding)}
     merged_top = top_labels(outputs, loaded.labels)
-    if merged_top is not None:
-        fidelity["top_merged"], fidelity["top_unmerged"] = merged_top, reference.top_labels
+    fidelity = EmbeddingFidelity(embedding=reference.embedding_name, cosine=cosine(embedding, reference.embedding),
+                                 top_merged=merged_top, top_unmerged=None if merged_top is None else reference.top_labels)
 
     hidden, mlp = model_widths(loaded.backbone.config)
     merged_gflops, unmerged_gflops = trace_gflops(trace, hidden, mlp)

@@ -101,3 +101,20 @@ def top_labels(outputs: Any, labels: dict[int, str] | None, k: int = TOP_K) -> l
     probs = torch.softmax(logits[0].float(), dim=-1).cpu()
     values, indices = probs.topk(min(k, probs.shape[0]))
     return [(labels.get(int(i), str(int(i))), float(v)) for v, i in zip(values, indices)]
+
+
+@dataclass
+class EmbeddingFidelity:
+    """How close one input's merged run stays to its unmerged one (what the app shows)."""
+
+    embedding: str  # which final embedding was compared (see final_embedding)
+    cosine: float  # of the merged final embedding to the unmerged one
+    top_merged: list[tuple[str, float]] | None = None  # classifiers: the top-k (label, probability), merged
+    top_unmerged: list[tuple[str, float]] | None = None  # ... and unmerged
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able; the top-k lists only for classifiers."""
+        out: dict[str, Any] = {"embedding": self.embedding, "cosine": self.cosine}
+        if self.top_merged is not None:
+            out["top_merged"], out["top_unmerged"] = self.top_merged, self.top_unmerged
+        return out

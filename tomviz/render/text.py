@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from tomviz.fidelity import EmbeddingFidelity
 from tomviz.trace import Trace
 
 
@@ -103,12 +104,12 @@ def speed_markdown(speed: Any) -> str:
     )
 
 
-def fidelity_markdown(fidelity: dict[str, Any]) -> str:
-    """Markdown for the fidelity summary made by :func:`tomviz.analysis.analyse` (``Analysis.fidelity``)."""
-    lines = [f"**Cosine similarity of the final embedding** ({fidelity['embedding']}) to the unmerged run: "
-             f"**{fidelity['cosine']:.4f}**"]
-    if fidelity.get("top_merged"):
+def fidelity_markdown(fidelity: EmbeddingFidelity) -> str:
+    """Markdown for an input's fidelity (``Analysis.fidelity``)."""
+    lines = [f"**Cosine similarity of the final embedding** ({fidelity.embedding}) to the unmerged run: "
+             f"**{fidelity.cosine:.4f}**"]
+    if fidelity.top_merged:
         lines.append("\n| rank | merged | p | unmerged | p |\n|---|---|---|---|---|")
-        for i, ((lm, pm), (lu, pu)) in enumerate(zip(fidelity["top_merged"], fidelity["top_unmerged"]), 1):
+        for i, ((lm, pm), (lu, pu)) in enumerate(zip(fidelity.top_merged, fidelity.top_unmerged), 1):
             lines.append(f"| {i} | {lm} | {pm:.3f} | {lu} | {pu:.3f} |")
     return "\n".join(lines)

@@ -119,7 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     to_csv(rows, out / "sweep.csv")
     sweep_figure(rows).write_html(out / "sweep.html", include_plotlyjs=True)
     sweep_figure_png(rows, out / "sweep.png")
-    failed = [r for r in rows if r.get("error")]
+    failed = [r for r in rows if r.error]
     print(f"wrote {out}: {len(rows)} rows ({len(failed)} not reachable)")
     return 0
 

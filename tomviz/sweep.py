@@ -19,6 +19,7 @@ A ratio a method cannot reach gives a row with ``error`` set and no figures.
 from __future__ import annotations
 
 import csv
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,10 +30,28 @@ from tomviz.merge.schedule import ScheduleError
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.speed import measure_latency
 
-COLUMNS = (
-    "input", "method", "ratio", "tokens_in", "tokens_out", "cosine", "top1_agree", "top5_overlap",
-    "gflops", "base_gflops", "latency_s", "baseline_latency_s", "speedup", "error",
-)
+
+@dataclass
+class SweepRow:
+    """One method × ratio of a sweep (see the module docstring); the figures are None when ``error`` is set."""
+
+    input: str
+    method: str
+    ratio: float
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cosine: float | None = None
+    top1_agree: bool | None = None  # classifiers only
+    top5_overlap: float | None = None  # classifiers only
+    gflops: float | None = None
+    base_gflops: float | None = None
+    latency_s: float | None = None
+    baseline_latency_s: float | None = None
+    speedup: float | None = None
+    error: str | None = None
+
+
+COLUMNS = tuple(f.name for f in fields(SweepRow))  # the CSV header
 
 
 def sweep(
@@ -47,8 +66,8 @@ def sweep(
     method_options: dict[str, dict[str, Any]] | None = None,
     input_name: str = "",
     progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Rows (one per method × ratio, see ``COLUMNS``) for input ``x`` on ``model``.
+) -> list[SweepRow]:
+    """Rows (one per method × ratio) for input ``x`` on ``model``.
 
     method_options: per method name, its options (e.g. ``{"dtome": {"threshold": 0.9}}``).
     """
@@ -74,29 +93,29 @@ def sweep(
         jobs = tqdm(jobs, desc=f"sweep {input_name or 'input'}", unit="run")
     rows = []
     for method, ratio in jobs:
-        row: dict[str, Any] = dict.fromkeys(COLUMNS)
-        row.update(input=input_name, method=method, ratio=ratio, tokens_in=tokens_in, baseline_latency_s=base_latency)
+        row = SweepRow(input=input_name, method=method, ratio=ratio, tokens_in=tokens_in, baseline_latency_s=base_latency)
         try:
             merged = config(method, ratio)
             (metrics,) = compare(measured_forward(loaded, inputs, merged), base)
         except (ScheduleError, ValueError) as err:
-            row["error"] = str(err)
+            row.error = str(err)
             rows.append(row)
             continue
-        row.update(tokens_out=metrics.tokens_out, cosine=metrics.agreement.cosine, top1_agree=metrics.agreement.top1_agree,
-                   top5_overlap=metrics.agreement.top5_overlap, gflops=metrics.gflops, base_gflops=metrics.base_gflops)
-        row["latency_s"] = measure_latency(loaded, inputs, merged, runs=runs, warmup=warmup)
-        row["speedup"] = base_latency / row["latency_s"]
+        row.tokens_out, row.cosine = metrics.tokens_out, metrics.agreement.cosine
+        row.top1_agree, row.top5_overlap = metrics.agreement.top1_agree, metrics.agreement.top5_overlap
+        row.gflops, row.base_gflops = metrics.gflops, metrics.base_gflops
+        row.latency_s = measure_latency(loaded, inputs, merged, runs=runs, warmup=warmup)
+        row.speedup = base_latency / row.latency_s
         rows.append(row)
     return rows
 
 
-def to_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Write the rows with the ``COLUMNS`` header."""
+def to_csv(rows: Iterable[SweepRow], path: str | Path) -> Path:
+    """Write the rows with the ``COLUMNS`` header (None as an empty cell)."""
     path = Path(path)
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+            writer.writerow({k: ("" if v is None else v) for k, v in asdict(row).items()})
     return path

@@ -103,8 +103,8 @@ def test_sweep_agrees_with_bench(tiny_classifier, image_folder, tmp_path):
     rows = run_bench(spec, items, tmp_path, engine="local").rows()
     swept = sweep(tomviz.load(tiny_classifier), str(image), ["tome", "evit"], [0.5], runs=1, warmup=0)
     for b, s in zip(rows, swept):
-        assert b["method"] == s["method"] and b["tokens_out"] == s["tokens_out"] and b["top1_agree"] == s["top1_agree"]
-        assert b["cosine"] == pytest.approx(s["cosine"], abs=1e-7) and b["gflops"] == pytest.approx(s["gflops"])
+        assert b["method"] == s.method and b["tokens_out"] == s.tokens_out and b["top1_agree"] == s.top1_agree
+        assert b["cosine"] == pytest.approx(s.cosine, abs=1e-7) and b["gflops"] == pytest.approx(s.gflops)
 
 
 def test_summary_report_and_pareto(runs):

@@ -1,36 +1,41 @@
 """Figures of a sweep (rows from :func:`tomviz.sweep.sweep`): plotly for the app and HTML,
-matplotlib for a PNG. Never imports gradio."""
+matplotlib for a PNG. Never imports gradio.
+
+``rows`` are :class:`tomviz.sweep.SweepRow` (a layer above render: read by field name, not imported).
+"""
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any, Iterable
 
+SweepRow = Any  # tomviz.sweep.SweepRow
+
 PANELS = (("cosine", "fidelity (cosine to unmerged)"), ("speedup", "speed-up (measured)"))
 
 
-def _series(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def _series(rows: Iterable[SweepRow]) -> dict[str, list[SweepRow]]:
     """Rows without errors, per ``input · method`` label, sorted by ratio."""
-    series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    series: dict[str, list[SweepRow]] = defaultdict(list)
     for row in rows:
-        if row.get("error") or row.get("cosine") is None:
+        if row.error or row.cosine is None:
             continue
-        label = f"{row['input']} · {row['method']}" if row.get("input") else row["method"]
+        label = f"{row.input} · {row.method}" if row.input else row.method
         series[label].append(row)
-    return {k: sorted(v, key=lambda r: r["ratio"]) for k, v in series.items()}
+    return {k: sorted(v, key=lambda r: r.ratio) for k, v in series.items()}
 
 
-def sweep_figure(rows: Iterable[dict[str, Any]]):
+def sweep_figure(rows: Iterable[SweepRow]):
     """A plotly figure: fidelity and speed-up against the merge ratio, one line per method."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in PANELS])
     for index, (label, points) in enumerate(_series(rows).items()):
-        ratios = [p["ratio"] for p in points]
+        ratios = [p.ratio for p in points]
         for col, (key, _) in enumerate(PANELS, start=1):
             fig.add_trace(
                 go.Scatter(
-                    x=ratios, y=[p[key] for p in points], mode="lines+markers", name=label,
+                    x=ratios, y=[getattr(p, key) for p in points], mode="lines+markers", name=label,
                     legendgroup=label, showlegend=col == 1, line={"color": series_colour(index)},
                 ),
                 row=1, col=col,
@@ -40,7 +45,7 @@ def sweep_figure(rows: Iterable[dict[str, Any]]):
     return fig
 
 
-def sweep_figure_png(rows: Iterable[dict[str, Any]], path) -> None:
+def sweep_figure_png(rows: Iterable[SweepRow], path) -> None:
     """The same two panels as a PNG (matplotlib; plotly's image export needs kaleido)."""
     import matplotlib
 
@@ -50,7 +55,7 @@ def sweep_figure_png(rows: Iterable[dict[str, Any]], path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for index, (label, points) in enumerate(_series(rows).items()):
         for ax, (key, _) in zip(axes, PANELS):
-            ax.plot([p["ratio"] for p in points], [p[key] for p in points], marker="o", label=label, color=series_colour(index))
+            ax.plot([p.ratio for p in points], [getattr(p, key) for p in points], marker="o", label=label, color=series_colour(index))
     for ax, (_, title) in zip(axes, PANELS):
         ax.set_title(title)
         ax.set_xlabel("merge ratio")

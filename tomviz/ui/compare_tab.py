@@ -22,7 +22,7 @@ from tomviz.render.figures import token_count_figure
 from tomviz.render.overlay import group_overlay
 from tomviz.render.sweep import sweep_figure
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
-from tomviz.sweep import sweep, to_csv
+from tomviz.sweep import SweepRow, sweep, to_csv
 from tomviz.ui.common import IMAGE_MODELS, MODEL_HELP, TEXT_MODELS, PromptBox, download_folder, layer_index, session_state, layer_slider, method_choices, user_errors
 from tomviz.analysis import Analysis, Settings, analyse, check_modality
 from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
@@ -150,16 +150,16 @@ def parse_ratios(text: str | None) -> list[float]:
     return sorted(set(ratios))
 
 
-def sweep_rows_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
+def sweep_rows_table(rows: list[SweepRow]) -> list[list[Any]]:
     """Rows for the table (``SWEEP_HEADERS``); missing numbers are blank."""
     def num(value: Any, scale: float = 1.0, digits: int = 4) -> Any:
         return "" if value is None else round(float(value) * scale, digits)
 
     out = []
     for r in rows:
-        top1 = "" if r.get("top1_agree") is None else ("yes" if r["top1_agree"] else "no")
-        out.append([r["method"], r["ratio"], "" if r.get("tokens_out") is None else int(r["tokens_out"]), num(r.get("cosine")),
-                    top1, num(r.get("latency_s"), 1e3, 1), num(r.get("speedup"), 1.0, 2), r.get("error") or ""])
+        top1 = "" if r.top1_agree is None else ("yes" if r.top1_agree else "no")
+        out.append([r.method, r.ratio, "" if r.tokens_out is None else int(r.tokens_out), num(r.cosine),
+                    top1, num(r.latency_s, 1e3, 1), num(r.speedup, 1.0, 2), r.error or ""])
     return out
 
 
@@ -191,7 +191,7 @@ def run_sweep(kind: str, image: str | None, prompt: str | None, model: str, meth
                 raise ValueError(f"no method left that runs on {kind} inputs")
         rows = sweep(loaded, x, methods, values, runs=SWEEP_RUNS, warmup=SWEEP_WARMUP, mode=schedule, prop_attn=bool(prop_attn),
                      progress=True)
-        failed = [r for r in rows if r.get("error")]
+        failed = [r for r in rows if r.error]
         if failed:
             gr.Warning(f"{len(failed)} of {len(rows)} settings could not run (see the error column).")
         path = to_csv(rows, download_folder() / "sweep.csv")

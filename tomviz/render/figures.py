@@ -12,21 +12,17 @@ from tomviz.trace import Trace
 _MARGIN = dict(l=40, r=10, t=36, b=36)
 
 
-def _outline_segments(labels: np.ndarray, merged: np.ndarray) -> tuple[list, list]:
-    """Line segments (plotly x/y lists, None-separated) between neighbouring patches of different groups
+def _outline_segments(labels: np.ndarray, merged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Line segments (plotly x/y arrays, NaN-separated) between neighbouring patches of different groups
     where at least one side is a merged group; patch (i, j) is centred on x=j, y=i."""
-    xs: list = []
-    ys: list = []
-    rows, cols = labels.shape
-    right = (labels[:, :-1] != labels[:, 1:]) & (merged[:, :-1] | merged[:, 1:])  # [rows, cols-1]
-    for i, j in zip(*np.nonzero(right)):
-        xs += [j + 0.5, j + 0.5, None]
-        ys += [i - 0.5, i + 0.5, None]
-    below = (labels[:-1, :] != labels[1:, :]) & (merged[:-1, :] | merged[1:, :])  # [rows-1, cols]
-    for i, j in zip(*np.nonzero(below)):
-        xs += [j - 0.5, j + 0.5, None]
-        ys += [i + 0.5, i + 0.5, None]
-    return xs, ys
+    right_i, right_j = np.nonzero((labels[:, :-1] != labels[:, 1:]) & (merged[:, :-1] | merged[:, 1:]))
+    below_i, below_j = np.nonzero((labels[:-1, :] != labels[1:, :]) & (merged[:-1, :] | merged[1:, :]))
+    gap = np.full(right_i.shape[0] + below_i.shape[0], np.nan)
+    x0 = np.concatenate([right_j + 0.5, below_j - 0.5])  # [S] segment starts and ends
+    x1 = np.concatenate([right_j + 0.5, below_j + 0.5])
+    y0 = np.concatenate([right_i - 0.5, below_i + 0.5])
+    y1 = np.concatenate([right_i + 0.5, below_i + 0.5])
+    return np.stack([x0, x1, gap], axis=1).reshape(-1), np.stack([y0, y1, gap], axis=1).reshape(-1)
 
 
 def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int | None = None) -> go.Figure:

@@ -83,21 +83,23 @@ def cluster_picture(image: Image.Image, groups: PatchGroups, max_side: int | Non
     base = display_image(image, max_side) if max_side else image.convert("RGB")
     pixels = np.asarray(base, dtype=np.float32)  # [H, W, 3]
     height, width = pixels.shape[:2]
-    stable = pixel_labels(groups.stable, height, width)  # [H, W]
-    size = pixel_labels(groups.size, height, width)  # [H, W]
+    rows, cols = groups.stable.shape
+    patch = pixel_labels(np.arange(rows * cols).reshape(rows, cols), height, width)  # [H, W] patch index
+    stable = groups.stable.reshape(-1)[patch]  # [H, W]
+    size = groups.size.reshape(-1)[patch]  # [H, W]
     grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # [H, W]
     out = np.repeat((SINGLE_GREY * grey + (1 - SINGLE_GREY) * 235.0)[..., None], 3, axis=-1)  # [H, W, 3]
     if groups.selected is None:
         merged = size >= 2
-        colours = stable_colours(np.maximum(stable[merged], 0))  # [M, 3]
-        out[merged] = TINT * colours + (1 - TINT) * pixels[merged]
+        colours = stable_colours(np.maximum(groups.stable, 0)).reshape(-1, 3)  # [rows*cols, 3], per patch
+        out[merged] = TINT * colours[patch[merged]] + (1 - TINT) * pixels[merged]
     else:
-        chosen = pixel_labels(groups.selected.astype(np.int8), height, width).astype(bool)
+        chosen = groups.selected.reshape(-1)[patch]  # [H, W]
         out[chosen] = HIGHLIGHT_TINT * np.asarray(HIGHLIGHT, np.float32) + (1 - HIGHLIGHT_TINT) * pixels[chosen]
     out[stable < 0] = PRUNED_COLOUR
     if outline:  # outline the merged groups only (single patches stay unframed)
         alone = -2 - np.arange(groups.stable.size).reshape(groups.stable.shape)  # a label of its own per patch
-        labels = pixel_labels(np.where(groups.size >= 2, groups.stable, alone), height, width)  # [H, W]
+        labels = np.where(groups.size >= 2, groups.stable, alone).reshape(-1)[patch]  # [H, W]
         edge = boundary_mask(labels) & _touches(size >= 2)
         out[edge] = OUTLINE
     return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
@@ -117,6 +119,14 @@ def caption_font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=8)
+def legend_band(width: int, height: int) -> Image.Image:
+    """The strip's legend (drawn once per size: text rendering is a third of a strip's cost)."""
+    band = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(band).text((StripLayout.gap, 24), STRIP_LEGEND, fill=(40, 40, 40), font=caption_font(14))
+    return band
 
 
 @dataclass(frozen=True)
@@ -162,9 +172,9 @@ def layer_strip_picture(image: Image.Image, trace: Trace, token: int | None = No
     layout = strip_layout(image.size, trace.num_layers, width, columns)
     tile = image.convert("RGB").resize((layout.tile_w, layout.tile_h), Image.Resampling.BILINEAR)
     sheet = Image.new("RGB", layout.size, (255, 255, 255))
+    sheet.paste(legend_band(layout.size[0], layout.header), (0, 0))
     draw = ImageDraw.Draw(sheet)
     font = caption_font(14)
-    draw.text((layout.gap, 24), STRIP_LEGEND, fill=(40, 40, 40), font=font)
     counts = trace.token_counts()[1:]
     for l in range(trace.num_layers):
         x, y = layout.x(l), layout.y(l)

@@ -11,6 +11,12 @@ Three places to reduce the visual tokens (``place``):
   ``log(size)`` bias through its mask (``prop_attn``);
 * ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``).
 
+With ``vtu=True`` (boundary, or LLaVA's encoder merging) the LLM gets DyMU's virtual token
+unmerging instead of the log-size bias: it computes on the merged tokens, but every attention
+sees each merged token once per member at its members' RoPE positions
+(:func:`tomviz.models.llm.vtu_attention`), so it stays close to the unreduced model. VTU needs a
+plan that only merges (no pruned tokens) and a rotary LLM.
+
 Each place is traced as a stage with the same :class:`~tomviz.trace.Trace` type:
 ``stages["encoder"]`` (the patches of tile 0 through the encoder layers), ``stages["boundary"]``
 (the visual tokens → the tokens the LLM receives) and ``stages["llm"]`` (the visual tokens the
@@ -55,6 +61,7 @@ class Reduction:
     prop_attn: bool = True  # log(size) bias for merged tokens (encoder attention; the LLM's attention at the boundary)
     fastv_layer: int = 2  # K for FastV: layers K.. see only the kept visual tokens
     seed: int = 0  # random selection
+    vtu: bool = False  # DyMU's virtual token unmerging in the LLM (merged tokens; replaces the log-size bias)
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -66,6 +73,8 @@ class Reduction:
             raise ValueError(f"inside the LLM the method is fastv, not {self.method!r}")
         if self.place == "boundary" and self.method == "fastv":
             raise ValueError("fastv works inside the LLM: use place='llm'")
+        if self.vtu and self.place not in ("boundary", "encoder"):
+            raise ValueError(f"virtual token unmerging expands merged tokens: use it at the boundary or the encoder, not {self.place!r}")
 
 
 @dataclass
@@ -89,6 +98,12 @@ class Prefill:
     fastv: llm.FastVRequest | None
     stages: dict[str, Trace]
     encoder_seconds: float  # vision encoder + boundary reduction
+    vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
+
+    def llm_state(self, **fields: Any) -> llm.LLMState:
+        """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
+        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu)
+        return llm.LLMState(**{**values, **fields})
 
 
 @dataclass
@@ -157,7 +172,7 @@ class VLMResult:
             present = torch.as_tensor(masks, device=embeds.device)  # [M, n]
             bias = base.expand(len(masks), -1).clone()  # [M, L]
             bias[:, visual_positions] = torch.where(present, bias[:, visual_positions], absent_bias)
-            with torch.inference_mode(), llm.LLMState(visual=visual, key_bias=bias):
+            with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None):
                 logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False).logits.float()
             steps = logits[:, -(len(answer) + 1):-1]  # [M, A, vocab]
             logp = steps.log_softmax(-1).gather(2, ids.expand(len(masks), -1)[..., None])[..., 0]  # [M, A]
@@ -339,7 +354,34 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
         fastv = None
         if red.place == "llm" and red.ratio > 0:
             fastv = _fastv_request(loaded, red, num_visual, token_grid, num_tiles)
-    return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0)
+        vtu = None
+        if red.vtu:
+            key_bias = None  # each member is its own virtual key: no log-size bias
+            vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
+                   vtu=vtu)
+
+
+def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, visual: torch.Tensor,
+                   first_member: torch.Tensor) -> llm.VirtualTokens:
+    """The unmerged sequence behind a merged prefill, for VTU.
+
+    plan: ``[1, V]`` visual token → group (sequence order); keep_seq: ``[L]`` bool, the positions of the
+    full sequence that the merged one keeps (text, and each group's first member); visual: ``[L]`` bool;
+    first_member: ``[V']``. Returns ``index [L]``: the merged position each full position is a copy of.
+    """
+    if bool((plan.dst < 0).any()):
+        raise ValueError("virtual token unmerging needs a plan that only merges: this method prunes visual tokens "
+                         "(use tome, dtome or downsample)")
+    rotary = getattr(loaded.language_model, "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(f"virtual token unmerging needs a rotary (RoPE) LLM; {loaded.name}'s has no rotary_emb")
+    merged_index = keep_seq.long().cumsum(0) - 1  # [L] merged position of each kept full position
+    visual_positions = visual.nonzero()[:, 0]  # [V]
+    group_position = merged_index[visual_positions[first_member]]  # [V'] merged position of each group
+    index = merged_index.clone()
+    index[visual_positions] = group_position[plan.dst[0]]
+    return llm.VirtualTokens(index=index, rotary=rotary)
 
 
 def _fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int, token_grid, num_tiles: int) -> llm.FastVRequest:
@@ -384,7 +426,7 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
     """Greedy decoding at batch 1 with the KV cache, under the prefill's reduction."""
     model = loaded.model
     stop = _stop_ids(loaded)
-    state = llm.LLMState(visual=prefill.visual, key_bias=prefill.key_bias, fastv=prefill.fastv)
+    state = prefill.llm_state()
     tokens: list[int] = []
     with torch.inference_mode(), state:
         start = time.perf_counter()
@@ -435,7 +477,7 @@ def teacher_forced(loaded: LoadedVLM, prefill: Prefill, answer: list[int], recor
             bias = torch.cat([prefill.key_bias, torch.zeros(len(answer), device=embeds.device)])
         queries = torch.arange(length - 1, length - 1 + len(answer), device=embeds.device) if record_attention else None
         fastv = None if prefill.fastv is None else replace(prefill.fastv, query=length - 1)  # decided by the last prompt token
-        state = llm.LLMState(visual=visual, key_bias=bias, fastv=fastv, record_queries=queries)
+        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, record_queries=queries)
         with state:
             logits = loaded.model(inputs_embeds=embeds, use_cache=False).logits[0].float()  # [L'', vocab]
     steps = logits[-(len(answer) + 1):-1]  # [A, vocab] the logits that predict each answer token

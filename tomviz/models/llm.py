@@ -13,7 +13,9 @@ Under an active state a layer may
   token, and from layer ``K`` on drop the visual tokens it attended to least: the hidden
   states, the rotary cos/sin and the mask are sliced; the KV cache of layers ≥ K holds
   only the kept tokens, layers < K hold all (positions stay the original ones);
-* record the attention of chosen query tokens (the answer) to every key, mean over heads.
+* record the attention of chosen query tokens (the answer) to every key, mean over heads;
+* (DyMU's virtual token unmerging, :class:`VirtualTokens`) compute every prefill attention as
+  if the unmerged sequence were present: see :func:`vtu_attention`.
 
 Attention probabilities are recomputed from the layer's input (``input_layernorm``,
 ``q_proj``/``k_proj``, the model's own rotary function), so nothing asks the attention
@@ -44,6 +46,38 @@ class FastVRequest:
 
 
 @dataclass
+class VirtualTokens:
+    """DyMU's virtual token unmerging (VTU): the unmerged ("virtual") sequence behind a merged prefill.
+
+    ``index[j]`` is the prefill position (merged sequence) that virtual token ``j`` is a copy of;
+    virtual token ``j`` sits at RoPE position ``j``. Text tokens map one to one, each merged visual
+    token is expanded once per member, at its members' positions. Tokens after the prefill (teacher-
+    forced answers) extend both one to one.
+    """
+
+    index: torch.Tensor  # [Lv] long, ascending groups allowed in any order; index.max() + 1 = L' (prefill length)
+    rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # the LLM's rotary_emb(x, position_ids)
+    _cos_sin: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # per-call cache, by length
+
+    @property
+    def num_merged(self) -> int:
+        return int(self.index.max()) + 1
+
+    def expanded(self, length: int) -> torch.Tensor:
+        """``[Lv + extra]``: the index for a sequence of ``length = L' + extra`` merged positions."""
+        extra = length - self.num_merged
+        tail = torch.arange(self.num_merged, length, device=self.index.device)
+        return torch.cat([self.index, tail]) if extra > 0 else self.index
+
+    def cos_sin(self, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE ``(cos, sin)``, each ``[1, length, d]``, for virtual positions ``0..length-1``."""
+        if length not in self._cos_sin:
+            positions = torch.arange(length, device=like.device)[None]
+            self._cos_sin[length] = self.rotary(like, positions)
+        return self._cos_sin[length]
+
+
+@dataclass
 class LLMState:
     """Per-call state of the language model (batch 1). Sequence positions index the prefill tokens."""
 
@@ -51,6 +85,7 @@ class LLMState:
     key_bias: torch.Tensor | None = None  # [L] or [B, L] float, added to every attention logit towards that key (log size; 0 = text)
     fastv: FastVRequest | None = None
     record_queries: torch.Tensor | None = None  # [Q] long: record these queries' attention (one pass, no cache)
+    vtu: VirtualTokens | None = None  # DyMU's virtual token unmerging in every prefill attention
     # filled during the call
     keep: torch.Tensor | None = None  # [L'] long, prefill positions that layers >= K keep (FastV)
     last_attention: torch.Tensor | None = None  # [L] attention of the last prompt token in layer K-1 (mean over heads)
@@ -163,7 +198,7 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
                 mask = _slice_keys(mask, keep, prefix)
             if key_bias is not None:
                 key_bias = key_bias[..., keep]
-        if prefill and state.record_queries is not None:
+        if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
             queries = torch.searchsorted(state.keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
             if dropped:  # back onto the prefill positions; dropped keys get 0
@@ -187,12 +222,106 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
     return types.MethodType(forward, layer)
 
 
+def vtu_attention(
+    attn: nn.Module,
+    hidden: torch.Tensor,
+    vtu: VirtualTokens,
+    cache: Any,
+    key_bias: torch.Tensor | None,
+    record: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One prefill self-attention with DyMU's virtual token unmerging.
+
+    hidden: ``[B, L, C]`` the merged sequence after ``input_layernorm`` (``L = L' + extra``).
+    Queries, keys and values are projected once per merged token (``[B, H, L, d]``), copied to the
+    ``Lv`` virtual tokens (``vtu.expanded(L)``), rotated with the virtual positions, and attended
+    causally over the virtual sequence (SDPA). Each merged token's output is the mean of its copies'
+    outputs, then ``o_proj``: ``[B, L, C]``. The virtual keys/values go into ``cache``, so the next
+    token sits at position ``Lv`` and attends to every member separately.
+    key_bias: ``[L]`` or ``[B, L]`` additive bias per merged key (copied to its virtual keys), or None.
+    record: ``[Q]`` merged positions whose attention to the merged keys is returned
+    (``[Q, L]`` each, mean over heads and over the query's copies; a key's value sums its copies).
+
+    Follows DyMU (github.com/MikeWangWZHL/dymu, ``LLaVA/llava/model/language_model/vtu_attention_exact_imple.py``,
+    ``CustomLlamaAttention.forward`` and ``CustomDynamicCache``, commit 8c38a00), written from it, not copied.
+    Differences: the virtual queries/keys are gathered and rotated directly and SDPA computes the
+    attention (DyMU expands the RoPE product into four einsum terms and a hand-written softmax; the
+    scores are the same); the stock cache stores the rotated virtual keys (DyMU's custom cache stores
+    unrotated keys with their cos/sin and re-rotates); decoding then needs no change (DyMU's decode
+    path re-derives the same product); grouped-query heads are expanded; an additive per-key bias and
+    attention recording are supported; Llama/Qwen2 layouts (``q_norm``/``k_norm`` when present).
+    """
+    batch, length, _ = hidden.shape
+    head_dim = attn.head_dim
+    shape = (batch, length, -1, head_dim)
+    q, k = attn.q_proj(hidden).view(shape), attn.k_proj(hidden).view(shape)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, L, d], [B, Hkv, L, d]
+    v = attn.v_proj(hidden).view(shape).transpose(1, 2)  # [B, Hkv, L, d]
+    index = vtu.expanded(length)  # [Lv]
+    num_virtual = index.shape[0]
+    cos, sin = vtu.cos_sin(v, num_virtual)  # [1, Lv, d]
+    qv, kv, vv = q[:, :, index], k[:, :, index], v[:, :, index]  # [B, H(kv), Lv, d]
+    qv, kv = _rotary(attn)(qv, kv, cos, sin)
+    if cache is not None:
+        kv, vv = cache.update(kv, vv, attn.layer_idx)
+    groups = qv.shape[1] // kv.shape[1]
+    kv, vv = kv.repeat_interleave(groups, dim=1), vv.repeat_interleave(groups, dim=1)  # [B, H, Lv, d]
+    mask = None
+    if key_bias is not None:
+        rows = key_bias.reshape(-1, key_bias.shape[-1]).float()  # [B or 1, L'']
+        full = torch.zeros(rows.shape[0], length, device=hidden.device)
+        known = min(rows.shape[1], length)
+        full[:, :known] = rows[:, :known]
+        causal = torch.ones(num_virtual, num_virtual, dtype=torch.bool, device=hidden.device).tril()
+        mask = full[:, index][:, None, None, :].masked_fill(~causal, -torch.inf).to(qv.dtype)  # [B, 1, Lv, Lv]
+    out = torch.nn.functional.scaled_dot_product_attention(qv, kv, vv, attn_mask=mask, is_causal=mask is None,
+                                                           scale=attn.scaling)  # [B, H, Lv, d]
+    counts = torch.zeros(length, device=hidden.device).index_add_(0, index, torch.ones_like(index, dtype=torch.float))
+    merged = out.new_zeros(batch, out.shape[1], length, head_dim).index_add_(2, index, out)
+    merged = merged / counts.to(out.dtype)[:, None]  # [B, H, L, d] mean over each token's copies
+    recorded = []
+    if record is not None:  # [Q] merged queries: probabilities over virtual keys, summed back onto merged keys
+        logits = (qv.float() @ kv.float().transpose(-1, -2)) * attn.scaling  # [B, H, Lv, Lv]
+        if mask is not None:
+            logits = logits + mask.float()
+        else:
+            logits = logits.masked_fill(~torch.ones_like(logits[0, 0], dtype=torch.bool).tril(), -torch.inf)
+        probs = logits[0].softmax(-1).mean(0)  # [Lv, Lv]
+        per_query = probs.new_zeros(length, num_virtual).index_add_(0, index, probs) / counts[:, None]  # [L, Lv]
+        recorded.append(per_query[record].new_zeros(len(record), length).index_add_(1, index, per_query[record]))
+    return attn.o_proj(merged.transpose(1, 2).reshape(batch, length, -1)), recorded
+
+
+def _make_attention(attn: nn.Module) -> Callable:
+    original = attn.forward
+
+    def forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
+        state = current_state()
+        vtu = None if state is None else state.vtu
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if vtu is None or args or hidden_states.shape[1] < vtu.num_merged or (
+            cache is not None and cache.get_seq_length(self.layer_idx) > 0
+        ):
+            return original(hidden_states, *args, **kwargs)  # decoding: the cache holds the virtual keys
+        key_bias = state.key_bias
+        if key_bias is not None and not bool(key_bias.any()):
+            key_bias = None
+        out, recorded = vtu_attention(self, hidden_states, vtu, cache, key_bias, state.record_queries)
+        state.attention.extend(recorded)
+        return out, None
+
+    return types.MethodType(forward, attn)
+
+
 def apply(language_model: nn.Module) -> None:
-    """Wrap the decoder layers of ``language_model`` (``.layers``), idempotent."""
+    """Wrap the decoder layers of ``language_model`` (``.layers``) and their ``self_attn``, idempotent."""
     if getattr(language_model, _PATCHED, False):
         return
     for index, layer in enumerate(language_model.layers):
         layer.forward = _make_forward(layer, index)
+        layer.self_attn.forward = _make_attention(layer.self_attn)
     setattr(language_model, _PATCHED, True)
 
 
@@ -200,6 +329,7 @@ def remove(language_model: nn.Module) -> None:
     if not getattr(language_model, _PATCHED, False):
         return
     for layer in language_model.layers:
-        if "forward" in layer.__dict__:
-            del layer.forward
+        for module in (layer, layer.self_attn):
+            if "forward" in module.__dict__:
+                del module.forward
     delattr(language_model, _PATCHED)

@@ -125,7 +125,9 @@ def caption_font(size: int) -> ImageFont.ImageFont:
 def legend_band(width: int, height: int) -> Image.Image:
     """The strip's legend (drawn once per size: text rendering is a third of a strip's cost)."""
     band = Image.new("RGB", (width, height), (255, 255, 255))
-    ImageDraw.Draw(band).text((StripLayout.gap, 24), STRIP_LEGEND, fill=(40, 40, 40), font=caption_font(14))
+    draw, font = ImageDraw.Draw(band), caption_font(14)
+    x = max(StripLayout.gap, width - StripLayout.gap - int(draw.textlength(STRIP_LEGEND, font=font)))  # right-aligned:
+    draw.text((x, 24), STRIP_LEGEND, fill=(40, 40, 40), font=font)  # gr.Image's label covers the top left
     return band
 
 

@@ -251,11 +251,25 @@ class Encoded:
     token_grid: tuple[int, int]
     num_tiles: int
     attention: dict[str, torch.Tensor] = field(default_factory=dict)  # "middle"/"deep": [1, V] received, per visual token
+    markers: torch.Tensor | None = None  # [V + M] bool: the image tokens that are layout markers (OneVision's newlines)
+    marker_features: torch.Tensor | None = None  # [1, M, D] their features (passed on as they are)
+
+
+def check_supported(loaded: LoadedVLM, red: Reduction) -> None:
+    """A clear error when ``loaded``'s family cannot reduce at ``red``'s place with ``red``'s method."""
+    adapter = loaded.adapter
+    if red.place == "encoder" and red.ratio > 0 and adapter.encoder_merging:
+        raise ValueError(adapter.encoder_merging)
+    if red.place == "boundary" and red.ratio > 0 and not adapter.uniform_grid:
+        if get_visual_method(red.method, **red.method_options).needs_grid:
+            raise ValueError(f"{red.method} reads the tiles' token grid; {adapter.family}'s visual tokens are not equal "
+                             "tiles (base view + a cropped anyres grid): use tome, dtome or random")
 
 
 def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     """Run the vision encoder and connector (merging inside at ``place='encoder'``)."""
     red.check()
+    check_supported(loaded, red)
     model, adapter, tensors = loaded.model, loaded.adapter, inputs.tensors
     rows, cols = adapter.patch_grid(model, tensors)
     token_grid, num_tiles = adapter.token_grid(model, tensors)
@@ -281,12 +295,21 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
         else:
             if features.shape[1] != num_visual:
                 raise ValueError(f"{features.shape[1]} visual features for {num_visual} image tokens in the prompt")
-            plan = MergePlan.identity(1, num_visual, features.device)
             merged = False
+        markers = marker_features = None
+        if adapter.layout_markers is not None:  # the markers go on as they are; the rest form one strip
+            markers = adapter.layout_markers(model, features)  # [V + M]
+            marker_features, features = features[:, markers], features[:, ~markers]
+            meta["num_patches"] = rows * cols * num_tiles
+            token_grid, num_tiles = (1, features.shape[1]), 1
+            meta.update(token_grid=list(token_grid), num_tiles=1)
+        if not merged:
+            plan = MergePlan.identity(1, features.shape[1], features.device)
         attention = {name: _pool_received(loaded, state.received[layer], (rows, cols), token_grid)
                      for name, layer in layers.items()}
     return Encoded(features=features, plan=plan, merged=merged, stages=stages, meta=meta,
-                   token_grid=tuple(token_grid), num_tiles=num_tiles, attention=attention)
+                   token_grid=tuple(token_grid), num_tiles=num_tiles, attention=attention,
+                   markers=markers, marker_features=marker_features)
 
 
 def _attention_layers(loaded: LoadedVLM, red: Reduction) -> dict[str, int]:
@@ -313,6 +336,10 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
     stages = dict(encoded.stages)
     input_ids = inputs.tensors["input_ids"]
     visual = input_ids[0] == loaded.image_token_id  # [L]
+    marker_positions = None
+    if encoded.markers is not None:  # layout markers: kept like text
+        marker_positions = visual.nonzero()[:, 0][encoded.markers]
+        visual[marker_positions] = False
     num_visual = int(visual.sum())
     with torch.inference_mode():
         boundary_meta = {**encoded.meta, "method": "none", "prop_attn": red.prop_attn}
@@ -339,6 +366,9 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
                 sizes = sizes[..., 0]
         stages["boundary"] = _stage("boundary", plan, boundary_meta)
         embeds = loaded.language_model.get_input_embeddings()(input_ids)  # [1, L, C]
+        if marker_positions is not None:
+            embeds = embeds.clone()
+            embeds[0, marker_positions] = encoded.marker_features[0].to(embeds.dtype)
         first_member = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V'] ascending
         keep_seq = ~visual.clone()
         keep_seq[visual.nonzero()[:, 0][first_member]] = True
@@ -543,7 +573,7 @@ def inspect_vlm(
         "reference_decode_s": reference.decode_seconds, "reference_ttft_s": base.encoder_seconds + reference.prefill_seconds,
     }
     counts = {
-        "patches": int(np.prod(boundary.meta["patch_grid"])) * int(boundary.meta["num_tiles"]),
+        "patches": boundary.meta.get("num_patches", int(np.prod(boundary.meta["patch_grid"])) * int(boundary.meta["num_tiles"])),
         "visual": boundary.num_input_tokens,
         "llm_input": llm_input,
         "llm_after_k": reduced.llm_visual_tokens[-1],

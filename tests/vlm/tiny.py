@@ -82,6 +82,31 @@ def llava(image_size: int = 32, patch: int = 8, vision_layers: int = 2, text_lay
     return model, processor
 
 
+def onevision(image_size: int = 32, patch: int = 8, vision_layers: int = 2, text_layers: int = 3):
+    """(model, processor): LLaVA-OneVision (SigLIP + Qwen2) with anyres tiles of ``image_size`` px, up to 2x2."""
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessorPil,
+                              LlavaOnevisionProcessor)
+
+    from tomviz.models.vlm import image_only
+
+    tokenizer = tiny_tokenizer(LLAVA_SPECIAL + ["<video>"], eos_token="</s>")
+    s = image_size
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=vision_layers, num_attention_heads=2, image_size=s, patch_size=patch),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=text_layers,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB_SIZE, pad_token_id=1),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=[[s, s], [s, 2 * s], [2 * s, s], [2 * s, 2 * s]],
+        vision_feature_layer=-1, vision_feature_select_strategy="full",
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": s, "width": s}, image_grid_pinpoints=config.image_grid_pinpoints)
+    processor = image_only(LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                                    num_image_tokens=(s // patch) ** 2, vision_feature_select_strategy="full")
+    return model, processor
+
+
 def photo(size: int = 80, seed: int = 0):
     """A small RGB PIL image with some structure (blocks of colour plus noise)."""
     import numpy as np

@@ -50,6 +50,7 @@ class VisualMethod:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     needs_attention: ClassVar[bool] = False  # VisualTokens.attention must be given
+    needs_grid: ClassVar[bool] = False  # reads the tile grid (or attention pooled onto it): equal tiles only
 
     def plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
         num_tokens = tokens.features.shape[1]
@@ -172,6 +173,7 @@ def downsample_grid(rows: int, cols: int, keep_fraction: float) -> tuple[int, in
 class Downsample(VisualMethod):
     """Average-pool each tile's token grid (adaptive bins) to about ``keep`` tokens in all."""
 
+    needs_grid = True
     name = "downsample"
     label = "Plain downsampling (average pooling, baseline)"
 
@@ -206,6 +208,7 @@ class VisionZip(VisualMethod):
     the rest are split into ``contextual`` groups around evenly spaced centres, each token
     joining its most similar centre (cosine of the features)."""
 
+    needs_grid = True
     name = "visionzip"
     label = "VisionZip (dominant + contextual tokens)"
     needs_attention = True
@@ -251,6 +254,7 @@ class HiPruneVisual(VisualMethod):
     ``anchor_fraction`` of the budget: anchors by the middle layer's attention; up to ``buffer_fraction``:
     their grid neighbours (most attended first); the rest: registers by the deep layer's attention."""
 
+    needs_grid = True
     name = "hiprune"
     label = "HiPrune (anchors + buffers + registers, from the encoder's attention)"
     needs_attention = True

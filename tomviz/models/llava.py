@@ -1,4 +1,5 @@
-"""LLaVA (``LlavaForConditionalGeneration``: LLaVA-1.5 with a CLIP tower, or a SigLIP tower).
+"""LLaVA (``LlavaForConditionalGeneration``: LLaVA-1.5 with a CLIP tower, or a SigLIP tower) and
+LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``, below).
 
 Vision tower: ``model.model.vision_tower`` (``clip`` or ``siglip`` image adapter); projector:
 an MLP, one LLM token per patch (the CLS token is dropped with the "default" feature
@@ -8,12 +9,16 @@ it do not merge. Merged encoder tokens go to the LLM as they are (fewer tokens),
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, LlavaOnevisionForConditionalGeneration
 
 from tomviz.models import clip, siglip  # noqa: F401  (register the vision towers' adapters)
-from tomviz.models.vlm import VLMAdapter, register
+from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register
 
 
 def _features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -53,3 +58,51 @@ LLAVA = register(
         protected_dropped=lambda m: 1 if m.config.vision_feature_select_strategy == "default" else 0,
     )
 )
+
+
+def _onevision_features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    cfg = model.config
+    out = model.model.get_image_features(
+        tensors["pixel_values"], tensors["image_sizes"], vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy, vision_aspect_ratio=cfg.vision_aspect_ratio,
+        batch_num_images=tensors.get("batch_num_images"), return_dict=True,
+    )
+    return torch.cat(list(out.pooler_output), dim=0)  # [V, D]: base view, then the anyres grid with a newline per row
+
+
+def _newlines(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``[V]`` bool: the ``image_newline`` tokens among the features ``[1, V, D]`` (copied in verbatim)."""
+    newline = model.model.image_newline.to(features.dtype)
+    return (features[0] == newline).all(-1)
+
+
+# LLaVA-OneVision: one image reaches the LLM as the base view (one tile's grid) followed by the anyres
+# tiles stitched into one grid, cropped to the image's aspect ratio (unpad), bilinearly shrunk past
+# anyres_max_9, with an image_newline token after each row. The tokens are therefore not equal tiles:
+# grid-free methods only at the boundary (tome, dtome, random; FastV in the LLM); the newline tokens stay
+# as they are (text-like, never merged or pruned). The features are the hidden states of the encoder
+# tiles before that stitching, so merging inside the encoder is refused.
+LLAVA_ONEVISION = register(
+    replace(
+        LLAVA,
+        family="llava_onevision",
+        matches=lambda m: isinstance(m, LlavaOnevisionForConditionalGeneration),
+        image_features=_onevision_features,
+        token_grid=lambda m, t: (_patch_grid(m, t), int(t["pixel_values"].flatten(0, -4).shape[0])),
+        layout_markers=_newlines,
+        encoder_merging=("LLaVA-OneVision stitches its encoder tiles into one cropped, resized grid before the LLM; "
+                         "merging inside its encoder is not supported: reduce at the boundary or in the LLM"),
+        uniform_grid=False,
+    )
+)
+
+
+def onevision_processor_from_files(folder: Path) -> Any:
+    """An image-only ``LlavaOnevisionProcessor`` from a folder's files (no torchvision needed)."""
+    import transformers as tf
+
+    settings, template = processor_files(folder)
+    options = {k: settings[k] for k in ("num_image_tokens", "vision_feature_select_strategy", "vision_aspect_ratio") if k in settings}
+    return image_only(tf.LlavaOnevisionProcessor)(image_processor=tf.AutoImageProcessor.from_pretrained(folder),
+                                                  tokenizer=tf.AutoTokenizer.from_pretrained(folder), video_processor=None,
+                                                  chat_template=template, **options)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tomviz.merge.engine import MergeConfig, MergeState
-from tomviz.models import hub, smolvlm, weights
+from tomviz.models import hub, llava, smolvlm, weights
 from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
 from tomviz.models.patching import Adapter, apply, find_adapter, new_state
 from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
@@ -30,7 +30,7 @@ from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_fr
 
 _IMAGE_FAMILIES = {"vit", "deit", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model"}
 _TEXT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
-_VLM_TYPES = {"smolvlm", "idefics3", "llava"}  # vision-language families (tomviz/models/smolvlm.py, llava.py)
+_VLM_TYPES = {"smolvlm", "idefics3", "llava", "llava_onevision"}  # vision-language families (tomviz/models/smolvlm.py, llava.py)
 
 
 def default_device() -> torch.device:
@@ -309,14 +309,16 @@ def _load_vlm(name: str, folder: Path, device: torch.device) -> LoadedVLM:
 
 
 def load_processor(folder: Path) -> Any:
-    """The transformers processor of a VLM folder. SmolVLM's needs torchvision (for videos); without it,
-    an image-only SmolVLM processor is built from the same files."""
+    """The transformers processor of a VLM folder. SmolVLM's and LLaVA-OneVision's need torchvision (for
+    videos); without it, an image-only processor is built from the same files."""
     import transformers as tf
 
     try:
         return tf.AutoProcessor.from_pretrained(folder)
     except Exception:  # noqa: BLE001 - retried below for SmolVLM; otherwise raised again
         config = tf.AutoConfig.from_pretrained(folder)
+        if config.model_type == "llava_onevision":
+            return llava.onevision_processor_from_files(Path(folder))
         if config.model_type != "smolvlm":
             raise
     return smolvlm.processor_from_files(Path(folder), config)

@@ -8,7 +8,6 @@ after the encoder (``unmerge=True``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import nn
 from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
 
 from tomviz.models import siglip  # noqa: F401  (registers the vision tower's adapter)
-from tomviz.models.vlm import VLMAdapter, register
+from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register
 
 
 def _features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,26 +58,15 @@ def processor_without_video(image_processor, tokenizer, image_seq_len: int, chat
     only with torchvision installed; images need none, so tomviz does not require torchvision."""
     from transformers import SmolVLMProcessor
 
-    class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
-        def check_argument_for_proper_class(self, name, argument):
-            if name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(name, argument)
-
-    return ImageOnlySmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                     image_seq_len=image_seq_len, chat_template=chat_template)
+    return image_only(SmolVLMProcessor)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                        image_seq_len=image_seq_len, chat_template=chat_template)
 
 
 def processor_from_files(folder: Path, config: Any) -> Any:
     """An image-only SmolVLM processor built from a folder's files (``config``: its transformers config)."""
     import transformers as tf
 
-    settings = json.loads((folder / "processor_config.json").read_text()) if (folder / "processor_config.json").exists() else {}
-    template = None
-    if (folder / "chat_template.jinja").exists():
-        template = (folder / "chat_template.jinja").read_text()
-    elif (folder / "chat_template.json").exists():
-        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    settings, template = processor_files(folder)
     vision = config.vision_config
     seq_len = settings.get("image_seq_len") or (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
     return processor_without_video(tf.AutoImageProcessor.from_pretrained(folder), tf.AutoTokenizer.from_pretrained(folder),

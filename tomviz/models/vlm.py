@@ -13,7 +13,9 @@ tokens copied back to their patches (merge, compute, unmerge).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -43,6 +45,11 @@ class VLMAdapter:
     encoder_layers_used: Callable[[nn.Module], int] = lambda model: 0  # layers whose output reaches the features (0 = all)
     protected_dropped: Callable[[nn.Module], int] = lambda model: 0  # leading encoder tokens not passed on (CLS)
     nested_images: bool = False  # the processor wants images as [[image]] (one list per prompt)
+    # (model, features [1, V, D]) → [V] bool: image tokens that only mark the layout (LLaVA-OneVision's
+    # image_newline), passed to the LLM as they are and not counted as visual tokens; None: there are none
+    layout_markers: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    encoder_merging: str = ""  # why merging inside the encoder is refused ("" = supported)
+    uniform_grid: bool = True  # the visual tokens form num_tiles equal grids (False: grid-free methods only)
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []
@@ -58,6 +65,32 @@ def find_vlm_adapter(model: Any) -> VLMAdapter | None:
         if isinstance(model, nn.Module) and adapter.matches(model):
             return adapter
     return None
+
+
+def processor_files(folder: Path) -> tuple[dict[str, Any], str | None]:
+    """A processor folder's ``processor_config.json`` (``{}`` if absent) and chat template (None if absent)."""
+    settings = json.loads((folder / "processor_config.json").read_text()) if (folder / "processor_config.json").exists() else {}
+    template = None
+    if (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text()
+    elif (folder / "chat_template.json").exists():
+        template = json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return settings, template
+
+
+def image_only(processor_class: type) -> type:
+    """A subclass of a transformers VLM processor that accepts ``video_processor=None``. transformers
+    builds video processors only with torchvision installed; images need none, so tomviz does not
+    require torchvision."""
+
+    class ImageOnlyProcessor(processor_class):
+        def check_argument_for_proper_class(self, name, argument):
+            if name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(name, argument)
+
+    ImageOnlyProcessor.__name__ = f"ImageOnly{processor_class.__name__}"
+    return ImageOnlyProcessor
 
 
 class EncoderState(MergeState):

@@ -71,3 +71,22 @@ def test_grid_free_reductions(loaded, red):
 def test_refused_with_a_message(loaded, inputs, red, message):
     with pytest.raises(ValueError, match=message):
         vlm.build_prefill(loaded, inputs, red)
+
+
+def test_folder_loads_without_torchvision(tmp_path):
+    """A OneVision folder (saved model, tokenizer, image processor) loads with an image-only processor."""
+    import json
+
+    import tomviz
+    from tomviz.models.vlm import LoadedVLM
+
+    model, processor = tiny.onevision()
+    model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"num_image_tokens": processor.num_image_tokens,
+                                                                 "vision_feature_select_strategy": "full"}))
+    loaded = tomviz.load(str(tmp_path), device="cpu")
+    assert isinstance(loaded, LoadedVLM) and loaded.adapter.family == "llava_onevision"
+    res = tomviz.inspect(loaded, (tiny.photo(), QUESTION), ratio=0.5, place="boundary", max_new_tokens=2)
+    assert res.token_counts["llm_input"] == res.token_counts["visual"] - round(0.5 * res.token_counts["visual"])

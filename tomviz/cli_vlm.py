@@ -27,6 +27,8 @@ def add_arguments(inspect: argparse.ArgumentParser) -> None:
     group.add_argument("--place", default="boundary", choices=PLACES, help="where to reduce the visual tokens")
     group.add_argument("--max-new-tokens", type=int, default=24, help="answer length bound (greedy)")
     group.add_argument("--fastv-layer", type=int, default=2, help="K for --method fastv (--place llm)")
+    group.add_argument("--vtu", action="store_true",
+                       help="DyMU's virtual token unmerging in the LLM (merging methods at the boundary; replaces the log-size bias)")
 
 
 def cmd_inspect_vlm(args: argparse.Namespace, image: Any) -> int:
@@ -43,7 +45,8 @@ def cmd_inspect_vlm(args: argparse.Namespace, image: Any) -> int:
     options = json.loads(args.method_options) if args.method_options else {}
     method = "fastv" if args.place == "llm" else args.method
     res = tomviz.inspect(loaded, (image, args.question), ratio=args.ratio, method=method, place=args.place, mode=args.mode,
-                         method_options=options, max_new_tokens=args.max_new_tokens, fastv_layer=args.fastv_layer)
+                         method_options=options, max_new_tokens=args.max_new_tokens, fastv_layer=args.fastv_layer,
+                         vtu=args.vtu)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, trace in res.stages.items():
@@ -62,7 +65,7 @@ def cmd_inspect_vlm(args: argparse.Namespace, image: Any) -> int:
             heatmap_overlay(picture, spread[:per_tile], grid).save(out / f"attention_step{step:02d}.png")
     summary = {
         "model": loaded.name, "question": args.question, "place": args.place, "method": method, "ratio": args.ratio,
-        "reference_answer": res.reference_answer, "answer": res.answer,
+        "vtu": args.vtu, "reference_answer": res.reference_answer, "answer": res.answer,
         "fidelity": vars(res.fidelity), "token_counts": res.token_counts, "timings": res.timings,
         "answer_tokens": res.answer_tokens,
     }

@@ -36,3 +36,11 @@ def test_bad_input(loaded, monkeypatch):
         vlm_tab.ask(tiny.photo(), "what ?", "tiny", "boundary", "pitome", 0.5, 3)
     with pytest.raises(gr.Error, match="ask a question first"):
         vlm_tab.show_step(0, None)
+
+
+def test_onevision_refused_with_a_message(monkeypatch):
+    model, processor = tiny.onevision()
+    onevision = tomviz.load(model, processor=processor, device="cpu")
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: onevision)
+    with pytest.raises(gr.Error, match="cannot draw its visual tokens yet"):
+        vlm_tab.ask(tiny.photo(), "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)

@@ -251,6 +251,8 @@ def vtu_attention(
     path re-derives the same product); grouped-query heads are expanded; an additive per-key bias and
     attention recording are supported; Llama/Qwen2 layouts (``q_norm``/``k_norm`` when present).
     """
+    if getattr(attn, "sliding_window", None):
+        raise NotImplementedError("virtual token unmerging with sliding-window attention layers is not implemented")
     batch, length, _ = hidden.shape
     head_dim = attn.head_dim
     shape = (batch, length, -1, head_dim)
@@ -300,8 +302,9 @@ def _make_attention(attn: nn.Module) -> Callable:
     def forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
         state = current_state()
         vtu = None if state is None else state.vtu
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if vtu is None or args or hidden_states.shape[1] < vtu.num_merged or (
+        # (hidden_states, position_embeddings, attention_mask, cache) is the attention's positional order
+        cache = kwargs.get("cache", kwargs.get("past_key_values", args[2] if len(args) > 2 else None))
+        if vtu is None or hidden_states.shape[1] < vtu.num_merged or (
             cache is not None and cache.get_seq_length(self.layer_idx) > 0
         ):
             return original(hidden_states, *args, **kwargs)  # decoding: the cache holds the virtual keys

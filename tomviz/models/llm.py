@@ -242,14 +242,18 @@ def vtu_attention(
     record: ``[Q]`` merged positions whose attention to the merged keys is returned
     (``[Q, L]`` each, mean over heads and over the query's copies; a key's value sums its copies).
 
-    Follows DyMU (github.com/MikeWangWZHL/dymu, ``LLaVA/llava/model/language_model/vtu_attention_exact_imple.py``,
-    ``CustomLlamaAttention.forward`` and ``CustomDynamicCache``, commit 8c38a00), written from it, not copied.
-    Differences: the virtual queries/keys are gathered and rotated directly and SDPA computes the
-    attention (DyMU expands the RoPE product into four einsum terms and a hand-written softmax; the
-    scores are the same); the stock cache stores the rotated virtual keys (DyMU's custom cache stores
-    unrotated keys with their cos/sin and re-rotates); decoding then needs no change (DyMU's decode
-    path re-derives the same product); grouped-query heads are expanded; an additive per-key bias and
-    attention recording are supported; Llama/Qwen2 layouts (``q_norm``/``k_norm`` when present).
+    Follows DyMU (github.com/MikeWangWZHL/dymu, commit 8c38a00), written from it, not copied:
+    ``LLaVA/llava/model/language_model/llava_llama.py``, ``CustomLlamaAttention.forward`` (its "direct token
+    expansion" version: gather Q/K/V with ``mapping_indices``, RoPE at the unmerged positions, the stock
+    attention kernel, ``scatter_mean`` of the outputs back to the merged tokens; the stock cache then holds the
+    expanded keys) and ``LlavaLlamaModel.forward`` (virtual positions ``0..N-1``). Differences: DyMU feeds the
+    LLM the full-length sequence with each merged token repeated and averages it down before the first layer;
+    here the merged sequence is built directly (the same values), each group at its first member's place, the
+    mapping taken from the boundary's plan; the mapping is extended one to one for tokens appended after the
+    prefill (teacher forcing); SDPA is called directly with grouped-query heads expanded; an additive per-key
+    bias (copied to every virtual key of a merged key) and attention recording are supported; sliding-window
+    layers are refused. DyMU's ``vtu_attention_exact_imple.py`` (four einsum RoPE terms, a custom cache of
+    unrotated keys with their cos/sin) computes the same scores.
     """
     if getattr(attn, "sliding_window", None):
         raise NotImplementedError("virtual token unmerging with sliding-window attention layers is not implemented")

@@ -13,12 +13,15 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from tomviz.trace import Trace
+from tomviz.ui.image_tab import ImageOutputs
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 CAT = str(ASSETS / "chelsea.png")
 
-# outputs of /inspect_image
-OVERLAY, STRIP, CLUSTER, HEAT, COUNTS, SPEED, GFLOPS, FIDELITY, SUMMARY, LAYER = range(10)
+# outputs of /inspect_image: ImageOutputs' fields in order, less the session (gradio_client does not return state)
+OVERLAY, STRIP, CLUSTER, HEAT, COUNTS, SPEED, GFLOPS, FIDELITY, SUMMARY, LAYER = (
+    ImageOutputs._fields.index(name) - 1
+    for name in ("overlay", "strip", "cluster", "heat", "counts", "speed", "gflops", "fidelity", "summary", "layer"))
 
 
 def _ok_image(client, path: str = CAT, ratio: float = 0.5, **kw):
@@ -182,7 +185,7 @@ def test_cleared_image_resets_every_output_without_error():
     wired = next(d for d in demo.config["dependencies"] if d.get("api_name") == "inspect_image")
     outputs = inspect_image(None)
     assert len(outputs) == len(wired["outputs"])  # session + 9 views + the layer slider
-    assert outputs[0] is None
+    assert outputs.session is None and outputs.overlay is None and outputs.summary is None
 
 
 def test_local_classifier_folder_shows_top5_labels(client, tmp_path, monkeypatch):

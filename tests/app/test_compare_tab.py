@@ -16,9 +16,8 @@ from tomviz.ui import compare_tab as ct
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 CAT = str(ASSETS / "chelsea.png")
 PROMPT = "The cat sat on the mat, and the dog sat on the log next to the cat."
-# outputs of compare(): session, overlay A, overlay B, diff image, tokens A, tokens B, diff tokens, diff summary,
-# counts, bars, table, details A, details B, layer
-SESSION, OVA, OVB, DIFF, TKA, TKB, TKD, SUMMARY, COUNTS, BARS, TABLE, DETA, DETB, LAYER = range(14)
+# compare() returns ct.CompareOutputs (named fields); gradio_client returns the same fields in order, less the session
+API_FIELDS = ct.CompareOutputs._fields[1:]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,32 +45,32 @@ def image_compare():
 
 def test_compare_image_and_rerender_layer(image_compare):
     out = image_compare
-    session = out[SESSION]
+    session = out.session
     assert session.a.trace.token_counts()[-1] == 129 and session.b.trace.token_counts()[-1] == 65
-    assert isinstance(out[OVA], Image.Image) and isinstance(out[DIFF], Image.Image) and out[TKA] is None
-    assert "Tokens: A 129, B 65" in out[SUMMARY]
-    assert [d.name for d in out[COUNTS].data] == ["A: tome @ 0.5", "B: evit @ 0.75"]
-    rows = out[TABLE]
+    assert isinstance(out.overlay_a, Image.Image) and isinstance(out.diff_image, Image.Image) and out.tokens_a is None
+    assert "Tokens: A 129, B 65" in out.diff_summary
+    assert [d.name for d in out.counts.data] == ["A: tome @ 0.5", "B: evit @ 0.75"]
+    rows = out.table
     assert [r[1] for r in rows] == [129, 65] and all(0.5 < r[2] <= 1.0 + 1e-6 for r in rows)
-    assert "speed-up" in out[DETA] and "Cosine" in out[DETB]
+    assert "speed-up" in out.details_a and "Cosine" in out.details_b
     early = ct.render_compare_layer(1, session)  # from the stored traces
-    assert "After layer 1" in early[-1]
-    assert not np.array_equal(np.asarray(early[0]), np.asarray(out[OVA]))
-    assert ct.render_compare_layer(99, session)[-1].startswith("**After layer 12")  # clamped
+    assert "After layer 1" in early.diff_summary
+    assert not np.array_equal(np.asarray(early.overlay_a), np.asarray(out.overlay_a))
+    assert ct.render_compare_layer(99, session).diff_summary.startswith("**After layer 12")  # clamped
 
 
 def test_same_setting_twice_has_no_difference(image_compare):
-    previous = image_compare[SESSION]  # its unmerged reference is reused (same input)
+    previous = image_compare.session  # its unmerged reference is reused (same input)
     out = ct.compare("image", CAT, None, "dinov2-small", "tome", 0.5, "tome", 0.5, layer=12, session=previous)
-    assert out[SESSION].a.reference.key == previous.a.reference.key
-    assert "0% of the input tokens" in out[SUMMARY]
+    assert out.session.a.reference.key == previous.a.reference.key
+    assert "0% of the input tokens" in out.diff_summary
 
 
 def test_compare_text():
     out = ct.compare("text", None, PROMPT, "minilm", "tome", 0.5, "subword", 0.0, layer=6)
-    assert out[OVA] is None and out[TKA] and out[TKD]
-    assert len(out[TKD]) == out[SESSION].a.trace.num_input_tokens
-    assert any(score for _, score in out[TKD])  # tome merged tokens that subword (ratio 0) did not
+    assert out.overlay_a is None and out.tokens_a and out.diff_tokens
+    assert len(out.diff_tokens) == out.session.a.trace.num_input_tokens
+    assert any(score for _, score in out.diff_tokens)  # tome merged tokens that subword (ratio 0) did not
 
 
 def test_sweep_image_skips_text_only_methods():
@@ -113,7 +112,7 @@ def test_parse_ratios():
 def test_client_compare_layer_sweep(client, monkeypatch):
     out = client.predict(kind="image", image=handle_file(CAT), prompt="", model="dinov2-small", method_a="tome",
                          ratio_a=0.5, method_b="random", ratio_b=0.5, layer=12, api_name="/compare")
-    assert Image.open(out[DIFF - 1]).size[0] > 50 and "After layer 12" in out[SUMMARY - 1]
+    assert Image.open(out[API_FIELDS.index("diff_image")]).size[0] > 50 and "After layer 12" in out[API_FIELDS.index("diff_summary")]
     layer = client.predict(layer=2, api_name="/render_compare_layer")
     assert "After layer 2" in layer[-1]
     fig, table, csv = client.predict(kind="image", image=handle_file(CAT), prompt="", model="dinov2-small",

@@ -8,10 +8,11 @@ slider re-renders from the stored traces without running a model. Pictures come 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 import tomviz
 from tomviz.merge import METHODS, check_methods
@@ -69,9 +70,39 @@ def _input_of(kind: str, image: str | None, prompt: str | None) -> Any:
 
 
 # --- views of one layer (no model) -------------------------------------------------------
-def compare_layer_views(session: CompareSession, layer: int):
-    """(overlay A, overlay B, difference over the image, tokens A, tokens B, difference over the tokens,
-    difference summary) after ``layer`` (0-based); the views of the other input kind are None."""
+class LayerViews(NamedTuple):
+    """What a layer change redraws, one field per output component (the other input kind's views are None)."""
+
+    overlay_a: Image.Image | None
+    overlay_b: Image.Image | None
+    diff_image: Image.Image | None  # Jaccard distance between A's and B's groups, over the photo
+    tokens_a: list | None  # HighlightedText values
+    tokens_b: list | None
+    diff_tokens: list | None
+    diff_summary: str
+
+
+class CompareOutputs(NamedTuple):
+    """What ``compare`` returns, one field per output component (wired in this order)."""
+
+    session: CompareSession
+    overlay_a: Image.Image | None
+    overlay_b: Image.Image | None
+    diff_image: Image.Image | None
+    tokens_a: list | None
+    tokens_b: list | None
+    diff_tokens: list | None
+    diff_summary: str
+    counts: Any  # plotly figure: token count per layer, A and B
+    bars: Any  # plotly figure: fidelity and speed
+    table: list[list[Any]]
+    details_a: str
+    details_b: str
+    layer: Any  # gr.Slider update (maximum follows the model)
+
+
+def compare_layer_views(session: CompareSession, layer: int) -> LayerViews:
+    """The views after ``layer`` (0-based)."""
     ta, tb = session.a.trace, session.b.trace
     distance = jaccard_distance(ta.groups(layer), tb.groups(layer))  # [N0]
     stats = difference_stats(distance)
@@ -81,18 +112,17 @@ def compare_layer_views(session: CompareSession, layer: int):
     if session.kind == "image":
         grid, protected = ta.patch_grid, ta.num_protected
         image = session.a.image
-        return (group_overlay(image, ta.groups(layer), grid, protected), group_overlay(image, tb.groups(layer), grid, protected),
-                difference_overlay(image, distance, grid, protected), None, None, None, summary)
-    return (None, None, None, token_highlights(ta, layer), token_highlights(tb, layer),
-            difference_tokens(ta.meta["tokens"], distance), summary)
+        return LayerViews(group_overlay(image, ta.groups(layer), grid, protected),
+                          group_overlay(image, tb.groups(layer), grid, protected),
+                          difference_overlay(image, distance, grid, protected), None, None, None, summary)
+    return LayerViews(None, None, None, token_highlights(ta, layer), token_highlights(tb, layer),
+                      difference_tokens(ta.meta["tokens"], distance), summary)
 
 
 # --- handlers ------------------------------------------------------------------------------
-# session, overlay A, overlay B, difference image, tokens A, tokens B, difference tokens, difference summary,
-# token counts, fidelity/speed figure, table, details A, details B, layer
 def compare(kind: str, image: str | None, prompt: str | None, model: str, method_a: str = "tome", ratio_a: float = 0.5,
             method_b: str = "pitome", ratio_b: float = 0.5, schedule: str = "constant", prop_attn: bool = True,
-            layer: float = 6, session: CompareSession | None = None):
+            layer: float = 6, session: CompareSession | None = None) -> CompareOutputs:
     """Run both settings on the input (the unmerged reference is shared). API: ``/compare``."""
     with user_errors("compare these settings"):
         x = _input_of(kind, image, prompt)
@@ -119,17 +149,17 @@ def compare(kind: str, image: str | None, prompt: str | None, model: str, method
         )
         details = [f"### {name}\n{fidelity_markdown(r.fidelity)}\n\n{speed_markdown(r.speed)}"
                    for name, r in zip(names, (new.a, new.b))]
-        return (
-            new, *compare_layer_views(new, l), token_count_figure({names[0]: new.a.trace, names[1]: new.b.trace}),
-            figure, comparison_table(names, summaries), *details,
-            gr.Slider(maximum=new.a.trace.num_layers, value=l + 1),
+        return CompareOutputs(
+            new, *compare_layer_views(new, l), counts=token_count_figure({names[0]: new.a.trace, names[1]: new.b.trace}),
+            bars=figure, table=comparison_table(names, summaries), details_a=details[0], details_b=details[1],
+            layer=gr.Slider(maximum=new.a.trace.num_layers, value=l + 1),
         )
 
 
-def render_compare_layer(layer: float = 6, session: CompareSession | None = None):
+def render_compare_layer(layer: float = 6, session: CompareSession | None = None) -> LayerViews:
     """Re-render the layer views from the stored traces (no model). API: ``/render_compare_layer``."""
     if session is None:
-        return (None,) * 6 + ("",)
+        return LayerViews(None, None, None, None, None, None, "")
     with user_errors("show this layer"):
         return compare_layer_views(session, layer_index(layer, session.a.trace.num_layers))
 
@@ -274,13 +304,16 @@ def build_compare_tab() -> None:
             sweep_plot = gr.Plot(label="Fidelity and speed-up against ratio")
             sweep_table = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep", interactive=False)
 
-    layer_views = [overlay_a, overlay_b, diff_image, tokens_a, tokens_b, diff_tokens, diff_summary]
+    components = dict(session=session, overlay_a=overlay_a, overlay_b=overlay_b, diff_image=diff_image, tokens_a=tokens_a,
+                      tokens_b=tokens_b, diff_tokens=diff_tokens, diff_summary=diff_summary, counts=counts, bars=bars,
+                      table=table, details_a=details_a, details_b=details_b, layer=layer)
+    layer_views = [components[name] for name in LayerViews._fields]
     kind.change(switch_kind, inputs=[kind, method_a, method_b, sweep_methods],
                 outputs=[image_box, text_box, model, method_a, method_b, sweep_methods, image_views, text_views],
                 queue=False, show_progress="hidden")
     run_btn.click(
         compare, inputs=[kind, image, prompt, model, method_a, ratio_a, method_b, ratio_b, schedule, prop_attn, layer, session],
-        outputs=[session, *layer_views, counts, bars, table, details_a, details_b, layer], api_name="compare",
+        outputs=[components[name] for name in CompareOutputs._fields], api_name="compare",
         concurrency_id="model", concurrency_limit=1,
     )
     layer.input(render_compare_layer, inputs=[layer, session], outputs=layer_views, api_name="render_compare_layer",

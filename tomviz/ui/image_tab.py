@@ -7,7 +7,7 @@ sliders re-render from it without running a model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import numpy as np
@@ -84,16 +84,31 @@ CAPTIONS = {
 
 
 # --- handlers ----------------------------------------------------------------------------
-# overlay, strip, cluster map, heatmap, token counts, speed, GFLOPs, fidelity, summary
-EMPTY_IMAGE_OUTPUTS = (None, None, None, None, None, "", None, "", None)
+class ImageOutputs(NamedTuple):
+    """What ``inspect_image`` returns, one field per output component (wired in this order)."""
+
+    session: Analysis | None
+    overlay: Image.Image | None  # groups after the chosen layer
+    strip: Image.Image | None  # every layer
+    cluster: Any  # plotly cluster map
+    heat: Image.Image | None  # CLS attention
+    counts: Any  # plotly token count per layer
+    speed: str
+    gflops: Any  # plotly GFLOPs per layer
+    fidelity: str
+    summary: dict[str, Any] | None  # the JSON digest the API returns
+    layer: Any  # gr.Slider update (maximum follows the model)
+
+
+EMPTY_IMAGE_OUTPUTS = ImageOutputs(None, None, None, None, None, None, "", None, "", None, None)
 
 
 def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-small", method: str = "tome",
                   schedule: str = "constant", prop_attn: bool = True, layer: float = 6, opacity: float = 0.8,
-                  session: Analysis | None = None):
+                  session: Analysis | None = None) -> ImageOutputs:
     """Run the model once on ``image`` and render every output. API: ``/inspect_image`` (image, ratio)."""
     if image is None:
-        return (None, *EMPTY_IMAGE_OUTPUTS, gr.Slider())
+        return EMPTY_IMAGE_OUTPUTS._replace(layer=gr.Slider())
     with user_errors("inspect this image"):
         settings = Settings(model=(model or "dinov2-small").strip(), method=method, ratio=ratio, mode=schedule,
                             prop_attn=bool(prop_attn))
@@ -104,11 +119,12 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
         l = layer_index(layer, analysis.trace.num_layers)
         overlay, cluster, heat = layer_pictures(analysis, l, opacity)
         trace = analysis.trace
-        return (
-            analysis, overlay, layer_strip(analysis), cluster, heat, token_count_figure(trace),
-            speed_markdown(analysis.speed), gflops_figure(analysis.speed.merged_gflops, analysis.speed.unmerged_gflops),
-            fidelity_markdown(analysis.fidelity), analysis.summary(),
-            gr.Slider(maximum=trace.num_layers, value=l + 1),
+        return ImageOutputs(
+            session=analysis, overlay=overlay, strip=layer_strip(analysis), cluster=cluster, heat=heat,
+            counts=token_count_figure(trace), speed=speed_markdown(analysis.speed),
+            gflops=gflops_figure(analysis.speed.merged_gflops, analysis.speed.unmerged_gflops),
+            fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
+            layer=gr.Slider(maximum=trace.num_layers, value=l + 1),
         )
 
 
@@ -295,7 +311,9 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
         lineage = gr.Markdown(LINEAGE_HINT, elem_id="lineage")
         clear = gr.Button("Clear the selection", scale=0)
 
-    main_outputs = [session, overlay, strip, cluster, heat, counts, speed, gflops, fidelity, summary, layer]
+    components = dict(session=session, overlay=overlay, strip=strip, cluster=cluster, heat=heat, counts=counts,
+                      speed=speed, gflops=gflops, fidelity=fidelity, summary=summary, layer=layer)
+    main_outputs = [components[name] for name in ImageOutputs._fields]
     main_inputs = [image, ratio, model, method, schedule, prop_attn, layer, opacity, session]
     selection_outputs = [selected, overlay, cluster, strip, lineage]
     link_inputs = [example_name, model, method, schedule, ratio, layer]

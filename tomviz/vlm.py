@@ -301,8 +301,9 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
             markers = adapter.layout_markers(model, features)  # [V + M]
             marker_features, features = features[:, markers], features[:, ~markers]
             meta["num_patches"] = rows * cols * num_tiles
-            token_grid, num_tiles = (1, features.shape[1]), 1
-            meta.update(token_grid=list(token_grid), num_tiles=1)
+            meta["tile_grids"] = _marked_grids(features.shape[1], int(markers.sum()), (rows, cols))
+            token_grid, num_tiles = (1, features.shape[1]), 1  # for the (grid-free) methods: one strip
+            meta.update(token_grid=list(token_grid), num_tiles=len(meta["tile_grids"]))
         if not merged:
             plan = MergePlan.identity(1, features.shape[1], features.device)
         attention = {name: _pool_received(loaded, state.received[layer], (rows, cols), token_grid)
@@ -310,6 +311,17 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     return Encoded(features=features, plan=plan, merged=merged, stages=stages, meta=meta,
                    token_grid=tuple(token_grid), num_tiles=num_tiles, attention=attention,
                    markers=markers, marker_features=marker_features)
+
+
+def _marked_grids(num_tokens: int, num_markers: int, base: tuple[int, int]) -> list[list[int]]:
+    """The tiles of visual tokens separated by row markers (LLaVA-OneVision): a base view of ``base``
+    tokens, then a grid with one marker per row (``num_markers`` rows). Returns ``[[rows, cols], ...]``."""
+    rest = num_tokens - base[0] * base[1]
+    if rest == 0:
+        return [list(base)]
+    if rest < 0 or num_markers == 0 or rest % num_markers:
+        return [[1, num_tokens]]  # no recognisable layout: one strip
+    return [list(base), [num_markers, rest // num_markers]]
 
 
 def _attention_layers(loaded: LoadedVLM, red: Reduction) -> dict[str, int]:

@@ -38,9 +38,15 @@ def test_bad_input(loaded, monkeypatch):
         vlm_tab.show_step(0, None)
 
 
-def test_onevision_refused_with_a_message(monkeypatch):
+def test_onevision_drawn_on_its_anyres_grid(monkeypatch):
     model, processor = tiny.onevision()
     onevision = tomviz.load(model, processor=processor, device="cpu")
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: onevision)
-    with pytest.raises(gr.Error, match="cannot draw its visual tokens yet"):
-        vlm_tab.ask(tiny.photo(), "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)
+    photo = tiny.photo().resize((80, 48))
+    session, overlay, answers, counts, steps, attention = vlm_tab.ask(
+        photo, "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)
+    assert isinstance(overlay, Image.Image) and overlay.size == photo.size and isinstance(attention, Image.Image)
+    grids = session.result.stages["boundary"].meta["tile_grids"]
+    assert grids[0] == [4, 4] and sum(r * c for r, c in grids) == session.result.token_counts["visual"]
+    with pytest.raises(gr.Error, match="not equal tiles"):
+        vlm_tab.ask(photo, "what ?", "onevision", "boundary", "downsample", 0.5, 3)

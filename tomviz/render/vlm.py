@@ -1,8 +1,9 @@
 """Pictures of a VLM result: what reaches the language model, and where an answer token looked.
 
 The visual tokens of a VLM are laid out per tile (``meta["token_grid"]``, ``meta["num_tiles"]``,
-tile-major); a tile is drawn over the whole photo (SmolVLM's last tile is the global view of a
-split image; an unsplit image has one tile). Never imports gradio.
+tile-major, or tiles of different grids in ``meta["tile_grids"]``: LLaVA-OneVision's base view and its
+cropped anyres grid); a tile is drawn over the whole photo (SmolVLM's last tile is the global view of a
+split image; OneVision's last is the anyres grid; an unsplit image has one tile). Never imports gradio.
 """
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ from tomviz.render.overlay import group_overlay, heatmap_overlay
 from tomviz.trace import Trace
 
 
+def tile_slices(trace: Trace) -> list[tuple[slice, tuple[int, int]]]:
+    """Each tile's visual tokens (a slice of the trace's input tokens) and its ``(rows, cols)`` grid."""
+    grids = trace.meta.get("tile_grids") or [trace.meta["token_grid"]] * int(trace.meta["num_tiles"])
+    out, start = [], 0
+    for rows, cols in grids:
+        out.append((slice(start, start + rows * cols), (int(rows), int(cols))))
+        start += rows * cols
+    return out
+
+
 def _tile_slice(trace: Trace, tile: int) -> tuple[slice, tuple[int, int]]:
-    rows, cols = trace.meta["token_grid"]
-    tiles = int(trace.meta["num_tiles"])
-    tile = tile % tiles
-    return slice(tile * rows * cols, (tile + 1) * rows * cols), (rows, cols)
+    slices = tile_slices(trace)
+    return slices[tile % len(slices)]
 
 
 def reaches_llm_overlay(image: Image.Image, boundary: Trace, tile: int = -1) -> Image.Image:

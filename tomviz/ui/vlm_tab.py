@@ -15,9 +15,10 @@ from tomviz.models.vlm import LoadedVLM
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
 from tomviz.ui.common import PromptBox, session_state, user_errors
 
-# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap. LLaVA-OneVision works through
-# the API and CLI but not here: its base view + cropped anyres grid has no per-tile overlay yet (ask refuses it).
-VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct", "llava-hf/llava-1.5-7b-hf"]
+# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap. LLaVA-OneVision is drawn on
+# its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random, fastv).
+VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
+              "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf"]
 PLACES = [("In the vision encoder (merge, compute, unmerge)", "encoder"),
           ("At the boundary (the tokens the LLM receives)", "boundary"),
           ("Inside the LLM at layer K (FastV)", "llm")]
@@ -75,9 +76,6 @@ def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "b
         loaded = tomviz.load((model or VLM_MODELS[0]).strip(), untrusted=True)
         if not isinstance(loaded, LoadedVLM):
             raise ValueError(f"{model} is not a vision-language model: this tab takes SmolVLM / Idefics3 / LLaVA models")
-        if not loaded.adapter.uniform_grid:
-            raise ValueError(f"{model} ({loaded.adapter.family}): this tab cannot draw its visual tokens yet (a base view plus "
-                             "a cropped anyres grid); use tomviz.inspect or `python -m tomviz inspect --question`")
         if place == "llm":
             method = "fastv"
         if place != "encoder" and method not in VISUAL_METHODS:

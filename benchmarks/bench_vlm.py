@@ -11,7 +11,9 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
   (no matching, no merge arithmetic, no attention bias, no unmerge).
 * boundary: the reduction of ``--boundary-ratio`` of the 64 visual tokens plus the LLM prefill
   (``tomviz.vlm.to_prefill`` + the LLM forward that yields the first token). Ceiling: the visual features
-  sliced to the first k, no bias. Baseline: the unreduced prefill.
+  sliced to the first k, no bias. Baseline: the unreduced prefill. ``tome + VTU``: DyMU's virtual token
+  unmerging in the LLM. The last column: KL of each row's next-token distribution from the unreduced one
+  (random weights: how close the computation stays, not answer quality).
 * time to first token = encoder + prefill (the first token's logits come out of the prefill).
 
     python benchmarks/bench_vlm.py              # CPU, 1 thread
@@ -170,7 +172,7 @@ def main() -> None:
     def prefill_run(red):
         def fn():
             prefill = vlm.to_prefill(loaded, inputs, encoded, red)
-            with torch.inference_mode(), llm.LLMState(visual=prefill.visual, key_bias=prefill.key_bias, fastv=prefill.fastv):
+            with torch.inference_mode(), prefill.llm_state():
                 return model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1).logits
 
         return fn
@@ -193,12 +195,15 @@ def main() -> None:
         "ceiling": ceiling_prefill,
         "tome": prefill_run(vlm.Reduction("boundary", "tome", ratio)),
         "tome (no bias)": prefill_run(vlm.Reduction("boundary", "tome", ratio, prop_attn=False)),
+        "tome + VTU": prefill_run(vlm.Reduction("boundary", "tome", ratio, vtu=True)),
         "random": prefill_run(vlm.Reduction("boundary", "random", ratio)),
         "downsample": prefill_run(vlm.Reduction("boundary", "downsample", ratio)),
         "fastv K=2": prefill_run(vlm.Reduction("llm", "fastv", ratio, fastv_layer=2)),
     }
-    times, _ = side_by_side(runs, args.rounds * 3, args.warmup, clock)
+    times, outputs = side_by_side(runs, args.rounds * 3, args.warmup, clock)
     med["prefill"] = {k: statistics.median(v) for k, v in times.items()}
+    reference = outputs["base"][0, -1].float().log_softmax(-1)  # [vocab] next-token distribution, unreduced
+    kl = {k: float((reference.exp() * (reference - out[0, -1].float().log_softmax(-1))).sum()) for k, out in outputs.items()}
 
     if "encoder" in med:
         e = med["encoder"]
@@ -214,11 +219,12 @@ def main() -> None:
     ceiling = p["base"] / p["ceiling"]
     encoder_ms = med["encoder"]["base"] if "encoder" in med else 0.0
     print(f"\n| boundary / LLM ({visual} → {keep} visual tokens, {args.text_tokens} text) | prefill ms | speed-up | "
-          f"speed-up / ceiling's | time to first token ms |")
-    print("|---|---|---|---|---|")
+          f"speed-up / ceiling's | time to first token ms | next-token KL from unreduced |")
+    print("|---|---|---|---|---|---|")
     for key, value in p.items():
         speedup = p["base"] / value
-        print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / ceiling:.2f} | {(encoder_ms + value) * 1000:.0f} |")
+        print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / ceiling:.2f} | {(encoder_ms + value) * 1000:.0f} "
+              f"| {kl[key]:.2e} |")
 
 
 if __name__ == "__main__":

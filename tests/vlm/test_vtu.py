@@ -99,3 +99,16 @@ def test_inspect_with_vtu(loaded):
     assert res.token_counts["llm_input"] < res.token_counts["visual"]
     assert res.answer_attention is not None and res.answer_attention.shape[-1] == res.token_counts["llm_input"]
     assert res.banzhaf(samples=4).values.shape == (res.token_counts["llm_input"],)
+
+
+def test_vtu_after_encoder_merging(loaded):
+    """DyMU's own setting: merging inside the encoder (LLaVA: the LLM receives the merged tokens), VTU in the LLM."""
+    res = vlm.inspect_vlm(loaded, tiny.photo(), QUESTION, place="encoder", method="tome", ratio=0.5,
+                          max_new_tokens=3, vtu=True)
+    prefill = res._prefill
+    assert prefill.vtu is not None and prefill.key_bias is None
+    assert prefill.vtu.index.shape[0] == res.inputs.tensors["input_ids"].shape[1]  # one virtual token per original one
+    if loaded.adapter.unmerge:  # SmolVLM: unmerged before the connector, nothing merged reaches the LLM
+        assert res.token_counts["llm_input"] == res.token_counts["visual"]
+    else:
+        assert res.token_counts["llm_input"] < res.token_counts["visual"]

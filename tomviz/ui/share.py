@@ -27,11 +27,18 @@ SCHEDULES = ("constant", "decreasing")
 MAX_LAYER = 256
 # a Hugging Face repo id ("name" or "owner/name"); the loader (untrusted=True) still decides what loads
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
-# In the browser: the query the server made → the page's own URL (history) and the full link (returned).
+# In the browser: the query the server made → the full link (returned), and the page's own URL (history) when the
+# link's tab is the one on screen: on page load both tabs inspect their example, and the one that finishes last
+# must not replace the URL of the tab the visitor is looking at.
 LINK_JS = """(query) => {
   if (!query || !query.startsWith('?')) return query;
   const url = window.location.origin + window.location.pathname + query;
-  try { window.history.replaceState(null, '', url); } catch (e) {}
+  const tab = new URLSearchParams(query).get('tab') || 'image';
+  const shown = document.querySelector('button[role="tab"][aria-selected="true"]');
+  const onScreen = shown ? shown.textContent.trim().toLowerCase() : 'image';
+  if (onScreen.startsWith(tab)) {
+    try { window.history.replaceState(null, '', url); } catch (e) {}
+  }
   return url;
 }"""
 COPY_JS = """(url) => {

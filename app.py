@@ -39,7 +39,8 @@ QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
 DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1
 MAX_FILE_SIZE_MB = 25  # uploads above this are refused before they are written (a 50-megapixel phone JPEG fits)
 MAX_SESSIONS = 200  # visitors whose state is kept at once (least recently active dropped first)
-MEMORY_TRIM_S = 5.0  # free heap pages are returned to the system this often (configure_memory)
+MEMORY_TRIM_S = float(os.environ.get("TOMVIZ_MEMORY_TRIM_S", 5.0))  # free heap pages go back to the system this
+# often (configure_memory); 0 = never
 # Files Gradio cached for this app (uploads, pictures sent back) are deleted once older than this; checked a third as often.
 CACHE_TTL_S = int(os.environ.get("TOMVIZ_CACHE_TTL_S", 900))
 
@@ -104,7 +105,8 @@ def configure_memory() -> None:
             time.sleep(MEMORY_TRIM_S)
             trim(0)
 
-    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
+    if MEMORY_TRIM_S > 0:
+        threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
 
 
 if __name__ == "__main__":

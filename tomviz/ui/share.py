@@ -20,13 +20,12 @@ import gradio as gr
 
 import tomviz
 from tomviz.merge.schedule import MAX_RATIO
+from tomviz.models.hub import DEFAULT_MODELS, is_repo_id
 from tomviz.ui.common import MAX_PROMPT_CHARS
 
 TABS = ("image", "text")
 SCHEDULES = ("constant", "decreasing")
 MAX_LAYER = 256
-# a Hugging Face repo id ("name" or "owner/name"); the loader (untrusted=True) still decides what loads
-MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
 # In the browser: the query the server made → the full link (returned), and the page's own URL (history) when the
 # link's tab is the one on screen: on page load both tabs inspect their example, and the one that finishes last
 # must not replace the URL of the tab the visitor is looking at.
@@ -78,7 +77,7 @@ def parse_view(params: Mapping[str, str], examples: Sequence[str]) -> View:
         else:
             refuse("tab", tab, "use 'image' or 'text'")
     if (model := params.get("model")) is not None:
-        if MODEL_ID.match(model) and ".." not in model:
+        if model in DEFAULT_MODELS or is_repo_id(model):  # the loader (untrusted=True) still decides what loads
             view.model = model
         else:
             refuse("model", model, "a link names an embedded model or a Hugging Face id such as 'facebook/dinov2-small'")

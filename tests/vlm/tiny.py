@@ -5,7 +5,6 @@ the processors insert, some words, and ``<unk>`` for everything else.
 """
 from __future__ import annotations
 
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 

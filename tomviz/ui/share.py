@@ -10,7 +10,6 @@ server path); uploaded images are never put in links. Handlers are module-level;
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence

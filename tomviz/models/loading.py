@@ -220,10 +220,12 @@ def load(
                 return _CACHE[key]
         try:
             loaded = _load_uncached(source, device)
-        finally:
+        except BaseException:
             with _CACHE_LOCK:
                 _LOADING.pop(key, None)
-        with _CACHE_LOCK:
+            raise
+        with _CACHE_LOCK:  # cache it and retire its lock at once: no caller finds neither and loads it again
+            _LOADING.pop(key, None)
             _CACHE[key] = loaded
             others = [k for k in _CACHE if k[2] != "embedded"]
             for old in others[: max(0, len(others) - MAX_OTHER_MODELS)]:

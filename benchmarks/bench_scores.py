@@ -51,7 +51,7 @@ def main() -> None:
     median = statistics.median(warm)
     print(f"device cpu, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     print(f"inspect (ratio {args.ratio}, keep_hidden): {inspect_s:.3f} s; tokens per layer {res.trace.token_counts()}")
-    print(f"players: {first.num_players} groups after layer {layer} (0-based); target: {first.target}")
+    print(f"players: {first.num_groups} groups after layer {layer} (0-based); target: {first.target}")
     print(f"banzhaf {args.samples} samples: first call {first_s:.3f} s (incl. unmerged reference), "
           f"warm median {median:.3f} s over {args.runs} (min {min(warm):.3f}, max {max(warm):.3f}); "
           f"CPU time per warm call (all threads) median {statistics.median(cpu):.3f} s")

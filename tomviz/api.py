@@ -31,7 +31,7 @@ class InspectResult:
         """Banzhaf values and interactions of the groups after ``layer``.
 
         Returns a :class:`~tomviz.scores.banzhaf.BanzhafResult`: ``.values [n]``, ``.stderr [n]``,
-        ``.interactions [n, n]``, ``.players`` (group ids), ``.target``; ``.to_tokens()`` /
+        ``.interactions [n, n]``, ``.groups`` (group ids), ``.target``; ``.to_tokens()`` /
         ``.to_grid()`` map the values back to input tokens / patches. See :func:`tomviz.scores.banzhaf.banzhaf`.
         """
         result = self

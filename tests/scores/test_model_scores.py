@@ -21,7 +21,7 @@ def _image():
 def _msr_agrees(res, layer, **kw):
     exact = res.banzhaf(layer, exact=True, **kw)
     est = res.banzhaf(layer, samples=3000, seed=1, **kw)
-    assert exact.samples == 2 ** exact.num_players
+    assert exact.samples == 2 ** exact.num_groups
     assert np.all(np.abs(est.values - exact.values) <= 3 * est.stderr + 1e-9)
     return exact, est
 
@@ -31,7 +31,7 @@ def test_vit_classifier_logit(vit_classifier):
     exact, est = _msr_agrees(res, 1)
     cls = int(res.outputs.logits[0].argmax())
     assert exact.target.startswith(f"logit of class {cls}")
-    np.testing.assert_array_equal(exact.players, np.arange(1, 11))
+    np.testing.assert_array_equal(exact.groups, np.arange(1, 11))
     # nothing merges after layer 1, so the full coalition is the merged model's own logit
     assert exact.full_value == pytest.approx(float(res.outputs.logits[0, cls]), abs=1e-4)
     other = res.banzhaf(1, exact=True, target=(cls + 1) % 5)
@@ -54,7 +54,7 @@ def test_dinov2_cosine_and_mapping(dinov2):
     tokens = exact.to_tokens()
     assert tokens.shape == (17,) and np.isnan(tokens[0])  # CLS is never a player
     groups = res.trace.groups(1)
-    for k, g in enumerate(exact.players):
+    for k, g in enumerate(exact.groups):
         np.testing.assert_allclose(tokens[groups == g], exact.values[k], rtol=1e-6)
     shared = exact.to_tokens(share=True)
     np.testing.assert_allclose(np.nansum(shared), exact.values.sum(), rtol=1e-5)
@@ -83,9 +83,9 @@ def test_bert_mean_excludes_absent_tokens(bert):
     game = model_game(res, 3)
     hidden, sizes = res.state.hidden[3]
     rng = np.random.default_rng(0)
-    masks = rng.random((6, len(game.players))) < 0.5
+    masks = rng.random((6, len(game.groups))) < 0.5
     got = game(masks)
-    ref = model_game(res, 3)(np.ones((1, len(game.players)), bool))  # all present
+    ref = model_game(res, 3)(np.ones((1, len(game.groups)), bool))  # all present
     full = (hidden[0] * sizes[0]).sum(0) / sizes[0].sum()
     unmerged = tomviz.inspect(bert, ids).outputs.last_hidden_state[0].mean(0)
     for m, value in zip(masks, got):
@@ -165,10 +165,10 @@ def test_compacted_coalitions_equal_full_masking(dinov2):
 
     res = tomviz.inspect(dinov2, _image(), r=[3, 3, 0, 0], keep_hidden=True)
     game = model_game(res, 1)
-    masks = np.random.default_rng(4).random((150, len(game.players))) < 0.5  # > SUB_BATCH: several forwards
+    masks = np.random.default_rng(4).random((150, len(game.groups))) < 0.5  # > SUB_BATCH: several forwards
     hidden, sizes = res.state.hidden[1]
     present = torch.ones(150, hidden.shape[1], dtype=torch.bool)
-    present[:, torch.as_tensor(game.players)] = torch.as_tensor(masks)
+    present[:, torch.as_tensor(game.groups)] = torch.as_tensor(masks)
     config = dataclasses.replace(res.config, trace=False, keep_hidden=False, resume=Resume(1, hidden, sizes, present))
     outputs, state = run(res.model, res.inputs, config)
     np.testing.assert_allclose(game(masks), game.read(outputs, state).double().numpy(), atol=1e-5)
@@ -185,4 +185,4 @@ def test_banzhaf_without_keep_hidden_reruns_the_forward():
     res = tomviz.inspect(model, torch.randn(1, 3, 32, 32), r=4)
     assert not res.state.hidden
     scores = res.banzhaf(layer=0, exact=True)
-    assert scores.values.shape == (len(scores.players),) and len(scores.players) == 17 - 4 - 1
+    assert scores.values.shape == (len(scores.groups),) and len(scores.groups) == 17 - 4 - 1

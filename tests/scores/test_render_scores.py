@@ -16,16 +16,16 @@ def test_render_banzhaf_and_hbi(clip):
     res = tomviz.inspect(clip, torch.randn(1, 3, 32, 32), r=[4, 3, 0, 0], keep_hidden=True)
     photo = Image.new("RGB", (64, 48), (120, 130, 140))
     b = res.banzhaf(1, samples=64)
-    names = render.group_labels(b.trace, b.layer, b.players)
-    assert len(names) == b.num_players
+    names = render.group_labels(b.trace, b.layer, b.groups)
+    assert len(names) == b.num_groups
     over = render.value_overlay(photo, b.to_grid())
     assert over.size == photo.size
     assert render.values_figure(b.values, b.stderr, names, "v").data[0].type == "bar"
     fig = render.interaction_figure(b.interactions, names, stderr=b.interactions_stderr)
-    assert np.asarray(fig.data[0].z).shape == (b.num_players, b.num_players)
+    assert np.asarray(fig.data[0].z).shape == (b.num_groups, b.num_groups)
     pairs = b.top_pairs(3)
     assert len(render.pairs_rows(pairs, names, stderr=b.interactions_stderr)) == 3
-    assert render.pairs_overlay(photo, b.trace, b.layer, b.players, pairs).size == photo.size
+    assert render.pairs_overlay(photo, b.trace, b.layer, b.groups, pairs).size == photo.size
 
     words = Words(input_ids=torch.tensor([[0, 5, 6, 1]]), attention_mask=torch.ones(1, 4, dtype=torch.long),
                   words=["ab", "c"], positions=[[1, 2], [3]])

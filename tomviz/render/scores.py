@@ -1,7 +1,7 @@
 """Pictures of scores: Banzhaf values over the image and tokens, interaction matrices, top pairs,
 and CLIP image-group × word interactions (PIL and plotly; no gradio).
 
-Shapes: ``grid`` is ``[rows, cols]`` over the patches; a result's players are group ids after
+Shapes: ``grid`` is ``[rows, cols]`` over the patches; a result's ``groups`` are group ids after
 its ``layer``; ``names[k]`` labels player k.
 """
 from __future__ import annotations
@@ -55,17 +55,17 @@ def token_values(tokens: Sequence[str], values: np.ndarray) -> list[tuple[str, f
     return [(piece, (float(v / bound) if np.isfinite(v) else None)) for piece, v in zip(display_pieces(list(tokens)), values)]
 
 
-def group_labels(trace: Trace, layer: int, players: np.ndarray) -> list[str]:
-    """Player labels: the member tokens for text (``"g3: the · dog"``), ``"g3 (5 patches)"`` for images."""
+def group_labels(trace: Trace, layer: int, groups: np.ndarray) -> list[str]:
+    """Labels of ``groups`` (ids at ``layer``): the member tokens for text (``"g3: the · dog"``), ``"g3 (5 patches)"`` for images."""
     if trace.meta.get("tokens") and not trace.meta.get("patch_grid"):
         names = group_names(trace, layer, max_chars=28)
-        return [names[int(g)] for g in players]
+        return [names[int(g)] for g in groups]
     sizes = trace.sizes(layer)
-    return [f"g{int(g)} ({int(sizes[int(g)])} patches)" for g in players]
+    return [f"g{int(g)} ({int(sizes[int(g)])} patches)" for g in groups]
 
 
 def values_figure(values: np.ndarray, stderr: np.ndarray, names: Sequence[str], title: str, height: int = 340) -> go.Figure:
-    """Bars of the players' Banzhaf values with ±1 standard error, largest on top."""
+    """Bars of the groups' (or words') Banzhaf values with ±1 standard error, largest on top."""
     order = np.argsort(np.nan_to_num(np.asarray(values, dtype=float)))
     fig = go.Figure(
         go.Bar(
@@ -132,16 +132,16 @@ def _font(size: int) -> Any:
         return ImageFont.load_default()
 
 
-def pairs_overlay(image: Image.Image, trace: Trace, layer: int, players: np.ndarray,
+def pairs_overlay(image: Image.Image, trace: Trace, layer: int, groups: np.ndarray,
                   pairs: Sequence[tuple[int, int, float]], max_side: int = 448) -> Image.Image:
     """The photo with a line between the centres of each pair of groups (red > 0, blue < 0,
-    width ∝ |interaction|); ``pairs`` hold player indices into ``players``."""
+    width ∝ |interaction|); ``pairs`` hold indices into ``groups`` (ids at ``layer``)."""
     base = display_image(image, max_side)
     draw = ImageDraw.Draw(base)
     centres = group_centres(trace, layer, *base.size)
     top = max((abs(v) for *_, v in pairs), default=1.0) or 1.0
     for rank, (i, j, v) in enumerate(pairs):
-        a, b = centres.get(int(players[i])), centres.get(int(players[j]))
+        a, b = centres.get(int(groups[i])), centres.get(int(groups[j]))
         if a is None or b is None:
             continue
         draw.line([a, b], fill=POSITIVE if v >= 0 else NEGATIVE, width=max(1, int(round(6 * abs(v) / top))))

@@ -20,11 +20,20 @@ from tomviz.trace import Trace, pixel_labels
 
 @dataclass
 class GroupScores(GameEstimate):
-    """An estimated game whose players include the groups after ``layer`` of ``trace``."""
+    """An estimated game whose players include the groups after ``layer`` of ``trace``.
+
+    ``groups[k]`` is the group id (token index after ``layer``, as in ``trace.groups(layer)``) of
+    the k-th group that plays; protected tokens (CLS & co.) never play.
+    """
 
     target: str  # what was measured
     layer: int
     trace: Trace
+    groups: np.ndarray  # [n_groups] int group ids at ``layer``
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.groups.shape[0])
 
     @classmethod
     def from_estimate(cls, est: GameEstimate, **more: Any) -> "GroupScores":
@@ -33,22 +42,15 @@ class GroupScores(GameEstimate):
 
 @dataclass
 class BanzhafResult(GroupScores):
-    """Banzhaf values of the n groups after ``layer`` (players; protected tokens excluded).
-
-    ``players[k]`` is the group id (token index after ``layer``, as in ``trace.groups(layer)``)
-    of player k; ``values``/``stderr`` are ``[n]``, ``interactions[k1, k2]`` ``[n, n]``.
+    """Banzhaf values of the n groups after ``layer``, which are the game's players (protected tokens
+    excluded): ``values``/``stderr`` are ``[n]``, ``interactions[k1, k2]`` ``[n, n]``, in ``groups`` order.
     """
 
-    players: np.ndarray  # [n] int group ids at ``layer``
-    sizes: np.ndarray  # [n] input tokens in each player's group
-
-    @property
-    def num_players(self) -> int:
-        return int(self.players.shape[0])
+    sizes: np.ndarray  # [n] input tokens in each group
 
     def per_group(self) -> np.ndarray:
         """``[N_l]``: the value of every token after ``layer`` (protected tokens: nan)."""
-        return self.trace.per_group(self.layer, self.players, self.values)
+        return self.trace.per_group(self.layer, self.groups, self.values)
 
     def to_tokens(self, share: bool = False) -> np.ndarray:
         """``[N0]``: each input token gets its group's value (``share=True``: value / group size);
@@ -67,7 +69,7 @@ class BanzhafResult(GroupScores):
         return pixel_labels(self.to_grid(share), height, width)
 
     def top_pairs(self, k: int = 10) -> list[tuple[int, int, float]]:
-        """The ``k`` strongest interactions by magnitude: (player, player, interaction), player indices."""
+        """The ``k`` strongest interactions by magnitude: (k1, k2, interaction), indices into ``groups``."""
         return top_pairs(self.interactions, k)
 
 
@@ -97,9 +99,9 @@ def banzhaf(
     ``samples`` coalitions drawn with ``seed``. progress(fraction, message) after each batch.
     """
     game = model_game(result, layer, target)
-    est = banzhaf_game(game, len(game.players), samples=samples, exact=exact, seed=seed, chunk=chunk_size(result, game.layer), progress=progress)
+    est = banzhaf_game(game, len(game.groups), samples=samples, exact=exact, seed=seed, chunk=chunk_size(result, game.layer), progress=progress)
     trace = game.result.trace
     return BanzhafResult.from_estimate(
-        est, target=game.target, layer=game.layer, trace=trace, players=game.players,
-        sizes=np.asarray(trace.sizes(game.layer))[game.players],
+        est, target=game.target, layer=game.layer, trace=trace, groups=game.groups,
+        sizes=np.asarray(trace.sizes(game.layer))[game.groups],
     )

@@ -1,4 +1,4 @@
-"""The model game: the groups after one layer as players.
+"""The model game: the groups after one layer are its players.
 
 The value of a coalition S runs the layers after ``layer`` with only S's tokens
 present (plus the protected tokens: CLS, distillation, registers), sizes kept,
@@ -30,21 +30,21 @@ class ModelGame:
 
     result: Inspected
     layer: int
-    players: np.ndarray  # [n] group ids
+    groups: np.ndarray  # [n] group ids at ``layer``: the players
     read: Callable[[Any, MergeState], torch.Tensor]  # (outputs, state) → [M] target
     target: str
     forward: Forward
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         out = np.empty(masks.shape[0], dtype=np.float64)
-        for rows, config in resume_batches(self.result, self.layer, self.players, masks):
+        for rows, config in resume_batches(self.result, self.layer, self.groups, masks):
             outputs, state = self.forward(config)
             out[rows] = self.read(outputs, state).double().cpu().numpy()
         return out
 
 
 def resume_batches(
-    result: Inspected, layer: int, players: np.ndarray, masks: np.ndarray
+    result: Inspected, layer: int, groups: np.ndarray, masks: np.ndarray
 ) -> Iterator[tuple[np.ndarray, MergeConfig]]:
     """Forwards for the coalitions ``masks`` ``[M, n]``: (rows of ``masks``, config) per sub-batch.
 
@@ -54,11 +54,11 @@ def resume_batches(
     order = np.argsort(masks.sum(1), kind="stable")
     for start in range(0, order.shape[0], SUB_BATCH):
         rows = order[start : start + SUB_BATCH]
-        yield rows, resume_config(result, layer, players, masks[rows])
+        yield rows, resume_config(result, layer, groups, masks[rows])
 
 
-def resume_config(result: Inspected, layer: int, players: np.ndarray, masks: np.ndarray) -> MergeConfig:
-    """The config that runs the blocks after ``layer`` for the coalitions ``masks`` ``[M, n]`` of ``players``.
+def resume_config(result: Inspected, layer: int, groups: np.ndarray, masks: np.ndarray) -> MergeConfig:
+    """The config that runs the blocks after ``layer`` for the coalitions ``masks`` ``[M, n]`` of ``groups``.
 
     Each coalition keeps only its present tokens (protected ones included, original order,
     so CLS stays first), padded with masked-out tokens to the largest coalition: ``hidden``
@@ -68,7 +68,7 @@ def resume_config(result: Inspected, layer: int, players: np.ndarray, masks: np.
     hidden, sizes = result.state.hidden[layer]  # [1, N_l, C], [1, N_l, 1] | None
     device = hidden.device
     present = torch.ones(masks.shape[0], hidden.shape[1], dtype=torch.bool, device=device)  # [M, N_l]
-    present[:, torch.as_tensor(players, device=device)] = torch.as_tensor(masks, device=device)
+    present[:, torch.as_tensor(groups, device=device)] = torch.as_tensor(masks, device=device)
     keep = int(present.sum(1).max())
     order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :keep]  # [M, k] present first
     resume = Resume(
@@ -85,7 +85,7 @@ def chunk_size(result: Inspected, layer: int) -> int:
     return max(1, TOKENS_PER_CHUNK // int(result.state.hidden[layer][0].shape[1]))
 
 
-def players_at(result: Inspected, layer: int) -> tuple[int, np.ndarray]:
+def groups_at(result: Inspected, layer: int) -> tuple[int, np.ndarray]:
     """(layer in [0, L), the group ids that play: ``[n]``; protected tokens and padding excluded)."""
     state, trace = result.state, result.trace
     if not state.hidden:
@@ -95,14 +95,14 @@ def players_at(result: Inspected, layer: int) -> tuple[int, np.ndarray]:
         raise IndexError(f"layer {layer} out of range: the model has {num_layers} layers (0-based)")
     layer = layer % num_layers
     hidden, _ = state.hidden[layer]
-    protected = int(trace.meta.get("num_protected", state.num_protected))
-    players = np.arange(protected, hidden.shape[1])
+    protected = trace.num_protected
+    groups = np.arange(protected, hidden.shape[1])
     valid = state.valid
     if valid is not None and valid.shape[1] == hidden.shape[1]:  # padding never plays
-        players = players[valid[0, protected:].cpu().numpy()]
-    if players.size == 0:
+        groups = groups[valid[0, protected:].cpu().numpy()]
+    if groups.size == 0:
         raise ValueError(f"no groups to score after layer {layer}: only protected tokens are left")
-    return layer, players
+    return layer, groups
 
 
 def check_not_last(result: Inspected, layer: int, what: str) -> None:
@@ -117,9 +117,9 @@ def check_not_last(result: Inspected, layer: int, what: str) -> None:
 
 def model_game(result: Inspected, layer: int, target: Any = None) -> ModelGame:
     """The game of the groups after ``layer`` of ``result`` (which needs ``keep_hidden=True``)."""
-    layer, players = players_at(result, layer)
+    layer, groups = groups_at(result, layer)
     chosen = target_of(result, target)
     if not chosen.reads_all:
         check_not_last(result, layer, chosen.description)
-    return ModelGame(result=result, layer=layer, players=players, read=chosen.read, target=chosen.description,
+    return ModelGame(result=result, layer=layer, groups=groups, read=chosen.read, target=chosen.description,
                      forward=forward_of(result))

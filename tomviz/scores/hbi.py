@@ -18,7 +18,7 @@ import torch
 
 from tomviz.scores.banzhaf import GroupScores, top_pairs
 from tomviz.scores.estimate import Progress, banzhaf_game
-from tomviz.scores.game import check_not_last, chunk_size, players_at, resume_batches
+from tomviz.scores.game import check_not_last, chunk_size, groups_at, resume_batches
 from tomviz.scores.targets import Inspected, clip_image_forward, pooled
 
 
@@ -74,12 +74,7 @@ class HBIResult(GroupScores):
     """Banzhaf values of image groups and words in one game (n = n_img + n_w players): ``values [n]``,
     image groups first, then words; ``empty_value`` is the similarity with no group and no word present."""
 
-    groups: np.ndarray  # [n_img] group ids at ``layer``
-    words: list[str]  # [n_w]
-
-    @property
-    def num_groups(self) -> int:
-        return int(self.groups.shape[0])
+    words: list[str]  # [n_w]; ``groups`` (the base's) are the n_img image groups
 
     @property
     def group_values(self) -> np.ndarray:
@@ -133,7 +128,7 @@ def hbi(
     if not loaded.clip_text:
         raise ValueError(f"{loaded.name} is not a CLIP model with a text tower (CLIPModel)")
     words = text if isinstance(text, Words) else split_words(tokenizer or loaded.tokenizer or _no_tokenizer(loaded), text)
-    layer, groups = players_at(result, layer)
+    layer, groups = groups_at(result, layer)
     what = f"CLIP image–text cosine similarity ({' '.join(words.words)!r})"
     check_not_last(result, layer, what)
     n_img, n_w = len(groups), len(words.words)

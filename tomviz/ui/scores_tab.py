@@ -7,7 +7,7 @@ control re-renders without running the model again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import gradio as gr
 import numpy as np
@@ -71,45 +71,76 @@ def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, laye
     return ScoreSession(result=result, image=photo, rollout=rollout_grid(res.trace) if image_model else None)
 
 
-def banzhaf_views(session: ScoreSession, top_k: int = 8):
-    """(heatmap over the image, token values, value bars, interaction matrix, pairs picture, pairs table, summary,
-    attention rollout over the image)."""
+class BanzhafViews(NamedTuple):
+    """What a Banzhaf estimate shows, one field per output component (wired in this order)."""
+
+    heat: Image.Image | None  # Banzhaf value over the image (image models)
+    tokens: list | None  # value over the prompt's tokens (text models)
+    values: Any  # plotly bars, value per group
+    matrix: Any  # plotly interaction matrix
+    pairs_img: Image.Image | None  # strongest pairs drawn on the image
+    pairs: list[list[Any]] | None  # top-pairs table rows (``PAIR_HEADERS``)
+    summary: str
+    rollout: Image.Image | None  # CLS attention rollout over the image
+
+
+class BanzhafOutputs(NamedTuple):
+    """What ``score_banzhaf`` returns: the session, then :class:`BanzhafViews`' fields."""
+
+    session: "ScoreSession | None"
+    heat: Image.Image | None
+    tokens: list | None
+    values: Any
+    matrix: Any
+    pairs_img: Image.Image | None
+    pairs: list[list[Any]] | None
+    summary: str
+    rollout: Image.Image | None
+
+
+def banzhaf_views(session: ScoreSession, top_k: int = 8) -> BanzhafViews:
+    """Every Banzhaf view of ``session``, with the ``top_k`` strongest pairs."""
     b = session.result
-    names = render.group_labels(b.trace, b.layer, b.players)
+    names = render.group_labels(b.trace, b.layer, b.groups)
     pairs = b.top_pairs(int(top_k))
     heat = pairs_img = tokens = roll = None
     if session.rollout is not None and session.image is not None:
         roll = heatmap_overlay(session.image, session.rollout.reshape(-1), session.rollout.shape)
     if session.image is not None:
         heat = render.value_overlay(session.image, b.to_grid())
-        pairs_img = render.pairs_overlay(session.image, b.trace, b.layer, b.players, pairs)
+        pairs_img = render.pairs_overlay(session.image, b.trace, b.layer, b.groups, pairs)
     elif b.trace.meta.get("tokens"):
         tokens = render.token_values(b.trace.meta["tokens"], b.to_tokens())
     how = "exact (all 2ⁿ coalitions)" if b.exact else f"MSR, {b.samples} sampled coalitions, seed {b.seed}"
     summary = (
-        f"**{b.num_players} players**: the groups after layer {b.layer + 1} (CLS excluded). **Target**: {b.target}. "
+        f"**{b.num_groups} players**: the groups after layer {b.layer + 1} (CLS excluded). **Target**: {b.target}. "
         f"**Estimate**: {how}. Value with every group present: {b.full_value:.4f}; with none: {b.empty_value:.4f}; "
         f"sum of values: {b.values.sum():.4f}; median s.e.: {float(sorted(b.stderr)[len(b.stderr) // 2]):.4f}."
     )
-    return (
-        heat, tokens, render.values_figure(b.values, b.stderr, names, f"Banzhaf value per group (layer {b.layer + 1})"),
-        render.interaction_figure(b.interactions, names, stderr=b.interactions_stderr), pairs_img,
-        render.pairs_rows(pairs, names, stderr=b.interactions_stderr), summary, roll,
+    return BanzhafViews(
+        heat=heat, tokens=tokens,
+        values=render.values_figure(b.values, b.stderr, names, f"Banzhaf value per group (layer {b.layer + 1})"),
+        matrix=render.interaction_figure(b.interactions, names, stderr=b.interactions_stderr), pairs_img=pairs_img,
+        pairs=render.pairs_rows(pairs, names, stderr=b.interactions_stderr), summary=summary, rollout=roll,
     )
 
 
 def score_banzhaf(model: str, image: Any, text: str | None, ratio: float = 0.9, layer: float = 11,
                   samples: float = 512, exact: bool = False, seed: float = 0, top_k: float = 8,
-                  progress: gr.Progress = gr.Progress()):
+                  progress: gr.Progress = gr.Progress()) -> BanzhafOutputs:
     """Estimate Banzhaf values (with a progress bar). API: ``/score_banzhaf``."""
     with user_errors("estimate Banzhaf values"):
         session = compute_banzhaf(model, image, text, ratio, layer, int(samples), exact, int(seed), _progress_callback(progress))
-        return (session, *banzhaf_views(session, int(top_k)))
+        return BanzhafOutputs(session, *banzhaf_views(session, int(top_k)))
 
 
-def rerender_banzhaf(top_k: float, session: ScoreSession | None):
+EMPTY_BANZHAF_VIEWS = BanzhafViews(None, None, None, None, None, None, "", None)
+
+
+def rerender_banzhaf(top_k: float, session: ScoreSession | None) -> BanzhafViews:
+    """The views again with another number of top pairs (no model)."""
     if session is None or not isinstance(session.result, BanzhafResult):
-        return (None,) * 8
+        return EMPTY_BANZHAF_VIEWS
     return banzhaf_views(session, int(top_k))
 
 
@@ -136,23 +167,46 @@ def compute_hbi(model: str, image: Any, text: str, ratio: float, layer: float, s
     return ScoreSession(result=result, image=display_image(res.inputs.image))
 
 
-def hbi_views(session: ScoreSession, top_k: int = 8):
-    """(region–word lines, group × word heatmap, word values, group-value heatmap, pairs table, summary)."""
+class HBIViews(NamedTuple):
+    """What an image × text estimate shows, one field per output component (wired in this order)."""
+
+    lines: Image.Image | None  # region–word lines
+    cross: Any  # plotly group × word heatmap
+    words: list | None  # the words' values (HighlightedText)
+    heat: Image.Image | None  # the groups' values over the image
+    pairs: list[list[Any]] | None  # top region–word pairs (``HBI_HEADERS``)
+    summary: str
+
+
+class HBIOutputs(NamedTuple):
+    """What ``score_hbi`` returns: the session, then :class:`HBIViews`' fields."""
+
+    session: "ScoreSession | None"
+    lines: Image.Image | None
+    cross: Any
+    words: list | None
+    heat: Image.Image | None
+    pairs: list[list[Any]] | None
+    summary: str
+
+
+def hbi_views(session: ScoreSession, top_k: int = 8) -> HBIViews:
+    """Every image × text view of ``session``, with the ``top_k`` strongest group × word pairs."""
     h = session.result
     names = render.group_labels(h.trace, h.layer, h.groups)
     pairs = h.top_pairs(int(top_k))
-    lines = render.hbi_lines(session.image, h.trace, h.layer, h.groups, h.words, pairs)
-    matrix = render.interaction_figure(h.cross, names, h.words, stderr=h.cross_stderr, title="Image group × word interaction")
-    words = render.token_values(h.words, h.word_values)
-    heat = render.value_overlay(session.image, h.group_grid())
-    rows = render.pairs_rows(pairs, names, h.words, stderr=h.cross_stderr)
     summary = (f"**{h.num_groups} image groups** (after layer {h.layer + 1}) and **{len(h.words)} words** in one game. "
                f"**Target**: {h.target}; all present {h.full_value:.4f}, none {h.empty_value:.4f}; {h.samples} coalitions.")
-    return lines, matrix, words, heat, rows, summary
+    return HBIViews(
+        lines=render.hbi_lines(session.image, h.trace, h.layer, h.groups, h.words, pairs),
+        cross=render.interaction_figure(h.cross, names, h.words, stderr=h.cross_stderr, title="Image group × word interaction"),
+        words=render.token_values(h.words, h.word_values), heat=render.value_overlay(session.image, h.group_grid()),
+        pairs=render.pairs_rows(pairs, names, h.words, stderr=h.cross_stderr), summary=summary,
+    )
 
 
 def score_hbi(model: str, image: Any, text: str, ratio: float = 0.5, layer: float = 11, samples: float = 512,
-              seed: float = 0, top_k: float = 8, progress: gr.Progress = gr.Progress()):
+              seed: float = 0, top_k: float = 8, progress: gr.Progress = gr.Progress()) -> HBIOutputs:
     """CLIP image × text interaction. API: ``/score_hbi``. Says plainly when the hub cannot be reached."""
     model = (model or CLIP_MODEL).strip()
     try:
@@ -161,14 +215,20 @@ def score_hbi(model: str, image: Any, text: str, ratio: float = 0.5, layer: floa
     except gr.Error as err:
         cause = err.__cause__
         if isinstance(cause, tomviz.ModelLoadError):
-            return (None, None, None, None, None, None, hub_message(model, cause))
+            return HBIOutputs(None, None, None, None, None, None, hub_message(model, cause))
         raise
-    return (session, *hbi_views(session, int(top_k)))
+    return HBIOutputs(session, *hbi_views(session, int(top_k)))
 
 
 # --- layout and wiring ---------------------------------------------------------------------
 def build_scores_tab() -> None:
     """Lay out the Scores tab inside the current ``gr.Tab`` and wire its events."""
+    build_banzhaf_section()
+    build_hbi_section()
+
+
+def build_banzhaf_section() -> None:
+    """Banzhaf values of one model's merged groups: controls, views, events."""
     session = session_state()
     gr.Markdown(
         "**Banzhaf values of merged tokens.** The players are the groups after the chosen layer (CLS excluded). "
@@ -203,6 +263,19 @@ def build_scores_tab() -> None:
             matrix = gr.Plot(label="Interaction matrix (hover)")
             pairs = gr.Dataframe(headers=PAIR_HEADERS, label="Top pairs", interactive=False)
 
+    banzhaf_components = dict(session=session, heat=heat, tokens=tokens, values=values, matrix=matrix,
+                              pairs_img=pairs_img, pairs=pairs, summary=summary, rollout=rollout)
+    run_btn.click(
+        score_banzhaf, inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
+        outputs=[banzhaf_components[name] for name in BanzhafOutputs._fields], api_name="score_banzhaf",
+        concurrency_id="model", concurrency_limit=1,
+    )
+    top_k.release(rerender_banzhaf, inputs=[top_k, session], outputs=[banzhaf_components[name] for name in BanzhafViews._fields],
+                  show_progress="hidden")
+
+
+def build_hbi_section() -> None:
+    """CLIP image groups × words (HBI): controls, views, events."""
     gr.Markdown("## Image + Text (CLIP)\n" + HUB_NOTE)
     hbi_session = session_state()
     with gr.Row():
@@ -227,14 +300,10 @@ def build_scores_tab() -> None:
             cross = gr.Plot(label="Group × word interaction (hover)")
             hbi_pairs = gr.Dataframe(headers=HBI_HEADERS, label="Top region–word pairs", interactive=False)
 
-    banzhaf_out = [heat, tokens, values, matrix, pairs_img, pairs, summary, rollout]
-    run_btn.click(
-        score_banzhaf, inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
-        outputs=[session, *banzhaf_out], api_name="score_banzhaf", concurrency_id="model", concurrency_limit=1,
-    )
-    top_k.release(rerender_banzhaf, inputs=[top_k, session], outputs=banzhaf_out, show_progress="hidden")
+    hbi_components = dict(session=hbi_session, lines=lines, cross=cross, words=word_values, heat=group_heat,
+                          pairs=hbi_pairs, summary=hbi_summary)
     hbi_btn.click(
         score_hbi, inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
-        outputs=[hbi_session, lines, cross, word_values, group_heat, hbi_pairs, hbi_summary], api_name="score_hbi",
+        outputs=[hbi_components[name] for name in HBIOutputs._fields], api_name="score_hbi",
         concurrency_id="model", concurrency_limit=1,
     )

@@ -18,12 +18,15 @@ def loaded():
 
 def test_ask_and_redraw(loaded, monkeypatch):
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: loaded)
-    session, overlay, answers, counts, steps, attention = vlm_tab.ask(
-        tiny.photo(), "what is in this image ?", "tiny", "llm", "fastv", 0.5, 3)
-    assert isinstance(overlay, Image.Image) and isinstance(attention, Image.Image)
-    assert "unreduced" in answers and "exact match" in answers
-    assert "the LLM receives 16" in counts and "from layer K 8" in counts
-    assert isinstance(vlm_tab.show_step(1, session), Image.Image)
+    photo = tiny.photo()
+    out = vlm_tab.ask(photo, "what is in this image ?", "tiny", "llm", "fastv", 0.5, 3)
+    assert out.overlay.size == out.attention.size == photo.size
+    assert "unreduced" in out.answers and "exact match" in out.answers
+    assert "the LLM receives 16" in out.counts and "from layer K 8" in out.counts
+    tokens = out.session.result.answer_tokens
+    assert [value for _, value in out.steps.choices] == list(range(len(tokens))) and out.steps.value == 0
+    step_one = vlm_tab.show_step(1, out.session)
+    assert step_one.size == photo.size and step_one.tobytes() != out.attention.tobytes()  # another token, another picture
 
 
 def test_bad_input(loaded, monkeypatch):
@@ -43,10 +46,9 @@ def test_onevision_drawn_on_its_anyres_grid(monkeypatch):
     onevision = tomviz.load(model, processor=processor, device="cpu")
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: onevision)
     photo = tiny.photo().resize((80, 48))
-    session, overlay, answers, counts, steps, attention = vlm_tab.ask(
-        photo, "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)
-    assert isinstance(overlay, Image.Image) and overlay.size == photo.size and isinstance(attention, Image.Image)
-    grids = session.result.stages["boundary"].meta["tile_grids"]
-    assert grids[0] == [4, 4] and sum(r * c for r, c in grids) == session.result.token_counts["visual"]
+    out = vlm_tab.ask(photo, "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)
+    assert out.overlay.size == out.attention.size == photo.size
+    grids = out.session.result.stages["boundary"].meta["tile_grids"]
+    assert grids[0] == [4, 4] and sum(r * c for r, c in grids) == out.session.result.token_counts["visual"]
     with pytest.raises(gr.Error, match="not equal tiles"):
         vlm_tab.ask(photo, "what ?", "onevision", "boundary", "downsample", 0.5, 3)

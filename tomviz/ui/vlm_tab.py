@@ -5,9 +5,10 @@ Layout first, event wiring last; handlers are module-level functions (testable w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
+from PIL import Image
 
 import tomviz
 from tomviz.merge.visual import VISUAL_METHODS
@@ -65,9 +66,20 @@ def _step_choices(res) -> list[tuple[str, int]]:
     return [(f"{i}: {token}", i) for i, token in enumerate(res.answer_tokens)]
 
 
+class VLMOutputs(NamedTuple):
+    """What ``ask`` returns, one field per output component (wired in this order)."""
+
+    session: VLMSession
+    overlay: Image.Image  # what reaches the LLM: groups of visual tokens, dropped ones dark
+    answers: str  # both answers (markdown)
+    counts: str  # token counts and timings (markdown)
+    steps: Any  # gr.Dropdown update: the answer tokens
+    attention: Image.Image  # where answer token 0 looked
+
+
 def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "boundary", method: str = "tome",
-        ratio: float = 0.5, max_new_tokens: float = 24, session: VLMSession | None = None):
-    """Answer with and without reduction → (session, overlay, answers, counts, step dropdown, attention picture)."""
+        ratio: float = 0.5, max_new_tokens: float = 24, session: VLMSession | None = None) -> VLMOutputs:
+    """Answer with and without reduction, and draw what reached the LLM. API: ``/ask_vlm``."""
     with user_errors("answer this question"):
         if image is None:
             raise ValueError("give an image first")
@@ -86,7 +98,8 @@ def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "b
         overlay = reaches_llm_overlay(res.inputs.image, boundary)
         attention = answer_attention_overlay(res.inputs.image, boundary, res.answer_attention, 0)
         steps = gr.Dropdown(choices=_step_choices(res), value=0)
-        return VLMSession(result=res), overlay, _answer_markdown(res), _counts_markdown(res), steps, attention
+        return VLMOutputs(session=VLMSession(result=res), overlay=overlay, answers=_answer_markdown(res),
+                          counts=_counts_markdown(res), steps=steps, attention=attention)
 
 
 def show_step(step: int | None, session: VLMSession | None = None):
@@ -122,7 +135,8 @@ def build_vlm_tab() -> None:
             counts = gr.Markdown(label="Token counts and timings")
 
     inputs = [image, question, model, place, method, ratio, max_new, session]
-    outputs = [session, overlay, answers, counts, step, attention]
+    components = dict(session=session, overlay=overlay, answers=answers, counts=counts, steps=step, attention=attention)
+    outputs = [components[name] for name in VLMOutputs._fields]
     gr.on([run.click, question.submit], ask, inputs=inputs, outputs=outputs, api_name="ask_vlm",
           concurrency_id="model", concurrency_limit=1, trigger_mode="always_last")
     step.input(show_step, inputs=[step, session], outputs=attention, api_name="show_vlm_step", queue=False)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
-from PIL import Image
 
 import tomviz
 from tests.vlm import tiny

@@ -1,6 +1,7 @@
 """The Text tab: type a prompt, move the merge ratio, see which tokens merge at every layer."""
 from __future__ import annotations
 
+from typing import Any, NamedTuple
 
 import gradio as gr
 
@@ -28,17 +29,26 @@ TOKENS_CAPTION = ("Tokens that share a colour are one merged group after the sel
                   "token's group is coloured.")
 
 
-def text_layer_views(analysis: Analysis, layer: int, token: int | None = None):
+class TextLayerViews(NamedTuple):
+    """What a layer change redraws, one field per output component (wired in this order)."""
+
+    tokens: list[tuple[str, str | None]] | None  # HighlightedText: (piece, group label or None)
+    table: Any  # gr.Dataframe update: the groups after the layer (``TABLE_HEADERS``)
+    attention: Any  # plotly CLS attention per group, or None when not traced
+
+
+def text_layer_views(analysis: Analysis, layer: int, token: int | None = None) -> TextLayerViews:
     """Highlighted tokens, group table and CLS attention per group for ``layer`` (0-based); ``token``
     (a clicked input token) highlights its group only."""
     trace = analysis.trace
     attention = trace.layers[layer].cls_attention  # [N_in] over the tokens entering the layer
     figure = None
     if attention is not None:  # CLS's attention to itself (and other protected tokens) is left out
-        protected = int(trace.meta.get("num_protected", 1))
+        protected = trace.num_protected
         names = group_names(trace, layer, entering=True)[protected:]
         figure = group_attention_figure(names, attention[protected:].tolist(), layer)
-    return token_highlights(trace, layer, token), group_table(trace, layer), figure
+    return TextLayerViews(tokens=token_highlights(trace, layer, token),
+                          table=gr.Dataframe(value=group_table(trace, layer), headers=TABLE_HEADERS), attention=figure)
 
 
 def token_lineage(analysis: Analysis, token: int | None) -> str:
@@ -57,9 +67,24 @@ def valid_token(session: Analysis | None, token: int | None) -> int | None:
     return int(token)
 
 
+class TextOutputs(NamedTuple):
+    """What ``inspect_text`` returns, one field per output component (wired in this order)."""
+
+    session: Analysis
+    tokens: list[tuple[str, str | None]]  # tokens coloured by group after the chosen layer
+    table: Any  # gr.Dataframe update: the groups
+    attention: Any  # plotly CLS attention per group
+    counts: Any  # plotly token count per layer
+    speed: str
+    gflops: Any  # plotly GFLOPs per layer
+    fidelity: str
+    summary: dict[str, Any]  # the JSON digest the API returns
+    layer: Any  # gr.Slider update (maximum follows the model)
+
+
 def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", method: str = "tome",
                  schedule: str = "constant", prop_attn: bool = True, layer: float = 3,
-                 session: Analysis | None = None):
+                 session: Analysis | None = None) -> TextOutputs:
     """Run the model once on ``text`` and render every output. API: ``/inspect_text`` (text, ratio)."""
     with user_errors("inspect this prompt"):
         if text is None or not str(text).strip():
@@ -71,51 +96,56 @@ def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", me
         for note in analysis.notes:
             gr.Warning(note, title="Prompt truncated")
         l = layer_index(layer, analysis.trace.num_layers)
-        highlights, table, attention = text_layer_views(analysis, l)
-        speed = analysis.speed
-        return (
-            analysis, highlights, gr.Dataframe(value=table, headers=TABLE_HEADERS), attention,
-            token_count_figure(analysis.trace), speed_markdown(speed), gflops_figure(speed.merged_gflops, speed.unmerged_gflops),
-            fidelity_markdown(analysis.fidelity), analysis.summary(),
-            gr.Slider(maximum=analysis.trace.num_layers, value=l + 1),
+        views, speed = text_layer_views(analysis, l), analysis.speed
+        return TextOutputs(
+            session=analysis, tokens=views.tokens, table=views.table, attention=views.attention,
+            counts=token_count_figure(analysis.trace), speed=speed_markdown(speed),
+            gflops=gflops_figure(speed.merged_gflops, speed.unmerged_gflops), fidelity=fidelity_markdown(analysis.fidelity),
+            summary=analysis.summary(), layer=gr.Slider(maximum=analysis.trace.num_layers, value=l + 1),
         )
 
 
-def render_text_layer(layer: float = 3, session: Analysis | None = None, selected: int | None = None):
+def render_text_layer(layer: float = 3, session: Analysis | None = None, selected: int | None = None) -> TextLayerViews:
     """Re-render the layer views from the stored trace (no model). API: ``/render_text_layer``."""
     if session is None:
-        return None, None, None
+        return TextLayerViews(None, None, None)
     with user_errors("show this layer"):
-        highlights, table, attention = text_layer_views(session, layer_index(layer, session.trace.num_layers),
-                                                        valid_token(session, selected))
-        return highlights, gr.Dataframe(value=table, headers=TABLE_HEADERS), attention
+        return text_layer_views(session, layer_index(layer, session.trace.num_layers), valid_token(session, selected))
 
 
-def select_token(layer: float, session: Analysis | None, evt: gr.SelectData):
-    """A click on a token (``evt.index``: its position) → (selected token, highlighted tokens, lineage)."""
+class TokenSelection(NamedTuple):
+    """What a click on a token updates, one field per output component (wired in this order)."""
+
+    selected: int | None  # the clicked input token (session state)
+    tokens: Any  # the highlighted tokens, or gr.skip()
+    lineage: str  # how the group formed (markdown), or the hint
+
+
+def select_token(layer: float, session: Analysis | None, evt: gr.SelectData) -> TokenSelection:
+    """A click on a token (``evt.index``: its position): select its group."""
     index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
     return token_views(layer, session, index if isinstance(index, int) else None)
 
 
-def token_views(layer: float, session: Analysis | None, token: int | None):
-    """(selected, highlighted tokens, lineage panel) for ``token`` (None clears the selection)."""
+def token_views(layer: float, session: Analysis | None, token: int | None) -> TokenSelection:
+    """The selection views for ``token`` (None clears the selection)."""
     if session is None:
-        return None, gr.skip(), TOKEN_HINT
+        return TokenSelection(None, gr.skip(), TOKEN_HINT)
     with user_errors("select this token"):
         token = valid_token(session, token)
         highlights = token_highlights(session.trace, layer_index(layer, session.trace.num_layers), token)
-        return token, highlights, token_lineage(session, token)
+        return TokenSelection(token, highlights, token_lineage(session, token))
 
 
-def clear_token(layer: float, session: Analysis | None):
+def clear_token(layer: float, session: Analysis | None) -> TokenSelection:
     return token_views(layer, session, None)
 
 
-def refresh_token(layer: float, session: Analysis | None, selected: int | None):
-    """After a model run: keep the selection when it still indexes the prompt, else drop it."""
+def refresh_token(layer: float, session: Analysis | None, selected: int | None) -> TokenSelection:
+    """After a model run: keep the selection when it still indexes the prompt, else drop it (no redraw)."""
     token = valid_token(session, selected)
     if token is None:
-        return None, gr.skip(), TOKEN_HINT
+        return TokenSelection(None, gr.skip(), TOKEN_HINT)
     return token_views(layer, session, token)
 
 
@@ -141,48 +171,54 @@ def text_downloads(session: Analysis | None = None) -> list[str]:
     return [str(session.trace.save(folder / "trace.json")), str(session.trace.save(folder / "trace.npz"))]
 
 
+def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
+    """Lay out the Text tab's components inside the current ``gr.Tab``; returns them by name (no events)."""
+    c: dict[str, Any] = dict(session=session_state(), selected=session_state())  # selected: the clicked input token
+    with gr.Row():
+        with gr.Column(scale=4):
+            c["prompt"] = PromptBox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter",
+                                    value=EXAMPLE_PROMPTS[0] if demo is not None else None)
+            c["run"] = gr.Button("Run", variant="primary")
+            c["examples"] = gr.Examples(EXAMPLE_PROMPTS, inputs=c["prompt"], label="Example prompts")
+            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls("minilm", TEXT_MODELS)
+            c["layer"] = layer_slider(6, 3)
+            with gr.Row():
+                c["link"] = gr.Textbox(label="Link to this view", elem_id="share-link-text", interactive=False, scale=4,
+                                       info="Settings and prompt")
+                c["copy"] = gr.Button("Copy link", scale=1)
+            c["download"] = gr.Button("Download trace (.json, .npz)")
+            c["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False)
+        with gr.Column(scale=7):
+            c["tokens"] = gr.HighlightedText(label="Tokens coloured by group (click a token to follow its group)",
+                                             combine_adjacent=False, show_legend=True, show_inline_category=False,
+                                             elem_id="text-groups")
+            gr.Markdown(TOKENS_CAPTION, elem_classes=["caption"])
+            with gr.Row():
+                c["lineage"] = gr.Markdown(TOKEN_HINT, elem_id="text-lineage")
+                c["clear"] = gr.Button("Clear the selection", scale=0)
+            c["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
+            c["attention"] = gr.Plot(label="CLS attention per group")
+            with gr.Row():
+                c["counts"] = gr.Plot(label="Token count")
+                c["gflops"] = gr.Plot(label="GFLOPs")
+            c["speed"] = gr.Markdown(label="Speed")
+            c["fidelity"] = gr.Markdown(label="Fidelity")
+            with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
+                c["summary"] = gr.JSON(label="Summary")
+    return c
+
+
 def build_text_tab(demo: gr.Blocks | None = None) -> None:
     """Lay out the Text tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the prompt and
     settings of a Text-tab link (else the first example prompt) are filled in and inspected when a visitor
     opens the page."""
-    session = session_state()
-    selected = session_state()  # the clicked input token (int) or None
-    with gr.Row():
-        with gr.Column(scale=4):
-            prompt = PromptBox(label="Prompt", lines=4, placeholder="Type a sentence, then press Run or Shift+Enter",
-                                value=EXAMPLE_PROMPTS[0] if demo is not None else None)
-            run = gr.Button("Run", variant="primary")
-            examples = gr.Examples(EXAMPLE_PROMPTS, inputs=prompt, label="Example prompts")
-            model, method, schedule, prop_attn, ratio = merge_controls("minilm", TEXT_MODELS)
-            layer = layer_slider(6, 3)
-            with gr.Row():
-                link = gr.Textbox(label="Link to this view", elem_id="share-link-text", interactive=False, scale=4,
-                                  info="Settings and prompt")
-                copy = gr.Button("Copy link", scale=1)
-            download = gr.Button("Download trace (.json, .npz)")
-            files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-        with gr.Column(scale=7):
-            tokens = gr.HighlightedText(label="Tokens coloured by group (click a token to follow its group)",
-                                        combine_adjacent=False, show_legend=True, show_inline_category=False,
-                                        elem_id="text-groups")
-            gr.Markdown(TOKENS_CAPTION, elem_classes=["caption"])
-            with gr.Row():
-                lineage = gr.Markdown(TOKEN_HINT, elem_id="text-lineage")
-                clear = gr.Button("Clear the selection", scale=0)
-            table = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
-            attention = gr.Plot(label="CLS attention per group")
-            with gr.Row():
-                counts = gr.Plot(label="Token count")
-                gflops = gr.Plot(label="GFLOPs")
-            speed = gr.Markdown(label="Speed")
-            fidelity = gr.Markdown(label="Fidelity")
-            with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
-                summary = gr.JSON(label="Summary")
-
-    main_outputs = [session, tokens, table, attention, counts, speed, gflops, fidelity, summary, layer]
-    main_inputs = [prompt, ratio, model, method, schedule, prop_attn, layer, session]
-    selection_outputs = [selected, tokens, lineage]
-    link_inputs = [prompt, model, method, schedule, ratio, layer]
+    c = text_tab_layout(demo)
+    session, selected, layer, link = c["session"], c["selected"], c["layer"], c["link"]
+    main_outputs = [c[name] for name in TextOutputs._fields]
+    main_inputs = [c[name] for name in ("prompt", "ratio", "model", "method", "schedule", "prop_attn", "layer", "session")]
+    selection_outputs = [c[name] for name in TokenSelection._fields]
+    link_inputs = [c[name] for name in ("prompt", "model", "method", "schedule", "ratio", "layer")]
+    run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
 
     def then_link(event):  # the link follows the view (see image_tab.build_image_tab)
         return (event.then(text_view_link, link_inputs, link, queue=False, show_progress="hidden")
@@ -192,23 +228,18 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
         return then_link(event.then(refresh_token, [layer, session, selected], selection_outputs, queue=False,
                                     show_progress="hidden"))
 
-    after_run(gr.on(
-        [run.click, prompt.submit, ratio.release, model.change, method.change, schedule.change, prop_attn.change],
-        inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="inspect_text",
-        concurrency_id="model", concurrency_limit=1, trigger_mode="always_last",
-    ))
+    after_run(gr.on([c["run"].click, c["prompt"].submit, c["ratio"].release, c["model"].change, c["method"].change,
+                     c["schedule"].change, c["prop_attn"].change],
+                    inspect_text, api_name="inspect_text", trigger_mode="always_last", **run_model))
     if demo is not None:
-        opened = demo.load(open_text_view, None, [prompt, model, method, schedule, ratio, layer], api_visibility="private",
-                           queue=False, show_progress="hidden")
-        after_run(opened.then(inspect_text, inputs=main_inputs, outputs=main_outputs, api_name="open_page_text",
-                              api_visibility="private", concurrency_id="model", concurrency_limit=1))
-    after_run(examples.load_input_event.then(inspect_text, inputs=main_inputs, outputs=main_outputs,
-                                             api_name="pick_example_text", api_visibility="private",
-                                             concurrency_id="model", concurrency_limit=1))
-    then_link(layer.input(render_text_layer, inputs=[layer, session, selected], outputs=[tokens, table, attention],
-                          api_name="render_text_layer", trigger_mode="always_last", show_progress="hidden",
-                          queue=False))  # a redraw from the stored trace: skip the queue
-    tokens.select(select_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
-    clear.click(clear_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
-    copy.click(None, link, link, js=COPY_JS, queue=False)
-    download.click(text_downloads, inputs=session, outputs=files, api_name="text_downloads")
+        opened = demo.load(open_text_view, None, link_inputs, api_visibility="private", queue=False, show_progress="hidden")
+        after_run(opened.then(inspect_text, api_name="open_page_text", api_visibility="private", **run_model))
+    after_run(c["examples"].load_input_event.then(inspect_text, api_name="pick_example_text", api_visibility="private",
+                                                  **run_model))
+    then_link(layer.input(render_text_layer, inputs=[layer, session, selected],
+                          outputs=[c[name] for name in TextLayerViews._fields], api_name="render_text_layer",
+                          trigger_mode="always_last", show_progress="hidden", queue=False))  # a redraw: skip the queue
+    c["tokens"].select(select_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
+    c["clear"].click(clear_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
+    c["copy"].click(None, link, link, js=COPY_JS, queue=False)
+    c["download"].click(text_downloads, inputs=session, outputs=c["files"], api_name="text_downloads")

@@ -9,7 +9,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import gradio as gr
 
@@ -21,6 +21,8 @@ log = logging.getLogger("tomviz.app")
 
 IMAGE_MODELS = ["dinov2-small", "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
 TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
+MODALITIES = ("image", "text")  # the inputs a tab that takes either can be switched between
+DEFAULT_MODEL = {"image": "dinov2-small", "text": "minilm"}
 MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
 
 # Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
@@ -73,6 +75,24 @@ class PromptBox(gr.Textbox):
 def method_choices() -> list[tuple[str, str]]:
     """``(label, name)`` pairs for the method dropdown, read from ``tomviz.METHODS`` at build time."""
     return [(cls.label or name, name) for name, cls in tomviz.METHODS.items()]
+
+
+def methods_for(modality: str) -> list[tuple[str, str]]:
+    """``(label, name)`` of the methods that run on ``modality`` inputs."""
+    return [(label, name) for label, name in method_choices() if modality in tomviz.METHODS[name].modalities]
+
+
+def input_of(modality: str, image: str | None, prompt: str | None) -> Any:
+    """The input a ``modality`` switch selects: the image path or the prompt; ValueError when it is missing."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown input modality {modality!r}: use 'image' or 'text'")
+    if modality == "image":
+        if image is None:
+            raise ValueError("no image: upload a photo or pick an example")
+        return image
+    if prompt is None or not str(prompt).strip():
+        raise ValueError("the prompt is empty: type some text or pick an example")
+    return str(prompt)
 
 
 def merge_controls(default_model: str, models: list[str]) -> tuple[gr.Dropdown, gr.Dropdown, gr.Radio, gr.Checkbox, gr.Slider]:

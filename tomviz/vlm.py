@@ -118,7 +118,7 @@ class Generation:
 
 
 @dataclass
-class Fidelity:
+class AnswerFidelity:
     """How close the reduced model stays to the unreduced one on the unreduced answer."""
 
     log_likelihood: float  # log p(reference answer | reduced model), teacher-forced, summed over tokens
@@ -135,7 +135,7 @@ class VLMResult:
     reference_answer: str
     trace: Trace  # the stage of the chosen place (the boundary stage when nothing is reduced)
     stages: dict[str, Trace]
-    fidelity: Fidelity
+    fidelity: AnswerFidelity
     timings: dict[str, float]  # encoder_s, prefill_s, decode_s, ttft_s, and the same with a "reference_" prefix
     token_counts: dict[str, int]  # visual tokens: patches (per tile), llm_input, llm_after_k, text
     answer_attention: np.ndarray | None  # [layers, A, V'] attention of each answer step to the visual tokens the LLM received
@@ -534,6 +534,18 @@ def first_token_kl(reference: torch.Tensor, reduced: torch.Tensor) -> float:
     return float((p.exp() * (p - q)).sum())
 
 
+def _fastv_stage(prefill: Any, keep: torch.Tensor, boundary: Trace, layer: int) -> Trace:
+    """FastV's pruning inside the LLM as a one-layer trace over the visual tokens that reach it.
+
+    ``keep``: the sequence positions FastV kept after ``layer``; ``prefill.visual``: ``[S]`` bool visual flags."""
+    kept = prefill.visual[keep]  # visual flags of the kept positions
+    visual_positions = prefill.visual.nonzero()[:, 0]
+    kept_visual = torch.isin(visual_positions, keep[kept])  # [V'] which visual tokens survived
+    dst = torch.where(kept_visual, kept_visual.long().cumsum(0) - 1, -1)[None]  # [1, V'] new index or -1 (pruned)
+    return _stage("llm", MergePlan(dst=dst, num_out=int(kept_visual.sum())),
+                  {**boundary.meta, "method": "fastv", "layer": layer})
+
+
 def inspect_vlm(
     loaded: LoadedVLM,
     image: Any,
@@ -557,7 +569,7 @@ def inspect_vlm(
     reduced = generate(loaded, reduced_prefill, max_new_tokens) if place != "none" else reference
     forced = teacher_forced(loaded, reduced_prefill, reference.tokens, record_attention=record_attention)
     forced_ref = teacher_forced(loaded, base, reference.tokens) if place != "none" else forced
-    fidelity = Fidelity(
+    fidelity = AnswerFidelity(
         log_likelihood=float(forced.log_probs.sum()),
         reference_log_likelihood=float(forced_ref.log_probs.sum()),
         first_token_kl=first_token_kl(reference.first_logits, reduced.first_logits),
@@ -565,14 +577,8 @@ def inspect_vlm(
     )
     stages = dict(reduced_prefill.stages)
     boundary = stages["boundary"]
-    llm_input = boundary.layers[-1].num_tokens
     if reduced_prefill.fastv is not None and reduced.keep is not None:
-        kept = reduced_prefill.visual[reduced.keep]  # visual flags of the kept positions
-        visual_positions = reduced_prefill.visual.nonzero()[:, 0]
-        kept_visual = torch.isin(visual_positions, reduced.keep[kept])
-        dst = torch.where(kept_visual, kept_visual.long().cumsum(0) - 1, -1)[None]
-        stages["llm"] = _stage("llm", MergePlan(dst=dst, num_out=int(kept_visual.sum())),
-                               {**boundary.meta, "method": "fastv", "layer": reduction.fastv_layer})
+        stages["llm"] = _fastv_stage(reduced_prefill, reduced.keep, boundary, reduction.fastv_layer)
     trace = stages.get({"encoder": "encoder", "llm": "llm"}.get(place, "boundary"), boundary)
     attention = None
     if record_attention and forced.attention:
@@ -584,6 +590,7 @@ def inspect_vlm(
         "reference_encoder_s": base.encoder_seconds, "reference_prefill_s": reference.prefill_seconds,
         "reference_decode_s": reference.decode_seconds, "reference_ttft_s": base.encoder_seconds + reference.prefill_seconds,
     }
+    llm_input = boundary.layers[-1].num_tokens
     counts = {
         "patches": boundary.meta.get("num_patches", int(np.prod(boundary.meta["patch_grid"])) * int(boundary.meta["num_tiles"])),
         "visual": boundary.num_input_tokens,

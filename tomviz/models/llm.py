@@ -274,30 +274,43 @@ def vtu_attention(
         kv, vv = cache.update(kv, vv, attn.layer_idx)
     groups = qv.shape[1] // kv.shape[1]
     kv, vv = kv.repeat_interleave(groups, dim=1), vv.repeat_interleave(groups, dim=1)  # [B, H, Lv, d]
-    mask = None
-    if key_bias is not None:
-        rows = key_bias.reshape(-1, key_bias.shape[-1]).float()  # [B or 1, L'']
-        full = torch.zeros(rows.shape[0], length, device=hidden.device)
-        known = min(rows.shape[1], length)
-        full[:, :known] = rows[:, :known]
-        causal = torch.ones(num_virtual, num_virtual, dtype=torch.bool, device=hidden.device).tril()
-        mask = full[:, index][:, None, None, :].masked_fill(~causal, -torch.inf).to(qv.dtype)  # [B, 1, Lv, Lv]
+    mask = None if key_bias is None else _virtual_key_mask(key_bias, index, length).to(qv.dtype)  # [B, 1, Lv, Lv]
     out = torch.nn.functional.scaled_dot_product_attention(qv, kv, vv, attn_mask=mask, is_causal=mask is None,
                                                            scale=attn.scaling)  # [B, H, Lv, d]
     counts = torch.zeros(length, device=hidden.device).index_add_(0, index, torch.ones_like(index, dtype=torch.float))
     merged = out.new_zeros(batch, out.shape[1], length, head_dim).index_add_(2, index, out)
     merged = merged / counts.to(out.dtype)[:, None]  # [B, H, L, d] mean over each token's copies
-    recorded = []
-    if record is not None:  # [Q] merged queries: probabilities over virtual keys, summed back onto merged keys
-        logits = (qv.float() @ kv.float().transpose(-1, -2)) * attn.scaling  # [B, H, Lv, Lv]
-        if mask is not None:
-            logits = logits + mask.float()
-        else:
-            logits = logits.masked_fill(~torch.ones_like(logits[0, 0], dtype=torch.bool).tril(), -torch.inf)
-        probs = logits[0].softmax(-1).mean(0)  # [Lv, Lv]
-        per_query = probs.new_zeros(length, num_virtual).index_add_(0, index, probs) / counts[:, None]  # [L, Lv]
-        recorded.append(per_query[record].new_zeros(len(record), length).index_add_(1, index, per_query[record]))
+    recorded = [] if record is None else [_merged_attention(qv, kv, mask, attn.scaling, index, counts, record)]
     return attn.o_proj(merged.transpose(1, 2).reshape(batch, length, -1)), recorded
+
+
+def _virtual_key_mask(key_bias: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
+    """``[B or 1, 1, Lv, Lv]`` causal additive mask over the virtual tokens; each virtual key carries its merged
+    key's bias (``key_bias`` ``[L'']`` or ``[B, L'']``, zero beyond its end). ``index``: ``[Lv]`` merged index of
+    each virtual token."""
+    rows = key_bias.reshape(-1, key_bias.shape[-1]).float()  # [B or 1, L'']
+    full = torch.zeros(rows.shape[0], length, device=index.device)
+    known = min(rows.shape[1], length)
+    full[:, :known] = rows[:, :known]
+    num_virtual = index.shape[0]
+    causal = torch.ones(num_virtual, num_virtual, dtype=torch.bool, device=index.device).tril()
+    return full[:, index][:, None, None, :].masked_fill(~causal, -torch.inf)
+
+
+def _merged_attention(qv: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None, scale: float, index: torch.Tensor,
+                      counts: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
+    """``[Q, L]`` attention of the merged queries ``record`` to the merged keys (batch element 0, mean over heads):
+    virtual queries' probabilities averaged over each merged query's copies, summed over each merged key's copies.
+    qv, kv: ``[B, H, Lv, d]``; counts: ``[L]`` copies per merged token."""
+    logits = (qv.float() @ kv.float().transpose(-1, -2)) * scale  # [B, H, Lv, Lv]
+    if mask is not None:
+        logits = logits + mask.float()
+    else:
+        logits = logits.masked_fill(~torch.ones_like(logits[0, 0], dtype=torch.bool).tril(), -torch.inf)
+    probs = logits[0].softmax(-1).mean(0)  # [Lv, Lv]
+    length, num_virtual = counts.shape[0], index.shape[0]
+    per_query = probs.new_zeros(length, num_virtual).index_add_(0, index, probs) / counts[:, None]  # [L, Lv]
+    return per_query[record].new_zeros(len(record), length).index_add_(1, index, per_query[record])
 
 
 def _make_attention(attn: nn.Module) -> Callable:

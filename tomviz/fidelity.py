@@ -112,6 +112,13 @@ class EmbeddingFidelity:
     top_merged: list[tuple[str, float]] | None = None  # classifiers: the top-k (label, probability), merged
     top_unmerged: list[tuple[str, float]] | None = None  # ... and unmerged
 
+    @property
+    def top1_kept(self) -> bool | None:
+        """Classifiers: whether the merged run's top-1 label is the unmerged run's (None without classes)."""
+        if not self.top_merged or not self.top_unmerged:
+            return None
+        return self.top_merged[0][0] == self.top_unmerged[0][0]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able; the top-k lists only for classifiers."""
         out: dict[str, Any] = {"embedding": self.embedding, "cosine": self.cosine}

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tomviz.fidelity import EmbeddingFidelity
+from tomviz.speed import SpeedReport
 from tomviz.render.compare import (comparison_figure, comparison_table, difference_overlay, difference_stats,
                                    difference_tokens, jaccard_distance)
 
@@ -69,6 +71,8 @@ def test_stats_overlay_tokens_and_figures():
         ("[CLS]", None), (" the", 0.25), ("re", 1.0)]
     fig = comparison_figure(["A", "B"], [0.99, 0.9], [10.0, 12.0], 20.0, [5.0, 6.0], 10.0)
     assert len(fig.data) == 3
-    summary = {"token_counts": [10, 5], "fidelity": {"cosine": 0.9, "top_merged": [("cat", 0.5)], "top_unmerged": [("dog", 0.4)]},
-               "speed": {"merged_ms": 10.0, "speedup": 2.0, "merged_gflops_total": 1.0}}
-    assert comparison_table(["A"], [summary]) == [["A", 5, 0.9, "no", 10.0, 2.0, 1.0]]
+    changed = EmbeddingFidelity("cls", 0.9, top_merged=[("cat", 0.5)], top_unmerged=[("dog", 0.4)])
+    no_classes = EmbeddingFidelity("cls", 0.99)
+    speed = SpeedReport(merged_s=0.010, unmerged_s=0.020, merged_gflops=[0.25, 0.75])
+    assert comparison_table(["A", "B"], [changed, no_classes], [speed, speed], [5, 7]) == [
+        ["A", 5, 0.9, "no", 10.0, 2.0, 1.0], ["B", 7, 0.99, "", 10.0, 2.0, 1.0]]

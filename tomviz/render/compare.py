@@ -21,8 +21,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from PIL import Image
 
+from tomviz.fidelity import EmbeddingFidelity
 from tomviz.render.overlay import heatmap_overlay
 from tomviz.render.text import display_pieces
+from tomviz.speed import SpeedReport
 
 DIFF_COLORMAP = "magma"
 
@@ -93,16 +95,13 @@ def comparison_figure(names: Sequence[str], cosines: Sequence[float], merged_ms:
     return fig
 
 
-def comparison_table(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    """Rows ``[setting, tokens at the end, cosine, top-1 kept, latency ms, speed-up, GFLOPs]`` from
-    :meth:`tomviz.analysis.Analysis.summary` digests (top-1 kept is "" for models without classes)."""
+def comparison_table(names: Sequence[str], fidelities: Sequence[EmbeddingFidelity], speeds: Sequence[SpeedReport],
+                     final_tokens: Sequence[int]) -> list[list[Any]]:
+    """Rows ``[setting, tokens at the end, cosine, top-1 kept, latency ms, speed-up, GFLOPs]``, one per setting
+    (top-1 kept is "" for models without classes)."""
     rows = []
-    for name, s in zip(names, summaries):
-        fid, speed = s["fidelity"], s["speed"]
-        top1 = ""
-        if fid.get("top_merged") and fid.get("top_unmerged"):
-            top1 = "yes" if fid["top_merged"][0][0] == fid["top_unmerged"][0][0] else "no"
-        rows.append([name, int(s["token_counts"][-1]), round(float(fid["cosine"]), 4), top1,
-                     round(float(speed["merged_ms"]), 1), round(float(speed["speedup"]), 2),
-                     round(float(speed["merged_gflops_total"]), 2)])
+    for name, fid, speed, tokens in zip(names, fidelities, speeds, final_tokens):
+        kept = fid.top1_kept
+        rows.append([name, int(tokens), round(float(fid.cosine), 4), "" if kept is None else ("yes" if kept else "no"),
+                     round(speed.merged_s * 1e3, 1), round(float(speed.speedup), 2), round(speed.merged_gflops_total, 2)])
     return rows

@@ -114,10 +114,10 @@ def compare(modality: str, image: str | None, prompt: str | None, model: str, me
         new.a.reference = new.b.reference  # keep one reference with every timing gathered so far
         names = new.names
         l = layer_index(layer, new.a.trace.num_layers)
-        summaries = [new.a.summary(), new.b.summary()]
-        speeds = [new.a.speed, new.b.speed]
+        runs = (new.a, new.b)
+        speeds = [r.speed for r in runs]
         figure = comparison_figure(
-            names, [s["fidelity"]["cosine"] for s in summaries], [s.merged_s * 1e3 for s in speeds],
+            names, [r.fidelity.cosine for r in runs], [s.merged_s * 1e3 for s in speeds],
             float(np.median([s.unmerged_s for s in speeds])) * 1e3, [s.merged_gflops_total for s in speeds],
             speeds[0].unmerged_gflops_total,
         )
@@ -125,7 +125,8 @@ def compare(modality: str, image: str | None, prompt: str | None, model: str, me
                    for name, r in zip(names, (new.a, new.b))]
         return CompareOutputs(
             new, *compare_layer_views(new, l), counts=token_count_figure({names[0]: new.a.trace, names[1]: new.b.trace}),
-            bars=figure, table=comparison_table(names, summaries), details_a=details[0], details_b=details[1],
+            bars=figure, table=comparison_table(names, [r.fidelity for r in runs], speeds,
+                                                           [r.trace.token_counts()[-1] for r in runs]), details_a=details[0], details_b=details[1],
             layer=gr.Slider(maximum=new.a.trace.num_layers, value=l + 1),
         )
 

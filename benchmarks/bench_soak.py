@@ -103,7 +103,7 @@ class Visitor:
         counts = summary["token_counts"]
         expect(summary["model"] == "dinov2-small" and summary["method"] == method and summary["ratio"] == ratio,
                f"asked {method} at {ratio}, got {summary['method']} at {summary['ratio']}")
-        expect(counts[0] == 257 and counts[-1] == counts[0] - sum(summary["schedule"]), f"token counts {counts}")
+        expect(counts[0] == 257 and counts[-1] == counts[0] - sum(summary["removed_per_layer"]), f"token counts {counts}")
         expect(abs((counts[0] - counts[-1]) - ratio * 256) <= 13, f"{counts[0] - counts[-1]} removed at ratio {ratio}")
         self.last_image = {"method": method, "ratio": ratio, "counts": counts}
 

@@ -21,7 +21,7 @@ import tomviz
 from tomviz.fidelity import EmbeddingFidelity, cosine, final_embedding, top_labels
 from tomviz.merge import check_methods, get_method
 from tomviz.merge.engine import MergeConfig
-from tomviz.merge.schedule import check_mode, check_ratio
+from tomviz.merge.schedule import check_ratio, check_schedule_name
 from tomviz.render.overlay import display_image
 from tomviz.speed import SpeedReport, measure_latencies, model_widths, timed_run, trace_gflops
 from tomviz.trace import Trace
@@ -50,18 +50,18 @@ class Settings:
     model: str = "dinov2-small"
     method: str = "tome"
     ratio: float = 0.5  # fraction of the input tokens removed by the last layer
-    mode: str = "constant"  # "constant" | "decreasing"
+    schedule: str = "constant"  # "constant" | "decreasing"
     prop_attn: bool = True
 
     def check(self) -> None:
         """Raise ValueError with a readable message for settings out of range."""
         check_ratio(self.ratio)
-        check_mode(self.mode)
+        check_schedule_name(self.schedule)
         check_methods([self.method])
 
     def config(self, trace: bool, extra: dict[str, Any] | None = None) -> MergeConfig:
         return MergeConfig(
-            method=get_method(self.method), ratio=float(self.ratio), mode=self.mode, prop_attn=bool(self.prop_attn),
+            method=get_method(self.method), ratio=float(self.ratio), schedule=self.schedule, prop_attn=bool(self.prop_attn),
             trace=trace, extra=dict(extra or {}),
         )
 
@@ -106,8 +106,8 @@ class Analysis:
         meta = self.trace.meta
         return {
             "model": meta.get("model"), "method": meta.get("method"), "ratio": self.settings.ratio,
-            "schedule_mode": self.settings.mode, "prop_attn": self.settings.prop_attn,
-            "schedule": meta.get("schedule"), "token_counts": self.trace.token_counts(),
+            "schedule": self.settings.schedule, "prop_attn": self.settings.prop_attn,
+            "removed_per_layer": meta.get("schedule"), "token_counts": self.trace.token_counts(),
             "num_layers": self.trace.num_layers, "fidelity": self.fidelity.to_dict(), "speed": self.speed.to_dict(),
             "notes": self.notes,
         }
@@ -157,7 +157,7 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
     # speed-up shown is, if anything, a slight underestimate; it saves a second forward per ratio change.
     outputs, state, seconds = timed_run(loaded, inputs, settings.config(trace=True, extra=inputs.method_extra()))
     trace = state.trace()
-    speed_key = repr((settings.method, settings.ratio, settings.mode, settings.prop_attn))
+    speed_key = repr((settings.method, settings.ratio, settings.schedule, settings.prop_attn))
     merged_samples = reference.add(reference.merged_samples.get(speed_key, []), [seconds])
     reference.merged_samples[speed_key] = merged_samples
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig, MergeState
+from tomviz.merge.schedule import renamed_mode
 from tomviz.models import patching
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.models.vlm import LoadedVLM
@@ -42,11 +43,11 @@ class InspectResult:
         return banzhaf(result, layer, samples=samples, exact=exact, seed=seed, target=target)
 
 
-def _merge_config(method, r, ratio, mode, prop_attn, trace, method_options, **flags) -> MergeConfig:
+def _merge_config(method, r, ratio, schedule, prop_attn, trace, method_options, **flags) -> MergeConfig:
     if r is None and ratio is None:
         r = 0
     return MergeConfig(
-        method=get_method(method, **(method_options or {})), r=r, ratio=ratio, mode=mode, prop_attn=prop_attn,
+        method=get_method(method, **(method_options or {})), r=r, ratio=ratio, schedule=schedule, prop_attn=prop_attn,
         trace=trace, **flags,
     )
 
@@ -68,11 +69,12 @@ def inspect(
     r: int | tuple[int, int] | list[int] | None = None,
     method: str = "tome",
     prop_attn: bool = True,
-    mode: str = "constant",
+    schedule: str = "constant",
     cls_attention_heads: bool = False,
     full_attention: bool = False,
     keep_hidden: bool = False,
     method_options: dict[str, Any] | None = None,
+    mode: str | None = None,
     **vlm_options: Any,
 ) -> "InspectResult | VLMResult":
     """Run ``model`` on ``x`` with token merging and record everything in a :class:`Trace`.
@@ -80,7 +82,7 @@ def inspect(
     model: a name for :func:`tomviz.load`, a transformers model instance, or a loaded model.
     x: a PIL image (or path/bytes/array), a string, or ready tensors
        (``pixel_values [B, 3, H, W]`` / ``input_ids [B, N]`` or a dict of them).
-    ratio: fraction of the input tokens removed by the last layer (0..0.95), spread by ``mode``.
+    ratio: fraction of the input tokens removed by the last layer (0..0.95), spread by ``schedule`` ("constant" | "decreasing"; ``mode=`` is its old name, deprecated).
     r: instead, tokens removed per layer: an int, ``(r, -1)`` (decreasing) or a per-layer list; 0 = no merging.
     keep_hidden: keep every block's output tokens (needed to resume a forward, e.g. for Banzhaf scores).
     The trace records batch element 0.
@@ -89,17 +91,18 @@ def inspect(
     (plus ``max_new_tokens``, ``fastv_layer``, ...: see :func:`tomviz.vlm.inspect_vlm`); it returns a
     :class:`tomviz.vlm.VLMResult` (``.answer``, ``.reference_answer``, ``.trace``, ``.stages``, ``.fidelity``).
     """
+    schedule = renamed_mode(schedule, mode, "inspect")
     loaded = load(model) if not isinstance(model, (LoadedModel, LoadedVLM)) else model
     if isinstance(loaded, LoadedVLM):
         if not (isinstance(x, tuple) and len(x) == 2):
             raise ValueError(f"{loaded.name} is a vision-language model: give it (image, question)")
-        return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn, mode=mode,
+        return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn, schedule=schedule,
                            method_options=method_options or {}, **vlm_options)
     if vlm_options:
         raise TypeError(f"unexpected arguments for {loaded.name}: {', '.join(vlm_options)}")
     inputs = loaded.prepare(x)
     config = _merge_config(
-        method, r, ratio, mode, prop_attn, True, method_options,
+        method, r, ratio, schedule, prop_attn, True, method_options,
         cls_attention_heads=cls_attention_heads, full_attention=full_attention, keep_hidden=keep_hidden,
     )
     config.extra = inputs.method_extra()
@@ -113,8 +116,9 @@ def patch(
     ratio: float | None = None,
     method: str = "tome",
     prop_attn: bool = True,
-    mode: str = "constant",
+    schedule: str = "constant",
     method_options: dict[str, Any] | None = None,
+    mode: str | None = None,
 ) -> nn.Module:
     """Make every later call of ``model`` merge tokens (no tracing, for speed). Returns the transformers model.
 
@@ -123,7 +127,8 @@ def patch(
     """
     module = model.model if isinstance(model, LoadedModel) else model
     patching.apply(module)
-    patching.set_default_config(module, _merge_config(method, r, ratio, mode, prop_attn, False, method_options))
+    schedule = renamed_mode(schedule, mode, "patch")
+    patching.set_default_config(module, _merge_config(method, r, ratio, schedule, prop_attn, False, method_options))
     return module
 
 

@@ -3,7 +3,7 @@
 inspect INPUT   one traced forward; writes into --out:
                   overlay_layerNN.png (image inputs: groups filled with their mean
                   colour and outlined, pruned patches dark), trace.json, trace.npz,
-                  stats.json (model, method, schedule, token counts, final cosine to
+                  stats.json (model, method, schedule, tokens removed per layer, token counts, final cosine to
                   the unmerged embedding, groups of the last layer for text)
 sweep INPUT...  fidelity and measured speed for every method × ratio; writes
                   sweep.csv, sweep.html (plotly) and sweep.png
@@ -68,7 +68,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     loaded = tomviz.load(_model_name(args.model, modality))
     result = tomviz.inspect(loaded, x, ratio=None if args.r is not None else args.ratio, r=args.r, method=args.method,
-                            mode=args.mode, method_options=_options(args.method_options))
+                            schedule=args.schedule, method_options=_options(args.method_options))
     trace = result.trace
     trace.save(out / "trace.json")
     trace.save(out / "trace.npz")
@@ -81,7 +81,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "method": args.method,
         "ratio": args.ratio if args.r is None else None,
         "r": args.r,
-        "schedule": trace.meta["schedule"],
+        "schedule": args.schedule,
+        "removed_per_layer": trace.meta["schedule"],
         "token_counts": trace.token_counts(),
         "final_cosine_to_unmerged": similarity,
         "pruned_inputs_last_layer": int((trace.groups(-1) < 0).sum()),
@@ -114,7 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         x, modality, name = read_input(value)
         loaded = tomviz.load(_model_name(args.model, modality))
         methods = [m for m in args.methods if not (m == "subword" and loaded.modality != "text")]
-        rows += sweep(loaded, x, methods, args.ratios, runs=args.runs, warmup=args.warmup, mode=args.mode,
+        rows += sweep(loaded, x, methods, args.ratios, runs=args.runs, warmup=args.warmup, schedule=args.schedule,
                       method_options=options, input_name=name, progress=True)
     to_csv(rows, out / "sweep.csv")
     sweep_figure(rows).write_html(out / "sweep.html", include_plotlyjs=True)
@@ -145,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ratios = pick("ratios", None if (args.r or config.get("r")) else [0.25, 0.5, 0.75]) or []
     prop = {"on": [True], "off": [False], "both": [True, False]}[args.prop_attn] if args.prop_attn else config.get("prop_attn", [True])
     options = _options(args.method_options) if args.method_options else config.get("method_options", {})
-    settings = make_settings(methods, ratios, pick("r", []) or [], mode=pick("mode", "constant"), prop_attn=prop)
+    settings = make_settings(methods, ratios, pick("r", []) or [], schedule=pick("schedule", "constant"), prop_attn=prop)
     spec = BenchSpec(models=list(models), settings=settings, method_options=options,
                      batch_size=int(pick("batch_size", 8)), shard_size=int(pick("shard_size", 32)))
     out = Path(args.out)
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="dinov2-small, minilm, a Hugging Face id or a local folder (default: by input)")
-    common.add_argument("--mode", default="constant", choices=["constant", "decreasing"], help="how a ratio spreads over layers")
+    common.add_argument("--schedule", "--mode", dest="schedule", default="constant", choices=["constant", "decreasing"],
+                        help="how a ratio spreads over layers (--mode: its old name)")
     common.add_argument("--method-options", help="JSON options for the method(s), e.g. '{\"threshold\": 0.9}'")
     common.add_argument("--out", required=True, help="output folder (created)")
 
@@ -205,13 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with the same settings computes only the shards that are missing.")
     bench.add_argument("input", help="folder of images, .csv (file,label) or .txt (one prompt per line)")
     bench.add_argument("--out", required=True, help="output folder (created; reused by reruns)")
-    bench.add_argument("--config", help="TOML file with any of: models, methods, ratios, r, mode, prop_attn, batch_size, "
+    bench.add_argument("--config", help="TOML file with any of: models, methods, ratios, r, schedule, prop_attn, batch_size, "
                        "shard_size, [method_options.NAME]; flags given on the command line win")
     bench.add_argument("--model", action="append", help="model (repeatable; default dinov2-small, minilm for prompts)")
     bench.add_argument("--methods", nargs="+", help=f"merge methods (default tome pitome evit random; known: {', '.join(methods)})")
     bench.add_argument("--ratios", nargs="+", type=float, help="fractions of the input tokens removed by the last layer")
     bench.add_argument("--r", nargs="+", type=int, help="tokens removed per layer (settings beside the ratios)")
-    bench.add_argument("--mode", choices=["constant", "decreasing"], help="how a ratio or r spreads over layers")
+    bench.add_argument("--schedule", "--mode", dest="schedule", choices=["constant", "decreasing"],
+                       help="how a ratio or r spreads over layers (--mode: its old name)")
     bench.add_argument("--prop-attn", choices=["on", "off", "both"], help="proportional attention (default on)")
     bench.add_argument("--method-options", help="JSON options per method, e.g. '{\"dtome\": {\"threshold\": 0.9}}'")
     bench.add_argument("--batch-size", type=int, help="images per forward; throughput is measured at this size (default 8)")

@@ -45,7 +45,7 @@ def cmd_inspect_vlm(args: argparse.Namespace, image: Any) -> int:
         raise SystemExit(f"error: {args.model} is not a vision-language model; --question needs SmolVLM or LLaVA")
     options = json.loads(args.method_options) if args.method_options else {}
     method = "fastv" if args.place == "llm" else args.method
-    res = tomviz.inspect(loaded, (image, args.question), ratio=args.ratio, method=method, place=args.place, mode=args.mode,
+    res = tomviz.inspect(loaded, (image, args.question), ratio=args.ratio, method=method, place=args.place, schedule=args.schedule,
                          method_options=options, max_new_tokens=args.max_new_tokens, fastv_layer=args.fastv_layer,
                          vtu=args.vtu)
     out = Path(args.out)

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 from tomviz.measure import compare, measured_forward
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
-from tomviz.merge.schedule import ScheduleError
+from tomviz.merge.schedule import ScheduleError, renamed_mode
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.speed import measure_latency
 
@@ -61,16 +61,19 @@ def sweep(
     ratios: Sequence[float],
     runs: int = 3,
     warmup: int = 1,
-    mode: str = "constant",
+    schedule: str = "constant",
     prop_attn: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
     input_name: str = "",
     progress: bool = False,
+    mode: str | None = None,
 ) -> list[SweepRow]:
     """Rows (one per method × ratio) for input ``x`` on ``model``.
 
+    schedule: how each ratio spreads over the layers ("constant" | "decreasing"; ``mode=`` is its old name, deprecated).
     method_options: per method name, its options (e.g. ``{"dtome": {"threshold": 0.9}}``).
     """
+    schedule = renamed_mode(schedule, mode, "sweep")
     loaded = load(model) if not isinstance(model, LoadedModel) else model
     inputs: PreparedInput = loaded.prepare(x)
     extra = inputs.method_extra()
@@ -78,7 +81,7 @@ def sweep(
     def config(method: str, ratio: float) -> MergeConfig:
         options = (method_options or {}).get(method, {})
         return MergeConfig(
-            method=get_method(method, **options), ratio=ratio, mode=mode, prop_attn=prop_attn, extra=dict(extra)
+            method=get_method(method, **options), ratio=ratio, schedule=schedule, prop_attn=prop_attn, extra=dict(extra)
         )
 
     base_config = MergeConfig.unmerged(extra=dict(extra))

@@ -57,7 +57,7 @@ class Reduction:
     place: str = "none"  # "none" | "encoder" | "boundary" | "llm"
     method: str = "tome"  # encoder: a tomviz.METHODS name; boundary: tomviz.merge.visual; llm: "fastv"
     ratio: float = 0.0  # fraction of the visual tokens removed (encoder: of the patch tokens, by the last layer)
-    mode: str = "constant"  # encoder: how the ratio spreads over the layers
+    schedule: str = "constant"  # encoder: how the ratio spreads over the layers ("constant" | "decreasing")
     prop_attn: bool = True  # log(size) bias for merged tokens (encoder attention; the LLM's attention at the boundary)
     fastv_layer: int = 2  # K for FastV: layers K.. see only the kept visual tokens
     seed: int = 0  # random selection
@@ -235,8 +235,8 @@ def _encoder_config(loaded: LoadedVLM, red: Reduction, num_patches: int, protect
     used = loaded.adapter.encoder_layers_used(loaded.model) or vision_layers
     if red.place != "encoder" or red.ratio == 0:
         return MergeConfig(method=method, r=0, prop_attn=red.prop_attn)
-    schedule = resolve_schedule(None, red.ratio, used, num_patches, protected, red.mode)
-    return MergeConfig(method=method, r=schedule + [0] * (vision_layers - used), prop_attn=red.prop_attn, trace=True)
+    per_layer = resolve_schedule(None, red.ratio, used, num_patches, protected, red.schedule)
+    return MergeConfig(method=method, r=per_layer + [0] * (vision_layers - used), prop_attn=red.prop_attn, trace=True)
 
 
 @dataclass
@@ -559,7 +559,7 @@ def inspect_vlm(
 ) -> VLMResult:
     """The unreduced and the reduced answer to ``question`` about ``image``, their fidelity,
     the traces of every stage and the answer's attention to the visual tokens.
-    ``options``: the other :class:`Reduction` fields (``fastv_layer``, ``prop_attn``, ``mode``, ``seed``, ``method_options``)."""
+    ``options``: the other :class:`Reduction` fields (``fastv_layer``, ``prop_attn``, ``schedule``, ``seed``, ``method_options``)."""
     inputs = prepare(loaded, image, question)
     reduction = Reduction(place=place, method=method, ratio=ratio, **options)
     reduction.check()

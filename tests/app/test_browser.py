@@ -135,7 +135,7 @@ def test_browser_shared_link_lineage_animation(app_url):
     artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
     # what the link asks for, computed here without the browser
-    expected = analyse(str(ROOT / "assets" / "coffee.png"), Settings(ratio=0.7, mode="decreasing"), modality="image")
+    expected = analyse(str(ROOT / "assets" / "coffee.png"), Settings(ratio=0.7, schedule="decreasing"), modality="image")
     trace = expected.trace
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)

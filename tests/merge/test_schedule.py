@@ -7,12 +7,12 @@ from tomviz.merge.schedule import (
 )
 
 
-@pytest.mark.parametrize("mode", ["constant", "decreasing"])
+@pytest.mark.parametrize("schedule", ["constant", "decreasing"])
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 0.9, 0.95])
-def test_ratio_removes_that_fraction_and_respects_limits(ratio, mode):
-    schedule = schedule_from_ratio(ratio, num_layers=12, num_tokens=257, num_protected=1, mode=mode)
-    assert sum(schedule) == round(ratio * 256)
-    check_schedule(schedule, 257, 1)  # raises if a layer exceeds half its unprotected tokens
+def test_ratio_removes_that_fraction_and_respects_limits(ratio, schedule):
+    per_layer = schedule_from_ratio(ratio, num_layers=12, num_tokens=257, num_protected=1, schedule=schedule)
+    assert sum(per_layer) == round(ratio * 256)
+    check_schedule(per_layer, 257, 1)  # raises if a layer exceeds half its unprotected tokens
 
 
 def test_constant_ratio_is_even():
@@ -45,3 +45,13 @@ def test_explicit_and_constant_forms():
     assert resolve_schedule(16, None, 12, 197, 1) == [16] * 11 + [10]
     with pytest.raises(ScheduleError, match="either"):
         resolve_schedule(1, 0.5, 12, 197, 1)
+
+
+def test_the_old_keyword_mode_still_works_with_a_warning():
+    from tomviz.merge.schedule import renamed_mode
+
+    with pytest.warns(DeprecationWarning, match=r"inspect\(schedule=...\)"):
+        assert renamed_mode("constant", "decreasing", "inspect") == "decreasing"
+    assert renamed_mode("decreasing", None, "inspect") == "decreasing"
+    with pytest.raises(ScheduleError, match="unknown schedule 'fast'"):
+        resolve_schedule(2, None, 4, 17, 1, "fast")

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 # name -> pyarrow type name (nullable; a failed row leaves the figures empty)
 SCHEMA: dict[str, str] = {
     "model": "string", "item": "string", "label": "string", "label_id": "int64", "shard": "string",
-    "setting": "string", "method": "string", "ratio": "float64", "r": "int64", "mode": "string", "prop_attn": "bool",
+    "setting": "string", "method": "string", "ratio": "float64", "r": "int64", "schedule": "string", "prop_attn": "bool",
     "tokens_in": "int64", "tokens_out": "int64", "gflops": "float64", "base_gflops": "float64",
     "cosine": "float64", "top1_agree": "bool", "top5_overlap": "float64", "correct": "bool", "base_correct": "bool",
     "seconds": "float64",  # this input's share of its batch's merged forward (batch seconds / batch size)
@@ -24,7 +24,7 @@ SCHEMA: dict[str, str] = {
     "batch_size": "int64", "device": "string", "worker": "string", "error": "string",
 }
 COLUMNS = tuple(SCHEMA)
-SETTING_KEYS = ("model", "setting", "method", "ratio", "r", "mode", "prop_attn")
+SETTING_KEYS = ("model", "setting", "method", "ratio", "r", "schedule", "prop_attn")
 
 
 def arrow_schema():
@@ -55,9 +55,13 @@ def read_rows(path: str | Path, max_rows: int | None = None) -> list[dict[str, A
     file = pq.ParquetFile(str(path))
     if max_rows is not None and file.metadata.num_rows > max_rows:
         raise ValueError(f"{file.metadata.num_rows} rows; at most {max_rows} can be opened here")
-    names = [c for c in file.schema_arrow.names if c in SCHEMA]
+    names = [c for c in file.schema_arrow.names if c in SCHEMA or c == "mode"]  # "mode": the old name of "schedule"
     table = file.read(columns=names)
-    return [{k: row.get(k) for k in COLUMNS} for row in table.to_pylist()]
+    rows = table.to_pylist()
+    for row in rows:
+        if "mode" in row:
+            row.setdefault("schedule", row.pop("mode"))
+    return [{k: row.get(k) for k in COLUMNS} for row in rows]
 
 
 def _mean(values: Iterable[Any]) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,19 +21,19 @@ DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 @dataclass(frozen=True)
 class Setting:
     """One merge setting: a method with a ratio (fraction of the input tokens removed by the last layer)
-    or with r (tokens removed per layer), spread by ``mode``."""
+    or with r (tokens removed per layer), spread by ``schedule``."""
 
     method: str
     ratio: float | None = None
     r: int | None = None
-    mode: str = "constant"  # "constant" | "decreasing"
+    schedule: str = "constant"  # "constant" | "decreasing"
     prop_attn: bool = True
 
     @property
     def key(self) -> str:
         """A short unique label, e.g. ``tome ratio=0.5 constant prop``."""
         amount = f"ratio={self.ratio:g}" if self.ratio is not None else f"r={self.r}"
-        return f"{self.method} {amount} {self.mode} {'prop' if self.prop_attn else 'noprop'}"
+        return f"{self.method} {amount} {self.schedule} {'prop' if self.prop_attn else 'noprop'}"
 
     def config(self, options: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> MergeConfig:
         """The merge config; ValueError for an unknown method or bad options."""
@@ -40,7 +41,7 @@ class Setting:
             method = get_method(self.method, **(options or {}))
         except TypeError as err:
             raise ValueError(f"bad options for {self.method}: {err}") from err
-        return MergeConfig(method=method, ratio=self.ratio, r=self.r, mode=self.mode, prop_attn=self.prop_attn,
+        return MergeConfig(method=method, ratio=self.ratio, r=self.r, schedule=self.schedule, prop_attn=self.prop_attn,
                            extra=dict(extra or {}))
 
 
@@ -59,18 +60,18 @@ class BenchSpec:
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def make_settings(methods: Sequence[str], ratios: Sequence[float] = (), rs: Sequence[int] = (), mode: str = "constant",
+def make_settings(methods: Sequence[str], ratios: Sequence[float] = (), rs: Sequence[int] = (), schedule: str = "constant",
                   prop_attn: Sequence[bool] = (True,)) -> list[Setting]:
     """The grid methods × (ratios, then r values) × proportional attention."""
     amounts = [("ratio", float(x)) for x in ratios] + [("r", int(x)) for x in rs]
     if not amounts:
         raise ValueError("no ratios and no r values: give at least one")
-    return [Setting(method=m, mode=mode, prop_attn=bool(p), **{kind: value})
+    return [Setting(method=m, schedule=schedule, prop_attn=bool(p), **{kind: value})
             for m in methods for kind, value in amounts for p in prop_attn]
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Options from a small TOML file. Keys: ``models``, ``methods``, ``ratios``, ``r``, ``mode``,
+    """Options from a small TOML file. Keys: ``models``, ``methods``, ``ratios``, ``r``, ``schedule``,
     ``prop_attn`` (a bool or a list of them), ``batch_size``, ``shard_size``, and ``[method_options.NAME]``
     tables, e.g.::
 
@@ -82,7 +83,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         threshold = 0.9
     """
     data = tomllib.loads(Path(path).read_text())
-    known = {"models", "methods", "ratios", "r", "mode", "prop_attn", "batch_size", "shard_size", "method_options"}
+    if "mode" in data and "schedule" not in data:  # the key's old name
+        warnings.warn(f"{path}: the key 'mode' is renamed 'schedule'", DeprecationWarning, stacklevel=2)
+        data["schedule"] = data.pop("mode")
+    known = {"models", "methods", "ratios", "r", "schedule", "prop_attn", "batch_size", "shard_size", "method_options"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")

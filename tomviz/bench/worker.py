@@ -104,7 +104,7 @@ class ShardWorker:
     def _row(self, shard: Shard, item: Item, setting: Setting, **values: Any) -> Row:
         row: Row = dict.fromkeys(COLUMNS)
         row.update(model=self.model, item=item.name, label=item.label, shard=shard.name, setting=setting.key,
-                   method=setting.method, ratio=setting.ratio, r=setting.r, mode=setting.mode, prop_attn=setting.prop_attn,
+                   method=setting.method, ratio=setting.ratio, r=setting.r, schedule=setting.schedule, prop_attn=setting.prop_attn,
                    device=self.device, worker=self.worker)
         row.update(values)
         return row

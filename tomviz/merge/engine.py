@@ -32,7 +32,7 @@ class MergeConfig:
     method: MergeMethod  # the merge method instance (tomviz.merge.get_method)
     r: int | tuple[int, int] | list[int] | None = None  # tokens removed per layer: int, (r, -1) or a list
     ratio: float | None = None  # or: fraction of the input tokens removed by the last layer (0..0.95)
-    mode: str = "constant"  # how a ratio (or a plain int r) spreads over layers: "constant" | "decreasing"
+    schedule: str = "constant"  # how a ratio (or a plain int r) spreads over layers: "constant" | "decreasing"
     prop_attn: bool = True  # proportional attention: add log(size) to every attention logit
     trace: bool = False  # record a Trace (groups, sizes, edges, CLS attention)
     cls_attention: bool = True  # with trace: record CLS→token attention (mean over heads)
@@ -144,7 +144,7 @@ class MergeState:
         self._started = True
         batch, num_tokens, _ = x.shape
         c = self.config
-        requested = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.mode)
+        requested = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.schedule)
         self.schedule = _method_schedule(c.method, requested, num_tokens, self.num_protected, self.num_layers)
         self.observed = {layer % self.num_layers for layer in c.method.observed_layers(self.num_layers)}
         self.meta["num_input_tokens"] = num_tokens

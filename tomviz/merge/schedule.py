@@ -1,6 +1,8 @@
 """Merge schedules: how many tokens each layer removes.
 
-Three ways to ask, one result (a list of ints, one per layer):
+A schedule is asked for by name (``schedule="constant"`` or ``"decreasing"``: how a ratio or
+a plain int r spreads over the layers, ``SCHEDULES``) or given per layer; either way it resolves
+to one list of ints, one per layer, which the trace keeps as ``meta["schedule"]``. The ways to ask:
 
 * ``r=13``: the same r in every layer (ToMe's constant schedule; as in ToMe, a
   layer with too few tokens left removes only what it can — the trace's
@@ -18,6 +20,7 @@ schedule beyond that is reported with :class:`ScheduleError`, never clipped.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 from tomviz.merge.base import max_removable
@@ -29,7 +32,7 @@ class ScheduleError(ValueError):
     """A schedule that cannot be run as asked."""
 
 
-SCHEDULES = ("constant", "decreasing")  # how a ratio (or a plain int r) spreads over the layers
+SCHEDULES = ("constant", "decreasing")  # the named schedules: how a ratio (or a plain int r) spreads over the layers
 
 
 def check_ratio(ratio: Any) -> float:
@@ -43,10 +46,19 @@ def check_ratio(ratio: Any) -> float:
     return value
 
 
-def check_mode(mode: str) -> str:
-    """``mode``; :class:`ScheduleError` unless it is one of ``SCHEDULES``."""
-    if mode not in SCHEDULES:
-        raise ScheduleError(f"unknown schedule {mode!r}: use 'constant' or 'decreasing'")
+def check_schedule_name(schedule: str) -> str:
+    """``schedule``; :class:`ScheduleError` unless it is one of ``SCHEDULES``."""
+    if schedule not in SCHEDULES:
+        raise ScheduleError(f"unknown schedule {schedule!r}: use 'constant' or 'decreasing'")
+    return schedule
+
+
+def renamed_mode(schedule: str, mode: str | None, where: str) -> str:
+    """``schedule``, or the value of the old keyword ``mode`` (renamed ``schedule``) with a DeprecationWarning."""
+    if mode is None:
+        return schedule
+    warnings.warn(f"{where}(mode=...) is renamed {where}(schedule=...); mode= will be removed", DeprecationWarning,
+                  stacklevel=3)
     return mode
 
 
@@ -91,26 +103,28 @@ def resolve_schedule(
     num_layers: int,
     num_tokens: int,
     num_protected: int,
-    mode: str = "constant",
+    schedule: str = "constant",
 ) -> list[int]:
-    """Turn any of the accepted forms into a checked per-layer list."""
+    """Turn any of the accepted forms into a checked per-layer list; ``schedule`` names how a ratio or
+    a plain int ``r`` spreads over the layers (``SCHEDULES``)."""
     if ratio is not None and r is not None:
         raise ScheduleError("give either r or ratio, not both")
     if ratio is not None:
-        return schedule_from_ratio(ratio, num_layers, num_tokens, num_protected, mode)
+        return schedule_from_ratio(ratio, num_layers, num_tokens, num_protected, schedule)
+    check_schedule_name(schedule)
     if r is None:
-        schedule = [0] * num_layers
+        per_layer = [0] * num_layers
     elif isinstance(r, tuple) and len(r) == 2 and r[1] == -1:
-        schedule = decreasing_schedule(r[0], num_layers)
+        per_layer = decreasing_schedule(r[0], num_layers)
     elif isinstance(r, (list, tuple)):
         if len(r) != num_layers:
             raise ScheduleError(f"the schedule has {len(r)} entries but the model has {num_layers} layers")
-        schedule = list(r)
-    elif mode == "constant":
+        per_layer = list(r)
+    elif schedule == "constant":
         return clipped_constant_schedule(int(r), num_layers, num_tokens, num_protected)
     else:
-        schedule = decreasing_schedule(int(r), num_layers)
-    return check_schedule(schedule, num_tokens, num_protected)
+        per_layer = decreasing_schedule(int(r), num_layers)
+    return check_schedule(per_layer, num_tokens, num_protected)
 
 
 def clipped_constant_schedule(r: int, num_layers: int, num_tokens: int, num_protected: int) -> list[int]:
@@ -125,14 +139,14 @@ def clipped_constant_schedule(r: int, num_layers: int, num_tokens: int, num_prot
 
 
 def schedule_from_ratio(
-    ratio: float, num_layers: int, num_tokens: int, num_protected: int, mode: str = "constant"
+    ratio: float, num_layers: int, num_tokens: int, num_protected: int, schedule: str = "constant"
 ) -> list[int]:
     """Map a merge ratio to a per-layer schedule.
 
     ``ratio`` is the fraction of the unprotected input tokens removed by the end of
     the last layer: ``R = round(ratio * (N - P))`` tokens in total. They are spread
-    over the layers by weight — equal weights (``mode="constant"``) or linearly
-    decreasing ones, ``2, ..., 0`` as in ToMe's (r, -1) (``mode="decreasing"``) —
+    over the layers by weight — equal weights (``schedule="constant"``) or linearly
+    decreasing ones, ``2, ..., 0`` as in ToMe's (r, -1) (``schedule="decreasing"``) —
     each layer taking its weight's share of what is left, rounded, so the values sum to
     exactly R. A layer never exceeds its limit (half its unprotected tokens); the
     excess moves to layers (a layer takes more than its share only when the later layers
@@ -140,10 +154,10 @@ def schedule_from_ratio(
     :class:`ScheduleError` says what the maximum is.
     """
     check_ratio(ratio)
-    check_mode(mode)
+    check_schedule_name(schedule)
     mergeable = num_tokens - num_protected
     total = int(round(ratio * mergeable))
-    if mode == "constant" or num_layers == 1:
+    if schedule == "constant" or num_layers == 1:
         weights = [1.0] * num_layers
     else:
         weights = [1 - i / (num_layers - 1) for i in range(num_layers)]
@@ -153,7 +167,7 @@ def schedule_from_ratio(
             f"ratio {ratio} asks to remove {total} of {mergeable} tokens in {num_layers} layers, but merging at "
             f"most half the tokens per layer removes at most {most} (ratio {most / max(mergeable, 1):.3f})"
         )
-    schedule, remaining, n = [], total, num_tokens
+    per_layer, remaining, n = [], total, num_tokens
     for layer in range(num_layers):
         rest = num_layers - layer - 1
         weight_left = sum(weights[layer:])
@@ -163,10 +177,10 @@ def schedule_from_ratio(
         while low < high and low + max_total_removable(rest, n - low, num_protected) < remaining:
             low += 1
         r = min(max(want, low), high)
-        schedule.append(r)
+        per_layer.append(r)
         remaining -= r
         n -= r
-    return schedule
+    return per_layer
 
 
 def max_total_removable(num_layers: int, num_tokens: int, num_protected: int) -> int:

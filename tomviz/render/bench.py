@@ -43,8 +43,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def _series_name(entry: dict[str, Any], models: int, props: int) -> str:
     name = f"{entry['method']} (baseline)" if entry["method"] == BASELINE else str(entry["method"])
-    if entry.get("mode") and entry["mode"] != "constant":
-        name += f" · {entry['mode']}"
+    if entry.get("schedule") and entry["schedule"] != "constant":
+        name += f" · {entry['schedule']}"
     if props > 1:
         name += " · prop attn" if entry.get("prop_attn") else " · no prop attn"
     return f"{entry['model']} · {name}" if models > 1 else name

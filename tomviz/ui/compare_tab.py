@@ -104,7 +104,7 @@ def compare(modality: str, image: str | None, prompt: str | None, model: str, me
         reference = session.a.reference if session is not None else None
         results = []
         for method, ratio in ((method_a, ratio_a), (method_b, ratio_b)):
-            settings = Settings(model=model, method=method, ratio=ratio, mode=schedule, prop_attn=bool(prop_attn))
+            settings = Settings(model=model, method=method, ratio=ratio, schedule=schedule, prop_attn=bool(prop_attn))
             result = analyse(x, settings, reference, modality=modality)
             reference = result.reference  # B reuses A's unmerged run (and adds its timing to it)
             results.append(result)

@@ -110,7 +110,7 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
     if image is None:
         return EMPTY_IMAGE_OUTPUTS._replace(layer=gr.Slider())
     with user_errors("inspect this image"):
-        settings = Settings(model=(model or "dinov2-small").strip(), method=method, ratio=ratio, mode=schedule,
+        settings = Settings(model=(model or "dinov2-small").strip(), method=method, ratio=ratio, schedule=schedule,
                             prop_attn=bool(prop_attn))
         reference = session.reference if session is not None else None
         analysis = analyse(image, settings, reference, modality="image")

@@ -12,7 +12,7 @@ import gradio as gr
 import tomviz
 from tomviz.analysis import check_modality
 from tomviz.merge import METHODS, check_methods
-from tomviz.merge.schedule import MAX_RATIO, check_mode, check_ratio
+from tomviz.merge.schedule import MAX_RATIO, check_ratio, check_schedule_name
 from tomviz.render.sweep import sweep_figure
 from tomviz.sweep import SweepRow, sweep, to_csv
 from tomviz.ui.common import DEFAULT_MODEL, PromptBox, download_folder, input_of, methods_for, user_errors
@@ -86,13 +86,13 @@ def run_sweep(modality: str, image: str | None, prompt: str | None, model: str, 
         if len(methods) * len(values) > MAX_SWEEP_SETTINGS:
             raise ValueError(f"{len(methods)} methods × {len(values)} ratios = {len(methods) * len(values)} settings; "
                              f"at most {MAX_SWEEP_SETTINGS} per sweep")
-        check_mode(schedule)
+        check_schedule_name(schedule)
         name = (model or DEFAULT_MODEL[modality]).strip()
         progress(0.0, desc=f"Loading {name}")
         loaded = tomviz.load(name, untrusted=True)
         check_modality(name, loaded, modality, f"choose the {loaded.modality} input")
         methods = methods_that_run_on(modality, methods)
-        rows = sweep(loaded, x, methods, values, runs=SWEEP_RUNS, warmup=SWEEP_WARMUP, mode=schedule,
+        rows = sweep(loaded, x, methods, values, runs=SWEEP_RUNS, warmup=SWEEP_WARMUP, schedule=schedule,
                      prop_attn=bool(prop_attn), progress=True)
         failed = [r for r in rows if r.error]
         if failed:

@@ -89,7 +89,7 @@ def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", me
     with user_errors("inspect this prompt"):
         if text is None or not str(text).strip():
             raise gr.Error("The prompt is empty: type some text or pick an example.", title="Cannot inspect this prompt")
-        settings = Settings(model=(model or "minilm").strip(), method=method, ratio=ratio, mode=schedule,
+        settings = Settings(model=(model or "minilm").strip(), method=method, ratio=ratio, schedule=schedule,
                             prop_attn=bool(prop_attn))
         reference = session.reference if session is not None else None
         analysis = analyse(str(text), settings, reference, modality="text")

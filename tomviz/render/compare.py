@@ -25,6 +25,7 @@ from tomviz.fidelity import EmbeddingFidelity
 from tomviz.render.overlay import heatmap_overlay
 from tomviz.render.text import display_pieces
 from tomviz.speed import SpeedReport
+from tomviz.trace import on_patch_grid
 
 DIFF_COLORMAP = "magma"
 
@@ -65,7 +66,7 @@ def difference_overlay(image: Image.Image, distance: np.ndarray, patch_grid: Seq
                        opacity: float = 0.75) -> Image.Image:
     """The patches' distances (``distance [N0]``, protected tokens dropped) over the photo, on a fixed 0..1 scale
     (dark = same group in both settings, bright = different)."""
-    patches = np.asarray(distance, dtype=np.float32)[num_protected : num_protected + int(patch_grid[0]) * int(patch_grid[1])]
+    patches = on_patch_grid(np.asarray(distance, dtype=np.float32), patch_grid, num_protected).reshape(-1)  # [rows*cols]
     return heatmap_overlay(image, patches, patch_grid, opacity=opacity, colormap=DIFF_COLORMAP, value_range=(0.0, 1.0))
 
 

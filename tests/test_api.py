@@ -105,3 +105,15 @@ def test_model_cache_is_bounded(tmp_path, monkeypatch):
     cached = [key[0] for key in loading._CACHE]
     assert folders[1] in cached and folders[0] not in cached and "dinov2-small" in cached
     assert tomviz.load(folders[0]) is not first  # reloaded after eviction
+
+
+def test_package_names_load_on_first_use():
+    """``tomviz.<name>`` is the object its defining module holds (the facade imports it lazily)."""
+    import importlib
+
+    assert sorted(tomviz.__all__) == sorted(tomviz._EXPORTS)
+    for name, module in tomviz._EXPORTS.items():
+        assert getattr(tomviz, name) is getattr(importlib.import_module(module), name)
+    assert tomviz.trace.Trace is tomviz.Trace  # a submodule, as after the eager imports
+    with pytest.raises(AttributeError, match="has no attribute 'nosuch'"):
+        tomviz.nosuch  # noqa: B018

@@ -88,6 +88,7 @@ def tiny_image(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_inspect_image(tmp_path, tiny_image, capsys):
     _require("dinov2-small")
     out = tmp_path / "out"
@@ -102,6 +103,7 @@ def test_inspect_image(tmp_path, tiny_image, capsys):
     assert f"wrote {out}: token counts {stats['token_counts']}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_inspect_text(tmp_path):
     _require("minilm")
     out = tmp_path / "out"
@@ -113,6 +115,7 @@ def test_inspect_text(tmp_path):
     assert not list(out.glob("overlay_layer*.png"))  # pictures are for images only
 
 
+@pytest.mark.slow
 def test_sweep_text(tmp_path, capsys):
     _require("minilm")
     out = tmp_path / "out"

@@ -28,3 +28,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_classifier():
+    """A random 4-layer, 32-wide ViT classifier (10 classes) on 32 x 32 images, 4 x 4 patches: 65 tokens."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
+                       patch_size=4, num_labels=10)
+    return ViTForImageClassification(config).eval()

@@ -28,6 +28,7 @@ def _assert_valid(trace, protected=1):
     assert trace.token_counts()[-1] < n0
 
 
+@pytest.mark.slow
 def test_dinov2_small_default(photo):
     model = tomviz.load("dinov2-small")
     assert model is tomviz.load("dinov2-small")  # cached
@@ -44,6 +45,7 @@ def test_dinov2_small_default(photo):
     assert 0.5 < cos <= 1.0 + 1e-6  # merging half the tokens keeps the embedding close
 
 
+@pytest.mark.slow
 def test_minilm_default():
     res = tomviz.inspect("minilm", "Token merging makes transformers faster by merging similar tokens.", ratio=0.4)
     trace = res.trace
@@ -51,12 +53,14 @@ def test_minilm_default():
     _assert_valid(trace)
 
 
+@pytest.mark.slow
 def test_long_prompt_is_truncated_and_says_so():
     model = tomviz.load("minilm")
     res = tomviz.inspect(model, "word " * 2000, r=0)
     assert res.inputs.meta["truncated"] and res.trace.num_input_tokens == model.max_length
 
 
+@pytest.mark.slow
 def test_bad_input_messages():
     with pytest.raises(ValueError, match="empty"):
         tomviz.inspect("minilm", "   ")
@@ -87,6 +91,7 @@ def test_local_folder_of_supported_model_loads(tmp_path, photo):
     assert res.outputs.logits.shape == (1, 2) and res.trace.token_counts() == [17, 14, 11]
 
 
+@pytest.mark.slow
 def test_model_cache_is_bounded(tmp_path, monkeypatch):
     import transformers as tf
 
@@ -105,3 +110,15 @@ def test_model_cache_is_bounded(tmp_path, monkeypatch):
     cached = [key[0] for key in loading._CACHE]
     assert folders[1] in cached and folders[0] not in cached and "dinov2-small" in cached
     assert tomviz.load(folders[0]) is not first  # reloaded after eviction
+
+
+def test_package_names_load_on_first_use():
+    """``tomviz.<name>`` is the object its defining module holds (the facade imports it lazily)."""
+    import importlib
+
+    assert sorted(tomviz.__all__) == sorted(tomviz._EXPORTS)
+    for name, module in tomviz._EXPORTS.items():
+        assert getattr(tomviz, name) is getattr(importlib.import_module(module), name)
+    assert tomviz.trace.Trace is tomviz.Trace  # a submodule, as after the eager imports
+    with pytest.raises(AttributeError, match="has no attribute 'nosuch'"):
+        tomviz.nosuch  # noqa: B018

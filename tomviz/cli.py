@@ -24,6 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from tomviz.cli_vlm import add_arguments as add_vlm_arguments
+
+# The names of tomviz.merge.METHODS, written out so that parsing (and --help) imports no torch;
+# tests/test_cli.py checks that they match the registry.
+METHOD_NAMES = ("diffrate", "dtome", "evit", "hiprune", "pitome", "pitome_text", "random", "subword", "tome")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -53,17 +58,17 @@ def _options(arg: str | None) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    import tomviz
-    from tomviz.merge.engine import MergeConfig
-    from tomviz.fidelity import cosine, final_embedding, final_sizes_of
-
-    x, modality, _ = read_input(args.input)
+    x, modality, _ = read_input(args.input)  # a missing image is reported before anything heavy is imported
     if getattr(args, "question", None):
         from tomviz.cli_vlm import cmd_inspect_vlm
 
         return cmd_inspect_vlm(args, x)
+    from tqdm import tqdm
+
+    import tomviz
+    from tomviz.fidelity import cosine, final_embedding, final_sizes_of
+    from tomviz.merge.engine import MergeConfig
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = tomviz.load(_model_name(args.model, modality))
@@ -167,9 +172,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tomviz.merge import METHODS
-
-    methods = sorted(METHODS)
+    methods = list(METHOD_NAMES)
     parser = argparse.ArgumentParser(prog="python -m tomviz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -186,8 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--method", default="tome", choices=methods)
     inspect.add_argument("--ratio", type=float, default=0.5, help="fraction of the input tokens removed by the last layer")
     inspect.add_argument("--r", type=int, help="instead of --ratio: tokens removed per layer")
-    from tomviz.cli_vlm import add_arguments as add_vlm_arguments
-
     add_vlm_arguments(inspect)
     inspect.set_defaults(run=cmd_inspect)
 

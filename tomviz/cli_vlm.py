@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 PLACES = ("encoder", "boundary", "llm")
+# The names of tomviz.merge.visual.VISUAL_METHODS, written out so that parsing imports no torch
+# (tests/test_cli.py checks them against the registry).
+VISUAL_METHOD_NAMES = ("tome", "dtome", "random", "downsample", "fastv", "visionzip", "hiprune")
 
 
 def add_arguments(inspect: argparse.ArgumentParser) -> None:
     """The VLM options of ``inspect``; ``--method`` also accepts the visual-token methods (fastv, visionzip, downsample)."""
-    from tomviz.merge.visual import VISUAL_METHODS
-
     for action in inspect._actions:
         if action.dest == "method" and action.choices is not None:
-            action.choices = sorted(set(action.choices) | set(VISUAL_METHODS))
+            action.choices = sorted(set(action.choices) | set(VISUAL_METHOD_NAMES))
     group = inspect.add_argument_group("vision-language models (with --question)")
     group.add_argument("--question", help="ask a vision-language model (--model: SmolVLM / LLaVA) this question about the image")
     group.add_argument("--place", default="boundary", choices=PLACES, help="where to reduce the visual tokens")

@@ -44,6 +44,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_ray_equals_single_process(runs):
     items, spec, local, remote = runs
     assert len(items) == 22 and len(local.shards) == 3 and not remote.failed
@@ -56,6 +57,7 @@ def test_ray_equals_single_process(runs):
     assert all(r["seconds"] > 0 and r["base_seconds"] > 0 for r in b if r["cosine"] is not None)
 
 
+@pytest.mark.slow
 def test_bad_input_is_reported_per_row(runs):
     rows = runs[3].rows()
     broken = [r for r in rows if r["item"] == "red/broken.png"]
@@ -75,6 +77,7 @@ def test_bad_input_is_reported_per_row(runs):
     assert tome["ran"] == 21 and tome["errors"] == 2 and tome["accuracy"] is not None and tome["speedup"] > 0
 
 
+@pytest.mark.slow
 def test_rerun_recomputes_only_the_deleted_shard(runs):
     """The skip happens before dispatch, the same for both engines; in process here, as a new set of Ray
     actors would spend ~10 s importing torch on this 2-CPU machine."""
@@ -107,6 +110,7 @@ def test_sweep_agrees_with_bench(tiny_classifier, image_folder, tmp_path):
         assert b["cosine"] == pytest.approx(s.cosine, abs=1e-7) and b["gflops"] == pytest.approx(s.gflops)
 
 
+@pytest.mark.slow
 def test_summary_report_and_pareto(runs):
     summary, _ = read_summary((runs[3].out / "summary.json").read_text())
     page = report_html(summary, {"inputs": 22})

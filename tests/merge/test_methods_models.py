@@ -31,8 +31,13 @@ def tiny_models():
 
 @pytest.fixture(scope="module")
 def tiny_bert():
+    """A random 3-layer BERT with MiniLM's WordPiece tokenizer (read from the embedded folder; the model is not loaded)."""
+    from transformers import AutoTokenizer
+
+    from tomviz.models import weights
+
     try:
-        tokenizer = tomviz.load("minilm", device="cpu").tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(weights.minilm_folder()), local_files_only=True)
     except ModelLoadError as err:
         pytest.skip(f"minilm tokenizer unavailable: {err}")
     torch.manual_seed(0)
@@ -83,6 +88,7 @@ def _load_or_skip(name: str):
         pytest.skip(f"{name} unavailable: {err}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_default_image_model(method):
     from pathlib import Path
@@ -93,6 +99,7 @@ def test_default_image_model(method):
     check_trace(result.trace, schedule_driven=method not in ADAPTIVE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_default_text_model(method):
     model = _load_or_skip("minilm")

@@ -67,21 +67,28 @@ def reference_tome_vit(model: tf.ViTModel, pixel_values: torch.Tensor, r: int) -
 
 
 @pytest.fixture(scope="module")
-def vit_s16():
+def tiny_vit():
+    """A random 4-layer, 32-wide ViT on 8 x 8 patches: the decisions follow the same rules as on a ViT-S/16.
+    Weights drawn 5x wider than transformers' default, so that attention (and with it proportional
+    attention) moves the tokens enough to change ToMe's choices within 4 layers."""
     torch.manual_seed(0)
     config = tf.ViTConfig(
-        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224, patch_size=16
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=4,
+        initializer_range=0.1,
     )
     return tf.ViTModel(config, add_pooling_layer=False).eval()
 
 
-def test_tome_matches_reference_every_layer(vit_s16):
-    pixel_values = torch.randn(1, 3, 224, 224)
-    reference = reference_tome_vit(vit_s16, pixel_values, r=13)
-    res = tomviz.inspect(vit_s16, pixel_values, r=13)
-    assert res.trace.token_counts() == [197 - 13 * i for i in range(13)]
-    for layer in range(12):
+def test_tome_matches_reference_every_layer(tiny_vit):
+    pixel_values = torch.randn(1, 3, 32, 32)
+    reference = reference_tome_vit(tiny_vit, pixel_values, r=8)
+    res = tomviz.inspect(tiny_vit, pixel_values, r=8)
+    assert res.trace.token_counts() == [65 - 8 * i for i in range(5)]
+    for layer in range(4):
         assert res.trace.groups(layer).tolist() == reference[layer], f"layer {layer} differs"
+    # the comparison sees proportional attention: without it the last layer's choices differ
+    plain = tomviz.inspect(tiny_vit, pixel_values, r=8, prop_attn=False)
+    assert plain.trace.groups(3).tolist() != reference[3]
 
 
 def test_bipartite_hand_example():

@@ -45,6 +45,7 @@ def test_cache_dir_env_and_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert weights.cache_dir() == tmp_path / "home" / ".cache" / "tomviz"
 
 
+@pytest.mark.slow
 def test_folder_contents(dinov2_folder: Path, cache: Path) -> None:
     assert dinov2_folder == cache / weights.DINOV2_FOLDER_NAME
     names = {p.name for p in dinov2_folder.iterdir()}
@@ -60,6 +61,7 @@ def test_folder_contents(dinov2_folder: Path, cache: Path) -> None:
     assert [p.name for p in cache.iterdir()] == [weights.DINOV2_FOLDER_NAME]
 
 
+@pytest.mark.slow
 def test_second_call_uses_cache(dinov2_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object) -> None:
         raise AssertionError("converted again")
@@ -68,6 +70,7 @@ def test_second_call_uses_cache(dinov2_folder: Path, monkeypatch: pytest.MonkeyP
     assert weights.dinov2_small_folder() == dinov2_folder
 
 
+@pytest.mark.slow
 def test_concurrent_conversions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two converters racing on an empty cache both end with the same complete folder."""
     monkeypatch.setenv("TOMVIZ_CACHE", str(tmp_path))
@@ -91,6 +94,7 @@ def test_concurrent_conversions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert [p.name for p in tmp_path.iterdir()] == [weights.DINOV2_FOLDER_NAME]
 
 
+@pytest.mark.slow
 def test_state_dict_mapping(onnx_model) -> None:
     state = weights.onnx_to_dinov2_state_dict(onnx_model)
     assert state["embeddings.position_embeddings"].shape == (1, 1370, 384)
@@ -101,6 +105,7 @@ def test_state_dict_mapping(onnx_model) -> None:
     assert state["encoder.layer.3.mlp.fc2.weight"].shape == (384, 1536)
 
 
+@pytest.mark.slow
 def test_unmapped_parameter_is_an_error(onnx_model) -> None:
     import onnx
 
@@ -132,6 +137,7 @@ def _onnxruntime_backbone(onnx_model, pixel_values: np.ndarray) -> np.ndarray:
     return out
 
 
+@pytest.mark.slow
 def test_matches_onnxruntime(dinov2_folder: Path, onnx_model) -> None:
     pytest.importorskip("onnxruntime")
     model = weights.load_dinov2_small()
@@ -147,6 +153,7 @@ def test_matches_onnxruntime(dinov2_folder: Path, onnx_model) -> None:
     assert diff <= 1e-4, diff
 
 
+@pytest.mark.slow
 def test_minilm_loads_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert (weights.minilm_folder() / "config.json").is_file()

@@ -1,10 +1,9 @@
-"""Figures, text views and analytic FLOPs on a hand-made trace."""
+"""Figures and text views (tomviz/render/figures.py, text.py) on a hand-made trace."""
 import numpy as np
 import pytest
 
 from tomviz.render.figures import cluster_map_figure, gflops_figure, group_attention_figure, token_count_figure
 from tomviz.render.text import group_names, group_table, token_highlights
-from tomviz.speed import gflops_per_layer, layer_flops, trace_gflops
 from tomviz.trace import LayerTrace, Trace
 
 
@@ -37,18 +36,8 @@ def test_figures_build(text_trace):
     assert fig.data[0].customdata.shape == (2, 2, 3)
     assert fig.data[0].customdata[0, 0].tolist() == ["1", "3", "1"]  # group 1, size 3, joined at layer 1
     assert list(token_count_figure(text_trace).data[0].y) == [5, 4, 3]
-    assert len(gflops_figure([1.0, 0.5], [1.0, 1.0]).data) == 2
-    assert len(group_attention_figure(["a", "b"], [0.3, 0.7], 0).data[0].x) == 2
-
-
-def test_layer_flops_by_hand():
-    attention, mlp = layer_flops(n_in=10, n_out=6, hidden=4, mlp_hidden=16)
-    assert attention == 2 * 4 * 10 * 16 + 2 * 2 * 100 * 4
-    assert mlp == 2 * 2 * 6 * 4 * 16
-
-
-def test_trace_gflops_merged_is_cheaper(text_trace):
-    merged, unmerged = trace_gflops(text_trace, hidden=384, mlp_hidden=1536)
-    assert len(merged) == len(unmerged) == 2
-    assert merged[0] < unmerged[0] and merged[1] < merged[0]
-    assert unmerged == gflops_per_layer([5, 5], [5, 5], 384, 1536)
+    unmerged, merged = gflops_figure([1.0, 0.5], [1.0, 1.0]).data
+    assert (unmerged.name, list(unmerged.y)) == ("unmerged (2.00 total)", [1.0, 1.0])
+    assert (merged.name, list(merged.y), list(merged.x)) == ("merged (1.50 total)", [1.0, 0.5], [1, 2])
+    bars = group_attention_figure(["a", "b", "c"], [0.3, 0.7, 0.1], 0).data[0]
+    assert list(bars.y) == ["c", "a", "b"] and list(bars.x) == [0.1, 0.3, 0.7]  # the largest drawn on top

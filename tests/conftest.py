@@ -4,11 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-# Modules whose tests call UI handlers on the real default models (dinov2-small, minilm) without the launched
-# app, and cannot carry the marker themselves yet (they are being reworked; give them a pytestmark then).
-REAL_MODEL_MODULES = {"test_compare_tab.py"}
-
-
 def pytest_configure(config):
     """One torch thread for the whole run, as the app serves (app.configure_torch_threads). The models here are
     tiny; on a shared 2-core machine two threads waiting for each other made the model tests 3-6x slower
@@ -19,9 +14,9 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     """``slow``: besides the tests marked in their modules, every test that uses the launched app (``app_url``,
-    also behind ``client``: the app server, the browser tests) and those of ``REAL_MODEL_MODULES``."""
+    also behind ``client``: the app server, the browser tests)."""
     for item in items:
-        if "app_url" in getattr(item, "fixturenames", ()) or item.path.name in REAL_MODEL_MODULES:
+        if "app_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 

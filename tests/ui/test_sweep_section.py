@@ -8,6 +8,8 @@ import pytest
 
 from tomviz.ui import sweep_section as ss
 
+pytestmark = pytest.mark.slow  # the embedded dinov2-small / minilm
+
 CAT = str(Path(__file__).resolve().parents[2] / "assets" / "chelsea.png")
 PROMPT = "The cat sat on the mat, and the dog sat on the log next to the cat."
 

@@ -6,6 +6,8 @@ import pytest
 
 from tomviz.ui import text_tab
 
+pytestmark = pytest.mark.slow  # the embedded dinov2-small / minilm
+
 PROMPT = "The cat sat on the mat, and the dog sat on the log next to the cat."
 
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from tests.merge.helpers import unit
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig, MergeState, Resume, current_state
 from tomviz.merge.tome import ToMe
-from tests.merge.helpers import unit
 
 # ToMe's hand example (tests/merge/test_tome.py): CLS, then A = {0, 2, 4}, B = {1, 3, 5}; with r=1 token 2 merges into 5
 METRIC = unit([1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0.9, 0.1, 0], [0.5, 0, 0.5], [0, 0.1, 1])  # [1, 6, 3]

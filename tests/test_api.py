@@ -86,7 +86,7 @@ def test_local_folder_of_supported_model_loads(tmp_path, photo):
     config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
     tf.ViTForImageClassification(config).save_pretrained(tmp_path)
     model = tomviz.load(str(tmp_path))
-    assert model.labels is not None and model.adapter.family == "vit"
+    assert model.labels == {0: "LABEL_0", 1: "LABEL_1"} and model.adapter.family == "vit"  # transformers' default names
     res = tomviz.inspect(model, photo, r=3)
     assert res.outputs.logits.shape == (1, 2) and res.trace.token_counts() == [17, 14, 11]
 

@@ -28,7 +28,7 @@ def test_adapter_and_layout(loaded, inputs):
     prefill = vlm.build_prefill(loaded, inputs, vlm.Reduction())
     image_tokens = int((inputs.tensors["input_ids"][0] == loaded.image_token_id).sum())
     newlines = image_tokens - int(prefill.visual.sum())
-    assert newlines > 0  # one image_newline per row of the anyres grid, kept like text
+    assert newlines == 4  # one image_newline per row of the anyres grid (4 rows once cropped), kept like text
     newline = loaded.model.model.image_newline
     assert int((prefill.embeds[0] == newline).all(-1).sum()) == newlines
 
@@ -59,7 +59,8 @@ def test_grid_free_reductions(loaded, red):
     visual = res.token_counts["visual"]
     expected = visual - round(0.5 * visual)
     assert (res.token_counts["llm_input"] if red.place == "boundary" else res.token_counts["llm_after_k"]) == expected
-    assert res.answer_attention is not None
+    # each answer step's attention, per LLM layer, over the visual tokens the LLM received
+    assert res.answer_attention.shape == (len(loaded.language_model.layers), len(res.answer_tokens), res.token_counts["llm_input"])
 
 
 @pytest.mark.parametrize("red,message", [

@@ -38,7 +38,10 @@ def test_inspect_image_returns_every_output(client):
     counts = summary["token_counts"]
     assert counts[0] == 257 and counts[-1] == 257 - round(0.5 * 256)
     assert 0.9 < summary["fidelity"]["cosine"] <= 1.0 + 1e-6
-    assert summary["speed"]["merged_ms"] > 0 and summary["speed"]["merged_gflops_total"] < summary["speed"]["unmerged_gflops_total"]
+    speed = summary["speed"]
+    assert speed["speedup"] == pytest.approx(speed["unmerged_ms"] / speed["merged_ms"])
+    assert speed["merged_gflops_total"] < speed["unmerged_gflops_total"]
+    assert summary["schedule"] == "constant" and sum(summary["removed_per_layer"]) == 128
     assert "speed-up" in out[SPEED] and "Cosine" in out[FIDELITY]
     assert out[CLUSTER]["type"] == "plotly"
 

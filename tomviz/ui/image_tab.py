@@ -46,7 +46,7 @@ def layer_pictures(analysis: Analysis, layer: int, opacity: float,
     """Overlay, cluster map (plotly) and CLS-attention heatmap for ``layer`` (0-based). With ``token``
     (a clicked input token) the overlay and the map draw its group in magenta and the rest grey."""
     trace, image = analysis.trace, analysis.image
-    grid, protected = trace.meta["patch_grid"], int(trace.meta.get("num_protected", 1))
+    grid, protected = trace.patch_grid, trace.num_protected
     if token is None:
         overlay = group_overlay(image, trace.groups(layer), grid, protected, opacity=opacity)
     else:
@@ -142,8 +142,7 @@ def valid_token(session: Analysis | None, token: int | None) -> int | None:
     if session is None or token is None:
         return None
     trace = session.trace
-    protected = int(trace.meta.get("num_protected", 1))
-    return int(token) if protected <= int(token) < trace.num_input_tokens else None
+    return int(token) if trace.num_protected <= int(token) < trace.num_input_tokens else None
 
 
 def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData):

@@ -6,6 +6,10 @@
 Measures, as a user's client sees it (upload + queue + model + rendering + download of results):
 * ratio change: `/inspect_image` with a new ratio on the same photo → all outputs (targets p50 ≤ 0.5 s);
 * layer change: `/render_image_layer` (re-render from the stored trace, no model) (target p50 ≤ 0.15 s).
+
+After these, for reference (not a target): a no-op event, `/image_view_link` (a few string operations, one
+text output), through the same client: the round trip that every call above pays before any work or
+download (gradio_client opens new HTTP connections per call and one more per output file).
 """
 from __future__ import annotations
 
@@ -45,7 +49,13 @@ def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
                 start = time.perf_counter()
                 client.predict(layer=layer, opacity=0.8, api_name="/render_image_layer")
                 layer_times.append(time.perf_counter() - start)
-    return {"ratio change → all outputs": _quantiles(ratio_times), "layer change": _quantiles(layer_times)}
+    noop_times = []
+    for _ in range(rounds * len(RATIOS)):
+        start = time.perf_counter()
+        client.predict("dinov2-small", "tome", "constant", 0.5, 6, api_name="/image_view_link")
+        noop_times.append(time.perf_counter() - start)
+    return {"ratio change → all outputs": _quantiles(ratio_times), "layer change": _quantiles(layer_times),
+            "no-op event (reference)": _quantiles(noop_times)}
 
 
 def main() -> None:
@@ -53,6 +63,7 @@ def main() -> None:
     parser.add_argument("--url", help="an app that is already running (default: start one)")
     parser.add_argument("--rounds", type=int, default=5, help="passes over the ratios %s" % RATIOS)
     args = parser.parse_args()
+    load_before = os.getloadavg()
     proc, url = (None, args.url) if args.url else start_app()
     try:
         results = measure(url, args.rounds)
@@ -61,7 +72,8 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
     load = os.getloadavg()
-    print(f"load average before/after: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min); cores: {os.cpu_count()}")
+    print(f"load average (1 min / 5 min) before: {load_before[0]:.2f} / {load_before[1]:.2f}, after: "
+          f"{load[0]:.2f} / {load[1]:.2f}; cores: {os.cpu_count()}")
     print("| step | p50 (s) | p90 (s) | min (s) | n |\n|---|---|---|---|---|")
     for name, q in results.items():
         print(f"| {name} | {q['p50']:.3f} | {q['p90']:.3f} | {q['min']:.3f} | {q['n']} |")

@@ -6,6 +6,17 @@
 Measures, as a user's client sees it (upload + queue + model + rendering + download of results):
 * ratio change: `/inspect_image` with a new ratio on the same photo → all outputs (targets p50 ≤ 0.5 s);
 * layer change: `/render_image_layer` (re-render from the stored trace, no model) (target p50 ≤ 0.15 s).
+
+After these, for reference (not a target): a no-op event, `/image_view_link` (a few string operations, one
+text output), through the same client: the round trip that every call above pays before any work or
+download (gradio_client opens new HTTP connections per call and one more per output file).
+
+    python benchmarks/bench_app.py --no-ssl-verify   # diagnostic, not how the targets are measured
+
+gradio_client builds a new httpx client, with a TLS context that loads a CA bundle, for every HTTP call:
+2 per event, 1 per uploaded and 1 per returned file. On a slow or busy CPU that costs 35-100 ms each, even
+for a plain http:// URL, where nothing is verified. ``--no-ssl-verify`` (gradio_client's ``ssl_verify=False``)
+skips loading the bundle: the difference between the two runs is the client's TLS setup, not the app.
 """
 from __future__ import annotations
 
@@ -28,10 +39,10 @@ def _quantiles(times: list[float]) -> dict[str, float]:
             "min": ordered[0], "n": len(ordered)}
 
 
-def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
+def measure(url: str, rounds: int, ssl_verify: bool = True) -> dict[str, dict[str, float]]:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, ssl_verify=ssl_verify)
     photo = handle_file(str(PHOTO))
     client.predict(image=photo, ratio=0.5, api_name="/inspect_image")  # first use: model load + reference run
     client.predict(image=photo, ratio=0.4, api_name="/inspect_image")
@@ -45,23 +56,35 @@ def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
                 start = time.perf_counter()
                 client.predict(layer=layer, opacity=0.8, api_name="/render_image_layer")
                 layer_times.append(time.perf_counter() - start)
-    return {"ratio change → all outputs": _quantiles(ratio_times), "layer change": _quantiles(layer_times)}
+    noop_times = []
+    for _ in range(rounds * len(RATIOS)):
+        start = time.perf_counter()
+        client.predict("dinov2-small", "tome", "constant", 0.5, 6, api_name="/image_view_link")
+        noop_times.append(time.perf_counter() - start)
+    return {"ratio change → all outputs": _quantiles(ratio_times), "layer change": _quantiles(layer_times),
+            "no-op event (reference)": _quantiles(noop_times)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="an app that is already running (default: start one)")
     parser.add_argument("--rounds", type=int, default=5, help="passes over the ratios %s" % RATIOS)
+    parser.add_argument("--no-ssl-verify", action="store_true",
+                        help="diagnostic: the client skips its per-call TLS setup (see above); not the target measurement")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     proc, url = (None, args.url) if args.url else start_app()
     try:
-        results = measure(url, args.rounds)
+        results = measure(url, args.rounds, ssl_verify=not args.no_ssl_verify)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
     load = os.getloadavg()
-    print(f"load average before/after: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min); cores: {os.cpu_count()}")
+    print(f"load average (1 min / 5 min) before: {load_before[0]:.2f} / {load_before[1]:.2f}, after: "
+          f"{load[0]:.2f} / {load[1]:.2f}; cores: {os.cpu_count()}")
+    if args.no_ssl_verify:
+        print("client: ssl_verify=False (diagnostic: no TLS setup per HTTP call; not the target measurement)")
     print("| step | p50 (s) | p90 (s) | min (s) | n |\n|---|---|---|---|---|")
     for name, q in results.items():
         print(f"| {name} | {q['p50']:.3f} | {q['p90']:.3f} | {q['min']:.3f} | {q['n']} |")

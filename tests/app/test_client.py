@@ -224,3 +224,24 @@ def test_layer_beyond_the_model_is_clamped(client):
     out = _ok_image(client, ratio=0.5, layer=40)
     assert out[LAYER]["value"] == 12
     assert len(client.predict(layer=99, api_name="/render_image_layer")) == 3
+
+
+def test_a_clicked_patch_stays_selected_through_a_model_run():
+    """inspect_image draws the selection itself (no second redraw after the run); the opacity slider
+    redraws the overlay only, and nothing when a group is selected (that overlay has no opacity)."""
+    from tomviz.render.groups import cluster_picture, patch_groups
+    from tomviz.ui.image_tab import (
+        LINEAGE_HINT, inspect_image, layer_strip, render_image_opacity, selection_after_run,
+    )
+
+    first = inspect_image(CAT, 0.5)
+    token = first.session.trace.num_protected + 40
+    again = inspect_image(CAT, 0.7, layer=4, session=first.session, selected=token)
+    trace = again.session.trace
+    assert np.array_equal(np.asarray(again.overlay), np.asarray(cluster_picture(again.session.image, patch_groups(trace, 3, token))))
+    assert np.array_equal(np.asarray(again.strip), np.asarray(layer_strip(again.session, token)))
+    kept, lineage = selection_after_run(again.session, token)
+    assert kept == token and "patch" in lineage
+    assert selection_after_run(again.session, trace.num_input_tokens + 3) == (None, LINEAGE_HINT)
+    assert isinstance(render_image_opacity(4, 0.3, again.session, token), dict)  # gr.skip()
+    assert render_image_opacity(4, 0.3, again.session, None).size == again.overlay.size

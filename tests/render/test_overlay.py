@@ -3,7 +3,8 @@ import numpy as np
 from PIL import Image
 
 from tomviz.render.overlay import (
-    boundary_mask, group_mean_colours, group_overlay, heatmap_overlay, patch_labels, pixel_labels, small_multiples,
+    boundary_mask, group_mean_colours, group_overlay, heatmap_overlay, patch_labels, patch_sums, pixel_labels,
+    small_multiples,
 )
 
 
@@ -33,6 +34,24 @@ def test_mean_colour_of_a_group_spanning_both_halves_is_the_average():
     out = np.asarray(group_overlay(image, groups, (2, 2), 1, opacity=1.0, outline=None, max_side=None))
     assert tuple(out[5, 5]) == tuple(out[5, 35]) == (128, 0, 128)  # mean of red and blue
     assert tuple(out[35, 5]) == (255, 0, 0) and tuple(out[35, 35]) == (0, 0, 255)
+
+
+def test_group_means_from_patch_sums_equal_per_pixel_means_for_any_size():
+    """group_overlay sums pixels per patch, then per group: the same picture as per-pixel means, also when
+    patches get unequal pixel counts or none (a picture smaller than the grid)."""
+    rng = np.random.default_rng(0)
+    groups = np.concatenate([[0], rng.integers(-1, 6, 16)])  # CLS + a 4×4 grid, some patches pruned
+    for height, width in ((37, 23), (9, 3), (4, 4), (2, 7)):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        pixels = np.asarray(image, dtype=np.float32)
+        label_map = pixel_labels(patch_labels(groups, (4, 4), 1), height, width)
+        fill = group_mean_colours(pixels, label_map)[np.maximum(label_map, 0)]
+        fill[label_map < 0] = (40, 40, 40)
+        expected = np.clip((1 - 0.7) * pixels + 0.7 * fill + 0.5, 0, 255).astype(np.uint8)
+        expected[boundary_mask(label_map)] = 255
+        assert np.array_equal(np.asarray(group_overlay(image, groups, (4, 4), 1, opacity=0.7, max_side=None)), expected)
+        sums, counts = patch_sums(pixels, 4, 4)
+        assert counts.sum() == height * width and np.allclose(sums.sum(0), pixels.reshape(-1, 3).sum(0))
 
 
 def test_opacity_zero_shows_the_photo_and_outlines_mark_group_borders():

@@ -12,6 +12,13 @@ from tomviz.trace import Trace
 _MARGIN = dict(l=40, r=10, t=36, b=36)
 
 
+def _figure(data: list[dict], **layout) -> go.Figure:
+    """A figure from plain trace and layout dicts, written in plotly's own nested names, without plotly's
+    property validation (``_validate=False``): it costs 5-10 ms a figure on the app's per-request path
+    and the same JSON comes out (the figures here are fixed code, checked by tests/render)."""
+    return go.Figure(dict(data=data, layout=layout), _validate=False)
+
+
 def _outline_segments(labels: np.ndarray, merged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Line segments (plotly x/y arrays, NaN-separated) between neighbouring patches of different groups
     where at least one side is a merged group; patch (i, j) is centred on x=j, y=i."""
@@ -48,53 +55,51 @@ def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int |
         rgb[(labels == groups[token]) & (groups[token] >= 0)] = HIGHLIGHT
     rgb[labels < 0] = 40.0
     xs, ys = _outline_segments(labels, merged)
-    fig = go.Figure(
-        [
-            go.Image(z=rgb.round().astype(np.uint8), customdata=custom,
-                     hovertemplate="patch (%{y}, %{x})<br>group %{customdata[0]}<br>size %{customdata[1]}"
-                     "<br>joined at layer %{customdata[2]}<extra></extra>"),
-            go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="white", width=2), hoverinfo="skip", showlegend=False),
-        ]
-    )
-    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     merged_count = int((sizes >= 2).sum())
-    fig.update_layout(
-        title=f"Groups after layer {layer + 1}: {trace.layers[layer].num_tokens} tokens, "
-              f"{merged_count} merged groups (≥ 2 patches)",
+    return _figure(
+        [
+            dict(type="image", z=rgb.round().astype(np.uint8), customdata=custom,
+                 hovertemplate="patch (%{y}, %{x})<br>group %{customdata[0]}<br>size %{customdata[1]}"
+                 "<br>joined at layer %{customdata[2]}<extra></extra>"),
+            dict(type="scatter", x=xs, y=ys, mode="lines", line=dict(color="white", width=2), hoverinfo="skip",
+                 showlegend=False),
+        ],
+        title=dict(text=f"Groups after layer {layer + 1}: {trace.layers[layer].num_tokens} tokens, "
+                        f"{merged_count} merged groups (≥ 2 patches)"),
         height=height, margin=_MARGIN, plot_bgcolor="white",
+        xaxis=dict(showticklabels=False, showgrid=False, zeroline=False),
+        yaxis=dict(showticklabels=False, showgrid=False, zeroline=False),
     )
-    return fig
 
 
 def token_count_figure(traces: dict[str, Trace] | Trace, height: int = 300) -> go.Figure:
     """Tokens after each layer (layer 0 = the input) for one trace or several named ones."""
     traces = {"tokens": traces} if isinstance(traces, Trace) else traces
-    fig = go.Figure()
+    data = []
     for name, trace in traces.items():
         counts = trace.token_counts()
-        fig.add_trace(go.Scatter(x=list(range(len(counts))), y=counts, mode="lines+markers", name=name))
-    fig.update_layout(
-        title="Token count per layer", xaxis_title="after layer (0 = input)", yaxis_title="tokens",
-        height=height, margin=_MARGIN, showlegend=len(traces) > 1, yaxis_rangemode="tozero",
+        data.append(dict(type="scatter", x=list(range(len(counts))), y=counts, mode="lines+markers", name=name))
+    return _figure(
+        data, title=dict(text="Token count per layer"), xaxis=dict(title=dict(text="after layer (0 = input)")),
+        yaxis=dict(title=dict(text="tokens"), rangemode="tozero"), height=height, margin=_MARGIN,
+        showlegend=len(traces) > 1,
     )
-    return fig
 
 
 def gflops_figure(merged: Sequence[float], unmerged: Sequence[float], height: int = 300) -> go.Figure:
     """Analytic GFLOPs per layer, merged vs unmerged (``[L]`` each)."""
     layers = list(range(1, len(merged) + 1))
-    fig = go.Figure(
+    return _figure(
         [
-            go.Bar(x=layers, y=list(unmerged), name=f"unmerged ({sum(unmerged):.2f} total)", marker_color="#9aa5b1"),
-            go.Bar(x=layers, y=list(merged), name=f"merged ({sum(merged):.2f} total)", marker_color="#ef6c00"),
-        ]
+            dict(type="bar", x=layers, y=list(unmerged), name=f"unmerged ({sum(unmerged):.2f} total)",
+                 marker=dict(color="#9aa5b1")),
+            dict(type="bar", x=layers, y=list(merged), name=f"merged ({sum(merged):.2f} total)",
+                 marker=dict(color="#ef6c00")),
+        ],
+        title=dict(text="GFLOPs per layer (attention + MLP)"), xaxis=dict(title=dict(text="layer")),
+        yaxis=dict(title=dict(text="GFLOPs")), barmode="group", height=height, margin=_MARGIN,
+        legend=dict(orientation="h", y=-0.25),
     )
-    fig.update_layout(
-        title="GFLOPs per layer (attention + MLP)", xaxis_title="layer", yaxis_title="GFLOPs", barmode="group",
-        height=height, margin=_MARGIN, legend=dict(orientation="h", y=-0.25),
-    )
-    return fig
 
 
 def group_attention_figure(names: Sequence[str], values: Sequence[float], layer: int, height: int = 320) -> go.Figure:

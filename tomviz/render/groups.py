@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tomviz.render.overlay import PRUNED_COLOUR, boundary_mask, display_image, patch_labels, pixel_labels
+from tomviz.render.overlay import (
+    PRUNED_COLOUR, boundary_mask, display_image, patch_index_map, patch_labels, per_pixel, to_image,
+)
 from tomviz.trace import Trace
 
 HIGHLIGHT = (230, 0, 230)  # the selected group (magenta: no stable colour is this saturated on a grey photo)
@@ -58,7 +60,7 @@ class PatchGroups:
 def patch_groups(trace: Trace, layer: int, token: int | None = None) -> PatchGroups:
     """:class:`PatchGroups` after ``layer`` (0-based; -1 = the input, every patch alone); ``token``
     (an input token index) selects its group."""
-    grid, protected = trace.meta["patch_grid"], int(trace.meta.get("num_protected", 1))
+    grid, protected = trace.patch_grid, trace.num_protected
     if layer < 0:
         groups = np.arange(trace.num_input_tokens)
         stable, sizes = groups, np.ones(trace.num_input_tokens)
@@ -76,33 +78,45 @@ def merged_group_count(trace: Trace, layer: int) -> int:
     return int((trace.sizes(layer) >= 2).sum())
 
 
+class ClusterCanvas:
+    """A photo prepared once for the cluster pictures of many layers (:func:`cluster_picture`, the strip,
+    the animation): its pixels, its greyed look (single patches) and the patch under every pixel."""
+
+    def __init__(self, image: Image.Image, rows: int, cols: int):
+        self.pixels = np.asarray(image.convert("RGB"), dtype=np.float32)  # [H, W, 3]
+        height, width = self.pixels.shape[:2]
+        grey = self.pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # [H, W]
+        self.grey = np.repeat((SINGLE_GREY * grey + (1 - SINGLE_GREY) * 235.0)[..., None], 3, axis=-1)  # [H, W, 3]
+        self.patch = patch_index_map(height, width, rows, cols)  # [H, W] row-major patch index
+
+    def draw(self, groups: PatchGroups, outline: bool = True) -> Image.Image:
+        """One layer's cluster picture (see the module docstring). Per patch first, then one gather per
+        pixel: the same numbers as blending pixel by pixel."""
+        stable, size = groups.stable.reshape(-1), groups.size.reshape(-1)  # [P] each
+        patch = self.patch
+        if groups.selected is None:
+            tinted, weight = size >= 2, TINT  # [P]
+            colours = stable_colours(np.maximum(stable, 0))  # [P, 3]
+        else:
+            tinted, weight = groups.selected.reshape(-1), HIGHLIGHT_TINT
+            colours = np.broadcast_to(np.asarray(HIGHLIGHT, np.float32), (stable.size, 3))
+        blend = weight * per_pixel(colours, patch) + (1 - weight) * self.pixels  # [H, W, 3]
+        out = np.where(per_pixel(tinted, patch)[..., None], blend, self.grey)
+        if (stable < 0).any():
+            out[per_pixel(stable < 0, patch)] = PRUNED_COLOUR
+        if outline:  # outline the merged groups only (single patches stay unframed)
+            alone = -2 - np.arange(stable.size)  # a label of its own per patch
+            labels = per_pixel(np.where(size >= 2, stable, alone), patch)  # [H, W]
+            out[boundary_mask(labels) & _touches(per_pixel(size >= 2, patch))] = OUTLINE
+        return to_image(out)
+
+
 def cluster_picture(image: Image.Image, groups: PatchGroups, max_side: int | None = 448,
                     outline: bool = True) -> Image.Image:
     """The readable cluster picture of one layer (see the module docstring), at the photo's size
-    (downscaled to ``max_side``)."""
-    base = display_image(image, max_side) if max_side else image.convert("RGB")
-    pixels = np.asarray(base, dtype=np.float32)  # [H, W, 3]
-    height, width = pixels.shape[:2]
-    rows, cols = groups.stable.shape
-    patch = pixel_labels(np.arange(rows * cols).reshape(rows, cols), height, width)  # [H, W] patch index
-    stable = groups.stable.reshape(-1)[patch]  # [H, W]
-    size = groups.size.reshape(-1)[patch]  # [H, W]
-    grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # [H, W]
-    out = np.repeat((SINGLE_GREY * grey + (1 - SINGLE_GREY) * 235.0)[..., None], 3, axis=-1)  # [H, W, 3]
-    if groups.selected is None:
-        merged = size >= 2
-        colours = stable_colours(np.maximum(groups.stable, 0)).reshape(-1, 3)  # [rows*cols, 3], per patch
-        out[merged] = TINT * colours[patch[merged]] + (1 - TINT) * pixels[merged]
-    else:
-        chosen = groups.selected.reshape(-1)[patch]  # [H, W]
-        out[chosen] = HIGHLIGHT_TINT * np.asarray(HIGHLIGHT, np.float32) + (1 - HIGHLIGHT_TINT) * pixels[chosen]
-    out[stable < 0] = PRUNED_COLOUR
-    if outline:  # outline the merged groups only (single patches stay unframed)
-        alone = -2 - np.arange(groups.stable.size).reshape(groups.stable.shape)  # a label of its own per patch
-        labels = np.where(groups.size >= 2, groups.stable, alone).reshape(-1)[patch]  # [H, W]
-        edge = boundary_mask(labels) & _touches(size >= 2)
-        out[edge] = OUTLINE
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    (downscaled to ``max_side``). For many layers of one photo, draw on one :class:`ClusterCanvas`."""
+    base = display_image(image, max_side) if max_side else image
+    return ClusterCanvas(base, *groups.stable.shape).draw(groups, outline)
 
 
 def _touches(mask: np.ndarray) -> np.ndarray:
@@ -119,6 +133,15 @@ def caption_font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=512)
+def caption_band(text: str, width: int, height: int) -> Image.Image:
+    """A strip tile's caption, black on white, ``width`` x ``height`` (drawn once per text: FreeType
+    takes ~1.5 ms a caption, a fifth of a strip; a photo's captions repeat as its ratio is revisited)."""
+    band = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(band).text((2, 2), text, fill=(0, 0, 0), font=caption_font(14))
+    return band
 
 
 @functools.lru_cache(maxsize=8)
@@ -173,16 +196,16 @@ def layer_strip_picture(image: Image.Image, trace: Trace, token: int | None = No
     (0-based) gets a dark frame. Tile positions: :func:`strip_layout`."""
     layout = strip_layout(image.size, trace.num_layers, width, columns)
     tile = image.convert("RGB").resize((layout.tile_w, layout.tile_h), Image.Resampling.BILINEAR)
+    canvas = ClusterCanvas(tile, *trace.patch_grid)
     sheet = Image.new("RGB", layout.size, (255, 255, 255))
     sheet.paste(legend_band(layout.size[0], layout.header), (0, 0))
     draw = ImageDraw.Draw(sheet)
-    font = caption_font(14)
     counts = trace.token_counts()[1:]
     for l in range(trace.num_layers):
         x, y = layout.x(l), layout.y(l)
-        sheet.paste(cluster_picture(tile, patch_groups(trace, l, token), max_side=None), (x, y))
+        sheet.paste(canvas.draw(patch_groups(trace, l, token)), (x, y))
         text = f"L{l + 1} · {counts[l]} tokens · {merged_group_count(trace, l)} merged"
-        draw.text((x + 2, y - layout.caption + 2), text, fill=(0, 0, 0), font=font)
+        sheet.paste(caption_band(text, layout.tile_w + layout.gap, layout.caption), (x, y - layout.caption))
         if current == l:
             draw.rectangle((x - 3, y - 3, x + layout.tile_w + 2, y + layout.tile_h + 2), outline=(20, 20, 20), width=2)
     return sheet
@@ -199,18 +222,18 @@ def strip_token_at(layout: StripLayout, trace: Trace, x: float, y: float) -> tup
 
 def token_at(trace: Trace, fx: float, fy: float) -> int:
     """The input token of the patch at fraction ``(fx, fy)`` (0..1) of the picture's width and height."""
-    rows, cols = (int(v) for v in trace.meta["patch_grid"])
+    rows, cols = trace.patch_grid
     row = min(max(int(fy * rows), 0), rows - 1)
     col = min(max(int(fx * cols), 0), cols - 1)
-    return int(trace.meta.get("num_protected", 1)) + row * cols + col
+    return trace.num_protected + row * cols + col
 
 
 def patch_name(trace: Trace, token: int) -> str:
     """``"patch (row, col)"`` (1-based) of an input token; protected tokens are named as such."""
-    protected = int(trace.meta.get("num_protected", 1))
+    protected = trace.num_protected
     if token < protected:
         return "CLS" if token == 0 else f"protected token {token}"
-    cols = int(trace.meta["patch_grid"][1])
+    cols = trace.patch_grid[1]
     row, col = divmod(token - protected, cols)
     return f"patch ({row + 1}, {col + 1})"
 
@@ -218,13 +241,13 @@ def patch_name(trace: Trace, token: int) -> str:
 def animation_frames(image: Image.Image, trace: Trace, max_side: int = 448) -> list[Image.Image]:
     """``num_layers + 1`` frames: the input (every patch alone), then the cluster picture after each
     layer, each under a band saying the layer, the tokens left and the merged groups."""
-    base = display_image(image, max_side)
+    canvas = ClusterCanvas(display_image(image, max_side), *trace.patch_grid)
     font = caption_font(16)
     band = 28
     counts = trace.token_counts()
     frames = []
     for l in range(-1, trace.num_layers):
-        picture = cluster_picture(base, patch_groups(trace, l), max_side=None)
+        picture = canvas.draw(patch_groups(trace, l))
         frame = Image.new("RGB", (picture.width, picture.height + band), (255, 255, 255))
         frame.paste(picture, (0, band))
         if l < 0:

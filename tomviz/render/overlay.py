@@ -49,6 +49,43 @@ def group_mean_colours(pixels: np.ndarray, label_map: np.ndarray) -> np.ndarray:
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)  # [G, 3]
 
 
+@functools.lru_cache(maxsize=32)
+def patch_index_map(height: int, width: int, rows: int, cols: int) -> np.ndarray:
+    """``[height, width]`` (read-only): the row-major index of the patch under every pixel
+    (:func:`pixel_labels` of ``arange(rows*cols)``; cached: it depends on the sizes only)."""
+    index = pixel_labels(np.arange(rows * cols).reshape(rows, cols), height, width)
+    index.flags.writeable = False
+    return index
+
+
+def patch_sums(pixels: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sums [rows*cols, 3] float64, counts [rows*cols])`` of the pixels ``[H, W, 3]`` under each patch
+    (patch geometry of :func:`pixel_labels`). Sums of 8-bit values are exact in float64, so means built
+    from them equal per-pixel means bit for bit."""
+    height, width = pixels.shape[:2]
+    row_of_y = np.minimum(np.arange(height) * rows // height, rows - 1)  # [H], non-decreasing
+    col_of_x = np.minimum(np.arange(width) * cols // width, cols - 1)  # [W]
+    starts_y = np.flatnonzero(np.diff(row_of_y, prepend=-1))  # first pixel row of each patch row that has pixels
+    starts_x = np.flatnonzero(np.diff(col_of_x, prepend=-1))
+    block = np.add.reduceat(np.add.reduceat(pixels, starts_y, axis=0, dtype=np.float64), starts_x, axis=1)
+    sums = np.zeros((rows, cols, 3))  # a patch with no pixel (a picture smaller than the grid) sums to 0
+    sums[np.ix_(row_of_y[starts_y], col_of_x[starts_x])] = block
+    counts = np.outer(np.bincount(row_of_y, minlength=rows), np.bincount(col_of_x, minlength=cols)).reshape(-1)
+    return sums.reshape(-1, 3), counts
+
+
+def to_image(out: np.ndarray) -> Image.Image:
+    """``[H, W, 3]`` float (0..255) → RGB picture, rounded half up (in place: ``out`` is consumed)."""
+    np.add(out, 0.5, out=out)
+    return Image.fromarray(np.clip(out, 0, 255, out=out).astype(np.uint8))
+
+
+def per_pixel(per_patch: np.ndarray, patch: np.ndarray) -> np.ndarray:
+    """``[P, ...]`` per patch → ``[H, W, ...]`` per pixel through a patch index map ``[H, W]``
+    (``np.take``: 3-4x faster than ``per_patch[patch]``, same values)."""
+    return np.take(per_patch, patch, axis=0)
+
+
 def group_overlay(
     image: Image.Image,
     groups: np.ndarray,
@@ -67,15 +104,24 @@ def group_overlay(
     base = display_image(image, max_side) if max_side else image.convert("RGB")
     pixels = np.asarray(base, dtype=np.float32)  # [H, W, 3]
     height, width = pixels.shape[:2]
-    label_map = pixel_labels(patch_labels(groups, patch_grid, num_protected), height, width)  # [H, W]
-    means = group_mean_colours(pixels, label_map)  # [G, 3]
-    fill = means[np.maximum(label_map, 0)]  # [H, W, 3]
-    fill[label_map < 0] = PRUNED_COLOUR
+    rows, cols = int(patch_grid[0]), int(patch_grid[1])
+    labels = patch_labels(groups, patch_grid, num_protected).reshape(-1)  # [rows*cols] group of each patch
+    # The group means from per-patch sums (a few hundred patches, not every pixel): the same numbers as
+    # group_mean_colours(pixels, label_map), whose sums are exact too.
+    sums, counts = patch_sums(pixels, rows, cols)
+    keep = labels >= 0
+    num_groups = int(labels.max()) + 1 if keep.any() else 1
+    group_counts = np.bincount(labels[keep], weights=counts[keep], minlength=num_groups)  # [G]
+    group_sums = np.stack([np.bincount(labels[keep], weights=sums[keep, c], minlength=num_groups) for c in range(3)], axis=1)
+    means = (group_sums / np.maximum(group_counts, 1)[:, None]).astype(np.float32)  # [G, 3]
+    fill = means[np.maximum(labels, 0)]  # [rows*cols, 3] per patch
+    fill[~keep] = PRUNED_COLOUR
+    patch = patch_index_map(height, width, rows, cols)  # [H, W]
     alpha = float(np.clip(opacity, 0.0, 1.0))
-    out = (1.0 - alpha) * pixels + alpha * fill
+    out = (1.0 - alpha) * pixels + alpha * per_pixel(fill, patch)
     if outline is not None:
-        out[boundary_mask(label_map)] = outline
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+        out[boundary_mask(per_pixel(labels, patch))] = outline
+    return to_image(out)
 
 
 @functools.lru_cache(maxsize=8)
@@ -113,12 +159,12 @@ def heatmap_overlay(
         low, high = (float(grid[finite].min()), float(np.percentile(grid[finite], 99))) if finite.any() else (0.0, 1.0)
     scaled = np.clip(np.where(finite, (grid - low) / (high - low if high > low else 1.0), 0.0), 0.0, 1.0)
     lut = colour_table(colormap)  # [256, 3]
-    colour = lut[(scaled * 255).astype(np.int64)]  # [rows, cols, 3]
-    pixel_idx = pixel_labels(np.arange(rows * cols).reshape(rows, cols), *pixels.shape[:2])  # [H, W]
-    colour_px = colour.reshape(-1, 3)[pixel_idx]  # [H, W, 3]
-    alpha = float(np.clip(opacity, 0.0, 1.0)) * finite.reshape(-1)[pixel_idx][..., None]  # [H, W, 1]
-    out = (1.0 - alpha) * pixels + alpha * colour_px
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+    colour = lut[(scaled * 255).astype(np.int64)].reshape(-1, 3)  # [rows*cols, 3]
+    alpha = (float(np.clip(opacity, 0.0, 1.0)) * finite.reshape(-1)).astype(np.float32)  # [rows*cols]; 0 where nan
+    patch = patch_index_map(*pixels.shape[:2], rows, cols)  # [H, W]
+    # Per patch first, then one gather per pixel (float32, like the other pictures).
+    out = per_pixel(1.0 - alpha, patch)[..., None] * pixels + per_pixel(alpha[:, None] * colour, patch)
+    return to_image(out)
 
 
 def small_multiples(

@@ -41,19 +41,22 @@ def attention_values(analysis: Analysis, layer: int) -> np.ndarray | None:
     return cls_attention_grid(analysis.trace, layer, share=True).reshape(-1)
 
 
+def overlay_picture(analysis: Analysis, layer: int, opacity: float, token: int | None = None) -> Image.Image:
+    """The groups after ``layer`` (0-based) over the photo; with ``token`` (a clicked input token) its
+    group in magenta and the rest grey (that picture has no opacity)."""
+    trace = analysis.trace
+    if token is None:
+        return group_overlay(analysis.image, trace.groups(layer), trace.patch_grid, trace.num_protected, opacity=opacity)
+    return cluster_picture(analysis.image, patch_groups(trace, layer, token))
+
+
 def layer_pictures(analysis: Analysis, layer: int, opacity: float,
                    token: int | None = None) -> tuple[Image.Image, Any, Image.Image]:
     """Overlay, cluster map (plotly) and CLS-attention heatmap for ``layer`` (0-based). With ``token``
     (a clicked input token) the overlay and the map draw its group in magenta and the rest grey."""
-    trace, image = analysis.trace, analysis.image
-    grid, protected = trace.meta["patch_grid"], int(trace.meta.get("num_protected", 1))
-    if token is None:
-        overlay = group_overlay(image, trace.groups(layer), grid, protected, opacity=opacity)
-    else:
-        overlay = cluster_picture(image, patch_groups(trace, layer, token))
     values = attention_values(analysis, layer)
-    heat = heatmap_overlay(image, values, grid) if values is not None else image
-    return overlay, cluster_map_figure(trace, layer, token=token), heat
+    heat = heatmap_overlay(analysis.image, values, analysis.trace.patch_grid) if values is not None else analysis.image
+    return overlay_picture(analysis, layer, opacity, token), cluster_map_figure(analysis.trace, layer, token=token), heat
 
 
 def layer_strip(analysis: Analysis, token: int | None = None, current: int | None = None) -> Image.Image:
@@ -105,8 +108,9 @@ EMPTY_IMAGE_OUTPUTS = ImageOutputs(None, None, None, None, None, None, "", None,
 
 def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-small", method: str = "tome",
                   schedule: str = "constant", prop_attn: bool = True, layer: float = 6, opacity: float = 0.8,
-                  session: Analysis | None = None) -> ImageOutputs:
-    """Run the model once on ``image`` and render every output. API: ``/inspect_image`` (image, ratio)."""
+                  session: Analysis | None = None, selected: int | None = None) -> ImageOutputs:
+    """Run the model once on ``image`` and render every output; a clicked patch (``selected``, kept in
+    the page's state) stays selected in the new pictures. API: ``/inspect_image`` (image, ratio)."""
     if image is None:
         return EMPTY_IMAGE_OUTPUTS._replace(layer=gr.Slider())
     with user_errors("inspect this image"):
@@ -117,10 +121,11 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
         for note in analysis.notes:
             gr.Warning(note)
         l = layer_index(layer, analysis.trace.num_layers)
-        overlay, cluster, heat = layer_pictures(analysis, l, opacity)
+        token = valid_token(analysis, selected)
+        overlay, cluster, heat = layer_pictures(analysis, l, opacity, token)
         trace = analysis.trace
         return ImageOutputs(
-            session=analysis, overlay=overlay, strip=layer_strip(analysis), cluster=cluster, heat=heat,
+            session=analysis, overlay=overlay, strip=layer_strip(analysis, token), cluster=cluster, heat=heat,
             counts=token_count_figure(trace), speed=speed_markdown(analysis.speed),
             gflops=gflops_figure(analysis.speed.merged_gflops, analysis.speed.unmerged_gflops),
             fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
@@ -137,13 +142,23 @@ def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis
         return layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity, valid_token(session, selected))
 
 
+def render_image_opacity(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None,
+                         selected: int | None = None):
+    """The opacity slider: a new overlay only (the map and the heatmap have no opacity, nor has the
+    overlay of a selected group)."""
+    token = valid_token(session, selected)
+    if session is None or token is not None:
+        return gr.skip()
+    with user_errors("show this opacity"):
+        return overlay_picture(session, layer_index(layer, session.trace.num_layers), opacity)
+
+
 def valid_token(session: Analysis | None, token: int | None) -> int | None:
     """``token`` if it is a patch of the session's trace, else None (a new photo may have fewer)."""
     if session is None or token is None:
         return None
     trace = session.trace
-    protected = int(trace.meta.get("num_protected", 1))
-    return int(token) if protected <= int(token) < trace.num_input_tokens else None
+    return int(token) if trace.num_protected <= int(token) < trace.num_input_tokens else None
 
 
 def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData):
@@ -182,12 +197,12 @@ def clear_selection(layer: float, opacity: float, session: Analysis | None):
     return selection_views(layer, opacity, session, None)
 
 
-def refresh_selection(layer: float, opacity: float, session: Analysis | None, selected: int | None):
-    """After a model run: keep the selection (same photo) and redraw it, or drop it (no redraw)."""
+def selection_after_run(session: Analysis | None, selected: int | None):
+    """After a model run (which drew the selection, see :func:`inspect_image`): the selected token, or
+    None when the new trace has no such patch, and its lineage in the new trace."""
     token = valid_token(session, selected)
-    if token is None:
-        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
-    return selection_views(layer, opacity, session, token)
+    with user_errors("follow the selected patch"):
+        return token, lineage_panel(session, token) if token is not None else LINEAGE_HINT
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -314,7 +329,7 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     components = dict(session=session, overlay=overlay, strip=strip, cluster=cluster, heat=heat, counts=counts,
                       speed=speed, gflops=gflops, fidelity=fidelity, summary=summary, layer=layer)
     main_outputs = [components[name] for name in ImageOutputs._fields]
-    main_inputs = [image, ratio, model, method, schedule, prop_attn, layer, opacity, session]
+    main_inputs = [image, ratio, model, method, schedule, prop_attn, layer, opacity, session, selected]
     selection_outputs = [selected, overlay, cluster, strip, lineage]
     link_inputs = [example_name, model, method, schedule, ratio, layer]
 
@@ -322,9 +337,9 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
         return (event.then(image_view_link, link_inputs, link, queue=False, show_progress="hidden")
                 .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))
 
-    def after_run(event):  # a model run: keep the clicked group (same photo), then update the link
-        return then_link(event.then(refresh_selection, [layer, opacity, session, selected], selection_outputs,
-                                    queue=False, show_progress="hidden"))
+    def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace, then the link
+        return then_link(event.then(selection_after_run, [session, selected], [selected, lineage], queue=False,
+                                    show_progress="hidden"))
 
     examples.dataset.select(example_picked, None, example_name, queue=False, show_progress="hidden")
     after_run(examples.load_input_event.then(inspect_image, inputs=main_inputs, outputs=main_outputs,
@@ -342,11 +357,13 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
         inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="inspect_image", concurrency_id="model", concurrency_limit=1,
         trigger_mode="always_last",
     ))
-    then_link(gr.on(
-        [layer.input, opacity.input], render_image_layer, inputs=[layer, opacity, session, selected],
-        outputs=[overlay, cluster, heat], api_name="render_image_layer", trigger_mode="always_last",
-        show_progress="hidden", queue=False,  # a redraw from the stored trace: skip the queue
+    then_link(layer.input(
+        render_image_layer, inputs=[layer, opacity, session, selected], outputs=[overlay, cluster, heat],
+        api_name="render_image_layer", trigger_mode="always_last", show_progress="hidden",
+        queue=False,  # a redraw from the stored trace: skip the queue
     ))
+    opacity.input(render_image_opacity, inputs=[layer, opacity, session, selected], outputs=overlay,
+                  api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False)
     overlay.select(select_patch, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
     strip.select(select_in_strip, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
     clear.click(clear_selection, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")

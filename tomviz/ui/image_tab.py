@@ -50,13 +50,21 @@ def overlay_picture(analysis: Analysis, layer: int, opacity: float, token: int |
     return cluster_picture(analysis.image, patch_groups(trace, layer, token))
 
 
-def layer_pictures(analysis: Analysis, layer: int, opacity: float,
-                   token: int | None = None) -> tuple[Image.Image, Any, Image.Image]:
+class LayerViews(NamedTuple):
+    """What a layer change redraws, one field per output component (wired in this order)."""
+
+    overlay: Image.Image | None  # the groups after the layer over the photo
+    cluster: Any  # plotly cluster map
+    heat: Image.Image | None  # CLS attention inside the layer
+
+
+def layer_pictures(analysis: Analysis, layer: int, opacity: float, token: int | None = None) -> LayerViews:
     """Overlay, cluster map (plotly) and CLS-attention heatmap for ``layer`` (0-based). With ``token``
     (a clicked input token) the overlay and the map draw its group in magenta and the rest grey."""
     values = attention_values(analysis, layer)
     heat = heatmap_overlay(analysis.image, values, analysis.trace.patch_grid) if values is not None else analysis.image
-    return overlay_picture(analysis, layer, opacity, token), cluster_map_figure(analysis.trace, layer, token=token), heat
+    return LayerViews(overlay=overlay_picture(analysis, layer, opacity, token),
+                      cluster=cluster_map_figure(analysis.trace, layer, token=token), heat=heat)
 
 
 def layer_strip(analysis: Analysis, token: int | None = None, current: int | None = None) -> Image.Image:
@@ -122,10 +130,9 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
             gr.Warning(note)
         l = layer_index(layer, analysis.trace.num_layers)
         token = valid_token(analysis, selected)
-        overlay, cluster, heat = layer_pictures(analysis, l, opacity, token)
-        trace = analysis.trace
+        views, trace = layer_pictures(analysis, l, opacity, token), analysis.trace
         return ImageOutputs(
-            session=analysis, overlay=overlay, strip=layer_strip(analysis, token), cluster=cluster, heat=heat,
+            session=analysis, overlay=views.overlay, strip=layer_strip(analysis, token), cluster=views.cluster, heat=views.heat,
             counts=token_count_figure(trace), speed=speed_markdown(analysis.speed),
             gflops=gflops_figure(analysis.speed.merged_gflops, analysis.speed.unmerged_gflops),
             fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
@@ -134,10 +141,10 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
 
 
 def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None,
-                       selected: int | None = None):
+                       selected: int | None = None) -> LayerViews:
     """Re-render the layer views from the stored trace (no model). API: ``/render_image_layer``."""
     if session is None:
-        return None, None, None
+        return LayerViews(None, None, None)
     with user_errors("show this layer"):
         return layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity, valid_token(session, selected))
 
@@ -161,39 +168,53 @@ def valid_token(session: Analysis | None, token: int | None) -> int | None:
     return int(token) if trace.num_protected <= int(token) < trace.num_input_tokens else None
 
 
-def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData):
-    """A click on the overlay: select the clicked patch's group → (selected token, overlay, cluster map,
-    strip, lineage panel). ``evt.index`` is the clicked pixel ``[x, y]`` of the overlay."""
+class PatchSelection(NamedTuple):
+    """What a click on a patch updates, one field per output component (wired in this order); gr.skip()
+    leaves a component as it is."""
+
+    selected: Any  # the clicked input token (session state), None, or gr.skip()
+    overlay: Any  # the clicked group in magenta, the rest grey
+    cluster: Any  # plotly cluster map with the group selected
+    strip: Any  # every layer, the group highlighted
+    lineage: Any  # how the group formed (markdown), or the hint
+
+
+NO_SELECTION = PatchSelection(None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT)
+
+
+def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
+    """A click on the overlay: select the clicked patch's group. ``evt.index`` is the clicked pixel
+    ``[x, y]`` of the overlay."""
     if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
-        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+        return NO_SELECTION
     width, height = session.image.size  # the overlay is drawn at the stored photo's size
     token = token_at(session.trace, float(evt.index[0]) / width, float(evt.index[1]) / height)
     return selection_views(layer, opacity, session, token)
 
 
-def select_in_strip(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData):
+def select_in_strip(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
     """A click on the strip: select the group of the patch under it (in any layer's tile)."""
     if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
-        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+        return NO_SELECTION
     layout = strip_layout(session.image.size, session.trace.num_layers)
     hit = strip_token_at(layout, session.trace, float(evt.index[0]), float(evt.index[1]))
     if hit is None:  # between tiles
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return PatchSelection(*[gr.skip()] * len(PatchSelection._fields))
     return selection_views(layer, opacity, session, hit[1])
 
 
-def selection_views(layer: float, opacity: float, session: Analysis | None, token: int | None):
-    """(selected, overlay, cluster map, strip, lineage) for ``token`` (None clears the selection)."""
+def selection_views(layer: float, opacity: float, session: Analysis | None, token: int | None) -> PatchSelection:
+    """The selection views for ``token`` (None clears the selection)."""
     if session is None:
-        return None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT
+        return NO_SELECTION
     with user_errors("select this patch"):
         token = valid_token(session, token)
-        l = layer_index(layer, session.trace.num_layers)
-        overlay, cluster, _ = layer_pictures(session, l, opacity, token)
-        return token, overlay, cluster, layer_strip(session, token), lineage_panel(session, token)
+        views = layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity, token)
+        return PatchSelection(selected=token, overlay=views.overlay, cluster=views.cluster,
+                              strip=layer_strip(session, token), lineage=lineage_panel(session, token))
 
 
-def clear_selection(layer: float, opacity: float, session: Analysis | None):
+def clear_selection(layer: float, opacity: float, session: Analysis | None) -> PatchSelection:
     return selection_views(layer, opacity, session, None)
 
 
@@ -212,10 +233,10 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
     with user_errors("prepare the downloads"):
         l = layer_index(layer, session.trace.num_layers)
         folder = download_folder()
-        overlay, _, heat = layer_pictures(session, l, opacity)
+        views = layer_pictures(session, l, opacity)
         paths = [session.trace.save(folder / "trace.json"), session.trace.save(folder / "trace.npz")]
-        for name, picture in ((f"overlay_layer{l + 1}.png", overlay), ("layers.png", layer_strip(session, current=l)),
-                              (f"cls_attention_layer{l + 1}.png", heat)):
+        for name, picture in ((f"overlay_layer{l + 1}.png", views.overlay), ("layers.png", layer_strip(session, current=l)),
+                              (f"cls_attention_layer{l + 1}.png", views.heat)):
             picture.save(folder / name)
             paths.append(folder / name)
         return [str(p) for p in paths]
@@ -278,95 +299,97 @@ class ImageUpload(gr.Image):
 
 
 # --- layout and wiring -------------------------------------------------------------------
+def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
+    """Lay out the Image tab's components inside the current ``gr.Tab``; returns them by name (no events)."""
+    c: dict[str, Any] = dict(session=session_state(), selected=session_state(),  # selected: the clicked input token
+                             example_name=session_state())  # the example photo shown (file name), None after an upload
+    with gr.Row():
+        with gr.Column(scale=4):
+            c["image"] = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,
+                                     type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
+            c["examples"] = gr.Examples(EXAMPLE_IMAGES, inputs=c["image"], label="Example photos (see assets/ATTRIBUTION.md)")
+            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls("dinov2-small", IMAGE_MODELS)
+            c["layer"] = layer_slider(12, 6)
+            c["opacity"] = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
+            with gr.Row():
+                c["link"] = gr.Textbox(label="Link to this view", elem_id="share-link", interactive=False, scale=4,
+                                       info="Settings and example photo; an uploaded photo is never put in a link")
+                c["copy"] = gr.Button("Copy link", elem_id="copy-link", scale=1)
+            c["download"] = gr.Button("Download trace (.json, .npz) and pictures (.png)")
+            c["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            c["animate"] = gr.Button("Make the merge animation (GIF: the input, then one frame per layer)", elem_id="animate")
+            c["animation"] = gr.File(label="Animation", interactive=False, elem_id="animation-file")
+        with gr.Column(scale=7):
+            with gr.Row():
+                with gr.Column():
+                    c["overlay"] = gr.Image(label="Groups after the selected layer (click a patch)", format="jpeg",
+                                            elem_id="overlay", interactive=False, height=320)
+                    gr.Markdown(CAPTIONS["overlay"], elem_classes=["caption"])
+                with gr.Column():
+                    c["heat"] = gr.Image(label="CLS attention (spread through the groups)", format="jpeg",
+                                         elem_id="attention", interactive=False, height=320)
+                    gr.Markdown(CAPTIONS["attention"], elem_classes=["caption"])
+            c["cluster"] = gr.Plot(label="Cluster map (hover a patch)", elem_id="cluster-map")
+            gr.Markdown(CAPTIONS["cluster"], elem_classes=["caption"])
+            with gr.Row():
+                c["counts"] = gr.Plot(label="Token count")
+                c["gflops"] = gr.Plot(label="GFLOPs")
+            c["speed"] = gr.Markdown(label="Speed", elem_id="speed")
+            c["fidelity"] = gr.Markdown(label="Fidelity", elem_id="fidelity")
+            with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
+                c["summary"] = gr.JSON(label="Summary")
+    c["strip"] = gr.Image(label="Every layer (click a patch to follow its group)", format="jpeg", interactive=False,
+                          elem_id="layer-strip")
+    with gr.Row():
+        c["lineage"] = gr.Markdown(LINEAGE_HINT, elem_id="lineage")
+        c["clear"] = gr.Button("Clear the selection", scale=0)
+    return c
+
+
 def build_image_tab(demo: gr.Blocks | None = None) -> None:
     """Lay out the Image tab inside the current ``gr.Tab`` and wire its events. With ``demo``, the photo
     and settings named in the page's link (else the first example photo) are shown and inspected when a
     visitor opens the page (the model loads on first use)."""
-    session = session_state()
-    selected = session_state()  # the clicked input token (int) or None
-    example_name = session_state()  # the example photo shown (its file name) or None after an upload
-    with gr.Row():
-        with gr.Column(scale=4):
-            image = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,
-                                type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
-            examples = gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos (see assets/ATTRIBUTION.md)")
-            model, method, schedule, prop_attn, ratio = merge_controls("dinov2-small", IMAGE_MODELS)
-            layer = layer_slider(12, 6)
-            opacity = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
-            with gr.Row():
-                link = gr.Textbox(label="Link to this view", elem_id="share-link", interactive=False, scale=4,
-                                  info="Settings and example photo; an uploaded photo is never put in a link")
-                copy = gr.Button("Copy link", elem_id="copy-link", scale=1)
-            download = gr.Button("Download trace (.json, .npz) and pictures (.png)")
-            files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-            animate = gr.Button("Make the merge animation (GIF: the input, then one frame per layer)", elem_id="animate")
-            animation = gr.File(label="Animation", interactive=False, elem_id="animation-file")
-        with gr.Column(scale=7):
-            with gr.Row():
-                with gr.Column():
-                    overlay = gr.Image(label="Groups after the selected layer (click a patch)", format="jpeg",
-                                       elem_id="overlay", interactive=False, height=320)
-                    gr.Markdown(CAPTIONS["overlay"], elem_classes=["caption"])
-                with gr.Column():
-                    heat = gr.Image(label="CLS attention (spread through the groups)", format="jpeg", elem_id="attention",
-                                    interactive=False, height=320)
-                    gr.Markdown(CAPTIONS["attention"], elem_classes=["caption"])
-            cluster = gr.Plot(label="Cluster map (hover a patch)", elem_id="cluster-map")
-            gr.Markdown(CAPTIONS["cluster"], elem_classes=["caption"])
-            with gr.Row():
-                counts = gr.Plot(label="Token count")
-                gflops = gr.Plot(label="GFLOPs")
-            speed = gr.Markdown(label="Speed", elem_id="speed")
-            fidelity = gr.Markdown(label="Fidelity", elem_id="fidelity")
-            with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
-                summary = gr.JSON(label="Summary")
-    strip = gr.Image(label="Every layer (click a patch to follow its group)", format="jpeg", interactive=False,
-                     elem_id="layer-strip")
-    with gr.Row():
-        lineage = gr.Markdown(LINEAGE_HINT, elem_id="lineage")
-        clear = gr.Button("Clear the selection", scale=0)
-
-    components = dict(session=session, overlay=overlay, strip=strip, cluster=cluster, heat=heat, counts=counts,
-                      speed=speed, gflops=gflops, fidelity=fidelity, summary=summary, layer=layer)
-    main_outputs = [components[name] for name in ImageOutputs._fields]
-    main_inputs = [image, ratio, model, method, schedule, prop_attn, layer, opacity, session, selected]
-    selection_outputs = [selected, overlay, cluster, strip, lineage]
-    link_inputs = [example_name, model, method, schedule, ratio, layer]
+    c = image_tab_layout(demo)
+    session, selected, layer, opacity, link = c["session"], c["selected"], c["layer"], c["opacity"], c["link"]
+    image, ratio, example_name = c["image"], c["ratio"], c["example_name"]
+    main_outputs = [c[name] for name in ImageOutputs._fields]
+    main_inputs = [c[name] for name in ("image", "ratio", "model", "method", "schedule", "prop_attn", "layer", "opacity",
+                                        "session", "selected")]
+    selection_outputs = [c[name] for name in PatchSelection._fields]
+    link_inputs = [c[name] for name in ("example_name", "model", "method", "schedule", "ratio", "layer")]
+    run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
+    quiet = dict(queue=False, show_progress="hidden")
 
     def then_link(event):  # the link follows the view: query from the server, full URL and history in the browser
-        return (event.then(image_view_link, link_inputs, link, queue=False, show_progress="hidden")
-                .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))
+        return (event.then(image_view_link, link_inputs, link, **quiet)
+                .then(None, link, link, js=LINK_JS, **quiet))
 
     def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace, then the link
-        return then_link(event.then(selection_after_run, [session, selected], [selected, lineage], queue=False,
-                                    show_progress="hidden"))
+        return then_link(event.then(selection_after_run, [session, selected], [selected, c["lineage"]], **quiet))
 
-    examples.dataset.select(example_picked, None, example_name, queue=False, show_progress="hidden")
-    after_run(examples.load_input_event.then(inspect_image, inputs=main_inputs, outputs=main_outputs,
-                                             api_name="pick_example", api_visibility="private",
-                                             concurrency_id="model", concurrency_limit=1))
+    c["examples"].dataset.select(example_picked, None, example_name, **quiet)
+    after_run(c["examples"].load_input_event.then(inspect_image, api_name="pick_example", api_visibility="private",
+                                                  **run_model))
     if demo is not None and EXAMPLE_IMAGES:
-        opened = demo.load(open_image_view, None, [image, model, method, schedule, ratio, layer, example_name],
-                           api_visibility="private", queue=False, show_progress="hidden")
-        after_run(opened.then(inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="open_page",
-                              api_visibility="private", concurrency_id="model", concurrency_limit=1))
-    gr.on([image.upload, image.clear], forget_example, None, example_name, queue=False, show_progress="hidden")
+        opened = demo.load(open_image_view, None, [image, *link_inputs[1:], example_name], api_visibility="private",
+                           **quiet)
+        after_run(opened.then(inspect_image, api_name="open_page", api_visibility="private", **run_model))
+    gr.on([image.upload, image.clear], forget_example, None, example_name, **quiet)
     after_run(gr.on(
         # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
-        [ratio.release, image.upload, image.clear, model.change, method.change, schedule.change, prop_attn.change],
-        inspect_image, inputs=main_inputs, outputs=main_outputs, api_name="inspect_image", concurrency_id="model", concurrency_limit=1,
-        trigger_mode="always_last",
+        [ratio.release, image.upload, image.clear, c["model"].change, c["method"].change, c["schedule"].change,
+         c["prop_attn"].change],
+        inspect_image, api_name="inspect_image", trigger_mode="always_last", **run_model,
     ))
-    then_link(layer.input(
-        render_image_layer, inputs=[layer, opacity, session, selected], outputs=[overlay, cluster, heat],
-        api_name="render_image_layer", trigger_mode="always_last", show_progress="hidden",
-        queue=False,  # a redraw from the stored trace: skip the queue
-    ))
-    opacity.input(render_image_opacity, inputs=[layer, opacity, session, selected], outputs=overlay,
-                  api_visibility="private", trigger_mode="always_last", show_progress="hidden", queue=False)
-    overlay.select(select_patch, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
-    strip.select(select_in_strip, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
-    clear.click(clear_selection, [layer, opacity, session], selection_outputs, queue=False, show_progress="hidden")
-    copy.click(None, link, link, js=COPY_JS, queue=False)
-    download.click(image_downloads, inputs=[layer, opacity, session], outputs=files, api_name="image_downloads")
-    animate.click(image_animation, inputs=session, outputs=animation, api_name="image_animation")
+    then_link(layer.input(render_image_layer, inputs=[layer, opacity, session, selected],
+                          outputs=[c[name] for name in LayerViews._fields], api_name="render_image_layer",
+                          trigger_mode="always_last", **quiet))  # a redraw from the stored trace: skip the queue
+    opacity.input(render_image_opacity, inputs=[layer, opacity, session, selected], outputs=c["overlay"],
+                  api_visibility="private", trigger_mode="always_last", **quiet)
+    for clicked, handler in ((c["overlay"], select_patch), (c["strip"], select_in_strip)):
+        clicked.select(handler, [layer, opacity, session], selection_outputs, **quiet)
+    c["clear"].click(clear_selection, [layer, opacity, session], selection_outputs, **quiet)
+    c["copy"].click(None, link, link, js=COPY_JS, queue=False)
+    c["download"].click(image_downloads, inputs=[layer, opacity, session], outputs=c["files"], api_name="image_downloads")
+    c["animate"].click(image_animation, inputs=session, outputs=c["animation"], api_name="image_animation")

@@ -34,3 +34,35 @@ def start_app(env: dict[str, str] | None = None, timeout_s: float = 180) -> tupl
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"the app did not start within {timeout_s:.0f} s")
+
+
+def quantiles(times: list[float]) -> dict[str, float]:
+    """p50, p90, min and n of ``times`` (seconds)."""
+    import statistics
+
+    ordered = sorted(times)
+    return {"p50": statistics.median(ordered), "p90": ordered[int(0.9 * (len(ordered) - 1))], "min": ordered[0],
+            "n": len(ordered)}
+
+
+def measure_app(url: str | None, measure) -> dict[str, dict[str, float]]:
+    """``measure(url)`` against the app at ``url`` (None: start one, stopped afterwards); prints the load
+    average before and after, and returns what ``measure`` returned."""
+    load_before = os.getloadavg()
+    proc, url = (None, url) if url else start_app()
+    try:
+        results = measure(url)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    load = os.getloadavg()
+    print(f"load average (1 min / 5 min) before: {load_before[0]:.2f} / {load_before[1]:.2f}, after: "
+          f"{load[0]:.2f} / {load[1]:.2f}; cores: {os.cpu_count()}")
+    return results
+
+
+def print_latency_table(results: dict[str, dict[str, float]], heading: str = "step") -> None:
+    print(f"| {heading} | p50 (s) | p90 (s) | min (s) | n |\n|---|---|---|---|---|")
+    for name, q in results.items():
+        print(f"| {name} | {q['p50']:.3f} | {q['p90']:.3f} | {q['min']:.3f} | {q['n']} |")

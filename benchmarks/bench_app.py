@@ -21,22 +21,14 @@ skips loading the bundle: the difference between the two runs is the client's TL
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import time
 from pathlib import Path
 
-from app_server import start_app
+from app_server import measure_app, print_latency_table, quantiles
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "assets" / "chelsea.png"
 RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-
-
-def _quantiles(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {"p50": statistics.median(ordered), "p90": ordered[int(0.9 * (len(ordered) - 1))],
-            "min": ordered[0], "n": len(ordered)}
 
 
 def measure(url: str, rounds: int, ssl_verify: bool = True) -> dict[str, dict[str, float]]:
@@ -61,8 +53,8 @@ def measure(url: str, rounds: int, ssl_verify: bool = True) -> dict[str, dict[st
         start = time.perf_counter()
         client.predict("dinov2-small", "tome", "constant", 0.5, 6, api_name="/image_view_link")
         noop_times.append(time.perf_counter() - start)
-    return {"ratio change → all outputs": _quantiles(ratio_times), "layer change": _quantiles(layer_times),
-            "no-op event (reference)": _quantiles(noop_times)}
+    return {"ratio change → all outputs": quantiles(ratio_times), "layer change": quantiles(layer_times),
+            "no-op event (reference)": quantiles(noop_times)}
 
 
 def main() -> None:
@@ -72,23 +64,10 @@ def main() -> None:
     parser.add_argument("--no-ssl-verify", action="store_true",
                         help="diagnostic: the client skips its per-call TLS setup (see above); not the target measurement")
     args = parser.parse_args()
-    load_before = os.getloadavg()
-    proc, url = (None, args.url) if args.url else start_app()
-    try:
-        results = measure(url, args.rounds, ssl_verify=not args.no_ssl_verify)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-    load = os.getloadavg()
-    print(f"load average (1 min / 5 min) before: {load_before[0]:.2f} / {load_before[1]:.2f}, after: "
-          f"{load[0]:.2f} / {load[1]:.2f}; cores: {os.cpu_count()}")
+    results = measure_app(args.url, lambda url: measure(url, args.rounds, ssl_verify=not args.no_ssl_verify))
     if args.no_ssl_verify:
         print("client: ssl_verify=False (diagnostic: no TLS setup per HTTP call; not the target measurement)")
-    print("| step | p50 (s) | p90 (s) | min (s) | n |\n|---|---|---|---|---|")
-    for name, q in results.items():
-        print(f"| {name} | {q['p50']:.3f} | {q['p90']:.3f} | {q['min']:.3f} | {q['n']} |")
-
+    print_latency_table(results)
 
 if __name__ == "__main__":
     main()

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
-from app_server import start_app
+from app_server import measure_app, print_latency_table, quantiles
 
 CHROMIUM = os.environ.get("TOMVIZ_CHROMIUM", "/usr/bin/chromium")
 RATIOS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
@@ -45,12 +44,6 @@ async ([label, value, events, selectors, timeout]) => {
 """
 
 
-def _quantiles(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {"p50": statistics.median(ordered), "p90": ordered[int(0.9 * (len(ordered) - 1))], "min": ordered[0],
-            "n": len(ordered)}
-
-
 def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
     from playwright.sync_api import sync_playwright
 
@@ -75,8 +68,8 @@ def measure(url: str, rounds: int) -> dict[str, dict[str, float]]:
                         page.wait_for_timeout(100)
         finally:
             browser.close()
-    return {"ratio change → overlay and strip loaded": _quantiles([t / 1e3 for t in ratio_ms]),
-            "layer change → overlay loaded": _quantiles([t / 1e3 for t in layer_ms])}
+    return {"ratio change → overlay and strip loaded": quantiles([t / 1e3 for t in ratio_ms]),
+            "layer change → overlay loaded": quantiles([t / 1e3 for t in layer_ms])}
 
 
 def main() -> None:
@@ -84,21 +77,7 @@ def main() -> None:
     parser.add_argument("--url", help="an app that is already running (default: start one)")
     parser.add_argument("--rounds", type=int, default=5, help="passes over the ratios %s" % RATIOS)
     args = parser.parse_args()
-    load_before = os.getloadavg()
-    proc, url = (None, args.url) if args.url else start_app()
-    try:
-        results = measure(url, args.rounds)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
-    load = os.getloadavg()
-    print(f"load average (1 min / 5 min) before: {load_before[0]:.2f} / {load_before[1]:.2f}, after: "
-          f"{load[0]:.2f} / {load[1]:.2f}; cores: {os.cpu_count()}")
-    print("| step (in the browser) | p50 (s) | p90 (s) | min (s) | n |\n|---|---|---|---|---|")
-    for name, q in results.items():
-        print(f"| {name} | {q['p50']:.3f} | {q['p90']:.3f} | {q['min']:.3f} | {q['n']} |")
-
+    print_latency_table(measure_app(args.url, lambda url: measure(url, args.rounds)), "step (in the browser)")
 
 if __name__ == "__main__":
     main()

@@ -96,7 +96,8 @@ def test_inspect_image(tmp_path, tiny_image, capsys):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["model"] == "dinov2-small" and stats["method"] == "pitome" and stats["ratio"] == 0.5
     assert stats["token_counts"][0] == 257 and stats["token_counts"][-1] == 129
-    assert stats["token_counts"][-1] == 257 - sum(stats["schedule"]) and len(stats["token_counts"]) == 13
+    assert stats["token_counts"][-1] == 257 - sum(stats["removed_per_layer"]) and len(stats["token_counts"]) == 13
+    assert stats["schedule"] == "constant"
     assert 0.99 < stats["final_cosine_to_unmerged"] <= 1.0001  # one colour: merging alike patches keeps the embedding
     assert (out / "trace.json").exists() and (out / "trace.npz").exists()
     assert sorted(p.name for p in out.glob("overlay_layer*.png")) == [f"overlay_layer{i:02d}.png" for i in range(12)]

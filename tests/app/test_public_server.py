@@ -30,8 +30,8 @@ def _endpoint_calls(client, model: str):
         "/inspect_image": dict(image=image, model=model),
         "/inspect_text": dict(text="hello world", model=model),
         "/score_banzhaf": dict(model=model, image=image, text="hello world", samples=64),
-        "/compare": dict(kind="image", image=image, prompt="hello world", model=model),
-        "/sweep": dict(kind="image", image=image, prompt="hello world", model=model, methods=["tome"], ratios="0.5"),
+        "/compare": dict(modality="image", image=image, prompt="hello world", model=model),
+        "/sweep": dict(modality="image", image=image, prompt="hello world", model=model, methods=["tome"], ratios="0.5"),
     }
     for api_name, kwargs in calls.items():
         with pytest.raises(AppError) as info:

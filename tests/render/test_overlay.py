@@ -3,9 +3,24 @@ import numpy as np
 from PIL import Image
 
 from tomviz.render.overlay import (
-    boundary_mask, group_mean_colours, group_overlay, heatmap_overlay, patch_labels, patch_sums, pixel_labels,
+    boundary_mask, group_overlay, heatmap_overlay, patch_labels, patch_sums, pixel_labels,
     small_multiples,
 )
+
+
+def group_mean_colours(pixels: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """Per-pixel reference for group_overlay's fill: mean RGB of each group, ``pixels [H, W, 3]``,
+    ``label_map [H, W]`` → ``[G, 3]`` (G = max id + 1).
+
+    Pruned pixels (label -1) are ignored; groups with no pixel get black.
+    """
+    flat = label_map.reshape(-1)
+    keep = flat >= 0
+    num_groups = int(flat.max()) + 1 if keep.any() else 1
+    counts = np.bincount(flat[keep], minlength=num_groups).astype(np.float64)  # [G]
+    rgb = pixels.reshape(-1, 3)[keep].astype(np.float64)  # [P, 3]
+    sums = np.stack([np.bincount(flat[keep], weights=rgb[:, c], minlength=num_groups) for c in range(3)], axis=1)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)  # [G, 3]
 
 
 def _halves_image() -> Image.Image:

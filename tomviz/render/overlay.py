@@ -35,20 +35,6 @@ def boundary_mask(label_map: np.ndarray) -> np.ndarray:
     return edge
 
 
-def group_mean_colours(pixels: np.ndarray, label_map: np.ndarray) -> np.ndarray:
-    """Mean RGB of each group: ``pixels [H, W, 3]``, ``label_map [H, W]`` → ``[G, 3]`` (G = max id + 1).
-
-    Pruned pixels (label -1) are ignored; groups with no pixel get black.
-    """
-    flat = label_map.reshape(-1)
-    keep = flat >= 0
-    num_groups = int(flat.max()) + 1 if keep.any() else 1
-    counts = np.bincount(flat[keep], minlength=num_groups).astype(np.float64)  # [G]
-    rgb = pixels.reshape(-1, 3)[keep].astype(np.float64)  # [P, 3]
-    sums = np.stack([np.bincount(flat[keep], weights=rgb[:, c], minlength=num_groups) for c in range(3)], axis=1)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)  # [G, 3]
-
-
 @functools.lru_cache(maxsize=32)
 def patch_index_map(height: int, width: int, rows: int, cols: int) -> np.ndarray:
     """``[height, width]`` (read-only): the row-major index of the patch under every pixel
@@ -107,7 +93,7 @@ def group_overlay(
     rows, cols = int(patch_grid[0]), int(patch_grid[1])
     labels = patch_labels(groups, patch_grid, num_protected).reshape(-1)  # [rows*cols] group of each patch
     # The group means from per-patch sums (a few hundred patches, not every pixel): the same numbers as
-    # group_mean_colours(pixels, label_map), whose sums are exact too.
+    # per-pixel means over each group's pixels, whose sums are exact too.
     sums, counts = patch_sums(pixels, rows, cols)
     keep = labels >= 0
     num_groups = int(labels.max()) + 1 if keep.any() else 1

@@ -9,7 +9,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import gradio as gr
 
@@ -75,6 +75,13 @@ class PromptBox(gr.Textbox):
 def method_choices() -> list[tuple[str, str]]:
     """``(label, name)`` pairs for the method dropdown, read from ``tomviz.METHODS`` at build time."""
     return [(cls.label or name, name) for name, cls in tomviz.METHODS.items()]
+
+
+def outputs_type(name: str, views: type, first: Sequence[tuple[str, Any]] = (),
+                 then: Sequence[tuple[str, Any]] = ()) -> type:
+    """A NamedTuple type: the fields ``first``, every field of the NamedTuple ``views`` (same names and
+    types, in order), then ``then``. For what a model run returns when a redraw returns ``views``."""
+    return NamedTuple(name, [*first, *views.__annotations__.items(), *then])
 
 
 def methods_for(modality: str) -> list[tuple[str, str]]:

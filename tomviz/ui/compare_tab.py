@@ -22,7 +22,7 @@ from tomviz.render.figures import token_count_figure
 from tomviz.render.overlay import group_overlay
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
 from tomviz.ui.common import (DEFAULT_MODEL, IMAGE_MODELS, MODALITIES, MODEL_HELP, TEXT_MODELS, PromptBox, input_of,
-                              layer_index, layer_slider, methods_for, session_state, user_errors)
+                              layer_index, layer_slider, methods_for, outputs_type, session_state, user_errors)
 from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
 from tomviz.ui.sweep_section import SWEEP_METHODS, build_sweep_section
 from tomviz.ui.text_tab import EXAMPLE_PROMPTS
@@ -56,23 +56,15 @@ class LayerViews(NamedTuple):
     diff_summary: str
 
 
-class CompareOutputs(NamedTuple):
-    """What ``compare`` returns, one field per output component (wired in this order)."""
-
-    session: CompareSession
-    overlay_a: Image.Image | None
-    overlay_b: Image.Image | None
-    diff_image: Image.Image | None
-    tokens_a: list | None
-    tokens_b: list | None
-    diff_tokens: list | None
-    diff_summary: str
-    counts: Any  # plotly figure: token count per layer, A and B
-    bars: Any  # plotly figure: fidelity and speed
-    table: list[list[Any]]
-    details_a: str
-    details_b: str
-    layer: Any  # gr.Slider update (maximum follows the model)
+# What ``compare`` returns, one field per output component (wired in this order): the session, the
+# :class:`LayerViews`, then the views a layer change leaves alone.
+CompareOutputs = outputs_type("CompareOutputs", LayerViews, first=[("session", "CompareSession")], then=[
+    ("counts", Any),  # plotly figure: token count per layer, A and B
+    ("bars", Any),  # plotly figure: fidelity and speed
+    ("table", "list[list[Any]]"),  # rows under TABLE_HEADERS
+    ("details_a", str), ("details_b", str),
+    ("layer", Any),  # gr.Slider update (maximum follows the model)
+])
 
 
 def compare_layer_views(session: CompareSession, layer: int) -> LayerViews:

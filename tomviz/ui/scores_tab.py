@@ -19,7 +19,8 @@ from tomviz.render.overlay import display_image, heatmap_overlay
 from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
-from tomviz.ui.common import IMAGE_MODELS, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, session_state, user_errors
+from tomviz.ui.common import (IMAGE_MODELS, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, outputs_type, session_state,
+                              user_errors)
 from tomviz.ui.image_tab import EXAMPLE_IMAGES
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -84,18 +85,8 @@ class BanzhafViews(NamedTuple):
     rollout: Image.Image | None  # CLS attention rollout over the image
 
 
-class BanzhafOutputs(NamedTuple):
-    """What ``score_banzhaf`` returns: the session, then :class:`BanzhafViews`' fields."""
-
-    session: "ScoreSession | None"
-    heat: Image.Image | None
-    tokens: list | None
-    values: Any
-    matrix: Any
-    pairs_img: Image.Image | None
-    pairs: list[list[Any]] | None
-    summary: str
-    rollout: Image.Image | None
+# What ``score_banzhaf`` returns: the session, then :class:`BanzhafViews`' fields.
+BanzhafOutputs = outputs_type("BanzhafOutputs", BanzhafViews, first=[("session", "ScoreSession | None")])
 
 
 def banzhaf_views(session: ScoreSession, top_k: int = 8) -> BanzhafViews:
@@ -178,16 +169,8 @@ class HBIViews(NamedTuple):
     summary: str
 
 
-class HBIOutputs(NamedTuple):
-    """What ``score_hbi`` returns: the session, then :class:`HBIViews`' fields."""
-
-    session: "ScoreSession | None"
-    lines: Image.Image | None
-    cross: Any
-    words: list | None
-    heat: Image.Image | None
-    pairs: list[list[Any]] | None
-    summary: str
+# What ``score_hbi`` returns: the session, then :class:`HBIViews`' fields.
+HBIOutputs = outputs_type("HBIOutputs", HBIViews, first=[("session", "ScoreSession | None")])
 
 
 def hbi_views(session: ScoreSession, top_k: int = 8) -> HBIViews:

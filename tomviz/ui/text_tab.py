@@ -9,7 +9,8 @@ from tomviz.lineage import group_lineage
 from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import display_pieces, fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
-from tomviz.ui.common import TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
+from tomviz.ui.common import (TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, outputs_type,
+                              session_state, user_errors)
 from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
 
@@ -67,19 +68,15 @@ def valid_token(session: Analysis | None, token: int | None) -> int | None:
     return int(token)
 
 
-class TextOutputs(NamedTuple):
-    """What ``inspect_text`` returns, one field per output component (wired in this order)."""
-
-    session: Analysis
-    tokens: list[tuple[str, str | None]]  # tokens coloured by group after the chosen layer
-    table: Any  # gr.Dataframe update: the groups
-    attention: Any  # plotly CLS attention per group
-    counts: Any  # plotly token count per layer
-    speed: str
-    gflops: Any  # plotly GFLOPs per layer
-    fidelity: str
-    summary: dict[str, Any]  # the JSON digest the API returns
-    layer: Any  # gr.Slider update (maximum follows the model)
+# What ``inspect_text`` returns, one field per output component (wired in this order): the session, the
+# :class:`TextLayerViews`, then the views a layer change leaves alone.
+TextOutputs = outputs_type("TextOutputs", TextLayerViews, first=[("session", "Analysis")], then=[
+    ("counts", Any),  # plotly token count per layer
+    ("speed", str), ("gflops", Any),  # plotly GFLOPs per layer
+    ("fidelity", str),
+    ("summary", "dict[str, Any]"),  # the JSON digest the API returns
+    ("layer", Any),  # gr.Slider update (maximum follows the model)
+])
 
 
 def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", method: str = "tome",

@@ -6,8 +6,8 @@ from PIL import Image
 from tomviz.lineage import group_lineage
 from tomviz.render.figures import cluster_map_figure
 from tomviz.render.groups import (
-    HIGHLIGHT, animation_frames, cluster_picture, layer_strip_picture, patch_groups, patch_name, save_animation,
-    strip_layout, strip_token_at, token_at,
+    HIGHLIGHT, OUTLINE, animation_frames, cluster_map_picture, cluster_picture, layer_strip_picture, map_colours,
+    map_layout, patch_groups, patch_name, save_animation, stable_colours, strip_layout, strip_token_at, token_at,
 )
 from tomviz.render.lineage import lineage_markdown
 from tomviz.trace import LayerTrace, Trace
@@ -80,6 +80,28 @@ def test_cluster_map_title_counts_merged_groups(trace):
     fig = cluster_map_figure(trace, 1, token=4)
     assert "1 merged groups" in fig.layout.title.text
     assert fig.data[0].z[0][0].tolist() == list(HIGHLIGHT)
+
+
+def test_cluster_map_picture_cells_outlines_caption_and_clicks(trace):
+    layout = map_layout(trace, side=100)  # a 2x2 grid: 50 px cells, then the caption band
+    assert (layout.cell, layout.size) == (50, (100, 100 + layout.caption))
+    picture = cluster_map_picture(trace, 0, side=100)
+    assert picture.size == layout.size
+    pixels = np.asarray(picture).astype(int)
+    stable = patch_groups(trace, 0).stable  # [[1, 2], [1, 4]]: inputs 1 and 3 merged in layer 0
+    for t in range(1, 5):
+        row, col = divmod(t - 1, 2)
+        centre = pixels[row * 50 + 25, col * 50 + 25]
+        expected = stable_colours(np.array([stable[row, col]]))[0] if t in (1, 3) else np.full(3, 228.0)
+        assert np.abs(centre - expected).max() <= 1, t  # merged: the group's stable colour; alone: light grey
+        assert layout.token_at(trace, col * 50 + 25, row * 50 + 25) == t
+    assert pixels[25, 49].tolist() == list(OUTLINE)  # between the merged group (left) and patch 2 (right)
+    assert pixels[49, 25].tolist() != list(OUTLINE)  # inside the merged group (inputs 1 and 3): no line
+    assert layout.token_at(trace, 10, 100 + 5) is None  # the caption
+    assert (pixels[100:] < 128).all(axis=-1).any()  # the caption has dark text
+    selected = np.asarray(cluster_map_picture(trace, 1, token=4, side=100)).astype(int)
+    assert selected[75, 75].tolist() == list(HIGHLIGHT) and selected[25, 75].tolist() == [228] * 3
+    assert np.array_equal(map_colours(patch_groups(trace, 1, token=4))[1, 1], np.asarray(HIGHLIGHT, np.float32))
 
 
 def test_animation_has_a_frame_per_layer_and_the_input(trace, tmp_path):

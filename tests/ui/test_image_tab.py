@@ -37,6 +37,7 @@ def test_inspect_image_fills_every_output(first):
 def test_layer_change_redraws_from_the_trace(first):
     early, late = it.render_image_layer(2, 0.8, first.session), it.render_image_layer(12, 0.8, first.session)
     assert early.overlay.size == late.overlay.size == first.overlay.size
+    assert early.cluster.size == late.cluster.size == it.map_layout(first.session.trace).size
     assert not np.array_equal(np.asarray(early.overlay), np.asarray(late.overlay))
     assert it.render_image_layer(2, 0.8, None) == it.LayerViews(None, None, None)
 
@@ -55,6 +56,11 @@ def test_a_click_selects_the_patch_group_and_clear_drops_it(first):
     assert in_strip.selected == trace.num_protected
     between = it.select_in_strip(6, 0.8, session, Click(0, 0))  # the gap before the first tile
     assert all(isinstance(value, type(gr.skip())) for value in between)
+    grid = it.map_layout(trace)  # the cluster map: cells of grid.cell pixels
+    on_map = it.select_on_map(6, 0.8, session, Click(2.5 * grid.cell, 1.5 * grid.cell))  # row 1, column 2 (0-based)
+    assert on_map.selected == trace.num_protected + cols + 2 and on_map.cluster.size == grid.size
+    caption = it.select_on_map(6, 0.8, session, Click(1, grid.rows * grid.cell + 2))
+    assert all(isinstance(value, type(gr.skip())) for value in caption)
     cleared = it.clear_selection(6, 0.8, session)
     assert cleared.selected is None and cleared.lineage == it.LINEAGE_HINT
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from tomviz.render.groups import HIGHLIGHT, stable_colours
+from tomviz.render.groups import map_colours, merged_group_count, patch_groups
 from tomviz.trace import Trace
 
 _MARGIN = dict(l=40, r=10, t=36, b=36)
@@ -33,11 +33,13 @@ def _outline_segments(labels: np.ndarray, merged: np.ndarray) -> tuple[np.ndarra
 
 
 def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int | None = None) -> go.Figure:
-    """Interactive map of the patch grid after ``layer`` (0-based). A patch still alone is light grey;
-    a merged group (two or more patches) gets a colour keyed on its smallest member (so it stays put from
-    layer to layer) and a white outline; ``token`` (an input token index) draws its group in magenta
-    and every other group grey. Hover shows the group id, its size (input tokens) and the layer
-    (1-based) where it first merged. The title counts the merged groups."""
+    """Interactive (hover) map of the patch grid after ``layer`` (0-based), for notebooks: the colours of
+    :func:`~tomviz.render.groups.map_colours` (a patch still alone light grey, a merged group its stable
+    colour, ``token``'s group magenta and the rest grey) and white outlines around merged groups. Hover
+    shows the group id, its size (input tokens) and the layer (1-based) where it first merged; the title
+    counts the merged groups. The app draws the same map as a picture
+    (:func:`~tomviz.render.groups.cluster_map_picture`): a click on it selects a group, and re-rendering
+    this figure costs a browser ≈ 90 ms per layer change (BENCHMARKS.md, App latency)."""
     groups = trace.groups(layer)  # [N0]
     labels = trace.on_patch_grid(groups)  # [rows, cols]
     sizes = trace.sizes(layer)  # [N_l]
@@ -45,17 +47,9 @@ def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int |
     size_map = np.where(labels >= 0, sizes[np.maximum(labels, 0)], 0).astype(int)
     joined_text = np.where(joined >= 0, (joined + 1).astype(str), "never")
     custom = np.stack([labels.astype(str), size_map.astype(str), joined_text], axis=-1)  # [rows, cols, 3]
-    stable = trace.on_patch_grid(trace.stable_groups(layer))  # [rows, cols]
     merged = size_map >= 2
-    rgb = np.full(labels.shape + (3,), 228.0, dtype=np.float32)  # [rows, cols, 3] single patches: light grey
-    if token is None:
-        rgb[merged] = stable_colours(stable[merged])
-    else:
-        rgb[merged] = 180.0  # the other merged groups: a darker grey
-        rgb[(labels == groups[token]) & (groups[token] >= 0)] = HIGHLIGHT
-    rgb[labels < 0] = 40.0
+    rgb = map_colours(patch_groups(trace, layer, token))  # [rows, cols, 3]
     xs, ys = _outline_segments(labels, merged)
-    merged_count = int((sizes >= 2).sum())
     return _figure(
         [
             dict(type="image", z=rgb.round().astype(np.uint8), customdata=custom,
@@ -65,7 +59,7 @@ def cluster_map_figure(trace: Trace, layer: int, height: int = 380, token: int |
                  showlegend=False),
         ],
         title=dict(text=f"Groups after layer {layer + 1}: {trace.layers[layer].num_tokens} tokens, "
-                        f"{merged_count} merged groups (≥ 2 patches)"),
+                        f"{merged_group_count(trace, layer)} merged groups (≥ 2 patches)"),
         height=height, margin=_MARGIN, plot_bgcolor="white",
         xaxis=dict(showticklabels=False, showgrid=False, zeroline=False),
         yaxis=dict(showticklabels=False, showgrid=False, zeroline=False),

@@ -104,10 +104,8 @@ class ClusterCanvas:
         out = np.where(per_pixel(tinted, patch)[..., None], blend, self.grey)
         if (stable < 0).any():
             out[per_pixel(stable < 0, patch)] = PRUNED_COLOUR
-        if outline:  # outline the merged groups only (single patches stay unframed)
-            alone = -2 - np.arange(stable.size)  # a label of its own per patch
-            labels = per_pixel(np.where(size >= 2, stable, alone), patch)  # [H, W]
-            out[boundary_mask(labels) & _touches(per_pixel(size >= 2, patch))] = OUTLINE
+        if outline:
+            outline_merged(out, stable, size, patch)
         return to_image(out)
 
 
@@ -117,6 +115,73 @@ def cluster_picture(image: Image.Image, groups: PatchGroups, max_side: int | Non
     (downscaled to ``max_side``). For many layers of one photo, draw on one :class:`ClusterCanvas`."""
     base = display_image(image, max_side) if max_side else image
     return ClusterCanvas(base, *groups.stable.shape).draw(groups, outline)
+
+
+def outline_merged(out: np.ndarray, stable: np.ndarray, size: np.ndarray, patch: np.ndarray) -> None:
+    """Draw ``OUTLINE`` into ``out`` ``[H, W, 3]`` around the merged groups only (single patches stay
+    unframed); ``stable``/``size`` are ``[P]`` per patch, ``patch`` ``[H, W]`` the patch under each pixel."""
+    alone = -2 - np.arange(stable.size)  # a label of its own per patch
+    labels = per_pixel(np.where(size >= 2, stable, alone), patch)  # [H, W]
+    out[boundary_mask(labels) & _touches(per_pixel(size >= 2, patch))] = OUTLINE
+
+
+def map_colours(groups: PatchGroups) -> np.ndarray:
+    """``[rows, cols, 3]`` float RGB of the cluster map (the grid without the photo): a patch still alone
+    light grey, a merged group its stable colour; with a selection, the selected group in ``HIGHLIGHT``
+    and the other merged groups a darker grey; pruned patches near-black."""
+    merged = groups.size >= 2
+    rgb = np.full(groups.stable.shape + (3,), 228.0, dtype=np.float32)
+    if groups.selected is None:
+        rgb[merged] = stable_colours(groups.stable[merged])
+    else:
+        rgb[merged] = 180.0
+        rgb[groups.selected] = HIGHLIGHT
+    rgb[groups.stable < 0] = 40.0
+    return rgb
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """The cluster-map picture: ``rows x cols`` square cells of ``cell`` pixels, then a caption band."""
+
+    rows: int
+    cols: int
+    cell: int
+    caption: int = 24
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.cols * self.cell, self.rows * self.cell + self.caption
+
+    def token_at(self, trace: Trace, x: float, y: float) -> int | None:
+        """The input token under pixel ``(x, y)`` of the picture, or None on the caption."""
+        if not (0 <= x < self.cols * self.cell and 0 <= y < self.rows * self.cell):
+            return None
+        return token_at(trace, x / (self.cols * self.cell), y / (self.rows * self.cell))
+
+
+def map_layout(trace: Trace, side: int = 448) -> MapLayout:
+    """Cells as large as fit ``side`` pixels on the grid's longer side (at least 2 px)."""
+    rows, cols = trace.patch_grid
+    return MapLayout(rows, cols, max(2, side // max(rows, cols)))
+
+
+def cluster_map_picture(trace: Trace, layer: int, token: int | None = None, side: int = 448) -> Image.Image:
+    """The cluster map after ``layer`` (0-based) as a picture (:func:`map_colours` per patch, the merged
+    groups outlined in white), captioned with the tokens left and the number of merged groups; ``token``
+    (an input token index) selects its group. Pixel → token: :meth:`MapLayout.token_at`."""
+    layout = map_layout(trace, side)
+    groups = patch_groups(trace, layer, token)
+    height, width = layout.rows * layout.cell, layout.cols * layout.cell
+    patch = patch_index_map(height, width, layout.rows, layout.cols)  # [H, W]
+    out = per_pixel(map_colours(groups).reshape(-1, 3), patch)  # [H, W, 3]
+    outline_merged(out, groups.stable.reshape(-1), groups.size.reshape(-1), patch)
+    sheet = Image.new("RGB", layout.size, (255, 255, 255))
+    sheet.paste(to_image(out), (0, 0))
+    text = (f"After layer {layer + 1}: {trace.layers[layer].num_tokens} tokens, "
+            f"{merged_group_count(trace, layer)} merged groups (≥ 2 patches)")
+    sheet.paste(caption_band(text, width, layout.caption), (0, height))
+    return sheet
 
 
 def _touches(mask: np.ndarray) -> np.ndarray:

@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 from tomviz.lineage import group_lineage
-from tomviz.render.figures import cluster_map_figure, gflops_figure, token_count_figure
+from tomviz.render.figures import gflops_figure, token_count_figure
 from tomviz.render.groups import (
-    animation_frames, cluster_picture, layer_strip_picture, patch_groups, patch_name, save_animation, strip_layout,
-    strip_token_at, token_at,
+    animation_frames, cluster_map_picture, cluster_picture, layer_strip_picture, map_layout, patch_groups, patch_name,
+    save_animation, strip_layout, strip_token_at, token_at,
 )
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.overlay import group_overlay, heatmap_overlay
@@ -54,17 +54,17 @@ class LayerViews(NamedTuple):
     """What a layer change redraws, one field per output component (wired in this order)."""
 
     overlay: Image.Image | None  # the groups after the layer over the photo
-    cluster: Any  # plotly cluster map
+    cluster: Image.Image | None  # the cluster map (the patch grid, groups coloured)
     heat: Image.Image | None  # CLS attention inside the layer
 
 
 def layer_pictures(analysis: Analysis, layer: int, opacity: float, token: int | None = None) -> LayerViews:
-    """Overlay, cluster map (plotly) and CLS-attention heatmap for ``layer`` (0-based). With ``token``
-    (a clicked input token) the overlay and the map draw its group in magenta and the rest grey."""
+    """Overlay, cluster map and CLS-attention heatmap for ``layer`` (0-based). With ``token`` (a clicked
+    input token) the overlay and the map draw its group in magenta and the rest grey."""
     values = attention_values(analysis, layer)
     heat = heatmap_overlay(analysis.image, values, analysis.trace.patch_grid) if values is not None else analysis.image
     return LayerViews(overlay=overlay_picture(analysis, layer, opacity, token),
-                      cluster=cluster_map_figure(analysis.trace, layer, token=token), heat=heat)
+                      cluster=cluster_map_picture(analysis.trace, layer, token), heat=heat)
 
 
 def layer_strip(analysis: Analysis, token: int | None = None, current: int | None = None) -> Image.Image:
@@ -81,16 +81,17 @@ def lineage_panel(analysis: Analysis, token: int | None) -> str:
     return lineage_markdown(group_lineage(trace, token), names, what="patch")
 
 
-LINEAGE_HINT = ("*Click a patch in the overlay or in the strip: its group is drawn in magenta in every layer, "
+LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every layer, "
                 "and this panel says when each member joined and with what similarity.*")
 CAPTIONS = {
     "overlay": "Each group filled with the mean colour of its patches and outlined in white (ToMe's picture); "
                "a patch still alone keeps its own colour. After a click: the clicked patch's group in magenta, the rest grey.",
     "attention": "CLS attention inside the layer, mean over heads, each token's share spread over the patches it holds: "
                  "dark = little, bright yellow = much (inferno, scaled from the minimum to the 99th percentile).",
-    "cluster": "Light grey: a patch still alone. Colour: a merged group (two or more patches), keyed on its first "
-               "patch so it keeps its colour from layer to layer; white lines outline the groups; magenta: the "
-               "selected group. Hover a patch for its group, size and the layer it first merged in.",
+    "cluster": "The patch grid without the photo. Light grey: a patch still alone. Colour: a merged group (two or "
+               "more patches), keyed on its first patch so it keeps its colour from layer to layer; white lines "
+               "outline the merged groups; near-black: a pruned patch. After a click: the selected group in magenta, "
+               "the other merged groups darker grey. Click a patch to follow its group.",
 }
 
 
@@ -101,7 +102,7 @@ class ImageOutputs(NamedTuple):
     session: Analysis | None
     overlay: Image.Image | None  # groups after the chosen layer
     strip: Image.Image | None  # every layer
-    cluster: Any  # plotly cluster map
+    cluster: Image.Image | None  # the cluster map
     heat: Image.Image | None  # CLS attention
     counts: Any  # plotly token count per layer
     speed: str
@@ -174,7 +175,7 @@ class PatchSelection(NamedTuple):
 
     selected: Any  # the clicked input token (session state), None, or gr.skip()
     overlay: Any  # the clicked group in magenta, the rest grey
-    cluster: Any  # plotly cluster map with the group selected
+    cluster: Any  # the cluster map with the group selected
     strip: Any  # every layer, the group highlighted
     lineage: Any  # how the group formed (markdown), or the hint
 
@@ -189,6 +190,16 @@ def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr
         return NO_SELECTION
     width, height = session.image.size  # the overlay is drawn at the stored photo's size
     token = token_at(session.trace, float(evt.index[0]) / width, float(evt.index[1]) / height)
+    return selection_views(layer, opacity, session, token)
+
+
+def select_on_map(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
+    """A click on the cluster map: select the group of the patch under it (a click on its caption: nothing)."""
+    if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+        return NO_SELECTION
+    token = map_layout(session.trace).token_at(session.trace, float(evt.index[0]), float(evt.index[1]))
+    if token is None:
+        return PatchSelection(*[gr.skip()] * len(PatchSelection._fields))
     return selection_views(layer, opacity, session, token)
 
 
@@ -329,7 +340,8 @@ def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                     c["heat"] = gr.Image(label="CLS attention (spread through the groups)", format="jpeg",
                                          elem_id="attention", interactive=False, height=320)
                     gr.Markdown(CAPTIONS["attention"], elem_classes=["caption"])
-            c["cluster"] = gr.Plot(label="Cluster map (hover a patch)", elem_id="cluster-map")
+            c["cluster"] = gr.Image(label="Cluster map (click a patch)", format="png", elem_id="cluster-map",
+                                    interactive=False, height=380)
             gr.Markdown(CAPTIONS["cluster"], elem_classes=["caption"])
             with gr.Row():
                 c["counts"] = gr.Plot(label="Token count")
@@ -361,7 +373,7 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
     quiet = dict(queue=False, show_progress="hidden")
 
-    def then_link(event):  # the link follows the view: query from the server, full URL and history in the browser
+    def then_link(event):  # after a model run: the query from the server, the full URL and history in the browser
         return (event.then(image_view_link, link_inputs, link, **quiet)
                 .then(None, link, link, js=LINK_JS, **quiet))
 
@@ -382,12 +394,12 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
          c["prop_attn"].change],
         inspect_image, api_name="inspect_image", trigger_mode="always_last", **run_model,
     ))
-    then_link(layer.input(render_image_layer, inputs=[layer, opacity, session, selected],
-                          outputs=[c[name] for name in LayerViews._fields], api_name="render_image_layer",
-                          trigger_mode="always_last", **quiet))  # a redraw from the stored trace: skip the queue
+    layer.input(render_image_layer, inputs=[layer, opacity, session, selected],  # a redraw from the stored trace:
+                outputs=[c[name] for name in LayerViews._fields], api_name="render_image_layer",  # skip the queue
+                trigger_mode="always_last", **quiet).then(None, [link, layer], link, js=LINK_JS, **quiet)
     opacity.input(render_image_opacity, inputs=[layer, opacity, session, selected], outputs=c["overlay"],
                   api_visibility="private", trigger_mode="always_last", **quiet)
-    for clicked, handler in ((c["overlay"], select_patch), (c["strip"], select_in_strip)):
+    for clicked, handler in ((c["overlay"], select_patch), (c["cluster"], select_on_map), (c["strip"], select_in_strip)):
         clicked.select(handler, [layer, opacity, session], selection_outputs, **quiet)
     c["clear"].click(clear_selection, [layer, opacity, session], selection_outputs, **quiet)
     c["copy"].click(None, link, link, js=COPY_JS, queue=False)

@@ -25,19 +25,23 @@ from tomviz.ui.common import MAX_PROMPT_CHARS
 TABS = ("image", "text")
 SCHEDULES = ("constant", "decreasing")
 MAX_LAYER = 256
-# In the browser: the query the server made → the full link (returned), and the page's own URL (history) when the
-# link's tab is the one on screen: on page load both tabs inspect their example, and the one that finishes last
-# must not replace the URL of the tab the visitor is looking at.
-LINK_JS = """(query) => {
-  if (!query || !query.startsWith('?')) return query;
-  const url = window.location.origin + window.location.pathname + query;
-  const tab = new URLSearchParams(query).get('tab') || 'image';
+# In the browser: the link → the full link (returned), and the page's own URL (history) when the link's tab is the
+# one on screen: on page load both tabs inspect their example, and the one that finishes last must not replace
+# the URL of the tab the visitor is looking at. ``link`` is the query the server made after a model run, or the
+# current full link; with ``layer`` (a layer scrub) only that parameter changes, with no second server call.
+LINK_JS = """(link, layer) => {
+  if (!link) return link;
+  let url;
+  try { url = new URL(link, window.location.href); } catch (e) { return link; }
+  if (layer !== undefined && layer !== null && layer !== '') url.searchParams.set('layer', String(Math.round(Number(layer))));
+  const full = window.location.origin + window.location.pathname + url.search;
+  const tab = url.searchParams.get('tab') || 'image';
   const shown = document.querySelector('button[role="tab"][aria-selected="true"]');
   const onScreen = shown ? shown.textContent.trim().toLowerCase() : 'image';
   if (onScreen.startsWith(tab)) {
-    try { window.history.replaceState(null, '', url); } catch (e) {}
+    try { window.history.replaceState(null, '', full); } catch (e) {}
   }
-  return url;
+  return full;
 }"""
 COPY_JS = """(url) => {
   try { navigator.clipboard.writeText(url); } catch (e) {}

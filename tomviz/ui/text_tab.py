@@ -233,9 +233,10 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
         after_run(opened.then(inspect_text, api_name="open_page_text", api_visibility="private", **run_model))
     after_run(c["examples"].load_input_event.then(inspect_text, api_name="pick_example_text", api_visibility="private",
                                                   **run_model))
-    then_link(layer.input(render_text_layer, inputs=[layer, session, selected],
-                          outputs=[c[name] for name in TextLayerViews._fields], api_name="render_text_layer",
-                          trigger_mode="always_last", show_progress="hidden", queue=False))  # a redraw: skip the queue
+    layer.input(render_text_layer, inputs=[layer, session, selected],  # a redraw: skip the queue
+                outputs=[c[name] for name in TextLayerViews._fields], api_name="render_text_layer",
+                trigger_mode="always_last", show_progress="hidden", queue=False,
+                ).then(None, [link, layer], link, js=LINK_JS, queue=False, show_progress="hidden")  # only the layer changed
     c["tokens"].select(select_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
     c["clear"].click(clear_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
     c["copy"].click(None, link, link, js=COPY_JS, queue=False)

@@ -229,12 +229,23 @@ def clear_selection(layer: float, opacity: float, session: Analysis | None) -> P
     return selection_views(layer, opacity, session, None)
 
 
-def selection_after_run(session: Analysis | None, selected: int | None):
-    """After a model run (which drew the selection, see :func:`inspect_image`): the selected token, or
-    None when the new trace has no such patch, and its lineage in the new trace."""
+class AfterRun(NamedTuple):
+    """What follows a model run, one field per output component (wired in this order)."""
+
+    selected: int | None  # the clicked input token, None when the new trace has no such patch
+    lineage: str  # its lineage in the new trace, or the hint
+    link: str  # the URL query of the view (the browser makes it the full link, LINK_JS)
+
+
+def after_run_views(session: Analysis | None, selected: int | None, example: str | None, model: str, method: str,
+              schedule: str, ratio: float, layer: float) -> AfterRun:
+    """After a model run (which drew the selection, see :func:`inspect_image`): the selection and its
+    lineage in the new trace, and the link to the view (one event: each event costs the page a pass
+    over every component's state, BENCHMARKS.md "App latency")."""
     token = valid_token(session, selected)
     with user_errors("follow the selected patch"):
-        return token, lineage_panel(session, token) if token is not None else LINEAGE_HINT
+        lineage = lineage_panel(session, token) if token is not None else LINEAGE_HINT
+    return AfterRun(token, lineage, image_view_link(example, model, method, schedule, ratio, layer))
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -373,12 +384,9 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
     quiet = dict(queue=False, show_progress="hidden")
 
-    def then_link(event):  # after a model run: the query from the server, the full URL and history in the browser
-        return (event.then(image_view_link, link_inputs, link, **quiet)
-                .then(None, link, link, js=LINK_JS, **quiet))
-
-    def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace, then the link
-        return then_link(event.then(selection_after_run, [session, selected], [selected, c["lineage"]], **quiet))
+    def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace and the link
+        return (event.then(after_run_views, [session, selected, *link_inputs], [c[n] for n in AfterRun._fields], **quiet)
+                .then(None, link, link, js=LINK_JS, **quiet))  # the full link and the page's URL, in the browser
 
     c["examples"].dataset.select(example_picked, None, example_name, **quiet)
     after_run(c["examples"].load_input_event.then(inspect_image, api_name="pick_example", api_visibility="private",

@@ -56,6 +56,8 @@ def _drag_slider(page, label: str, value: float, minimum: float, maximum: float)
 
 
 def test_browser_example_slider_upload(app_url):
+    from urllib.parse import parse_qs, urlsplit
+
     from playwright.sync_api import sync_playwright
 
     artifacts = ROOT / "artifacts"
@@ -83,6 +85,11 @@ def test_browser_example_slider_upload(app_url):
             _wait_idle(page)
             page.wait_for_timeout(500)  # let the last redraw of the drag land
             assert not _errors_shown(page)
+            link = page.locator("#share-link textarea, #share-link input").first.input_value()
+            query = parse_qs(urlsplit(link).query)  # the link (and the page's URL) follow the scrub
+            assert int(query["layer"][0]) == int(float(page.get_by_label("range slider for Layer").input_value()))
+            assert float(query["ratio"][0]) == float(page.get_by_label("range slider for Merge ratio").input_value())
+            assert page.url == link
 
             strip = page.locator("#layer-strip img").first.get_attribute("src")  # changes only on model runs
             page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "coffee.png"))  # upload
@@ -128,7 +135,7 @@ def test_browser_shared_link_lineage_animation(app_url):
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    from tomviz.render.groups import strip_layout
+    from tomviz.render.groups import HIGHLIGHT, map_layout, strip_layout
     from tomviz.analysis import Settings, analyse
     from tomviz.ui.image_tab import layer_pictures
 
@@ -188,6 +195,28 @@ def test_browser_shared_link_lineage_animation(app_url):
             members = int((trace.groups(last) == trace.groups(last)[token]).sum())
             assert f"group of {members} patches" in page.locator("#lineage").inner_text()
             page.screenshot(path=str(artifacts / "app_lineage.png"), full_page=True)
+
+            # click a patch of another group in the cluster map: that group in magenta there, checked against the trace
+            shown_layer = 8  # the link's layer 9
+            groups = trace.groups(shown_layer)
+            final = trace.groups(last)
+            other = next(t for t in range(trace.num_input_tokens - 1, protected - 1, -1)  # merged, and apart to the end
+                         if final[t] != final[token] and (groups == groups[t]).sum() >= 2)
+            row, col = divmod(other - protected, cols)
+            grid = map_layout(trace)
+            map_src = page.locator("#cluster-map img").first.get_attribute("src")
+            page.locator("#cluster-map img").first.click(position=_content_point(
+                page, "#cluster-map img", (col + 0.5) * grid.cell / grid.size[0], (row + 0.5) * grid.cell / grid.size[1]))
+            map_src = _wait_for_new_src(page, "#cluster-map img", map_src)
+            shown_map = np.asarray(Image.open(io.BytesIO(page.request.get(map_src).body())).convert("RGB"), dtype=int)
+            assert shown_map.shape[:2] == grid.size[::-1]
+            for t in range(protected, trace.num_input_tokens):
+                r, c = divmod(t - protected, cols)
+                cell = shown_map[int((r + 0.5) * grid.cell), int((c + 0.5) * grid.cell)]
+                assert (cell.tolist() == list(HIGHLIGHT)) == (groups[t] == groups[other]), t
+            _wait_idle(page)
+            assert f"group of {int((final == final[other]).sum())} patches" in page.locator("#lineage").inner_text()
+            page.screenshot(path=str(artifacts / "app_cluster_map_click.png"), full_page=True)
 
             page.locator("#animate").click()
             page.wait_for_selector("#animation-file a", timeout=TIMEOUT_MS)

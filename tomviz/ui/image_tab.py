@@ -385,9 +385,11 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     quiet = dict(queue=False, show_progress="hidden")
 
     def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace and the link
-        return (event.then(after_run_views, [session, selected, *link_inputs], [c[n] for n in AfterRun._fields], **quiet)
+        return (event.then(after_run_views, [session, selected, *link_inputs], [c[n] for n in AfterRun._fields],
+                           api_visibility="private", **quiet)
                 .then(None, link, link, js=LINK_JS, **quiet))  # the full link and the page's URL, in the browser
 
+    gr.api(image_view_link, api_name="image_view_link")  # API only: the link to a view (the page makes its own)
     c["examples"].dataset.select(example_picked, None, example_name, **quiet)
     after_run(c["examples"].load_input_event.then(inspect_image, api_name="pick_example", api_visibility="private",
                                                   **run_model))

@@ -138,12 +138,16 @@ def clear_token(layer: float, session: Analysis | None) -> TokenSelection:
     return token_views(layer, session, None)
 
 
-def refresh_token(layer: float, session: Analysis | None, selected: int | None) -> TokenSelection:
-    """After a model run: keep the selection when it still indexes the prompt, else drop it (no redraw)."""
+TextAfterRun = outputs_type("TextAfterRun", TokenSelection, then=[("link", str)])  # + the view's URL query
+
+
+def after_text_run(layer: float, session: Analysis | None, selected: int | None, prompt: str | None, model: str,
+                   method: str, schedule: str, ratio: float) -> TextAfterRun:
+    """After a model run: keep the selection when it still indexes the prompt, else drop it (no redraw),
+    and the link to the view (one event: see ``image_tab.after_run_views``)."""
     token = valid_token(session, selected)
-    if token is None:
-        return TokenSelection(None, gr.skip(), TOKEN_HINT)
-    return token_views(layer, session, token)
+    views = TokenSelection(None, gr.skip(), TOKEN_HINT) if token is None else token_views(layer, session, token)
+    return TextAfterRun(*views, link=text_view_link(prompt, model, method, schedule, ratio, layer))
 
 
 def open_text_view(request: gr.Request):
@@ -217,13 +221,11 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
     link_inputs = [c[name] for name in ("prompt", "model", "method", "schedule", "ratio", "layer")]
     run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
 
-    def then_link(event):  # the link follows the view (see image_tab.build_image_tab)
-        return (event.then(text_view_link, link_inputs, link, queue=False, show_progress="hidden")
+    def after_run(event):  # the selection and the link follow the run (see image_tab.build_image_tab)
+        return (event.then(after_text_run, [layer, session, selected, *link_inputs[:-1]],
+                           [c[n] for n in TextAfterRun._fields], api_visibility="private", queue=False,
+                           show_progress="hidden")
                 .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))
-
-    def after_run(event):
-        return then_link(event.then(refresh_token, [layer, session, selected], selection_outputs, queue=False,
-                                    show_progress="hidden"))
 
     after_run(gr.on([c["run"].click, c["prompt"].submit, c["ratio"].release, c["model"].change, c["method"].change,
                      c["schedule"].change, c["prop_attn"].change],

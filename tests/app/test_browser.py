@@ -1,7 +1,8 @@
 """A real browser (Debian's chromium, headless, driven by Playwright for Python) against the app:
 the page opens on an inspected example; pick another, move the ratio slider, move the layer slider, upload a photo; the overlay changes
 every time and no error shows.
-The last screenshot is kept as artifacts/app_browser.png."""
+The last screenshot is kept as artifacts/app_browser.png. Further tests: a shared link, a patch click (overlay and
+cluster map) against the trace, the animation, a Text-tab token click."""
 from __future__ import annotations
 
 import os
@@ -228,5 +229,47 @@ def test_browser_shared_link_lineage_animation(app_url):
                 assert gif.n_frames == trace.num_layers + 1
             page.screenshot(path=str(artifacts / "app_animation.png"), full_page=True)
             assert not _errors_shown(page)
+        finally:
+            browser.close()
+
+
+TEXT_PROMPT = "The cat sat on the mat and the dog sat on the rug"
+
+
+def test_browser_text_token_click_follows_its_group(app_url):
+    """Open a Text-tab link, click a token of a merged group: exactly that group's tokens stay highlighted
+    (checked against the trace) and the lineage panel describes it."""
+    from urllib.parse import urlencode
+
+    from playwright.sync_api import sync_playwright
+
+    from tomviz.analysis import Settings, analyse
+
+    expected = analyse(TEXT_PROMPT, Settings(model="minilm", ratio=0.5), modality="text")
+    trace, layer = expected.trace, 5  # the link's layer 6
+    groups, sizes = trace.groups(layer), trace.sizes(layer)
+    token = next(t for t in range(1, trace.num_input_tokens) if sizes[groups[t]] >= 2)
+    members = [t for t in range(trace.num_input_tokens) if groups[t] == groups[token]]
+    query = urlencode(dict(tab="text", model="minilm", method="tome", schedule="constant", ratio=0.5, layer=6,
+                           prompt=TEXT_PROMPT))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{app_url}?{query}")
+            spans = page.locator("#text-groups .token")
+            page.wait_for_function(f"() => document.querySelectorAll('#text-groups .token').length === "
+                                   f"{trace.num_input_tokens}", timeout=TIMEOUT_MS)
+            _wait_idle(page)
+            hint = page.locator("#text-lineage").inner_text()
+            spans.nth(token).click()
+            page.wait_for_function("(hint) => document.querySelector('#text-lineage').innerText !== hint", arg=hint,
+                                   timeout=TIMEOUT_MS)
+            _wait_idle(page)
+            highlighted = [i for i in range(spans.count()) if "highlighted" in (spans.nth(i).get_attribute("class") or "")]
+            assert highlighted == members, (highlighted, members)
+            assert f"{len(members)} tokens" in page.locator("#text-lineage").inner_text()
+            assert not _errors_shown(page)
+            page.screenshot(path=str(ROOT / "artifacts" / "app_text_token_click.png"), full_page=True)
         finally:
             browser.close()

@@ -5,4 +5,5 @@ from tomviz.render.overlay import group_overlay, heatmap_overlay, small_multiple
 from tomviz.render.text import group_table, token_highlights
 
 __all__ = ["cluster_map_figure", "cluster_map_picture", "cluster_picture", "gflops_figure", "group_attention_figure",
-           "group_overlay", "group_table", "heatmap_overlay", "layer_strip_picture", "small_multiples", "token_count_figure", "token_highlights"]
+           "group_overlay", "group_table", "heatmap_overlay", "layer_strip_picture", "small_multiples",
+           "token_count_figure", "token_highlights"]

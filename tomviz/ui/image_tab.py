@@ -81,8 +81,8 @@ def lineage_panel(analysis: Analysis, token: int | None) -> str:
     return lineage_markdown(group_lineage(trace, token), names, what="patch")
 
 
-LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every layer, "
-                "and this panel says when each member joined and with what similarity.*")
+LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every "
+                "layer, and this panel says when each member joined and with what similarity.*")
 CAPTIONS = {
     "overlay": "Each group filled with the mean colour of its patches and outlined in white (ToMe's picture); "
                "a patch still alone keeps its own colour. After a click: the clicked patch's group in magenta, the rest grey.",
@@ -183,35 +183,38 @@ class PatchSelection(NamedTuple):
 NO_SELECTION = PatchSelection(None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT)
 
 
-def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
-    """A click on the overlay: select the clicked patch's group. ``evt.index`` is the clicked pixel
-    ``[x, y]`` of the overlay."""
+UNCHANGED = PatchSelection(*[gr.skip()] * len(PatchSelection._fields))  # a click between tiles or on a caption
+
+
+def clicked_pixel(session: Analysis | None, evt: gr.SelectData | None) -> tuple[float, float] | None:
+    """The clicked pixel ``(x, y)`` of a picture (``evt.index``), or None without a result or a pixel."""
     if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+        return None
+    return float(evt.index[0]), float(evt.index[1])
+
+
+def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
+    """A click on the overlay: select the clicked patch's group."""
+    if (pixel := clicked_pixel(session, evt)) is None:
         return NO_SELECTION
     width, height = session.image.size  # the overlay is drawn at the stored photo's size
-    token = token_at(session.trace, float(evt.index[0]) / width, float(evt.index[1]) / height)
-    return selection_views(layer, opacity, session, token)
+    return selection_views(layer, opacity, session, token_at(session.trace, pixel[0] / width, pixel[1] / height))
 
 
 def select_on_map(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
     """A click on the cluster map: select the group of the patch under it (a click on its caption: nothing)."""
-    if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+    if (pixel := clicked_pixel(session, evt)) is None:
         return NO_SELECTION
-    token = map_layout(session.trace).token_at(session.trace, float(evt.index[0]), float(evt.index[1]))
-    if token is None:
-        return PatchSelection(*[gr.skip()] * len(PatchSelection._fields))
-    return selection_views(layer, opacity, session, token)
+    token = map_layout(session.trace).token_at(session.trace, *pixel)
+    return UNCHANGED if token is None else selection_views(layer, opacity, session, token)
 
 
 def select_in_strip(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
     """A click on the strip: select the group of the patch under it (in any layer's tile)."""
-    if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
+    if (pixel := clicked_pixel(session, evt)) is None:
         return NO_SELECTION
-    layout = strip_layout(session.image.size, session.trace.num_layers)
-    hit = strip_token_at(layout, session.trace, float(evt.index[0]), float(evt.index[1]))
-    if hit is None:  # between tiles
-        return PatchSelection(*[gr.skip()] * len(PatchSelection._fields))
-    return selection_views(layer, opacity, session, hit[1])
+    hit = strip_token_at(strip_layout(session.image.size, session.trace.num_layers), session.trace, *pixel)
+    return UNCHANGED if hit is None else selection_views(layer, opacity, session, hit[1])  # None: between tiles
 
 
 def selection_views(layer: float, opacity: float, session: Analysis | None, token: int | None) -> PatchSelection:
@@ -229,7 +232,7 @@ def clear_selection(layer: float, opacity: float, session: Analysis | None) -> P
     return selection_views(layer, opacity, session, None)
 
 
-class AfterRun(NamedTuple):
+class ImageAfterRun(NamedTuple):
     """What follows a model run, one field per output component (wired in this order)."""
 
     selected: int | None  # the clicked input token, None when the new trace has no such patch
@@ -237,15 +240,15 @@ class AfterRun(NamedTuple):
     link: str  # the URL query of the view (the browser makes it the full link, LINK_JS)
 
 
-def after_run_views(session: Analysis | None, selected: int | None, example: str | None, model: str, method: str,
-              schedule: str, ratio: float, layer: float) -> AfterRun:
+def after_image_run(session: Analysis | None, selected: int | None, example: str | None, model: str, method: str,
+                    schedule: str, ratio: float, layer: float) -> ImageAfterRun:
     """After a model run (which drew the selection, see :func:`inspect_image`): the selection and its
     lineage in the new trace, and the link to the view (one event: each event costs the page a pass
     over every component's state, BENCHMARKS.md "App latency")."""
     token = valid_token(session, selected)
     with user_errors("follow the selected patch"):
         lineage = lineage_panel(session, token) if token is not None else LINEAGE_HINT
-    return AfterRun(token, lineage, image_view_link(example, model, method, schedule, ratio, layer))
+    return ImageAfterRun(token, lineage, image_view_link(example, model, method, schedule, ratio, layer))
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -385,8 +388,8 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     quiet = dict(queue=False, show_progress="hidden")
 
     def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace and the link
-        return (event.then(after_run_views, [session, selected, *link_inputs], [c[n] for n in AfterRun._fields],
-                           api_visibility="private", **quiet)
+        return (event.then(after_image_run, [session, selected, *link_inputs],
+                           [c[n] for n in ImageAfterRun._fields], api_visibility="private", **quiet)
                 .then(None, link, link, js=LINK_JS, **quiet))  # the full link and the page's URL, in the browser
 
     gr.api(image_view_link, api_name="image_view_link")  # API only: the link to a view (the page makes its own)
@@ -409,7 +412,8 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
                 trigger_mode="always_last", **quiet).then(None, [link, layer], link, js=LINK_JS, **quiet)
     opacity.input(render_image_opacity, inputs=[layer, opacity, session, selected], outputs=c["overlay"],
                   api_visibility="private", trigger_mode="always_last", **quiet)
-    for clicked, handler in ((c["overlay"], select_patch), (c["cluster"], select_on_map), (c["strip"], select_in_strip)):
+    for clicked, handler in ((c["overlay"], select_patch), (c["cluster"], select_on_map),
+                             (c["strip"], select_in_strip)):
         clicked.select(handler, [layer, opacity, session], selection_outputs, **quiet)
     c["clear"].click(clear_selection, [layer, opacity, session], selection_outputs, **quiet)
     c["copy"].click(None, link, link, js=COPY_JS, queue=False)

@@ -144,7 +144,7 @@ TextAfterRun = outputs_type("TextAfterRun", TokenSelection, then=[("link", str)]
 def after_text_run(layer: float, session: Analysis | None, selected: int | None, prompt: str | None, model: str,
                    method: str, schedule: str, ratio: float) -> TextAfterRun:
     """After a model run: keep the selection when it still indexes the prompt, else drop it (no redraw),
-    and the link to the view (one event: see ``image_tab.after_run_views``)."""
+    and the link to the view (one event: see ``image_tab.after_image_run``)."""
     token = valid_token(session, selected)
     views = TokenSelection(None, gr.skip(), TOKEN_HINT) if token is None else token_views(layer, session, token)
     return TextAfterRun(*views, link=text_view_link(prompt, model, method, schedule, ratio, layer))

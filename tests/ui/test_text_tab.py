@@ -42,7 +42,7 @@ def test_layer_change_and_token_click(first):
     assert len(coloured) == len(members)  # only the clicked token's group is coloured
     cleared = text_tab.clear_token(6, first.session)
     assert cleared.selected is None and cleared.lineage == text_tab.TOKEN_HINT
-    after = text_tab.after_text_run(6, first.session, 10_000, "The cat sat", "minilm", "tome", "constant", 0.5)
+    after = text_tab.after_text_run(first.session, 10_000, "The cat sat", "minilm", "tome", "constant", 0.5, 6)
     assert after.selected is None and after.lineage == text_tab.TOKEN_HINT  # beyond the prompt: dropped
     assert "tab=text" in after.link and "prompt=The+cat+sat" in after.link and "layer=6" in after.link
 

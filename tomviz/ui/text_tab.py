@@ -141,8 +141,8 @@ def clear_token(layer: float, session: Analysis | None) -> TokenSelection:
 TextAfterRun = outputs_type("TextAfterRun", TokenSelection, then=[("link", str)])  # + the view's URL query
 
 
-def after_text_run(layer: float, session: Analysis | None, selected: int | None, prompt: str | None, model: str,
-                   method: str, schedule: str, ratio: float) -> TextAfterRun:
+def after_text_run(session: Analysis | None, selected: int | None, prompt: str | None, model: str, method: str,
+                   schedule: str, ratio: float, layer: float) -> TextAfterRun:
     """After a model run: keep the selection when it still indexes the prompt, else drop it (no redraw),
     and the link to the view (one event: see ``image_tab.after_image_run``)."""
     token = valid_token(session, selected)
@@ -222,7 +222,7 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
     run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
 
     def after_run(event):  # the selection and the link follow the run (see image_tab.build_image_tab)
-        return (event.then(after_text_run, [layer, session, selected, *link_inputs[:-1]],
+        return (event.then(after_text_run, [session, selected, *link_inputs],
                            [c[n] for n in TextAfterRun._fields], api_visibility="private", queue=False,
                            show_progress="hidden")
                 .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))

@@ -9,6 +9,7 @@ import torch
 
 from tests.vlm import tiny
 from tomviz import vlm
+from tomviz.models import llm
 from tomviz.models.vlm import wrap
 
 QUESTION = "what is in this image ?"
@@ -43,7 +44,7 @@ def test_no_reduction_matches_unpatched(loaded, inputs):
     with torch.inference_mode():
         reference = loaded.model(**inputs.tensors).logits[0]  # patched, no state: the original forwards
     prefill = vlm.build_prefill(loaded, inputs, vlm.Reduction())
-    with torch.inference_mode(), vlm.llm.LLMState(visual=prefill.visual):
+    with torch.inference_mode(), llm.LLMState(visual=prefill.visual):
         ours = loaded.model(inputs_embeds=prefill.embeds).logits[0]
     assert ours.shape == reference.shape
     assert (ours - reference).abs().max() < 1e-4
@@ -104,7 +105,7 @@ def test_reduction_cached_decoding_and_counts(loaded, inputs, reduction):
         fastv = None if prefill.fastv is None else replace(prefill.fastv, query=prefill.embeds.shape[1] - 1)
         pad = torch.zeros(len(answer), dtype=torch.bool)
         bias = None if prefill.key_bias is None else torch.cat([prefill.key_bias, pad.float()])
-        with vlm.llm.LLMState(visual=torch.cat([prefill.visual, pad]), key_bias=bias, fastv=fastv):
+        with llm.LLMState(visual=torch.cat([prefill.visual, pad]), key_bias=bias, fastv=fastv):
             logits = loaded.model(inputs_embeds=embeds).logits[0]
     assert logits[-(len(answer) + 1):-1].argmax(-1).tolist() == generated.tokens
     assert (forced.first_logits - generated.first_logits).abs().max() < 1e-4

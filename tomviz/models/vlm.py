@@ -4,7 +4,7 @@ A :class:`VLMAdapter` (one per family: ``tomviz/models/smolvlm.py``, ``tomviz/mo
 says only *where* things are: the vision tower (merged by the image adapters of
 ``tomviz/models/patching.py``, e.g. ``siglip``/``clip``), the language model's decoder
 (patched by ``tomviz/models/llm.py``), how pixels become the LLM's visual tokens, and
-the grid those tokens form. The flow of a call lives in ``tomviz/vlm.py``.
+the grid those tokens form. The flow of a call lives in ``tomviz/vlm/`` (one module per stage).
 
 Merging inside the encoder uses the ordinary per-call :class:`~tomviz.merge.engine.MergeState`,
 here as :class:`EncoderState`, which always tracks each patch's group so that a

@@ -1,0 +1,52 @@
+"""Token reduction inside vision-language models: where, what the LLM then sees, and what it answers.
+
+Three places to reduce the visual tokens (``place``):
+
+* ``"encoder"``: any merge method of ``tomviz.METHODS`` inside the vision encoder. SmolVLM's
+  pixel shuffle needs every patch, so merged tokens are copied back to their patches after
+  the encoder (the encoder saves compute, the LLM sees the usual count); LLaVA's projector
+  works per token, so the LLM receives the merged tokens;
+* ``"boundary"``: on the tokens the LLM receives (``tomviz.merge.visual``: ``tome``, ``random``,
+  ``downsample``, ``visionzip``); merged tokens carry their size into the LLM's attention as a
+  ``log(size)`` bias through its mask (``prop_attn``);
+* ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``).
+
+With ``vtu=True`` (boundary, or LLaVA's encoder merging) the LLM gets DyMU's virtual token
+unmerging instead of the log-size bias: it computes on the merged tokens, but every attention
+sees each merged token once per member at its members' RoPE positions
+(:func:`tomviz.models.llm.vtu_attention`), so it stays close to the unreduced model. VTU needs a
+plan that only merges (no pruned tokens) and a rotary LLM.
+
+Each place is traced as a stage with the same :class:`~tomviz.trace.Trace` type:
+``stages["encoder"]`` (the patches of tile 0 through the encoder layers), ``stages["boundary"]``
+(the visual tokens → the tokens the LLM receives) and ``stages["llm"]`` (the visual tokens the
+LLM receives → those layers ≥ K keep). The tokens are laid out per tile (``meta["token_grid"]``,
+``meta["num_tiles"]``), tile-major and row-major, as the model's sequence orders them.
+
+The reduced sequence keeps the text tokens and puts each visual group where its first
+member sat; positions are renumbered contiguously (as VisionZip does), except under
+FastV where the kept tokens keep their positions.
+
+The flow of one request, one module per stage:
+
+* :mod:`tomviz.vlm.reduction`: where and how much (:class:`Reduction`);
+* :mod:`tomviz.vlm.inputs`: image + question → the processor's tensors (:func:`prepare`);
+* :mod:`tomviz.vlm.encode`: the vision encoder and connector (:func:`encode`);
+* :mod:`tomviz.vlm.sequence`: the boundary reduction and the LLM's input sequence (:func:`to_prefill`);
+* :mod:`tomviz.vlm.decode`: greedy decoding, teacher forcing, the answer's log-likelihood game;
+* :mod:`tomviz.vlm.result`: both runs side by side (:func:`inspect_vlm` → :class:`VLMResult`).
+"""
+from __future__ import annotations
+
+from tomviz.vlm.decode import Generation, TeacherForced, first_token_kl, generate, teacher_forced
+from tomviz.vlm.encode import Encoded, encode
+from tomviz.vlm.inputs import VLMInput, prepare
+from tomviz.vlm.reduction import PLACES, Reduction
+from tomviz.vlm.result import AnswerFidelity, VLMResult, inspect_vlm
+from tomviz.vlm.sequence import Prefill, build_prefill, to_prefill, virtual_tokens
+
+__all__ = [
+    "PLACES", "AnswerFidelity", "Encoded", "Generation", "Prefill", "Reduction", "TeacherForced", "VLMInput",
+    "VLMResult", "build_prefill", "encode", "first_token_kl", "generate", "inspect_vlm", "prepare", "teacher_forced",
+    "to_prefill", "virtual_tokens",
+]

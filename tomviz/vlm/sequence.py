@@ -1,0 +1,156 @@
+"""The boundary between the vision encoder and the LLM: reduce the visual tokens and build the LLM's input.
+
+The reduced sequence keeps the text tokens and puts each visual group where its first member sat;
+positions are renumbered contiguously (as VisionZip does), except under FastV, where the kept
+tokens keep their positions. Each reduction is traced as a one-step :class:`~tomviz.trace.Trace`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tomviz.merge.plan import MergePlan
+from tomviz.merge.visual import FastV, VisualTokens, group_sizes, sequence_order
+from tomviz.models import llm
+from tomviz.models.vlm import LoadedVLM
+from tomviz.trace import LayerTrace, Trace
+from tomviz.vlm.encode import Encoded, encode
+from tomviz.vlm.inputs import VLMInput
+from tomviz.vlm.reduction import Reduction
+
+
+@dataclass
+class Prefill:
+    """The LLM's (reduced) input and how it came to be."""
+
+    embeds: torch.Tensor  # [1, L', C]
+    visual: torch.Tensor  # [L'] bool, the visual tokens of the sequence
+    key_bias: torch.Tensor | None  # [L'] log(size) of visual groups (0 for text), or None
+    fastv: llm.FastVRequest | None
+    stages: dict[str, Trace]
+    encoder_seconds: float  # vision encoder + boundary reduction
+    vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
+
+    def llm_state(self, **fields: Any) -> llm.LLMState:
+        """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
+        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu)
+        return llm.LLMState(**{**values, **fields})
+
+
+def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
+    """A one-step Trace over the ``plan.num_in`` visual tokens."""
+    sizes = group_sizes(plan)[0].cpu().numpy().astype(np.float32)
+    layer = LayerTrace(source=plan.dst[0].cpu().numpy().astype(np.int32), sizes=sizes, num_tokens_in=plan.num_in)
+    meta = {**meta, "stage": name, "num_input_tokens": plan.num_in, "num_protected": 0,
+            "schedule": [plan.num_in - plan.num_out], "prop_attn": meta.get("prop_attn", False)}
+    return Trace(meta=meta, layers=[layer])
+
+
+def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
+    """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
+    features, plan, token_grid, num_tiles = encoded.features, encoded.plan, encoded.token_grid, encoded.num_tiles
+    stages = dict(encoded.stages)
+    input_ids = inputs.tensors["input_ids"]
+    visual = input_ids[0] == loaded.image_token_id  # [L]
+    marker_positions = None
+    if encoded.markers is not None:  # layout markers: kept like text
+        marker_positions = visual.nonzero()[:, 0][encoded.markers]
+        visual[marker_positions] = False
+    num_visual = int(visual.sum())
+    with torch.inference_mode():
+        boundary_meta = {**encoded.meta, "method": "none", "prop_attn": red.prop_attn}
+        if red.place == "encoder":
+            boundary_meta["method"] = f"encoder:{red.method}"
+        if red.place == "boundary" and red.ratio > 0:
+            method = encoded.boundary_method
+            keep = max(1, num_visual - int(round(red.ratio * num_visual)))
+            tokens = VisualTokens(features=features, tile_grid=token_grid, num_tiles=num_tiles, seed=red.seed)
+            if method.needs_attention:
+                tokens.attention, tokens.attention_middle = encoded.attention["deep"], encoded.attention.get("middle")
+            plan = method.plan(tokens, keep)
+            boundary_meta["method"] = red.method
+        if encoded.merged:  # reorder the merged features by their first patch (the sequence order)
+            first = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V']
+            features = features[:, first.argsort()]
+            plan = sequence_order(plan)
+            sizes = group_sizes(plan)
+        else:
+            plan = sequence_order(plan)
+            sizes = None
+            if plan.num_out != num_visual:
+                features, sizes = plan.merge(features, None)
+                sizes = sizes[..., 0]
+        stages["boundary"] = stage_trace("boundary", plan, boundary_meta)
+        embeds = loaded.language_model.get_input_embeddings()(input_ids)  # [1, L, C]
+        if marker_positions is not None:
+            embeds = embeds.clone()
+            embeds[0, marker_positions] = encoded.marker_features[0].to(embeds.dtype)
+        first_member = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V'] ascending
+        keep_seq = ~visual.clone()
+        keep_seq[visual.nonzero()[:, 0][first_member]] = True
+        embeds = embeds[:, keep_seq].clone()
+        new_visual = visual[keep_seq]
+        embeds[0, new_visual] = features[0].to(embeds.dtype)
+        key_bias = None
+        if sizes is not None and red.prop_attn and red.place in ("boundary", "encoder"):
+            key_bias = torch.zeros(embeds.shape[1], device=embeds.device)
+            key_bias[new_visual] = sizes[0].float().log()
+            if not bool(key_bias.any()):
+                key_bias = None
+        fastv = None
+        if red.place == "llm" and red.ratio > 0:
+            fastv = fastv_request(loaded, red, num_visual, token_grid, num_tiles)
+        vtu = None
+        if red.vtu:
+            key_bias = None  # each member is its own virtual key: no log-size bias
+            vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
+                   vtu=vtu)
+
+
+def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, visual: torch.Tensor,
+                   first_member: torch.Tensor) -> llm.VirtualTokens:
+    """The unmerged sequence behind a merged prefill, for VTU.
+
+    plan: ``[1, V]`` visual token → group (sequence order); keep_seq: ``[L]`` bool, the positions of the
+    full sequence that the merged one keeps (text, and each group's first member); visual: ``[L]`` bool;
+    first_member: ``[V']``. Returns ``index [L]``: the merged position each full position is a copy of.
+    """
+    if bool((plan.dst < 0).any()):
+        raise ValueError("virtual token unmerging needs a plan that only merges: this method prunes visual tokens "
+                         "(use tome, dtome or downsample)")
+    rotary = getattr(loaded.language_model, "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(f"virtual token unmerging needs a rotary (RoPE) LLM; {loaded.name}'s has no rotary_emb")
+    merged_index = keep_seq.long().cumsum(0) - 1  # [L] merged position of each kept full position
+    visual_positions = visual.nonzero()[:, 0]  # [V]
+    group_position = merged_index[visual_positions[first_member]]  # [V'] merged position of each group
+    index = merged_index.clone()
+    index[visual_positions] = group_position[plan.dst[0]]
+    return llm.VirtualTokens(index=index, rotary=rotary)
+
+
+def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int, token_grid, num_tiles: int) -> llm.FastVRequest:
+    if not 1 <= red.fastv_layer < len(loaded.language_model.layers):
+        raise ValueError(f"fastv_layer must be 1..{len(loaded.language_model.layers) - 1}")
+    keep = max(1, num_visual - int(round(red.ratio * num_visual)))
+    selector = FastV()
+
+    def select(attention: torch.Tensor) -> torch.Tensor:
+        """attention ``[1, V]`` → the kept visual indices ``[keep]``, ascending."""
+        tokens = VisualTokens(features=attention[..., None], tile_grid=token_grid, num_tiles=num_tiles, attention=attention)
+        return (selector.plan(tokens, keep).dst[0] >= 0).nonzero()[:, 0]
+
+    return llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
+
+
+def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:
+    """:func:`encode` then :func:`to_prefill`, timed together (``encoder_seconds``)."""
+    start = time.perf_counter()
+    prefill = to_prefill(loaded, inputs, encode(loaded, inputs, red), red)
+    prefill.encoder_seconds = time.perf_counter() - start
+    return prefill

@@ -7,7 +7,7 @@ from tomviz.lineage import group_lineage
 from tomviz.render.figures import cluster_map_figure
 from tomviz.render.groups import (
     HIGHLIGHT, OUTLINE, animation_frames, cluster_map_picture, cluster_picture, layer_strip_picture, map_colours,
-    map_layout, patch_groups, patch_name, save_animation, stable_colours, strip_layout, strip_token_at, token_at,
+    map_layout, patch_groups, patch_name, save_animation, save_video, stable_colours, strip_layout, strip_token_at, token_at,
 )
 from tomviz.render.lineage import lineage_markdown
 from tomviz.trace import LayerTrace, Trace
@@ -109,3 +109,22 @@ def test_animation_has_a_frame_per_layer_and_the_input(trace, tmp_path):
     path = save_animation(frames, tmp_path / "merge.gif")
     with Image.open(path) as gif:
         assert gif.n_frames == trace.num_layers + 1
+
+
+def test_video_has_a_frame_per_layer_and_the_input_in_order(trace, tmp_path):
+    av = pytest.importorskip("av")
+    frames = animation_frames(Image.new("RGB", (41, 41), (90, 90, 200)), trace)  # odd sides: padded to even
+    path = save_video(frames, tmp_path / "merge.mp4", frame_ms=500, last_ms=1500)
+    with av.open(str(path)) as video:
+        stream = video.streams.video[0]
+        decoded = list(video.decode(stream))
+        assert stream.codec_context.name == "h264"
+        assert (decoded[0].width, decoded[0].height) == (frames[0].width + frames[0].width % 2,
+                                                          frames[0].height + frames[0].height % 2)
+        seconds = [float(f.pts * f.time_base) for f in decoded]
+        assert float(video.duration) / 1e6 == pytest.approx(0.5 * (len(frames) - 1) + 1.5, abs=0.05)
+    assert len(decoded) == trace.num_layers + 1
+    assert seconds == pytest.approx([0.5 * i for i in range(len(frames))], abs=1e-3)
+    for frame, picture in zip(decoded, frames):  # each frame is its picture (lossy: compare means)
+        got = np.asarray(frame.to_image().crop((0, 0, picture.width, picture.height))).astype(float)
+        assert np.abs(got - np.asarray(picture).astype(float)).mean() < 12

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from tomviz.render.overlay import (
-    PRUNED_COLOUR, boundary_mask, display_image, patch_index_map, patch_labels, per_pixel, to_image,
+    PRUNED_COLOUR,
+    boundary_mask,
+    display_image,
+    patch_index_map,
+    patch_labels,
+    per_pixel,
+    to_image,
 )
 from tomviz.trace import Trace
 
@@ -329,4 +336,34 @@ def save_animation(frames: Sequence[Image.Image], path, frame_ms: int = 700, las
     (consecutive frames differ at least in their caption)."""
     durations = [frame_ms] * (len(frames) - 1) + [last_ms]
     frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=durations, loop=0, optimize=False)
+    return path
+
+
+def save_video(frames: Sequence[Image.Image], path, frame_ms: int = 700, last_ms: int = 2000):
+    """Write ``frames`` as an H.264 MP4 at ``path`` (PyAV, whose wheel bundles FFmpeg's libraries); returns
+    the path. One video frame per picture, shown ``frame_ms`` each and the last ``last_ms``, as
+    :func:`save_animation` times the GIF. H.264 in yuv420p needs even sides: frames are padded with white
+    on the right and bottom by at most one pixel. No B-frames, so packets leave the encoder in display
+    order and the last one can carry the last frame's duration."""
+    import av  # imported here: only the MP4 export needs it
+
+    width = max(f.width for f in frames) + max(f.width for f in frames) % 2
+    height = max(f.height for f in frames) + max(f.height for f in frames) % 2
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("h264")
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, 1000)  # milliseconds
+        stream.codec_context.max_b_frames = 0
+        packets = []
+        for index, picture in enumerate(frames):
+            canvas = Image.new("RGB", (width, height), (255, 255, 255))
+            canvas.paste(picture.convert("RGB"), (0, 0))
+            frame = av.VideoFrame.from_image(canvas)
+            frame.pts, frame.time_base = index * frame_ms, stream.time_base
+            packets += stream.encode(frame)
+        packets += stream.encode()  # flush
+        for index, packet in enumerate(packets):
+            milliseconds = last_ms if index == len(packets) - 1 else frame_ms
+            packet.duration = round(Fraction(milliseconds, 1000) / packet.time_base)  # in the packet's own time base
+            container.mux(packet)
     return path

@@ -41,3 +41,13 @@ def test_figures_build(text_trace):
     assert (merged.name, list(merged.y), list(merged.x)) == ("merged (1.50 total)", [1.0, 0.5], [1, 2])
     bars = group_attention_figure(["a", "b", "c"], [0.3, 0.7, 0.1], 0).data[0]
     assert list(bars.y) == ["c", "a", "b"] and list(bars.x) == [0.1, 0.3, 0.7]  # the largest drawn on top
+
+
+@pytest.mark.parametrize("height", [240, 300, 420])
+def test_gflops_legend_sits_under_the_axis_title_inside_the_figure(height):
+    layout = gflops_figure([1.0, 0.5], [1.0, 1.0], height=height).layout
+    plot_height = height - layout.margin.t - layout.margin.b
+    legend_top = -layout.legend.y * plot_height  # px below the x axis
+    assert layout.legend.yanchor == "top" and layout.legend.orientation == "h"
+    assert legend_top >= 45  # below the tick labels (≈ 15 px) and the axis title (≈ 20 px more)
+    assert legend_top + 22 <= layout.margin.b  # one legend row still inside the figure

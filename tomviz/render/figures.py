@@ -10,6 +10,8 @@ from tomviz.render.groups import map_colours, merged_group_count, patch_groups
 from tomviz.trace import Trace
 
 _MARGIN = dict(l=40, r=10, t=36, b=36)
+# A legend under the plot starts this far below the x axis: under its tick labels and its title (≈ 40 px).
+LEGEND_BELOW_AXIS_PX = 48
 
 
 def _figure(data: list[dict], **layout) -> go.Figure:
@@ -83,6 +85,7 @@ def token_count_figure(traces: dict[str, Trace] | Trace, height: int = 300) -> g
 def gflops_figure(merged: Sequence[float], unmerged: Sequence[float], height: int = 300) -> go.Figure:
     """Analytic GFLOPs per layer, merged vs unmerged (``[L]`` each)."""
     layers = list(range(1, len(merged) + 1))
+    margin = {**_MARGIN, "b": LEGEND_BELOW_AXIS_PX + 30}  # tick labels and the axis title, then one legend row
     return _figure(
         [
             dict(type="bar", x=layers, y=list(unmerged), name=f"unmerged ({sum(unmerged):.2f} total)",
@@ -91,8 +94,8 @@ def gflops_figure(merged: Sequence[float], unmerged: Sequence[float], height: in
                  marker=dict(color="#ef6c00")),
         ],
         title=dict(text="GFLOPs per layer (attention + MLP)"), xaxis=dict(title=dict(text="layer")),
-        yaxis=dict(title=dict(text="GFLOPs")), barmode="group", height=height, margin=_MARGIN,
-        legend=dict(orientation="h", y=-0.25),
+        yaxis=dict(title=dict(text="GFLOPs")), barmode="group", height=height, margin=margin,
+        legend=dict(orientation="h", yanchor="top", y=-LEGEND_BELOW_AXIS_PX / (height - margin["t"] - margin["b"])),
     )
 
 

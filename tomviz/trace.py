@@ -62,6 +62,12 @@ class Trace:
 
     # --- reading -----------------------------------------------------------------
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the trace's arrays (every layer's ids, sizes, edges and attention)."""
+        return sum(getattr(layer, name).nbytes for layer in self.layers for name in LayerTrace._ARRAYS
+                   if getattr(layer, name) is not None)
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 

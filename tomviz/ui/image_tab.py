@@ -23,6 +23,7 @@ from tomviz.render.lineage import lineage_markdown
 from tomviz.render.overlay import group_overlay, heatmap_overlay
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.scores.attention import cls_attention_grid
+from tomviz.ui.guards import ImageFile
 from tomviz.ui.common import IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
 from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
@@ -304,23 +305,7 @@ def forget_example() -> None:
     return None
 
 
-class ImageUpload(gr.Image):
-    """gr.Image's front end (``is_template``) whose upload check (Gradio opens the file with PIL) turns
-    unreadable files into a clear message instead of a raw PIL error with a temp path."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Image.DecompressionBombError as err:
-            raise gr.Error(f"The image is too large to open safely (a possible decompression bomb): {err}",
-                           title="Cannot read the upload") from err
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-            raise gr.Error("This file cannot be read as an image. Upload a PNG, JPEG, WebP, GIF or similar photo "
-                           f"({type(err).__name__}).", title="Cannot read the upload") from err
+ImageUpload = ImageFile  # the bounded image input (tomviz/ui/guards.py)
 
 
 # --- layout and wiring -------------------------------------------------------------------

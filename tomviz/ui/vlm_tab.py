@@ -15,6 +15,8 @@ from tomviz.merge.visual import VISUAL_METHODS
 from tomviz.models.vlm import LoadedVLM
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
 from tomviz.ui.common import PromptBox, session_state, user_errors
+from tomviz.ui.guards import ImageFile
+from tomviz.ui.server import HEAVY
 
 # SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap. LLaVA-OneVision is drawn on
 # its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random, fastv).
@@ -117,7 +119,7 @@ def build_vlm_tab() -> None:
     gr.Markdown("Ask a vision-language model about a photo, then see which visual tokens it keeps, merges and attends to. " + HUB_NOTE)
     with gr.Row():
         with gr.Column(scale=4):
-            image = gr.Image(type="pil", label="Image")
+            image = ImageFile(label="Image")  # a checked file path (header bounds before decoding)
             question = PromptBox(label="Question", value="What is in this image?")
             model = gr.Dropdown(VLM_MODELS, value=VLM_MODELS[0], label="Model", allow_custom_value=True,
                                 info="SmolVLM / Idefics3 / LLaVA from the Hugging Face hub")
@@ -137,6 +139,6 @@ def build_vlm_tab() -> None:
     inputs = [image, question, model, place, method, ratio, max_new, session]
     components = dict(session=session, overlay=overlay, answers=answers, counts=counts, steps=step, attention=attention)
     outputs = [components[name] for name in VLMOutputs._fields]
-    gr.on([run.click, question.submit], ask, inputs=inputs, outputs=outputs, api_name="ask_vlm",
-          concurrency_id="model", concurrency_limit=1, trigger_mode="always_last")
+    gr.on([run.click, question.submit], ask, inputs=inputs, outputs=outputs, api_name="ask_vlm", **HEAVY,
+          trigger_mode="always_last")
     step.input(show_step, inputs=[step, session], outputs=attention, api_name="show_vlm_step", queue=False)

@@ -83,6 +83,17 @@ class ImageFile(gr.Image):
             raise gr.Error(str(err), title=READ_TITLE) from None
 
 
+MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>~&")
+
+
+def escape_markdown(text: str, limit: int = 100) -> str:
+    """``text`` (a visitor's) as literal Markdown: control characters dropped, at most ``limit`` characters,
+    every character Markdown or HTML would interpret escaped."""
+    text = "".join(c for c in str(text) if c.isprintable())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "".join(f"&#{ord(c)};" if c in "<>&" else ("\\" + c if c in MARKDOWN_SPECIAL else c) for c in text)
+
+
 # --- time: a budget per heavy request, and a stop when its visitor leaves ---------------------------------
 class WorkStopped(BaseException):
     """Raised inside a heavy handler's thread by :class:`Watchdog` (a BaseException, like KeyboardInterrupt,

@@ -21,7 +21,7 @@ from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
 from tomviz.ui.common import (IMAGE_MODELS, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, outputs_type, session_state,
                               user_errors)
-from tomviz.ui.guards import ImageFile
+from tomviz.ui.guards import ImageFile, escape_markdown
 from tomviz.ui.server import HEAVY
 from tomviz.ui.image_tab import EXAMPLE_IMAGES
 
@@ -140,7 +140,7 @@ def rerender_banzhaf(top_k: float, session: ScoreSession | None) -> BanzhafViews
 # --- CLIP image + text ---------------------------------------------------------------------
 def hub_message(model: str, err: Exception) -> str:
     return (
-        f"**Cannot load `{model}`**: {err}\n\n"
+        f"**Cannot load {escape_markdown(model)}**: {escape_markdown(str(err), 400)}\n\n"
         "The Hugging Face hub cannot be reached from this machine (or the id is wrong), so the Image + Text "
         "section cannot run here. It runs on Hugging Face Spaces or anywhere with hub access."
     )

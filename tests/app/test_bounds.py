@@ -217,3 +217,28 @@ def test_one_visitor_cannot_evict_the_others_sessions(client, app_url, monkeypat
     owners = [holder.clients.get(s) for s in holder.session_data]
     assert owners.count("opener") <= 3
     assert keeper.session_hash in holder.session_data
+
+
+def test_model_names_with_control_characters_and_markdown_get_clear_messages(client):
+    for api_name, kwargs in (("/inspect_image", dict(image=handle_file(CAT))), ("/inspect_text", dict(text="hi"))):
+        with pytest.raises(AppError, match="control characters") as info:
+            client.predict(model="owner/na\x00me", api_name=api_name, **kwargs)
+        assert "embedded null byte" not in str(info.value)
+    summary = client.predict(model="x/y\x00<img src=x onerror=alert(1)>**[link](http://e.vil)**", image=handle_file(CAT),
+                             text="a cat", samples=64, api_name="/score_hbi")[-1]
+    assert "control characters" in summary
+    assert "<img" not in summary and "[link](" not in summary and "**[" not in summary
+
+
+def test_results_uploads_that_decode_large_are_refused_through_the_app(client, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bomb = tmp_path / "results.parquet"  # 100 000 rows repeating a 20 000-character method: 2 GB decoded
+    pq.write_table(pa.table({"model": ["m"] * 100_000, "method": ["x" * 20_000] * 100_000}), bomb, compression="zstd")
+    assert bomb.stat().st_size < 1_000_000
+    before, start = rss(), time.monotonic()
+    with pytest.raises(AppError, match="20000 characters") as info:
+        client.predict(file=handle_file(str(bomb)), api_name="/open_bench")
+    assert_clean(str(info.value))
+    assert time.monotonic() - start < 10 and rss() - before < MAX_GROWTH

@@ -83,12 +83,12 @@ class ImageFile(gr.Image):
             raise gr.Error(str(err), title=READ_TITLE) from None
 
 
-MARKDOWN_SPECIAL = set("\\`*_{}[]()#+-.!|<>~&")
+MARKDOWN_SPECIAL = set("\\`*_{}[]()!|<>~&")  # inline specials (one line: no list or heading marks)
 
 
 def escape_markdown(text: str, limit: int = 100) -> str:
     """``text`` (a visitor's) as literal Markdown: control characters dropped, at most ``limit`` characters,
-    every character Markdown or HTML would interpret escaped."""
+    every character Markdown or HTML would interpret inside a line escaped (newlines are dropped)."""
     text = "".join(c for c in str(text) if c.isprintable())
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return "".join(f"&#{ord(c)};" if c in "<>&" else ("\\" + c if c in MARKDOWN_SPECIAL else c) for c in text)

@@ -1,4 +1,4 @@
-"""Input components that check what a visitor sends before anything is decoded.
+"""Guards on what a visitor sends and on how long a request may run.
 
 :class:`ImageFile` replaces ``gr.Image`` as an input on every tab. Gradio's own ``gr.Image.preprocess``
 opens the file with PIL and, whenever the mode differs from the component's ``image_mode`` (``"RGB"`` by
@@ -9,6 +9,11 @@ decoded in full with no size bound at all. ``ImageFile`` instead
 * checks a file's size on disk, or a ``data:`` URL's length before its base64 is decoded;
 * reads the header (:mod:`tomviz.inputs.limits`: bytes, pixels, frames) and refuses with a message
   that never names a server path (no ``Could not preprocess … /tmp/gradio/…`` dump).
+
+:func:`escape_markdown` makes a visitor's text literal where it is echoed into Markdown.
+
+:class:`Watchdog` stops a heavy handler that ran past its budget in seconds or whose visitor left
+(:func:`tomviz.ui.server.budgeted` puts the heavy events under it).
 """
 from __future__ import annotations
 
@@ -158,7 +163,7 @@ class Watchdog:
                     if watch.reason:
                         continue
                     if time.monotonic() > watch.deadline:
-                        watch.reason = (f"This request ran for its budget of {watch.budget_s:.0f} s and was stopped so "
+                        watch.reason = (f"This request ran for its budget of {watch.budget_s:g} s and was stopped so "
                                         "that others can use the model. Ask for less work (fewer samples, settings, "
                                         "or a later layer) and try again.")
                     elif not _safe(watch.alive):

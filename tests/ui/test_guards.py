@@ -37,8 +37,11 @@ def test_data_urls_are_bounded_before_they_are_decoded(tmp_path, monkeypatch):
 
 
 def test_image_file_hands_on_checked_paths_and_clean_errors(tmp_path):
-    component = ImageFile()
+    component = ImageFile(type="pil", sources=["upload"])
     assert component.type == "filepath" and component.image_mode is None
+    config = component.get_config()  # the page's props come from gr.Image's signature (a missing one breaks the page)
+    assert config["sources"] == ["upload"] and config["type"] == "filepath"
+    assert set(gr.Image(sources=["upload"]).get_config()) <= set(config)
     assert component.preprocess(ImageData(path="assets/chelsea.png")) == "assets/chelsea.png"
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(declared_png(12_000, 12_000))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import functools
 import hashlib
 import threading
 import time
@@ -69,9 +70,10 @@ class ImageFile(gr.Image):
 
     is_template = True
 
-    def __init__(self, value: Any = None, **kwargs: Any) -> None:
-        kwargs.update(type="filepath", image_mode=None)  # never decode here; the loaders convert to RGB
-        super().__init__(value, **kwargs)
+    @functools.wraps(gr.Image.__init__)  # gr.Image's signature: Gradio builds the page's props from it
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.type, self.image_mode = "filepath", None  # never decode here; the loaders convert to RGB
 
     def preprocess(self, payload: Any) -> str | None:
         if payload is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -157,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run = run_bench(spec, items, out, engine=args.engine, workers=args.workers, address=args.address,
                     cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, threads=args.threads,
-                    progress=not args.no_progress, ship_code=args.ship_code)
+                    progress=not args.no_progress, ship_code=args.ship_code, command=getattr(args, "command_line", None))
     summary, meta = read_summary((out / "summary.json").read_text())
     (out / "report.html").write_text(report_html(summary, meta))
     rows = run.rows()
@@ -234,4 +235,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = "python -m tomviz " + shlex.join(sys.argv[1:] if argv is None else argv)
     return args.run(args)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from tomviz.trace import Trace
 from tomviz.ui.image_tab import ImageOutputs
+from tests import tiny
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 CAT = str(ASSETS / "chelsea.png")
@@ -196,12 +197,8 @@ def test_local_classifier_folder_shows_top5_labels(client, tmp_path, monkeypatch
     """A local folder the operator allows (TOMVIZ_LOCAL_MODELS) loads like a hub id; classifiers get top-5 labels."""
     import json
 
-    from transformers import ViTConfig, ViTForImageClassification
-
-    labels = {i: f"class {i}" for i in range(7)}
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8, num_labels=7, id2label=labels, label2id={v: k for k, v in labels.items()})
-    ViTForImageClassification(config).eval().save_pretrained(tmp_path)
+    labels = [f"class {i}" for i in range(7)]
+    tiny.vit(classifier=labels, num_hidden_layers=2, num_attention_heads=2).save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     monkeypatch.setenv("TOMVIZ_LOCAL_MODELS", str(tmp_path))  # the in-process server reads it per call

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.vlm import tiny
+from tests import tiny
 from tomviz import vlm
 from tomviz.models.vlm import wrap
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.vlm import tiny
+from tests import tiny
 from tomviz import vlm
 from tomviz.models import llm
 from tomviz.models.vlm import wrap

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.vlm import tiny
+from tests import tiny
 from tests.vlm.test_vlm import QUESTION, inputs, loaded  # noqa: F401  (the same tiny models, as fixtures)
 from tomviz import vlm
 

@@ -98,7 +98,7 @@ def clip(*, text: dict | None = None, vision: dict | None = None, seed: int | No
 
 # ---- text encoders --------------------------------------------------------------------------------------------
 def bert(*, seed: int | None = None, **config) -> tf.BertModel:
-    """``BertModel`` (also MiniLM's architecture: give ``vocab_size=tokenizer.vocab_size`` to pair it with MiniLM's tokenizer)."""
+    """``BertModel``, also MiniLM's architecture (``vocab_size=tokenizer.vocab_size`` pairs it with MiniLM's tokenizer)."""
     fields = _config(TEXT, config)
     _seed(seed)
     return tf.BertModel(tf.BertConfig(**fields)).eval()

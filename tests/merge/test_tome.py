@@ -1,4 +1,4 @@
-"""ToMe decisions against an independent reference written from REFERENCES.md §2.
+"""ToMe decisions against an independent reference written from the paper (Bolya et al., ICLR 2023).
 
 The reference below runs a ViT forward by hand with explicit softmax attention,
 groups kept as Python sets and the reference token order (kept A tokens in

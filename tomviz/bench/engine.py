@@ -6,7 +6,7 @@ shard as its own Parquet file (named by the shard's hash), and moves the progres
 what the benchmark needs directly: a rerun lists the shard files and submits only the missing ones; a
 killed worker loses only the shard it held (the actor restarts and the shard is retried once, else
 it is reported and left for the next run); there is no read stage competing with the actors for
-CPUs (REFERENCES §8: Ray Data stalled on 2 CPUs with one CPU per actor), and the in-process engine
+CPUs (seen with Ray 2.60: Ray Data stalled on 2 CPUs with one CPU per actor), and the in-process engine
 runs the very same worker code, so the two agree setting by setting.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Random bipartite matching: ToMe with a seeded random A/B split (the baseline of REFERENCES §2).
+"""Random bipartite matching: ToMe (Bolya et al., ICLR 2023) with a seeded random A/B split, a baseline.
 
 Every layer draws which unprotected tokens form the A side (half of them,
 rounded up) from a generator seeded with ``seed + layer``, so a call is

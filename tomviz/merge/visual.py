@@ -6,7 +6,7 @@ A vision-language model hands its LLM ``V`` visual tokens (``T`` tiles of a
 :class:`~tomviz.merge.plan.MergePlan` over the ``V`` tokens (merged groups are
 size-weighted means, -1 = pruned), the same type every encoder method returns.
 
-Methods (REFERENCES §7; written from the definitions, not from their code):
+Methods (from the papers' definitions, not their code; FastV: Chen et al., ECCV 2024; VisionZip: Yang et al., CVPR 2025):
 
 * ``tome``: ToMe's bipartite matching on the tokens' features, repeated until the
   target count is reached (one step removes at most half);

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tomviz.cli_vlm import add_arguments as add_vlm_arguments
+from tomviz.merge import registry
+from tomviz.merge.checks import SCHEDULES
 
-# The names of tomviz.merge.METHODS, written out so that parsing (and --help) imports no torch;
-# tests/test_cli.py checks that they match the registry.
-METHOD_NAMES = ("diffrate", "dtome", "evit", "hiprune", "pitome", "pitome_text", "random", "subword", "tome")
+METHOD_NAMES = tuple(sorted(registry.names("encoder")))  # read from the registry without importing torch
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="dinov2-small, minilm, a Hugging Face id or a local folder (default: by input)")
-    common.add_argument("--schedule", "--mode", dest="schedule", default="constant", choices=["constant", "decreasing"],
+    common.add_argument("--schedule", "--mode", dest="schedule", default="constant", choices=SCHEDULES,
                         help="how a ratio spreads over layers (--mode: its old name)")
     common.add_argument("--method-options", help="JSON options for the method(s), e.g. '{\"threshold\": 0.9}'")
     common.add_argument("--out", required=True, help="output folder (created)")
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", help=f"merge methods (default tome pitome evit random; known: {', '.join(methods)})")
     bench.add_argument("--ratios", nargs="+", type=float, help="fractions of the input tokens removed by the last layer")
     bench.add_argument("--r", nargs="+", type=int, help="tokens removed per layer (settings beside the ratios)")
-    bench.add_argument("--schedule", "--mode", dest="schedule", choices=["constant", "decreasing"],
+    bench.add_argument("--schedule", "--mode", dest="schedule", choices=SCHEDULES,
                        help="how a ratio or r spreads over layers (--mode: its old name)")
     bench.add_argument("--prop-attn", choices=["on", "off", "both"], help="proportional attention (default on)")
     bench.add_argument("--method-options", help="JSON options per method, e.g. '{\"dtome\": {\"threshold\": 0.9}}'")

@@ -45,7 +45,9 @@ def read_input(value: str) -> tuple[Any, str, str]:
 
 
 def _model_name(arg: str | None, modality: str) -> str:
-    return arg or ("dinov2-small" if modality == "image" else "minilm")
+    from tomviz.models.hub import DEFAULT_MODEL
+
+    return arg or DEFAULT_MODEL[modality]
 
 
 def _options(arg: str | None) -> dict[str, Any]:
@@ -68,12 +70,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import tomviz
     from tomviz.fidelity import cosine, final_embedding, final_sizes_of
     from tomviz.merge.engine import MergeConfig
+    from tomviz.merge.request import MergeRequest
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = tomviz.load(_model_name(args.model, modality))
-    result = tomviz.inspect(loaded, x, ratio=None if args.r is not None else args.ratio, r=args.r, method=args.method,
-                            schedule=args.schedule, method_options=_options(args.method_options))
+    request = MergeRequest.from_flags(args, _options(args.method_options))
+    result = tomviz.inspect(loaded, x, **request.keywords())
     trace = result.trace
     trace.save(out / "trace.json")
     trace.save(out / "trace.npz")
@@ -134,6 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from tomviz.bench import BenchSpec, list_items, make_settings, read_summary, read_toml, run_bench
+    from tomviz.bench.spec import DEFAULT_METHODS, DEFAULT_RATIOS
     from tomviz.merge import METHODS
     from tomviz.render.bench import report_html
 
@@ -144,11 +148,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}")
     text = all(item.text is not None for item in items)
-    models = pick("model", None) or config.get("models") or ["minilm" if text else "dinov2-small"]
-    methods = pick("methods", ["tome", "pitome", "evit", "random"])
+    models = pick("model", None) or config.get("models") or [_model_name(None, "text" if text else "image")]
+    methods = pick("methods", list(DEFAULT_METHODS))
     for name in [m for m in methods if m not in METHODS]:
         print(f"warning: unknown method {name!r}: its settings will be reported as errors", file=sys.stderr)
-    ratios = pick("ratios", None if (args.r or config.get("r")) else [0.25, 0.5, 0.75]) or []
+    ratios = pick("ratios", None if (args.r or config.get("r")) else list(DEFAULT_RATIOS)) or []
     prop = {"on": [True], "off": [False], "both": [True, False]}[args.prop_attn] if args.prop_attn else config.get("prop_attn", [True])
     options = _options(args.method_options) if args.method_options else config.get("method_options", {})
     settings = make_settings(methods, ratios, pick("r", []) or [], schedule=pick("schedule", "constant"), prop_attn=prop)

@@ -40,9 +40,9 @@ def test_register_refuses_another_class_under_a_known_name():
 def test_where_a_method_runs_is_checked_by_the_registry():
     with pytest.raises(ValueError, match="unknown merge method 'nosuch'"):
         get_method("nosuch")
-    with pytest.raises(ValueError, match="pitome runs in the encoder, not at the boundary"):
+    with pytest.raises(ValueError, match="pitome works in the encoder, not at the boundary"):
         get_visual_method("pitome")
-    with pytest.raises(ValueError, match="visionzip runs at the boundary, not in the encoder"):
+    with pytest.raises(ValueError, match="visionzip works at the boundary, not in the encoder"):
         get_method("visionzip")
 
 

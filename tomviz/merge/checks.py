@@ -53,8 +53,11 @@ def deprecated(old: str, new: str, stacklevel: int = 3) -> None:
 
 def renamed_mode(schedule: str | None, mode: str | None, where: str) -> str | None:
     """``schedule``, or the value of the old keyword ``mode`` (renamed ``schedule``) with a DeprecationWarning.
-    ``where``: the function (``"inspect"``) or the file whose key it was."""
+    ``where``: the function (``"inspect"``), or a file's name ending in ``.toml`` whose key it was."""
     if mode is None:
         return schedule
-    deprecated(f"{where}(mode=...)", f"{where}(schedule=...)", stacklevel=3)
+    if where.endswith(".toml"):
+        deprecated(f"{where}: the key 'mode'", "'schedule'", stacklevel=3)
+    else:
+        deprecated(f"{where}(mode=...)", f"{where}(schedule=...)", stacklevel=3)
     return mode

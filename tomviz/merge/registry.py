@@ -86,7 +86,7 @@ def entry(name: str, place: str = "encoder") -> MethodEntry:
         return found
     choices = ", ".join(sorted(names(place)))
     if found is not None:
-        raise ValueError(f"{name} runs {' or '.join(where(p) for p in found.places)}, not {where(place)}: "
+        raise ValueError(f"{name} works {' or '.join(where(p) for p in found.places)}, not {where(place)}: "
                          f"there choose one of {choices}")
     if place == "encoder":
         raise ValueError(f"unknown merge method {name!r}: choose one of {choices}")

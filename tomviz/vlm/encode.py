@@ -6,14 +6,14 @@ two layers (``"middle"``: L//2, ``"deep"``: L-2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
+from tomviz.merge.request import MergeRequest
 from tomviz.merge.schedule import resolve_schedule
 from tomviz.merge.visual import VisualMethod, get_visual_method
 from tomviz.models import patching
@@ -65,13 +65,13 @@ def boundary_method(red: Reduction) -> VisualMethod | None:
 
 def encoder_config(red: Reduction, tower: VisionTower, num_patches: int) -> MergeConfig:
     """The vision tower's merge config: ``red``'s method at ``place="encoder"``, else nothing merged."""
-    at_encoder = red.place == "encoder"
-    method = get_method(red.method if at_encoder else "tome", **(red.method_options if at_encoder else {}))
-    if not at_encoder or red.ratio == 0:
-        return MergeConfig(method=method, r=0, prop_attn=red.prop_attn)
+    if red.place != "encoder":
+        return MergeRequest(method="tome", r=0, prop_attn=red.prop_attn).config()
+    request = replace(red.request, ratio=None, r=0)
+    if red.ratio == 0:
+        return request.config()
     per_layer = resolve_schedule(None, red.ratio, tower.used, num_patches, tower.protected, red.schedule)
-    return MergeConfig(method=method, r=per_layer + [0] * (tower.num_layers - tower.used), prop_attn=red.prop_attn,
-                       trace=True)
+    return replace(request, r=per_layer + [0] * (tower.num_layers - tower.used)).config(trace=True)
 
 
 def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | None) -> None:

@@ -56,6 +56,7 @@ def test_boundary_hiprune_is_the_encoder_rule(monkeypatch):
     positions = torch.arange(32).expand(1, 32)
     expected = original(HiPrune(), tokens.attention_middle, tokens.attention, 32 - 12, 0, None, positions, (4, 4), 2)
     assert torch.equal(plan.dst[0] >= 0, expected[0])
+    assert get_visual_method("hiprune").attention_layers(24) == {"middle": 8, "deep": 22}  # the encoder's layers
 
 
 def test_boundary_tome_and_dtome_are_the_encoder_rules(monkeypatch):

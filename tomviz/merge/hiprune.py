@@ -143,7 +143,7 @@ class HiPrune(MergeMethod):
         self.rank_by = rank_by
         self.neighbours = neighbours
 
-    def _layers(self, num_layers: int) -> tuple[int, int]:
+    def selection_layers(self, num_layers: int) -> tuple[int, int]:
         """``(anchor, register)`` as 0-based indices for a model with ``num_layers`` layers."""
         anchor, register = self.anchor_layer, self.register_layer
         if anchor is None:
@@ -159,13 +159,13 @@ class HiPrune(MergeMethod):
     def schedule_for(self, requested: list[int], num_tokens: int, num_protected: int, num_layers: int) -> list[int]:
         if not self.single_shot:
             return requested
-        _, register = self._layers(num_layers)
+        _, register = self.selection_layers(num_layers)
         schedule = [0] * num_layers
         schedule[register] = sum(requested)
         return schedule
 
-    def observed_layers(self, num_layers: int) -> tuple[int, ...]:
-        return (self._layers(num_layers)[0],) if self.single_shot else ()
+    def observedselection_layers(self, num_layers: int) -> tuple[int, ...]:
+        return (self.selection_layers(num_layers)[0],) if self.single_shot else ()
 
     def removable(self, inputs: MergeInputs) -> int:
         """A selection, not a bipartite step: every unprotected token may go."""
@@ -179,7 +179,7 @@ class HiPrune(MergeMethod):
         register_scores = received_attention(inputs.attention.float(), inputs.valid, self.rank_by)
         anchor_scores = register_scores
         if self.single_shot:
-            anchor, _ = self._layers(inputs.num_layers)
+            anchor, _ = self.selection_layers(inputs.num_layers)
             if anchor not in inputs.history or inputs.history[anchor].shape[-1] != num_tokens:
                 raise ValueError("hiprune: the anchor layer's attention is missing or the tokens changed since")
             anchor_scores = received_attention(inputs.history[anchor].float(), inputs.valid, self.rank_by)

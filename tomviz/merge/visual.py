@@ -75,6 +75,11 @@ class VisualMethod:
     def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def attention_layers(self, num_layers: int) -> dict[str, int]:
+        """The encoder layers (0-based, of ``num_layers``) whose received attention a method with
+        ``needs_attention`` reads: ``{"deep": L-2, "middle": L//2}`` (``VisualTokens.attention`` / ``attention_middle``)."""
+        return {"deep": max(0, num_layers - 2), "middle": num_layers // 2}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -144,6 +149,11 @@ class AtBoundary(VisualMethod):
             return self.method.plan_received(middle.float(), tokens.attention.float(), keep, tokens.tile_grid,
                                              tokens.num_tiles)
         return steps_to(self.method, tokens.features.float(), keep, tokens.seed)[0]
+
+    def attention_layers(self, num_layers: int) -> dict[str, int]:
+        """HiPrune's own layers: its anchor layer (``"middle"``) and its register layer (``"deep"``)."""
+        anchor, register = self.method.selection_layers(num_layers)
+        return {"deep": register, "middle": anchor}
 
     def __repr__(self) -> str:
         return f"AtBoundary({self.method!r})"

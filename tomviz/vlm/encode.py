@@ -2,7 +2,7 @@
 
 At ``place="encoder"`` a merge method of ``tomviz.METHODS`` runs inside the vision tower; for a
 boundary method that reads the encoder's attention, the attention received per patch is kept from
-two layers (``"middle"``: L//2, ``"deep"``: L-2).
+two layers that the method names (``"middle"``, ``"deep"``: L//2 and L-2, or HiPrune's anchor and register layers).
 """
 from __future__ import annotations
 
@@ -81,14 +81,14 @@ def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | No
         raise ValueError(adapter.encoder_merging)
     if method is not None and method.needs_grid and not adapter.uniform_grid:
         raise ValueError(f"{red.method} reads the tiles' token grid; {adapter.family}'s visual tokens are not equal "
-                         "tiles (base view + a cropped anyres grid): use tome, dtome or random")
+                         "tiles (base view + a cropped anyres grid): use tome, dtome or random_prune")
 
 
 def attention_layers(method: VisualMethod | None, tower: VisionTower) -> dict[str, int]:
-    """The encoder layers whose attention a boundary method reads: ``{"deep": L-2, "middle": L//2}``."""
+    """The encoder layers whose attention a boundary method reads (``{"deep": ..., "middle": ...}``, the method's own)."""
     if method is None or not method.needs_attention:
         return {}
-    return {"deep": max(0, tower.used - 2), "middle": tower.used // 2}
+    return method.attention_layers(tower.used)
 
 
 def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:

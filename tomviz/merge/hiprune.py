@@ -164,7 +164,7 @@ class HiPrune(MergeMethod):
         schedule[register] = sum(requested)
         return schedule
 
-    def observedselection_layers(self, num_layers: int) -> tuple[int, ...]:
+    def observed_layers(self, num_layers: int) -> tuple[int, ...]:
         return (self.selection_layers(num_layers)[0],) if self.single_shot else ()
 
     def removable(self, inputs: MergeInputs) -> int:

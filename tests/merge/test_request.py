@@ -66,6 +66,9 @@ def test_bad_values_read_the_same_everywhere():
     with pytest.raises(ValueError, match="unknown merge method 'nosuch'"):
         Settings(method="nosuch").check()
     assert "unknown merge method 'nosuch'" in parse_view({"method": "nosuch"}, []).problems[0]
+    with pytest.raises(ValueError, match="subword does not run on image inputs: it takes text"):
+        MergeRequest(method="subword", ratio=0.5, modality="image").check()
+    assert MergeRequest(method="subword", modality="text").check().modality == "text"
     with pytest.raises(ValueError, match="unknown place 'decoder'"):
         MergeRequest(place="decoder").check()
     with pytest.raises(ValueError, match="tome works in the encoder or at the boundary, not inside the LLM"):

@@ -34,13 +34,15 @@ class MergeRequest:
 
     def check(self) -> "MergeRequest":
         """Itself; ValueError (:class:`~tomviz.merge.checks.ScheduleError` for the amounts) with the message
-        users read, for a place, ratio, schedule or method name that cannot be run."""
+        users read, for a place, ratio, schedule, method name or modality that cannot be run."""
         check_place(self.place)
         if self.ratio is not None:
             check_ratio(self.ratio)
         check_schedule_name(self.schedule)
-        if isinstance(self.method, str):
-            registry.entry(self.method, self.place)
+        method = registry.entry(self.method, self.place).load() if isinstance(self.method, str) else self.method
+        modalities = getattr(method, "modalities", None)
+        if self.modality is not None and modalities is not None and self.modality not in modalities:
+            raise ValueError(f"{method.name} does not run on {self.modality} inputs: it takes {' or '.join(modalities)}")
         return self
 
     def build_method(self) -> MergeMethod:

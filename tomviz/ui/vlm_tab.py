@@ -18,7 +18,7 @@ from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
 from tomviz.ui.common import MAX_RATIO, PromptBox, session_state, user_errors
 
 # SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap. LLaVA-OneVision is drawn on
-# its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random, fastv).
+# its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random_prune, fastv).
 VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
               "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf"]
 PLACES = [("In the vision encoder (merge, compute, unmerge)", "encoder"),

@@ -34,7 +34,7 @@ def test_every_source_gives_the_same_config(tmp_path):
     link = parse_view({"method": "pitome", "ratio": "0.3", "schedule": "decreasing"}, [])
     sources = {
         "api": api, "cli": MergeRequest.from_flags(args), "toml": setting.request(),
-        "link": MergeRequest(method=link.method, ratio=link.ratio, schedule=link.schedule),
+        "link": link.request,
         "app": Settings(method="pitome", ratio=0.3, schedule="decreasing").request,
         "vlm": Reduction("encoder", "pitome", 0.3, schedule="decreasing").request,
     }

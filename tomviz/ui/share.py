@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 import gradio as gr
 
 from tomviz.merge import registry
-from tomviz.merge.checks import SCHEDULES, check_ratio, check_schedule_name  # noqa: F401 - SCHEDULES re-exported
+from tomviz.merge.checks import check_ratio, check_schedule_name
+from tomviz.merge.request import MergeRequest
 from tomviz.models.hub import DEFAULT_MODELS, is_repo_id
 from tomviz.ui.common import MAX_PROMPT_CHARS
 
@@ -60,6 +61,11 @@ class View:
     example: str | None = None  # an example photo's file name
     prompt: str | None = None
     problems: list[str] = field(default_factory=list)  # one readable sentence per refused parameter
+
+    @property
+    def request(self) -> MergeRequest:
+        """The merge settings the link asks for, for its tab's inputs."""
+        return MergeRequest(method=self.method, ratio=self.ratio, schedule=self.schedule, modality=self.tab)
 
 
 def parse_view(params: Mapping[str, str], examples: Sequence[str]) -> View:

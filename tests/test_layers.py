@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # scores, pictures, speed/fidelity measurement
     ("core", ("tomviz", "tomviz.api", "tomviz.vlm", "tomviz.scores", "tomviz.render", "tomviz.lineage",
               "tomviz.measure", "tomviz.speed", "tomviz.fidelity")),
-    ("analysis", ("tomviz.analysis", "tomviz.ratio_grid", "tomviz.sweep", "tomviz.bench")),  # services over many forwards, no gradio
+    ("analysis", ("tomviz.analysis", "tomviz.score_analysis", "tomviz.ratio_grid", "tomviz.sweep", "tomviz.bench")),  # services over many forwards, no gradio
     ("front", ("tomviz.ui", "tomviz.cli", "tomviz.cli_vlm", "tomviz.__main__", "tomviz.tools")),  # gradio, CLI, offline tools
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}

@@ -24,7 +24,7 @@ from tomviz.scores.attention import cls_attention_grid
 from tomviz.ui import lifecycle
 from tomviz.ui.common import (ASSETS, DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, ImageUpload, download_folder,
                               layer_index, layer_slider, merge_controls, session_state, user_errors)
-from tomviz.ui.lifecycle import QUIET, AfterRun, TabKind, valid_token
+from tomviz.ui.lifecycle import QUIET, TabKind, valid_token
 from tomviz.ui.share import view_query
 
 LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every "
@@ -187,11 +187,14 @@ def clear_selection(layer: float, opacity: float, session: Analysis | None) -> S
     return selection_views(layer, opacity, session, None)
 
 
+AfterRun = lifecycle.after_run_type("ImageAfterRun")  # what follows a model run: selected, lineage, link
+
+
 def after_run(session: Analysis | None, selected: int | None, example: str | None, model: str, method: str,
               schedule: str, ratio: float, layer: float) -> AfterRun:
-    """After a model run (which drew the selection, see :func:`inspect_image`): the selection and its
-    lineage in the new trace, and the link to the view."""
-    return lifecycle.after_run(KIND, session, selected, view_link(example, model, method, schedule, ratio, layer))
+    """After a model run (which drew the selection, see :func:`inspect_image`; the pictures are not drawn
+    twice): the selection and its lineage in the new trace, and the link to the view."""
+    return lifecycle.after_run(KIND, AfterRun, session, selected, view_link(example, model, method, schedule, ratio, layer))
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -307,7 +310,7 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
         c, inspect_image, ["image", "ratio", *settings, "layer", "opacity", "session", "selected"], ImageOutputs,
         # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
         [c["ratio"].release, image.upload, image.clear, *[c[n].change for n in settings]],
-        ("inspect_image", "pick_example", "open_page"), after_run, link_inputs,
+        ("inspect_image", "pick_example", "open_page"), after_run, AfterRun, link_inputs,
         demo if EXAMPLE_IMAGES else None, open_view, ["image", *link_inputs[1:], "example_name"])
     lifecycle.wire_layer(c, render_image_layer, ["layer", "opacity", "session", "selected"], LayerViews, "render_image_layer")
     c["opacity"].input(render_image_opacity, inputs=[c[n] for n in ("layer", "opacity", "session", "selected")],

@@ -6,7 +6,7 @@
 3. **Select**: a click selects an input token's group (:func:`select`); :func:`lineage_panel` says how the
    group formed.
 4. **After the run**: :func:`after_run` keeps the selection when the new trace still has that token, and
-   makes the link to the view.
+   makes the link to the view (the Text tab redraws its cheap views there too, for a click during the run).
 5. **Open from a link**: :func:`opened_view` and :func:`view_settings` give the settings a page opens on.
 
 A tab supplies a :class:`TabKind` (what differs: the modality, its defaults, which tokens a click may select
@@ -132,22 +132,26 @@ def select(kind: TabKind, selection: type, session: Analysis | None, token: int 
 
 
 # --- 4. after the run ------------------------------------------------------------------------------
-class AfterRun(NamedTuple):
-    """What follows a model run, one field per output component (wired in this order)."""
+def after_run_type(name: str, redrawn: Iterable[tuple[str, Any]] = ()) -> type:
+    """The NamedTuple that follows a model run, one field per output component (wired in this order): the
+    selected input token (None when the new trace has no such token), the views ``redrawn`` with its group,
+    its lineage in the new trace (or the hint), and the URL query of the view (the browser makes it the full
+    link, ``LINK_JS``)."""
+    return NamedTuple(name, [("selected", Any), *redrawn, ("lineage", Any), ("link", str)])
 
-    selected: int | None  # the clicked input token, None when the new trace has no such token
-    lineage: str  # its lineage in the new trace, or the hint
-    link: str  # the URL query of the view (the browser makes it the full link, LINK_JS)
 
-
-def after_run(kind: TabKind, session: Analysis | None, selected: int | None, link: str) -> AfterRun:
-    """After a model run (which drew the selection): the selection and its lineage in the new trace, and the
-    link to the view, in one event (each event costs the page a pass over every component's state,
-    BENCHMARKS.md "App latency")."""
+def after_run(kind: TabKind, after: type, session: Analysis | None, selected: int | None, link: str,
+              draw: Callable[[Analysis, int | None], dict[str, Any]] | None = None) -> tuple:
+    """After a model run (which drew the selection it was given): the selection and its lineage in the new
+    trace, and the link to the view, in one event (each event costs the page a pass over every component's
+    state, BENCHMARKS.md "App latency"). With ``draw`` (views cheap to redraw) the selected group is drawn
+    again, so a click made while the model ran shows too; the views it does not give are left as they are."""
     token = valid_token(kind, session, selected)
     with user_errors(f"follow the selected {kind.thing}"):
+        views = draw(session, token) if draw is not None and token is not None else {}
         lineage = lineage_panel(kind, session, token)
-    return AfterRun(token, lineage, link)
+    redrawn = {name: views.get(name, gr.skip()) for name in after._fields[1:-2]}
+    return after(selected=token, lineage=lineage, link=link, **redrawn)
 
 
 # --- 5. open from a link ---------------------------------------------------------------------------
@@ -165,17 +169,18 @@ def view_settings(kind: TabKind, view: View) -> tuple[str, str, str, float, int]
 
 # --- wiring ----------------------------------------------------------------------------------------
 def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: type, triggers: list,
-              api_names: tuple[str, str, str], after: Callable, link_inputs: list[str],
+              api_names: tuple[str, str, str], after: Callable, after_outputs: type, link_inputs: list[str],
               demo: gr.Blocks | None = None, open_view: Callable | None = None, opened: list[str] = ()) -> None:
     """The model runs of a tab (``api_names``: a change of input or settings, an example picked, the page
-    opened with ``demo``), each followed by ``after`` (→ :class:`AfterRun`) and the full link in the browser.
-    ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name components of ``c``."""
+    opened with ``demo``), each followed by ``after`` (→ ``after_outputs``, see :func:`after_run_type`) and the
+    full link in the browser. ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name
+    components of ``c``."""
     run_model = dict(inputs=[c[n] for n in inputs], outputs=[c[n] for n in outputs._fields], concurrency_id="model",
                      concurrency_limit=1)
 
     def follow(event) -> None:
         (event.then(after, [c["session"], c["selected"], *[c[n] for n in link_inputs]],
-                    [c[n] for n in AfterRun._fields], api_visibility="private", **QUIET)
+                    [c[n] for n in after_outputs._fields], api_visibility="private", **QUIET)
          .then(None, c["link"], c["link"], js=LINK_JS, **QUIET))  # the full link and the page's URL, in the browser
 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))

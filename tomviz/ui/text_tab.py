@@ -6,7 +6,7 @@ table, CLS attention per group), clicks on tokens and the download.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import gradio as gr
 
@@ -17,7 +17,7 @@ from tomviz.trace import Trace
 from tomviz.ui import lifecycle
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_PROMPTS, TEXT_MODELS, PromptBox, download_folder, layer_index,
                               layer_slider, merge_controls, session_state, user_errors)
-from tomviz.ui.lifecycle import QUIET, AfterRun, TabKind, valid_token
+from tomviz.ui.lifecycle import QUIET, TabKind, valid_token
 from tomviz.ui.share import view_query
 
 TABLE_HEADERS = ["group", "size", "tokens"]
@@ -98,23 +98,32 @@ def select_token(layer: float, session: Analysis | None, evt: gr.SelectData) -> 
     return selection_views(layer, session, index if isinstance(index, int) else None)
 
 
-def selection_views(layer: float, session: Analysis | None, token: int | None) -> Selection:
-    """The selection views for ``token`` (None clears the selection)."""
+def highlighted(layer: float) -> Callable[[Analysis, int | None], dict[str, Any]]:
+    """What a selection redraws at the slider's ``layer``: the tokens, with only the selected group coloured."""
     def draw(analysis: Analysis, token: int | None) -> dict[str, Any]:
         return dict(tokens=token_highlights(analysis.trace, layer_index(layer, analysis.trace.num_layers), token))
 
-    return lifecycle.select(KIND, Selection, session, token, draw)
+    return draw
+
+
+def selection_views(layer: float, session: Analysis | None, token: int | None) -> Selection:
+    """The selection views for ``token`` (None clears the selection)."""
+    return lifecycle.select(KIND, Selection, session, token, highlighted(layer))
 
 
 def clear_selection(layer: float, session: Analysis | None) -> Selection:
     return selection_views(layer, session, None)
 
 
+AfterRun = lifecycle.after_run_type("TextAfterRun", [("tokens", Any)])  # selected, tokens, lineage, link
+
+
 def after_run(session: Analysis | None, selected: int | None, prompt: str | None, model: str, method: str,
               schedule: str, ratio: float, layer: float) -> AfterRun:
-    """After a model run (which drew the selection, see :func:`inspect_text`): the selection and its lineage
-    in the new trace, and the link to the view."""
-    return lifecycle.after_run(KIND, session, selected, view_link(prompt, model, method, schedule, ratio, layer))
+    """After a model run: the selection and its lineage in the new trace, the tokens with its group (cheap:
+    a token clicked while the model ran shows too; else left as the run drew them), and the link to the view."""
+    return lifecycle.after_run(KIND, AfterRun, session, selected, view_link(prompt, model, method, schedule, ratio, layer),
+                               highlighted(layer))
 
 
 def open_view(request: gr.Request):
@@ -184,7 +193,8 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
     lifecycle.wire_runs(
         c, inspect_text, ["prompt", "ratio", *settings, "layer", "session", "selected"], TextOutputs,
         [c["run"].click, c["prompt"].submit, c["ratio"].release, *[c[n].change for n in settings]],
-        ("inspect_text", "pick_example_text", "open_page_text"), after_run, link_inputs, demo, open_view, link_inputs)
+        ("inspect_text", "pick_example_text", "open_page_text"), after_run, AfterRun, link_inputs, demo, open_view,
+        link_inputs)
     lifecycle.wire_layer(c, render_text_layer, ["layer", "session", "selected"], LayerViews, "render_text_layer")
     lifecycle.wire_selection(c, Selection, [("tokens", select_token)], clear_selection, ["layer", "session"],
                              "clear_token")  # the endpoint's name before the tabs shared one life-cycle

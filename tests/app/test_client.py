@@ -229,7 +229,7 @@ def test_a_clicked_patch_stays_selected_through_a_model_run():
     redraws the overlay only, and nothing when a group is selected (that overlay has no opacity)."""
     from tomviz.render.groups import cluster_picture, patch_groups
     from tomviz.ui.image_tab import (
-        LINEAGE_HINT, after_image_run, inspect_image, layer_strip, render_image_opacity,
+        LINEAGE_HINT, after_run, inspect_image, layer_strip, render_image_opacity,
     )
 
     first = inspect_image(CAT, 0.5)
@@ -238,9 +238,9 @@ def test_a_clicked_patch_stays_selected_through_a_model_run():
     trace = again.session.trace
     assert np.array_equal(np.asarray(again.overlay), np.asarray(cluster_picture(again.session.image, patch_groups(trace, 3, token))))
     assert np.array_equal(np.asarray(again.strip), np.asarray(layer_strip(again.session, token)))
-    kept, lineage, link = after_image_run(again.session, token, "chelsea.png", "dinov2-small", "tome", "constant", 0.7, 4)
+    kept, lineage, link = after_run(again.session, token, "chelsea.png", "dinov2-small", "tome", "constant", 0.7, 4)
     assert kept == token and "patch" in lineage and "ratio=0.7" in link and "layer=4" in link and "example=chelsea.png" in link
-    assert after_image_run(again.session, trace.num_input_tokens + 3, None, "dinov2-small", "tome", "constant", 0.7, 4)[:2] \
+    assert after_run(again.session, trace.num_input_tokens + 3, None, "dinov2-small", "tome", "constant", 0.7, 4)[:2] \
         == (None, LINEAGE_HINT)
     assert isinstance(render_image_opacity(4, 0.3, again.session, token), dict)  # gr.skip()
     assert render_image_opacity(4, 0.3, again.session, None).size == again.overlay.size

@@ -67,10 +67,10 @@ def test_allow_listed_folders_load_and_nothing_beside_them(client, tmp_path, mon
 
 
 def test_ui_code_loads_models_only_as_untrusted():
-    """Every ``load(...)`` call in tomviz/ui and the app's service layer (tomviz/analysis.py) passes
+    """Every ``load(...)`` call in tomviz/ui and the app's service layer (tomviz/analysis.py, score_analysis.py) passes
     ``untrusted=True`` (names there come from the web)."""
     calls = []
-    for path in [*(ROOT / "tomviz" / "ui").glob("*.py"), ROOT / "tomviz" / "analysis.py"]:
+    for path in [*(ROOT / "tomviz" / "ui").glob("*.py"), ROOT / "tomviz" / "analysis.py", ROOT / "tomviz" / "score_analysis.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "load":
                 owner = getattr(node.func, "value", None)

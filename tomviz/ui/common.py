@@ -1,4 +1,5 @@
-"""Shared pieces of the tabs: model/method choices and the conversion of errors to UI messages."""
+"""Shared pieces of the tabs: the example inputs, input widgets, model/method choices and the conversion of errors
+to UI messages."""
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import gradio as gr
+from PIL import Image
 
 import tomviz
 from tomviz.merge.checks import MAX_RATIO, SCHEDULES, ScheduleError
@@ -24,6 +26,16 @@ IMAGE_MODELS = [DEFAULT_MODEL["image"], "facebook/deit-small-patch16-224", "goog
 TEXT_MODELS = [DEFAULT_MODEL["text"], "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
 MODALITIES = ("image", "text")  # the inputs a tab that takes either can be switched between
 MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
+                                      "hubble_deep_field.jpg", "grace_hopper.jpg") if (p := ASSETS / name).exists()]
+EXAMPLE_PROMPTS = [
+    "Token merging speeds up transformers by averaging tokens that carry the same information.",
+    "The cat sat on the mat, and the dog sat on the log next to the cat.",
+    "Rear Admiral Grace Hopper wrote one of the first compilers and popularised the term debugging.",
+    "Paris is the capital of France; Berlin is the capital of Germany; Rome is the capital of Italy.",
+]
 
 # Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
 SESSION_TTL_S = float(os.environ.get("TOMVIZ_SESSION_TTL_S", 1800))  # a visitor's traces and pictures (gr.State)
@@ -70,6 +82,25 @@ class PromptBox(gr.Textbox):
             raise gr.Error(f"The text has {len(text)} characters; this server takes at most {MAX_PROMPT_CHARS}.",
                            title="Text too long")
         return text
+
+
+class ImageUpload(gr.Image):
+    """gr.Image's front end (``is_template``) whose upload check (Gradio opens the file with PIL) turns
+    unreadable files into a clear message instead of a raw PIL error with a temp path."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError as err:
+            raise gr.Error(f"The image is too large to open safely (a possible decompression bomb): {err}",
+                           title="Cannot read the upload") from err
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+            raise gr.Error("This file cannot be read as an image. Upload a PNG, JPEG, WebP, GIF or similar photo "
+                           f"({type(err).__name__}).", title="Cannot read the upload") from err
 
 
 def method_choices() -> list[tuple[str, str]]:

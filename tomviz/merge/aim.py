@@ -48,12 +48,15 @@ START_LAYER = {28: 14, 32: 13}  # Qwen2 (LLaVA-OneVision-7B) and LLaMA (LLaVA-1.
 RATE_STEP = 0.125
 
 
-def bipartite_mean_plan(metric: torch.Tensor, r: int) -> MergePlan:
-    """AIM's bipartite matching on ``metric`` ``[B, N, C]`` (cosine, nothing protected).
+def bipartite_plan_score_order(metric: torch.Tensor, r: int) -> MergePlan:
+    """ToMe's matching as its reference code orders it without protected tokens (facebookresearch/ToMe
+    ``tome/merge.py`` ``bipartite_soft_matching`` with ``class_token=False``; AIM's and TinyChart's copies).
 
-    Returns a plan with ``N - r`` outputs (``r`` clipped to ``N // 2``): outputs ``0..Na-r-1`` are the
-    unmerged A tokens in descending best-match order, then the ``Nb`` B tokens in order. Apply it with
-    ``plan.merge(x, None)``: equal sizes make each group the plain mean, as the original.
+    metric: ``[B, N, C]`` (cosine; nothing protected). Returns a plan with ``N - r`` outputs (``r``
+    clipped to ``N // 2``): outputs ``0..Na-r-1`` are the unmerged A tokens in descending best-match
+    order (:func:`tomviz.merge.tome.bipartite_plan` sorts them by position instead, which changes the
+    next layer's split), then the ``Nb`` B tokens in order. AIM applies it with ``plan.merge(x, None)``
+    (equal sizes: each group the plain mean); TinyChart with the sizes (size-weighted mean).
     """
     batch, num_tokens, _ = metric.shape
     r = min(r, num_tokens // 2)
@@ -98,7 +101,7 @@ def aim_merge(
     batch, num_tokens, _ = features.shape
     source = torch.arange(num_tokens, device=features.device).expand(batch, -1)
     for r in schedule:
-        plan = bipartite_mean_plan(features if metric is None else metric, r)
+        plan = bipartite_plan_score_order(features if metric is None else metric, r)
         features = plan.merge(features, None)[0]
         if metric is not None:
             metric = plan.merge(metric, None)[0]

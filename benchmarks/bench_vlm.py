@@ -196,7 +196,7 @@ def main() -> None:
         "tome": prefill_run(vlm.Reduction("boundary", "tome", ratio)),
         "tome (no bias)": prefill_run(vlm.Reduction("boundary", "tome", ratio, prop_attn=False)),
         "tome + VTU": prefill_run(vlm.Reduction("boundary", "tome", ratio, vtu=True)),
-        "random": prefill_run(vlm.Reduction("boundary", "random", ratio)),
+        "random": prefill_run(vlm.Reduction("boundary", "random_prune", ratio)),
         "downsample": prefill_run(vlm.Reduction("boundary", "downsample", ratio)),
         "fastv K=2": prefill_run(vlm.Reduction("llm", "fastv", ratio, fastv_layer=2)),
     }

@@ -19,9 +19,9 @@ from PIL import Image
 
 import tomviz
 from tomviz.fidelity import EmbeddingFidelity, cosine, final_embedding, top_labels
-from tomviz.merge import check_methods, get_method
 from tomviz.merge.engine import MergeConfig
-from tomviz.merge.schedule import check_ratio, check_schedule_name
+from tomviz.merge.request import MergeRequest
+from tomviz.models.hub import DEFAULT_MODEL
 from tomviz.render.overlay import display_image
 from tomviz.speed import SpeedReport, measure_latencies, model_widths, timed_run, trace_gflops
 from tomviz.trace import Trace
@@ -46,25 +46,24 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 @dataclass
 class Settings:
-    """The merge settings a user picked."""
+    """The model and the merge settings a user picked (the merge part is a :class:`MergeRequest`)."""
 
-    model: str = "dinov2-small"
+    model: str = DEFAULT_MODEL["image"]
     method: str = "tome"
     ratio: float = 0.5  # fraction of the input tokens removed by the last layer
     schedule: str = "constant"  # "constant" | "decreasing"
     prop_attn: bool = True
 
+    @property
+    def request(self) -> MergeRequest:
+        return MergeRequest(method=self.method, ratio=self.ratio, schedule=self.schedule, prop_attn=self.prop_attn)
+
     def check(self) -> None:
         """Raise ValueError with a readable message for settings out of range."""
-        check_ratio(self.ratio)
-        check_schedule_name(self.schedule)
-        check_methods([self.method])
+        self.request.check()
 
     def config(self, trace: bool, extra: dict[str, Any] | None = None) -> MergeConfig:
-        return MergeConfig(
-            method=get_method(self.method), ratio=float(self.ratio), schedule=self.schedule, prop_attn=bool(self.prop_attn),
-            trace=trace, extra=dict(extra or {}),
-        )
+        return self.request.config(trace=trace, extra=extra)
 
 
 def check_modality(name: str, loaded: Any, modality: str, remedy: str) -> None:

@@ -10,6 +10,7 @@ import transformers as tf
 
 import tomviz
 from tests import tiny
+from tomviz.merge.request import MergeRequest
 
 IMAGE = 64  # px: 8 x 8 patches of 8 px, 65 tokens with CLS
 
@@ -100,7 +101,7 @@ def test_clip_text_input_goes_through_full_model():
     ids = torch.randint(1, 120, (1, 7))
     res = tomviz.api.run(
         loaded, loaded.prepare(torch.randn(1, 3, 64, 64)),
-        tomviz.api._merge_config("tome", 4, None, "constant", True, True, None), input_ids=ids,
+        MergeRequest(method="tome", r=4).config(trace=True), input_ids=ids,
     )
     outputs, state = res
     assert outputs.logits_per_image.shape == (1, 1)
@@ -162,7 +163,7 @@ def test_bert_padding_never_merges_with_real_tokens():
     res = tomviz.inspect(model, {"input_ids": ids, "attention_mask": mask}, r=0)
     assert torch.allclose(res.outputs.last_hidden_state, reference, atol=1e-5)
     # batch element 0 has padding: follow it through the merges
-    config = tomviz.api._merge_config("tome", 3, None, "constant", True, True, None)
+    config = MergeRequest(method="tome", r=3).config(trace=True)
     loaded = tomviz.load(model)
     _, state = tomviz.api.run(loaded, loaded.prepare({"input_ids": ids, "attention_mask": mask}), config)
     trace = state.trace()

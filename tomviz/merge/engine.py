@@ -31,7 +31,7 @@ class MergeConfig:
 
     method: MergeMethod  # the merge method instance (tomviz.merge.get_method)
     r: int | tuple[int, int] | list[int] | None = None  # tokens removed per layer: int, (r, -1) or a list
-    ratio: float | None = None  # or: fraction of the input tokens removed by the last layer (0..0.95)
+    ratio: float | None = None  # or: fraction of the input tokens removed by the last layer (0..MAX_RATIO)
     schedule: str = "constant"  # how a ratio (or a plain int r) spreads over layers: "constant" | "decreasing"
     prop_attn: bool = True  # proportional attention: add log(size) to every attention logit
     trace: bool = False  # record a Trace (groups, sizes, edges, CLS attention)

@@ -79,7 +79,7 @@ def _newlines(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
 # LLaVA-OneVision: one image reaches the LLM as the base view (one tile's grid) followed by the anyres
 # tiles stitched into one grid, cropped to the image's aspect ratio (unpad), bilinearly shrunk past
 # anyres_max_9, with an image_newline token after each row. The tokens are therefore not equal tiles:
-# grid-free methods only at the boundary (tome, dtome, random; FastV in the LLM); the newline tokens stay
+# grid-free methods only at the boundary (tome, dtome, random_prune; FastV in the LLM); the newline tokens stay
 # as they are (text-like, never merged or pruned). The features are the hidden states of the encoder
 # tiles before that stitching, so merging inside the encoder is refused.
 LLAVA_ONEVISION = register(

@@ -21,7 +21,7 @@ from torch import nn
 
 from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.models import hub, llava, smolvlm, weights
-from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
+from tomviz.models.hub import DEFAULT_MODEL, DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
 from tomviz.models.patching import Adapter, apply, find_adapter, new_state
 from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
 from tomviz.models.vlm import wrap as wrap_vlm
@@ -185,7 +185,7 @@ MAX_OTHER_MODELS = int(os.environ.get("TOMVIZ_MAX_MODELS", "2"))
 
 
 def load(
-    name: str | nn.Module | LoadedModel = "dinov2-small", device: str | torch.device | None = None, *, untrusted: bool = False,
+    name: str | nn.Module | LoadedModel = DEFAULT_MODEL["image"], device: str | torch.device | None = None, *, untrusted: bool = False,
     processor: Any = None,
 ) -> LoadedModel:
     """Load a model by name: ``"dinov2-small"``, ``"minilm"``, a Hugging Face id, a local folder,
@@ -253,9 +253,9 @@ def _load_uncached(source: ModelSource, device: torch.device) -> LoadedModel:
 
     tf_logging.disable_progress_bar()  # "Loading weights" bars would fill the app's log on every load
 
-    if source.ref == "dinov2-small":
+    if source.ref == DEFAULT_MODEL["image"]:
         return _wrap(source.ref, weights.load_dinov2_small().to(device).eval(), image_spec=DINOV2_SPEC)
-    if source.ref == "minilm":
+    if source.ref == DEFAULT_MODEL["text"]:
         model, tokenizer = weights.load_minilm()
         return _wrap(source.ref, model.to(device).eval(), tokenizer=tokenizer)
     folder = hub.fetch(source.ref, device.type) if source.kind == "hub" else Path(source.ref)

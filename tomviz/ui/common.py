@@ -14,15 +14,15 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import gradio as gr
 
 import tomviz
-from tomviz.merge.schedule import MAX_RATIO, ScheduleError
+from tomviz.merge.checks import MAX_RATIO, SCHEDULES, ScheduleError
+from tomviz.models.hub import DEFAULT_MODEL
 from tomviz.models.preprocess import ImageInputError
 
 log = logging.getLogger("tomviz.app")
 
-IMAGE_MODELS = ["dinov2-small", "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
-TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
+IMAGE_MODELS = [DEFAULT_MODEL["image"], "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
+TEXT_MODELS = [DEFAULT_MODEL["text"], "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
 MODALITIES = ("image", "text")  # the inputs a tab that takes either can be switched between
-DEFAULT_MODEL = {"image": "dinov2-small", "text": "minilm"}
 MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
 
 # Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
@@ -106,7 +106,7 @@ def merge_controls(default_model: str, models: list[str]) -> tuple[gr.Dropdown, 
     """The settings row shared by both tabs: model, method, schedule, proportional attention, ratio."""
     model = gr.Dropdown(models, value=default_model, label="Model", allow_custom_value=True, info=MODEL_HELP)
     method = gr.Dropdown(method_choices(), value="tome", label="Merge method")
-    schedule = gr.Radio(["constant", "decreasing"], value="constant", label="Schedule",
+    schedule = gr.Radio(list(SCHEDULES), value="constant", label="Schedule",
                         info="How the removed tokens spread over the layers")
     prop_attn = gr.Checkbox(value=True, label="Proportional attention (add log size to attention logits)")
     ratio = gr.Slider(0.0, MAX_RATIO, value=0.5, step=0.05, label="Merge ratio",

@@ -163,7 +163,7 @@ def compare_tab_layout() -> dict[str, Any]:
             with gr.Column(visible=False) as c["text_box"]:
                 c["prompt"] = PromptBox(EXAMPLE_PROMPTS[1], label="Prompt", lines=3)
                 gr.Examples(EXAMPLE_PROMPTS, inputs=c["prompt"], label="Example prompts")
-            c["model"] = gr.Dropdown(IMAGE_MODELS, value="dinov2-small", label="Model", allow_custom_value=True,
+            c["model"] = gr.Dropdown(IMAGE_MODELS, value=DEFAULT_MODEL["image"], label="Model", allow_custom_value=True,
                                      info=MODEL_HELP)
             with gr.Row():
                 for tag, method in (("a", "tome"), ("b", "pitome")):

@@ -23,7 +23,7 @@ from tomviz.render.lineage import lineage_markdown
 from tomviz.render.overlay import group_overlay, heatmap_overlay
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.scores.attention import cls_attention_grid
-from tomviz.ui.common import IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
+from tomviz.ui.common import DEFAULT_MODEL, IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
 from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
 
@@ -115,7 +115,7 @@ class ImageOutputs(NamedTuple):
 EMPTY_IMAGE_OUTPUTS = ImageOutputs(None, None, None, None, None, None, "", None, "", None, None)
 
 
-def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-small", method: str = "tome",
+def inspect_image(image: str | None, ratio: float = 0.5, model: str = DEFAULT_MODEL["image"], method: str = "tome",
                   schedule: str = "constant", prop_attn: bool = True, layer: float = 6, opacity: float = 0.8,
                   session: Analysis | None = None, selected: int | None = None) -> ImageOutputs:
     """Run the model once on ``image`` and render every output; a clicked patch (``selected``, kept in
@@ -123,7 +123,7 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
     if image is None:
         return EMPTY_IMAGE_OUTPUTS._replace(layer=gr.Slider())
     with user_errors("inspect this image"):
-        settings = Settings(model=(model or "dinov2-small").strip(), method=method, ratio=ratio, schedule=schedule,
+        settings = Settings(model=(model or DEFAULT_MODEL["image"]).strip(), method=method, ratio=ratio, schedule=schedule,
                             prop_attn=bool(prop_attn))
         reference = session.reference if session is not None else None
         analysis = analyse(image, settings, reference, modality="image")
@@ -284,7 +284,7 @@ def open_image_view(request: gr.Request):
         view.method, view.schedule, view.ratio = "tome", "constant", 0.5
     example = view.example or (Path(EXAMPLE_IMAGES[0]).name if EXAMPLE_IMAGES else None)
     image = str(ASSETS / example) if example else None
-    return (image, view.model or "dinov2-small", view.method, view.schedule, view.ratio, view.layer or 6,
+    return (image, view.model or DEFAULT_MODEL["image"], view.method, view.schedule, view.ratio, view.layer or 6,
             example)
 
 
@@ -333,7 +333,7 @@ def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
             c["image"] = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,
                                      type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
             c["examples"] = gr.Examples(EXAMPLE_IMAGES, inputs=c["image"], label="Example photos (see assets/ATTRIBUTION.md)")
-            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls("dinov2-small", IMAGE_MODELS)
+            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls(DEFAULT_MODEL["image"], IMAGE_MODELS)
             c["layer"] = layer_slider(12, 6)
             c["opacity"] = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
             with gr.Row():

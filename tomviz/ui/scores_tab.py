@@ -19,7 +19,7 @@ from tomviz.render.overlay import display_image, heatmap_overlay
 from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
-from tomviz.ui.common import (IMAGE_MODELS, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, outputs_type, session_state,
+from tomviz.ui.common import (DEFAULT_MODEL, IMAGE_MODELS, MAX_RATIO, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, outputs_type, session_state,
                               user_errors)
 from tomviz.ui.image_tab import EXAMPLE_IMAGES
 
@@ -56,7 +56,7 @@ def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, laye
                     exact: bool, seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
     """Inspect the input (image for image models, ``text`` for text models) and estimate the Banzhaf
     values of the groups after the 1-based ``layer`` (no gradio)."""
-    loaded = tomviz.load((model or "dinov2-small").strip(), untrusted=True)
+    loaded = tomviz.load((model or DEFAULT_MODEL["image"]).strip(), untrusted=True)
     if loaded.modality == "image":
         if image is None:
             raise ValueError("upload an image (or pick an example) for an image model")
@@ -220,12 +220,12 @@ def build_banzhaf_section() -> None:
     )
     with gr.Row():
         with gr.Column(scale=4):
-            model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value="dinov2-small", label="Model", allow_custom_value=True)
+            model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value=DEFAULT_MODEL["image"], label="Model", allow_custom_value=True)
             image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image (image models)",
                              sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos")
             text = PromptBox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
-            ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
+            ratio = gr.Slider(0.0, MAX_RATIO, value=0.9, step=0.05, label="Merge ratio")
             layer = gr.Slider(1, 11, value=11, step=1, label="Groups after layer",
                               info="Layers after it run for every coalition (at most the second-to-last layer)")
             samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
@@ -268,7 +268,7 @@ def build_hbi_section() -> None:
                                   sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=clip_image, label="Example photos")
             prompt = PromptBox("a cat sleeping on a sofa", label="Prompt")
-            clip_ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
+            clip_ratio = gr.Slider(0.0, MAX_RATIO, value=0.9, step=0.05, label="Merge ratio")
             clip_layer = gr.Slider(1, 11, value=11, step=1, label="Image groups after layer")
             clip_samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
             clip_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)

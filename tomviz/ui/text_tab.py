@@ -9,7 +9,7 @@ from tomviz.lineage import group_lineage
 from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import display_pieces, fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
-from tomviz.ui.common import (TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, outputs_type,
+from tomviz.ui.common import (DEFAULT_MODEL, TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, outputs_type,
                               session_state, user_errors)
 from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
@@ -79,14 +79,14 @@ TextOutputs = outputs_type("TextOutputs", TextLayerViews, first=[("session", "An
 ])
 
 
-def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", method: str = "tome",
+def inspect_text(text: str | None, ratio: float = 0.5, model: str = DEFAULT_MODEL["text"], method: str = "tome",
                  schedule: str = "constant", prop_attn: bool = True, layer: float = 3,
                  session: Analysis | None = None) -> TextOutputs:
     """Run the model once on ``text`` and render every output. API: ``/inspect_text`` (text, ratio)."""
     with user_errors("inspect this prompt"):
         if text is None or not str(text).strip():
             raise gr.Error("The prompt is empty: type some text or pick an example.", title="Cannot inspect this prompt")
-        settings = Settings(model=(model or "minilm").strip(), method=method, ratio=ratio, schedule=schedule,
+        settings = Settings(model=(model or DEFAULT_MODEL["text"]).strip(), method=method, ratio=ratio, schedule=schedule,
                             prop_attn=bool(prop_attn))
         reference = session.reference if session is not None else None
         analysis = analyse(str(text), settings, reference, modality="text")
@@ -154,8 +154,8 @@ def open_text_view(request: gr.Request):
     """Page load: the prompt and settings from the link (tomviz/ui/share.py) when it is a Text-tab link."""
     view = request_view(request, [], tab="text")
     if view.tab != "text":  # an Image-tab link: this tab opens on its defaults
-        return EXAMPLE_PROMPTS[0], "minilm", "tome", "constant", 0.5, 3
-    return (view.prompt or EXAMPLE_PROMPTS[0], view.model or "minilm", view.method, view.schedule, view.ratio,
+        return EXAMPLE_PROMPTS[0], DEFAULT_MODEL["text"], "tome", "constant", 0.5, 3
+    return (view.prompt or EXAMPLE_PROMPTS[0], view.model or DEFAULT_MODEL["text"], view.method, view.schedule, view.ratio,
             view.layer or 3)
 
 
@@ -181,7 +181,7 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                                     value=EXAMPLE_PROMPTS[0] if demo is not None else None)
             c["run"] = gr.Button("Run", variant="primary")
             c["examples"] = gr.Examples(EXAMPLE_PROMPTS, inputs=c["prompt"], label="Example prompts")
-            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls("minilm", TEXT_MODELS)
+            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls(DEFAULT_MODEL["text"], TEXT_MODELS)
             c["layer"] = layer_slider(6, 3)
             with gr.Row():
                 c["link"] = gr.Textbox(label="Link to this view", elem_id="share-link-text", interactive=False, scale=4,

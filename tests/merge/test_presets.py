@@ -10,9 +10,11 @@ from tomviz.merge.presets import PRESETS, TINYCHART, constant_r_counts, tinychar
 
 def test_tinychart_is_tome_at_the_encoder():
     assert PRESETS["tinychart"] is TINYCHART
-    assert TINYCHART["method"] in METHODS and TINYCHART["place"] == "encoder"
-    assert (TINYCHART["r"], TINYCHART["prop_attn"], TINYCHART["num_protected"]) == (84, True, 0)
-    assert (TINYCHART["image_size"] // TINYCHART["patch_size"]) ** 2 == 2916
+    request = TINYCHART.request().check()
+    assert (request.method, request.place, request.r, request.schedule, request.prop_attn) == ("tome", "encoder", 84, "constant", True)
+    assert TINYCHART.request() is not request  # a fresh request per call
+    assert request.method in METHODS and TINYCHART.num_protected == 0
+    assert (TINYCHART.image_size // TINYCHART.patch_size) ** 2 == 2916
 
 
 def test_counts():

@@ -20,24 +20,45 @@ later layers split A/B on a different order, so the kept groups differ from laye
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-TINYCHART: dict[str, Any] = {
-    "name": "tinychart",
-    "label": "TinyChart (ToMe in SigLIP, r = 84 per layer, proportional attention)",
-    "place": "encoder",  # inside the vision encoder
-    "method": "tome",  # tomviz.merge.tome.ToMe
-    "r": 84,  # tokens removed in every layer (scripts/vit_add_tome.py --tome_r 84)
-    "schedule": "constant",
-    "prop_attn": True,  # SigLipAttentionToMe: attn_weights += size.log()
-    "num_protected": 0,  # SigLIP has no CLS: bipartite_soft_matching(class_token=False)
-    "image_size": 768,  # scripts/vit_add_tome.py --image_size 768
-    "patch_size": 14,
-    "encoder_layers": 26,  # SigLIP-so400m's 27 layers minus the last (select layer -2)
-    "unmerged_order": "score",  # see the module docstring
-}
+from tomviz.merge.request import MergeRequest
 
-PRESETS: dict[str, dict[str, Any]] = {TINYCHART["name"]: TINYCHART}
+
+@dataclass(frozen=True)
+class Preset:
+    """A paper's setting of a registered method. :meth:`request` builds a fresh
+    :class:`~tomviz.merge.request.MergeRequest` per call (never a shared, mutable one)."""
+
+    name: str
+    label: str
+    method: str  # a tomviz.merge.registry name
+    place: str  # "encoder" | "boundary" | "llm"
+    r: int  # tokens removed per layer (constant)
+    prop_attn: bool
+    image_size: int  # the input size the authors use
+    patch_size: int
+    encoder_layers: int  # layers of the encoder that run (each merges r)
+    num_protected: int = 0
+
+    def request(self) -> MergeRequest:
+        return MergeRequest(method=self.method, r=self.r, schedule="constant", prop_attn=self.prop_attn, place=self.place)
+
+
+TINYCHART = Preset(
+    name="tinychart",
+    label="TinyChart (ToMe in SigLIP, r = 84 per layer, proportional attention)",
+    method="tome",
+    place="encoder",
+    r=84,  # scripts/vit_add_tome.py --tome_r 84
+    prop_attn=True,  # SigLipAttentionToMe: attn_weights += size.log()
+    image_size=768,  # scripts/vit_add_tome.py --image_size 768
+    patch_size=14,
+    encoder_layers=26,  # SigLIP-so400m's 27 layers minus the last (``del self.vision_model.encoder.layers[-1:]``)
+    num_protected=0,  # SigLIP has no CLS: bipartite_soft_matching(class_token=False)
+)
+
+PRESETS: dict[str, Preset] = {TINYCHART.name: TINYCHART}
 
 
 def constant_r_counts(num_tokens: int, r: int, num_layers: int, num_protected: int = 0) -> list[int]:

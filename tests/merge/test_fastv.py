@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tomviz.merge.fastv import fastv_keep_count, fastv_keep_mask, fastv_keep_positions, last_token_image_attention
+from tomviz.merge.fastv import fastv_keep_count, fastv_keep_mask, fastv_keep_positions, fastv_top, last_token_image_attention
 
 
 def test_keep_count_rounds_halves_to_even():
@@ -32,3 +32,10 @@ def test_hand_worked_positions():
 def test_each_batch_element_chooses():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.8, 0.1, 0.2, 0.7]])
     assert fastv_keep_mask(scores, 0.5).tolist() == [[False, True, True, False], [True, False, False, True]]
+
+
+def test_top_is_ascending_and_follows_topk():
+    scores = torch.tensor([[0.3, 0.9, 0.1, 0.5, 0.7]])
+    assert fastv_top(scores, 3).tolist() == [[1, 3, 4]]
+    ties = torch.tensor([[0.5, 0.2, 0.5, 0.5, 0.1]])
+    assert fastv_top(ties, 2).tolist() == [ties.topk(2).indices.sort().values[0].tolist()]

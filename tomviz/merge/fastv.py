@@ -32,11 +32,16 @@ def last_token_image_attention(attention: torch.Tensor, start: int, num_visual: 
     return attention.mean(dim=1)[:, -1, start : start + num_visual]
 
 
+def fastv_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """``[B, keep]`` the indices of the ``keep`` highest ``scores`` ``[B, V]``, chosen by ``torch.topk`` as
+    the original does (so ties fall as ``topk`` lets them), in ascending order."""
+    return scores.topk(keep, dim=1).indices.sort(dim=1).values
+
+
 def fastv_keep_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``[B, V]`` bool: the ``round(V * (1 - r))`` image tokens with the highest ``scores`` ``[B, V]``,
-    chosen by ``torch.topk`` as the original does."""
-    num_visual = scores.shape[1]
-    top = scores.topk(fastv_keep_count(num_visual, ratio), dim=1).indices  # [B, k]
+    """``[B, V]`` bool: the ``round(V * (1 - r))`` image tokens with the highest ``scores`` ``[B, V]``
+    (:func:`fastv_top`)."""
+    top = fastv_top(scores, fastv_keep_count(scores.shape[1], ratio))  # [B, k]
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
 
 

@@ -17,16 +17,21 @@ from __future__ import annotations
 import torch
 
 
-def density_peak_centres(x: torch.Tensor, num: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centres of ``x`` ``[L, C]``: ``([num] long indices ascending, [L, L] distance matrix)``."""
+def density_peak_scores(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([L] density * peak distance, [L, L] distance matrix)`` of the tokens ``x`` ``[L, C]``."""
     length, channels = x.shape
     dist = torch.cdist(x.double(), x.double()) / channels**0.5  # [L, L]
     nearest = dist.topk(min(k, length), dim=-1, largest=False).values  # [L, k]
     density = torch.exp(-(nearest**2).mean(dim=-1))  # [L]
     higher = density[None, :] > density[:, None]  # [L, L]: column j is denser than row i
     peak = torch.where(higher, dist, dist.max()).min(dim=-1).values  # [L]
-    centres = (peak * density).topk(num).indices.sort().values
-    return centres, dist
+    return peak * density, dist
+
+
+def density_peak_centres(x: torch.Tensor, num: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres of ``x`` ``[L, C]``: ``([num] long indices ascending, [L, L] distance matrix)``."""
+    score, dist = density_peak_scores(x, k)
+    return score.topk(num).indices.sort().values, dist
 
 
 def cluster_assignment(dist: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tomviz"
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trace", ("tomviz.trace",)),  # the Trace type and its patch-grid geometry
+    ("inputs", ("tomviz.inputs",)),  # decoding what users hand in (video clips, frames), no model knowledge
     ("merge", ("tomviz.merge",)),  # tensor math: methods → MergePlan, schedules, the per-call MergeState
     ("models", ("tomviz.models",)),  # adapters, loading (hub policy, embedded weights), LoadedModel.run, VLM adapters
     # what users call and what reads a forward: the public API (and the package facade), VLM inspection,

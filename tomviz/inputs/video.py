@@ -9,6 +9,7 @@ readable clip — a corrupt file, a file without a video stream, frames of diffe
 Sampling: ``num_frames`` frame indices spread evenly over the clip (``round(linspace(0, F - 1, n))``, the
 first and last frame included), decoded in one sequential pass that stops after the last wanted frame.
 Where the header's frame count is missing (webm, some gif) the packets are counted first (no decoding).
+A clip whose stream ends before its header says (a truncated file) gives the wanted frames it holds.
 
 Offline examples: :func:`example_clips` lists the clips that ship inside the installed ``gradio`` package
 (``gradio/media_assets/videos/``; gradio is Apache-2.0, the clips are gradio's demo media), so nothing is

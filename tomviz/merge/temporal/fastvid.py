@@ -30,6 +30,8 @@ features and ``[T, N]`` importance (on the embedded DINOv2, its CLS token and CL
 the pooling head's output and attention). Distances in float64 without the 1e-6 tie-break noise; ``c - 1``
 is capped at the ``T - 1`` steps, k and a frame's anchors at its candidates, and with no anchors
 (``context == 0``) the non-salient tokens are dropped — where the original raises an IndexError.
+Checked beside the original block (run outside this repository, its noise set to zero) on 130 seeded
+random clips: equal kept positions and values (20 more made the original raise).
 """
 from __future__ import annotations
 

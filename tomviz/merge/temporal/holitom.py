@@ -29,6 +29,9 @@ its centre in the window's first frame. Deliberate differences: the original's f
 averaged over heads and all queries and pooled alike; here any per-frame tokens and any ``[T, N]``
 importance (on the embedded DINOv2, its CLS attention stands in). No random tie-break noise in DPC-KNN
 (see :mod:`tomviz.merge.temporal.density`); no newline tokens; the inner (in-LLM) stage is not here.
+Checked beside the original code (run outside this repository, its noise set to zero) on 150 seeded
+random clips: equal windows and kept tokens, in order. With the noise, clusters of a few tokens differ
+where mutual nearest neighbours tie in density (k = min(7, centres) is small there).
 """
 from __future__ import annotations
 

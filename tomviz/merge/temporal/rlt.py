@@ -14,7 +14,9 @@ The original drops the repeated tokens and (with ``encode_length``) tells the mo
 token's run is. The partition here says the same: a dropped token joins the latest kept token at its
 position (its run); the kept token's value is its own, nothing is averaged. Deliberate differences: any
 tubelet (1 for per-frame encoders such as DINOv2, whose patch is 14), any patch size; the tokens are
-given by the caller (an encoder's tokens per tubelet), the rule reads only the pixels.
+given by the caller (an encoder's tokens per tubelet), the rule reads only the pixels; one tubelet alone
+stays whole (the original fails on it). Checked beside the original function (run outside this
+repository) on 100 seeded clips (tubelets 1 and 2, patches 8, 14, 16): identical masks.
 """
 from __future__ import annotations
 

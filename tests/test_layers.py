@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tomviz"
 # not exist yet (``tomviz.inputs``, ``tomviz.score_analysis``): only the modules found under tomviz/ are placed.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trace", ("tomviz.trace",)),  # the Trace type and its patch-grid geometry
+    ("inputs", ("tomviz.inputs",)),  # decoding what users hand in (video clips, frames), no model knowledge
     ("merge", ("tomviz.merge",)),  # tensor math: methods → MergePlan, schedules, the per-call MergeState
     ("inputs", ("tomviz.inputs",)),  # image (and video) decoding and their bounds, before any model
     ("models", ("tomviz.models",)),  # adapters, loading (hub policy, embedded weights), LoadedModel.run, VLM adapters

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from tomviz.merge.engine import MergeState
+from tomviz.models.blocks import attend, merge
 from tomviz.models.patching import Adapter, register
 
 
@@ -46,12 +47,12 @@ def bert_block(
     """Adapted from transformers 5.24 ``BertLayer.forward`` (``models/bert/modeling_bert.py``).
 
     Changes: the mask comes from the merge state; ``state.after_attention`` merges the
-    attention output before the feed-forward chunk; no cross-attention, no cache, no
-    chunking. hidden: ``[B, N, C]`` → ``[B, N - r, C]``.
+    attention output before the feed-forward chunk, given the attention's keys and queries;
+    no cross-attention, no cache, no chunking. hidden: ``[B, N, C]`` → ``[B, N - r, C]``.
     """
     mask = state.attention_mask(mask, hidden)
-    h, _ = block.attention(hidden, mask, **kwargs)
-    h = state.after_attention(index, h, num_heads)
+    (h, _), projections = attend(block.attention, hidden, mask, **kwargs)
+    h = merge(state, index, num_heads, h, projections)
     return block.feed_forward_chunk(h)
 
 

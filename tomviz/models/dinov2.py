@@ -49,7 +49,7 @@ def size_weighted_head(model: nn.Module, backbone: nn.Module) -> list[Any]:
     def keep_tokens(module: nn.Module, args: Any, output: torch.Tensor) -> None:
         state = current_state()
         if state is not None:
-            state.final_tokens = output  # [B, N_L, C]
+            state.record_output(output)  # [B, N_L, C]
 
     def weighted_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor] | None:
         state = current_state()

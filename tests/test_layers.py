@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tomviz"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trace", ("tomviz.trace",)),  # the Trace type and its patch-grid geometry
     ("merge", ("tomviz.merge",)),  # tensor math: methods → MergePlan, schedules, the per-call MergeState
+    ("inputs", ("tomviz.inputs",)),  # what users hand over, decoded and bounded (images): no model knowledge
     ("models", ("tomviz.models",)),  # adapters, loading (hub policy, embedded weights), LoadedModel.run, VLM adapters
     # what users call and what reads a forward: the public API (and the package facade), VLM inspection,
     # scores, pictures, speed/fidelity measurement

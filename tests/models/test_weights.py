@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tomviz.models import weights
-from tomviz.models.preprocess import DINOV2_SPEC, spec_from_processor_config
+from tomviz.inputs.image import DINOV2_SPEC, spec_from_processor_config
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resol
 from tomviz.models.patching import Adapter, apply, find_adapter, new_state
 from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
 from tomviz.models.vlm import wrap as wrap_vlm
-from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
+from tomviz.inputs.image import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
 
 
 _IMAGE_FAMILIES = {"vit", "deit", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model"}

@@ -15,7 +15,7 @@ import gradio as gr
 
 import tomviz
 from tomviz.merge.schedule import MAX_RATIO, ScheduleError
-from tomviz.models.preprocess import ImageInputError
+from tomviz.inputs.image import ImageInputError
 
 log = logging.getLogger("tomviz.app")
 

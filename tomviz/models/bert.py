@@ -14,8 +14,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from tomviz.merge.engine import MergeState
+from tomviz.models.adapter import Adapter, load_with_tokenizer, position_limit, register
 from tomviz.models.blocks import attend, merge
-from tomviz.models.patching import Adapter, register
 
 
 def _find(model: nn.Module) -> nn.Module | None:
@@ -56,10 +56,24 @@ def bert_block(
     return block.feed_forward_chunk(h)
 
 
+# RoBERTa-style position ids start after the padding index: two positions fewer for tokens
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+def _max_positions(backbone: nn.Module) -> int:
+    """The longest input in tokens (``max_position_embeddings``, less the offset RoBERTa-style models use)."""
+    offset = 2 if getattr(backbone.config, "model_type", "") in _OFFSET_POSITIONS else 0
+    return position_limit(backbone) - offset
+
+
 BERT = register(
     Adapter(
         family="bert",
         modality="text",
+        label="BERT-family",
+        model_types=frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}),
+        load=load_with_tokenizer,
+        max_positions=_max_positions,
         find_backbone=_find,
         blocks=lambda backbone: list(backbone.encoder.layer),
         num_protected=lambda backbone: 1,

@@ -9,9 +9,10 @@ hooks on the key (and query) projections so that the block can hand them to the 
 forward, so a patched model can be shared by concurrent callers: the schedule and trace
 travel with each call (``contextvars``), never on the model.
 
-What is specific to an architecture family lives in an :class:`Adapter`
-(``tomviz/models/{vit,dinov2,clip,bert}.py``): where the blocks are, how many
-leading tokens are protected, and the block forward with the merge inserted.
+What is specific to an architecture family lives in an
+:class:`~tomviz.models.adapter.Adapter` (``tomviz/models/{vit,dinov2,clip,siglip,bert}.py``):
+where the blocks are, how many leading tokens are protected, and the block forward with
+the merge inserted (``tomviz/models/blocks.py``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,14 @@ import torch
 from torch import nn
 
 from tomviz.merge.engine import MergeConfig, MergeState, current_state
-from tomviz.models.blocks import key_hook, prenorm_block, query_hook  # noqa: F401 - prenorm_block re-exported
+from tomviz.models.adapter import (  # noqa: F401
+    ADAPTERS,
+    Adapter,
+    UnsupportedModelError,
+    find_adapter,
+    register,
+)
+from tomviz.models.blocks import key_hook, prenorm_block, query_hook  # noqa: F401 - re-exported
 
 _PATCHED = "_tomviz_patched"  # attribute on the root model: PatchInfo
 _DEFAULT_CONFIG = "_tomviz_config"  # attribute on the root model: MergeConfig set by tomviz.patch()
@@ -34,26 +42,6 @@ _DEFAULT_CONFIG = "_tomviz_config"  # attribute on the root model: MergeConfig s
 PATCH_LOCK = threading.RLock()
 
 
-class UnsupportedModelError(TypeError):
-    """The model's architecture has no tomviz adapter."""
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """Where merging happens in one architecture family."""
-
-    family: str  # "vit", "deit", "dinov2", "clip", "bert"
-    modality: str  # "image" or "text"
-    find_backbone: Callable[[nn.Module], nn.Module | None]  # the encoder-owning module, or None if not this family
-    blocks: Callable[[nn.Module], list[nn.Module]]  # the transformer blocks of the backbone
-    num_protected: Callable[[nn.Module], int]  # leading tokens that never merge (CLS, distillation, registers)
-    key_proj: Callable[[nn.Module], nn.Module]  # block → its key projection (nn.Linear)
-    query_proj: Callable[[nn.Module], nn.Module]  # block → its query projection
-    block_forward: Callable[..., torch.Tensor]  # (block, state, index, num_heads, hidden, mask, **kw) → hidden
-    # Hooks that make a head pool merged tokens by size: (root model, backbone) → hook handles (default: none).
-    head_hooks: Callable[[nn.Module, nn.Module], list[Any]] = lambda model, backbone: []
-
-
 @dataclass
 class PatchInfo:
     adapter: Adapter
@@ -61,25 +49,6 @@ class PatchInfo:
     blocks: list[nn.Module]
     num_heads: int
     hooks: list[Any]
-
-
-ADAPTERS: list[Adapter] = []
-
-
-def register(adapter: Adapter) -> Adapter:
-    ADAPTERS.append(adapter)
-    return adapter
-
-
-def find_adapter(model: nn.Module) -> tuple[Adapter, nn.Module]:
-    for adapter in ADAPTERS:
-        backbone = adapter.find_backbone(model)
-        if backbone is not None:
-            return adapter, backbone
-    supported = ", ".join(sorted({a.family for a in ADAPTERS}))
-    raise UnsupportedModelError(
-        f"tomviz cannot merge tokens in {type(model).__name__}: supported architecture families are {supported}"
-    )
 
 
 def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_heads: int) -> Callable:

@@ -50,6 +50,10 @@ class VLMAdapter:
     layout_markers: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     encoder_merging: str = ""  # why merging inside the encoder is refused ("" = supported)
     uniform_grid: bool = True  # the visual tokens form num_tiles equal grids (False: grid-free methods only)
+    model_types: frozenset[str] = frozenset()  # transformers ``config.model_type`` values of this family's folders
+    # (folder, config) → an image-only processor built from the files when AutoProcessor fails (it needs
+    # torchvision for videos), or None: the error stands
+    processor_from_files: Callable[[Path, Any], Any] = lambda folder, config: None
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []
@@ -65,6 +69,11 @@ def find_vlm_adapter(model: Any) -> VLMAdapter | None:
         if isinstance(model, nn.Module) and adapter.matches(model):
             return adapter
     return None
+
+
+def vlm_adapter_for_type(model_type: str) -> VLMAdapter | None:
+    """The VLM adapter whose folders have this transformers ``model_type``, or None."""
+    return next((a for a in VLM_ADAPTERS if model_type in a.model_types), None)
 
 
 def processor_files(folder: Path) -> tuple[dict[str, Any], str | None]:

@@ -14,8 +14,8 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import gradio as gr
 
 import tomviz
-from tomviz.merge.schedule import MAX_RATIO, ScheduleError
 from tomviz.inputs.image import ImageInputError
+from tomviz.merge.schedule import MAX_RATIO, ScheduleError
 
 log = logging.getLogger("tomviz.app")
 

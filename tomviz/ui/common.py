@@ -16,6 +16,7 @@ import gradio as gr
 import tomviz
 from tomviz.inputs.image import ImageInputError
 from tomviz.merge.schedule import MAX_RATIO, ScheduleError
+from tomviz.models.adapter import supported_labels
 
 log = logging.getLogger("tomviz.app")
 
@@ -23,7 +24,8 @@ IMAGE_MODELS = ["dinov2-small", "facebook/deit-small-patch16-224", "google/vit-b
 TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
 MODALITIES = ("image", "text")  # the inputs a tab that takes either can be switched between
 DEFAULT_MODEL = {"image": "dinov2-small", "text": "minilm"}
-MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
+MODEL_HELP = ("Embedded models work offline; type any Hugging Face model id of a supported architecture "
+              f"({supported_labels()}).")  # the registered adapters' labels
 
 # Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
 SESSION_TTL_S = float(os.environ.get("TOMVIZ_SESSION_TTL_S", 1800))  # a visitor's traces and pictures (gr.State)

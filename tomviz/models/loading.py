@@ -19,27 +19,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tomviz.inputs.image import (
-    DINOV2_SPEC,
-    ImageSpec,
-    load_image,
-    spec_from_processor_config,
-    to_pixel_values,
-)
+from tomviz.inputs.image import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
 from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.models import hub, weights
-from tomviz.models.adapter import (
-    Adapter,
-    adapter_for_type,
-    find_adapter,
-    supported_labels,
-)
-from tomviz.models.hub import (  # noqa: F401 - re-exported
-    DEFAULT_MODELS,
-    ModelLoadError,
-    ModelSource,
-    resolve_source,
-)
+from tomviz.models.adapter import Adapter, adapter_for_type, find_adapter, supported_labels
+from tomviz.models.hub import DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
 from tomviz.models.patching import apply, new_state
 from tomviz.models.vlm import LoadedVLM, find_vlm_adapter, vlm_adapter_for_type
 from tomviz.models.vlm import wrap as wrap_vlm

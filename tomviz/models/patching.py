@@ -25,13 +25,7 @@ import torch
 from torch import nn
 
 from tomviz.merge.engine import MergeConfig, MergeState, current_state
-from tomviz.models.adapter import (  # noqa: F401
-    ADAPTERS,
-    Adapter,
-    UnsupportedModelError,
-    find_adapter,
-    register,
-)
+from tomviz.models.adapter import ADAPTERS, Adapter, UnsupportedModelError, find_adapter, register  # noqa: F401
 from tomviz.models.blocks import key_hook, prenorm_block, query_hook  # noqa: F401 - re-exported
 
 _PATCHED = "_tomviz_patched"  # attribute on the root model: PatchInfo

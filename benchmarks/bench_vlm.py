@@ -76,10 +76,9 @@ def slicing_encoder(num_patches: int):
     zero-padded back to ``num_patches`` so that the pixel shuffle runs (instead of the unmerge)."""
     original = EncoderState.after_attention
 
-    def drop(self, layer, x, num_heads):
+    def drop(self, layer, x, *projections_and_heads):
         r = self.schedule[layer]
         self.removed.append(r)
-        self.clear_captures()
         return x[:, : x.shape[1] - r]
 
     def pad(module, args, output):
@@ -196,7 +195,7 @@ def main() -> None:
         "tome": prefill_run(vlm.Reduction("boundary", "tome", ratio)),
         "tome (no bias)": prefill_run(vlm.Reduction("boundary", "tome", ratio, prop_attn=False)),
         "tome + VTU": prefill_run(vlm.Reduction("boundary", "tome", ratio, vtu=True)),
-        "random": prefill_run(vlm.Reduction("boundary", "random", ratio)),
+        "random": prefill_run(vlm.Reduction("boundary", "random_prune", ratio)),
         "downsample": prefill_run(vlm.Reduction("boundary", "downsample", ratio)),
         "fastv K=2": prefill_run(vlm.Reduction("llm", "fastv", ratio, fastv_layer=2)),
     }

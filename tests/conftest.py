@@ -28,9 +28,6 @@ def _seed():
 @pytest.fixture(scope="session")
 def tiny_vit_classifier():
     """A random 4-layer, 32-wide ViT classifier (10 classes) on 32 x 32 images, 4 x 4 patches: 65 tokens."""
-    from transformers import ViTConfig, ViTForImageClassification
+    from tests import tiny
 
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
-                       patch_size=4, num_labels=10)
-    return ViTForImageClassification(config).eval()
+    return tiny.vit(classifier=10, num_attention_heads=2, patch_size=4, seed=0)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import tomviz
+from tests import tiny
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -73,18 +74,13 @@ def test_bad_input_messages():
 
 
 def test_unsupported_local_folder_is_named(tmp_path):
-    import transformers as tf
-
-    tf.GPT2Config(n_embd=16, n_layer=1, n_head=2).save_pretrained(tmp_path)
+    tiny.gpt2().save_pretrained(tmp_path)
     with pytest.raises(tomviz.ModelLoadError, match="gpt2"):
         tomviz.load(str(tmp_path))
 
 
 def test_local_folder_of_supported_model_loads(tmp_path, photo):
-    import transformers as tf
-
-    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
-    tf.ViTForImageClassification(config).save_pretrained(tmp_path)
+    tiny.vit(classifier=True, num_hidden_layers=2).save_pretrained(tmp_path)
     model = tomviz.load(str(tmp_path))
     assert model.labels == {0: "LABEL_0", 1: "LABEL_1"} and model.adapter.family == "vit"  # transformers' default names
     res = tomviz.inspect(model, photo, r=3)
@@ -93,16 +89,13 @@ def test_local_folder_of_supported_model_loads(tmp_path, photo):
 
 @pytest.mark.slow
 def test_model_cache_is_bounded(tmp_path, monkeypatch):
-    import transformers as tf
-
     from tomviz.models import loading
 
     monkeypatch.setattr(loading, "MAX_OTHER_MODELS", 1)
     folders = []
     for i in range(2):
         folder = tmp_path / f"m{i}"
-        config = tf.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=16, patch_size=8)
-        tf.ViTModel(config).save_pretrained(folder)
+        tiny.vit(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, image_size=16).save_pretrained(folder)
         folders.append(str(folder))
     first = tomviz.load(folders[0])
     tomviz.load("dinov2-small")

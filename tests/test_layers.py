@@ -13,17 +13,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tomviz"
 
-# lowest first; a module belongs to the layer of its longest matching prefix
+# lowest first; a module belongs to the layer of its longest matching prefix. A prefix may name a module that does
+# not exist yet (``tomviz.inputs``, ``tomviz.score_analysis``): only the modules found under tomviz/ are placed.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trace", ("tomviz.trace",)),  # the Trace type and its patch-grid geometry
-    ("inputs", ("tomviz.inputs",)),  # reading user inputs (images): header bounds before decoding
     ("merge", ("tomviz.merge",)),  # tensor math: methods → MergePlan, schedules, the per-call MergeState
+    ("inputs", ("tomviz.inputs",)),  # decoding what users hand in (images, video clips, frames) and its bounds, no model knowledge
     ("models", ("tomviz.models",)),  # adapters, loading (hub policy, embedded weights), LoadedModel.run, VLM adapters
-    # what users call and what reads a forward: the public API (and the package facade), VLM inspection,
-    # scores, pictures, speed/fidelity measurement
-    ("core", ("tomviz", "tomviz.api", "tomviz.vlm", "tomviz.scores", "tomviz.render", "tomviz.lineage",
-              "tomviz.measure", "tomviz.speed", "tomviz.fidelity")),
-    ("analysis", ("tomviz.analysis", "tomviz.ratio_grid", "tomviz.sweep", "tomviz.bench")),  # services over many forwards, no gradio
+    # numbers read from a forward or a trace: speed, fidelity, one measured forward, a group's lineage
+    ("readers", ("tomviz.speed", "tomviz.fidelity", "tomviz.measure", "tomviz.lineage")),
+    ("pictures", ("tomviz.render", "tomviz.scores")),  # pictures and plots; Banzhaf, HBI and attention scores
+    ("api", ("tomviz", "tomviz.api", "tomviz.vlm")),  # what users call: the package facade, the API, VLM inspection
+    # services over many forwards, no gradio
+    ("analysis", ("tomviz.analysis", "tomviz.score_analysis", "tomviz.ratio_grid", "tomviz.sweep", "tomviz.bench")),
     ("front", ("tomviz.ui", "tomviz.cli", "tomviz.cli_vlm", "tomviz.__main__", "tomviz.tools")),  # gradio, CLI, offline tools
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
@@ -78,6 +80,13 @@ def _graph() -> dict[str, list[tuple[int, str]]]:
 
 def test_every_module_has_a_layer():
     assert [m for m in _graph() if layer_of(m) is None] == []
+
+
+def test_pictures_scores_and_readers_sit_below_the_api():
+    """render, scores, speed and fidelity may not import the API or VLM inspection (it would be an upward import)."""
+    below = ["tomviz.render.overlay", "tomviz.scores.banzhaf", "tomviz.speed", "tomviz.fidelity", "tomviz.measure"]
+    above = ["tomviz", "tomviz.api", "tomviz.vlm", "tomviz.vlm.result"]
+    assert all(RANK[layer_of(low)] < RANK[layer_of(high)] for low in below for high in above)
 
 
 def test_no_import_from_a_higher_layer():

@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 
 import tomviz
 from tomviz.trace import Trace
+from tests import tiny
 
 
 @pytest.fixture(scope="module")
 def trace():
-    model = tf.ViTModel(tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=64, patch_size=8))
-    return tomviz.inspect(model.eval(), torch.randn(1, 3, 64, 64), r=8, cls_attention_heads=True, full_attention=True).trace
+    model = tiny.vit(num_hidden_layers=3, image_size=64)
+    return tomviz.inspect(model, torch.randn(1, 3, 64, 64), r=8, cls_attention_heads=True, full_attention=True).trace
 
 
 @pytest.mark.parametrize("suffix", [".json", ".npz"])

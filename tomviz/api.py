@@ -6,9 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig, MergeState
-from tomviz.merge.schedule import renamed_mode
+from tomviz.merge.request import MergeRequest
 from tomviz.models import patching
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.models.vlm import LoadedVLM
@@ -43,15 +42,6 @@ class InspectResult:
         return banzhaf(result, layer, samples=samples, exact=exact, seed=seed, target=target)
 
 
-def _merge_config(method, r, ratio, schedule, prop_attn, trace, method_options, **flags) -> MergeConfig:
-    if r is None and ratio is None:
-        r = 0
-    return MergeConfig(
-        method=get_method(method, **(method_options or {})), r=r, ratio=ratio, schedule=schedule, prop_attn=prop_attn,
-        trace=trace, **flags,
-    )
-
-
 def run(
     model: LoadedModel,
     inputs: PreparedInput,
@@ -82,7 +72,7 @@ def inspect(
     model: a name for :func:`tomviz.load`, a transformers model instance, or a loaded model.
     x: a PIL image (or path/bytes/array), a string, or ready tensors
        (``pixel_values [B, 3, H, W]`` / ``input_ids [B, N]`` or a dict of them).
-    ratio: fraction of the input tokens removed by the last layer (0..0.95), spread by ``schedule`` ("constant" | "decreasing"; ``mode=`` is its old name, deprecated).
+    ratio: fraction of the input tokens removed by the last layer (0..``MAX_RATIO``), spread by ``schedule`` ("constant" | "decreasing"; ``mode=`` is its old name, deprecated).
     r: instead, tokens removed per layer: an int, ``(r, -1)`` (decreasing) or a per-layer list; 0 = no merging.
     keep_hidden: keep every block's output tokens (needed to resume a forward, e.g. for Banzhaf scores).
     The trace records batch element 0.
@@ -91,21 +81,18 @@ def inspect(
     (plus ``max_new_tokens``, ``fastv_layer``, ...: see :func:`tomviz.vlm.inspect_vlm`); it returns a
     :class:`tomviz.vlm.VLMResult` (``.answer``, ``.reference_answer``, ``.trace``, ``.stages``, ``.fidelity``).
     """
-    schedule = renamed_mode(schedule, mode, "inspect")
+    request = MergeRequest.from_kwargs("inspect", method, ratio, r, schedule, prop_attn, method_options, mode)
     loaded = load(model) if not isinstance(model, (LoadedModel, LoadedVLM)) else model
     if isinstance(loaded, LoadedVLM):
         if not (isinstance(x, tuple) and len(x) == 2):
             raise ValueError(f"{loaded.name} is a vision-language model: give it (image, question)")
-        return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn, schedule=schedule,
-                           method_options=method_options or {}, **vlm_options)
+        return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn,
+                           schedule=request.schedule, method_options=request.method_options, **vlm_options)
     if vlm_options:
         raise TypeError(f"unexpected arguments for {loaded.name}: {', '.join(vlm_options)}")
     inputs = loaded.prepare(x)
-    config = _merge_config(
-        method, r, ratio, schedule, prop_attn, True, method_options,
-        cls_attention_heads=cls_attention_heads, full_attention=full_attention, keep_hidden=keep_hidden,
-    )
-    config.extra = inputs.method_extra()
+    config = request.config(trace=True, extra=inputs.method_extra(), cls_attention_heads=cls_attention_heads,
+                            full_attention=full_attention, keep_hidden=keep_hidden)
     outputs, state = loaded.run(inputs, config)
     return InspectResult(trace=state.trace(), outputs=outputs, model=loaded, inputs=inputs, config=config, state=state)
 
@@ -127,8 +114,8 @@ def patch(
     """
     module = model.model if isinstance(model, LoadedModel) else model
     patching.apply(module)
-    schedule = renamed_mode(schedule, mode, "patch")
-    patching.set_default_config(module, _merge_config(method, r, ratio, schedule, prop_attn, False, method_options))
+    request = MergeRequest.from_kwargs("patch", method, ratio, r, schedule, prop_attn, method_options, mode)
+    patching.set_default_config(module, request.config())
     return module
 
 

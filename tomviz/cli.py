@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from tomviz.cli_vlm import add_arguments as add_vlm_arguments
+from tomviz.merge import registry
+from tomviz.merge.checks import SCHEDULES
 
-# The names of tomviz.merge.METHODS, written out so that parsing (and --help) imports no torch;
-# tests/test_cli.py checks that they match the registry.
-METHOD_NAMES = ("diffrate", "dtome", "evit", "hiprune", "pitome", "pitome_text", "random", "subword", "tome")
+METHOD_NAMES = tuple(sorted(registry.names("encoder")))  # read from the registry without importing torch
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -45,7 +46,9 @@ def read_input(value: str) -> tuple[Any, str, str]:
 
 
 def _model_name(arg: str | None, modality: str) -> str:
-    return arg or ("dinov2-small" if modality == "image" else "minilm")
+    from tomviz.models.hub import DEFAULT_MODEL
+
+    return arg or DEFAULT_MODEL[modality]
 
 
 def _options(arg: str | None) -> dict[str, Any]:
@@ -68,19 +71,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import tomviz
     from tomviz.fidelity import cosine, final_embedding, final_sizes_of
     from tomviz.merge.engine import MergeConfig
+    from tomviz.merge.request import MergeRequest
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = tomviz.load(_model_name(args.model, modality))
-    result = tomviz.inspect(loaded, x, ratio=None if args.r is not None else args.ratio, r=args.r, method=args.method,
-                            schedule=args.schedule, method_options=_options(args.method_options))
+    request = MergeRequest.from_flags(args, _options(args.method_options))
+    result = tomviz.inspect(loaded, x, **request.keywords())
     trace = result.trace
     trace.save(out / "trace.json")
     trace.save(out / "trace.npz")
     text = loaded.modality == "text"
     base = loaded.run(result.inputs, MergeConfig.unmerged())[0]
-    merged_embedding, _ = final_embedding(result.outputs, loaded.modality, final_sizes_of(result.state))
-    similarity = cosine(merged_embedding, final_embedding(base, loaded.modality)[0])
+    merged_embedding, _ = final_embedding(result.outputs, loaded.adapter, final_sizes_of(result.state))
+    similarity = cosine(merged_embedding, final_embedding(base, loaded.adapter)[0])
     stats: dict[str, Any] = {
         "model": loaded.name,
         "method": args.method,
@@ -134,6 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from tomviz.bench import BenchSpec, list_items, make_settings, read_summary, read_toml, run_bench
+    from tomviz.bench.spec import DEFAULT_METHODS, DEFAULT_RATIOS
     from tomviz.merge import METHODS
     from tomviz.render.bench import report_html
 
@@ -144,11 +149,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}")
     text = all(item.text is not None for item in items)
-    models = pick("model", None) or config.get("models") or ["minilm" if text else "dinov2-small"]
-    methods = pick("methods", ["tome", "pitome", "evit", "random"])
+    models = pick("model", None) or config.get("models") or [_model_name(None, "text" if text else "image")]
+    methods = pick("methods", list(DEFAULT_METHODS))
     for name in [m for m in methods if m not in METHODS]:
         print(f"warning: unknown method {name!r}: its settings will be reported as errors", file=sys.stderr)
-    ratios = pick("ratios", None if (args.r or config.get("r")) else [0.25, 0.5, 0.75]) or []
+    ratios = pick("ratios", None if (args.r or config.get("r")) else list(DEFAULT_RATIOS)) or []
     prop = {"on": [True], "off": [False], "both": [True, False]}[args.prop_attn] if args.prop_attn else config.get("prop_attn", [True])
     options = _options(args.method_options) if args.method_options else config.get("method_options", {})
     settings = make_settings(methods, ratios, pick("r", []) or [], schedule=pick("schedule", "constant"), prop_attn=prop)
@@ -157,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run = run_bench(spec, items, out, engine=args.engine, workers=args.workers, address=args.address,
                     cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, threads=args.threads,
-                    progress=not args.no_progress, ship_code=args.ship_code)
+                    progress=not args.no_progress, ship_code=args.ship_code, command=getattr(args, "command_line", None))
     summary, meta = read_summary((out / "summary.json").read_text())
     (out / "report.html").write_text(report_html(summary, meta))
     rows = run.rows()
@@ -178,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="dinov2-small, minilm, a Hugging Face id or a local folder (default: by input)")
-    common.add_argument("--schedule", "--mode", dest="schedule", default="constant", choices=["constant", "decreasing"],
+    common.add_argument("--schedule", "--mode", dest="schedule", default="constant", choices=SCHEDULES,
                         help="how a ratio spreads over layers (--mode: its old name)")
     common.add_argument("--method-options", help="JSON options for the method(s), e.g. '{\"threshold\": 0.9}'")
     common.add_argument("--out", required=True, help="output folder (created)")
@@ -214,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", help=f"merge methods (default tome pitome evit random; known: {', '.join(methods)})")
     bench.add_argument("--ratios", nargs="+", type=float, help="fractions of the input tokens removed by the last layer")
     bench.add_argument("--r", nargs="+", type=int, help="tokens removed per layer (settings beside the ratios)")
-    bench.add_argument("--schedule", "--mode", dest="schedule", choices=["constant", "decreasing"],
+    bench.add_argument("--schedule", "--mode", dest="schedule", choices=SCHEDULES,
                        help="how a ratio or r spreads over layers (--mode: its old name)")
     bench.add_argument("--prop-attn", choices=["on", "off", "both"], help="proportional attention (default on)")
     bench.add_argument("--method-options", help="JSON options per method, e.g. '{\"dtome\": {\"threshold\": 0.9}}'")
@@ -234,4 +239,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = "python -m tomviz " + shlex.join(sys.argv[1:] if argv is None else argv)
     return args.run(args)

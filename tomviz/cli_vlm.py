@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-PLACES = ("encoder", "boundary", "llm")
-# The names of tomviz.merge.visual.VISUAL_METHODS, written out so that parsing imports no torch
-# (tests/test_cli.py checks them against the registry).
-VISUAL_METHOD_NAMES = ("tome", "dtome", "random", "downsample", "fastv", "visionzip", "hiprune")
+from tomviz.merge import registry
+from tomviz.merge.checks import PLACES
+
+VISUAL_METHOD_NAMES = registry.names("boundary", "llm")  # read from the registry without importing torch
 
 
 def add_arguments(inspect: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ another's to finish), and only while no visitor's own request is running the mod
 What a grid holds: one :class:`~tomviz.analysis.Analysis` per ratio without its photo (the session
 keeps the photo once), i.e. a trace (for DINOv2-S at 224 px: 12 layers × 257 int32 ids + sizes ≈ 26 KB
 with the CLS attention), the fidelity and the speed report: about 30 KB per ratio, 0.6 MB for the
-20 ratios 0, 0.05, …, 0.95 (``GridStore.nbytes`` measures it).
+20 ratios 0, 0.05, …, ``MAX_RATIO`` (``GridStore.nbytes`` measures it).
 """
 from __future__ import annotations
 

@@ -19,14 +19,14 @@ A ratio a method cannot reach gives a row with ``error`` set and no figures.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tomviz.measure import compare, measured_forward
-from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
-from tomviz.merge.schedule import ScheduleError, renamed_mode
+from tomviz.merge.request import MergeRequest
+from tomviz.merge.schedule import ScheduleError
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.speed import measure_latency
 
@@ -73,16 +73,10 @@ def sweep(
     schedule: how each ratio spreads over the layers ("constant" | "decreasing"; ``mode=`` is its old name, deprecated).
     method_options: per method name, its options (e.g. ``{"dtome": {"threshold": 0.9}}``).
     """
-    schedule = renamed_mode(schedule, mode, "sweep")
+    template = MergeRequest.from_kwargs("sweep", schedule=schedule, prop_attn=prop_attn, mode=mode)
     loaded = load(model) if not isinstance(model, LoadedModel) else model
     inputs: PreparedInput = loaded.prepare(x)
     extra = inputs.method_extra()
-
-    def config(method: str, ratio: float) -> MergeConfig:
-        options = (method_options or {}).get(method, {})
-        return MergeConfig(
-            method=get_method(method, **options), ratio=ratio, schedule=schedule, prop_attn=prop_attn, extra=dict(extra)
-        )
 
     base_config = MergeConfig.unmerged(extra=dict(extra))
     base = measured_forward(loaded, inputs, base_config)
@@ -98,7 +92,9 @@ def sweep(
     for method, ratio in jobs:
         row = SweepRow(input=input_name, method=method, ratio=ratio, tokens_in=tokens_in, baseline_latency_s=base_latency)
         try:
-            merged = config(method, ratio)
+            request = replace(template, method=method, method_options=(method_options or {}).get(method, {}), r=None,
+                              ratio=ratio)
+            merged = request.config(extra=extra)
             (metrics,) = compare(measured_forward(loaded, inputs, merged), base)
         except (ScheduleError, ValueError) as err:
             row.error = str(err)

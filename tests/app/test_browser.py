@@ -138,7 +138,7 @@ def test_browser_shared_link_lineage_animation(app_url):
 
     from tomviz.render.groups import HIGHLIGHT, map_layout, strip_layout
     from tomviz.analysis import Settings, analyse
-    from tomviz.ui.image_tab import layer_pictures
+    from tomviz.ui.image_tab import layer_views
 
     artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -161,7 +161,7 @@ def test_browser_shared_link_lineage_animation(app_url):
             assert page.get_by_label("decreasing").is_checked()
             assert not _errors_shown(page)
             shown = Image.open(io.BytesIO(page.request.get(page.locator("#overlay img").first.get_attribute("src")).body()))
-            want, other = (_as_jpeg(layer_pictures(expected, l, 0.8)[0]) for l in (8, 2))  # layer 9 (shown), layer 3
+            want, other = (_as_jpeg(layer_views(expected, l, 0.8)[0]) for l in (8, 2))  # layer 9 (shown), layer 3
             got = np.asarray(shown.convert("RGB"), dtype=float)
             assert got.shape == want.shape
             near, far = np.abs(got - want).mean(), np.abs(got - other).mean()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from tomviz.trace import Trace
 from tomviz.ui.image_tab import ImageOutputs
+from tests import tiny
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 CAT = str(ASSETS / "chelsea.png")
@@ -196,12 +197,8 @@ def test_local_classifier_folder_shows_top5_labels(client, tmp_path, monkeypatch
     """A local folder the operator allows (TOMVIZ_LOCAL_MODELS) loads like a hub id; classifiers get top-5 labels."""
     import json
 
-    from transformers import ViTConfig, ViTForImageClassification
-
-    labels = {i: f"class {i}" for i in range(7)}
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=32, patch_size=8, num_labels=7, id2label=labels, label2id={v: k for k, v in labels.items()})
-    ViTForImageClassification(config).eval().save_pretrained(tmp_path)
+    labels = [f"class {i}" for i in range(7)]
+    tiny.vit(classifier=labels, num_hidden_layers=2, num_attention_heads=2).save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(
         {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     monkeypatch.setenv("TOMVIZ_LOCAL_MODELS", str(tmp_path))  # the in-process server reads it per call
@@ -232,7 +229,7 @@ def test_a_clicked_patch_stays_selected_through_a_model_run():
     redraws the overlay only, and nothing when a group is selected (that overlay has no opacity)."""
     from tomviz.render.groups import cluster_picture, patch_groups
     from tomviz.ui.image_tab import (
-        LINEAGE_HINT, after_image_run, inspect_image, layer_strip, render_image_opacity,
+        LINEAGE_HINT, after_run, inspect_image, layer_strip, render_image_opacity,
     )
 
     first = inspect_image(CAT, 0.5)
@@ -241,9 +238,9 @@ def test_a_clicked_patch_stays_selected_through_a_model_run():
     trace = again.session.trace
     assert np.array_equal(np.asarray(again.overlay), np.asarray(cluster_picture(again.session.image, patch_groups(trace, 3, token))))
     assert np.array_equal(np.asarray(again.strip), np.asarray(layer_strip(again.session, token)))
-    kept, lineage, link = after_image_run(again.session, token, "chelsea.png", "dinov2-small", "tome", "constant", 0.7, 4)
+    kept, lineage, link = after_run(again.session, token, "chelsea.png", "dinov2-small", "tome", "constant", 0.7, 4)
     assert kept == token and "patch" in lineage and "ratio=0.7" in link and "layer=4" in link and "example=chelsea.png" in link
-    assert after_image_run(again.session, trace.num_input_tokens + 3, None, "dinov2-small", "tome", "constant", 0.7, 4)[:2] \
+    assert after_run(again.session, trace.num_input_tokens + 3, None, "dinov2-small", "tome", "constant", 0.7, 4)[:2] \
         == (None, LINEAGE_HINT)
     assert isinstance(render_image_opacity(4, 0.3, again.session, token), dict)  # gr.skip()
     assert render_image_opacity(4, 0.3, again.session, None).size == again.overlay.size

@@ -15,6 +15,7 @@ from gradio_client.exceptions import AppError
 import app
 from tomviz.models.hub import refusal
 from tomviz.ui.common import MAX_PROMPT_CHARS, SESSION_TTL_S
+from tests import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 CAT = str(ROOT / "assets" / "chelsea.png")
@@ -59,12 +60,9 @@ def test_every_endpoint_refuses_paths_with_one_message(client):
 
 
 def test_allow_listed_folders_load_and_nothing_beside_them(client, tmp_path, monkeypatch):
-    import transformers as tf
-
     allowed, outside = tmp_path / "models", tmp_path / "private"
-    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
     for folder in (allowed / "tiny-vit", outside / "tiny-vit"):
-        tf.ViTModel(config).save_pretrained(folder)
+        tiny.vit(num_hidden_layers=2, num_attention_heads=2).save_pretrained(folder)
     (allowed / "escape").symlink_to(outside / "tiny-vit", target_is_directory=True)
     monkeypatch.setenv("TOMVIZ_LOCAL_MODELS", f"/nowhere{os.pathsep}{allowed}")  # the in-process server reads it per call
     summary = client.predict(image=handle_file(CAT), ratio=0.5, model=str(allowed / "tiny-vit"), api_name="/inspect_image")[-2]
@@ -75,10 +73,10 @@ def test_allow_listed_folders_load_and_nothing_beside_them(client, tmp_path, mon
 
 
 def test_ui_code_loads_models_only_as_untrusted():
-    """Every ``load(...)`` call in tomviz/ui and the app's service layer (tomviz/analysis.py) passes
+    """Every ``load(...)`` call in tomviz/ui and the app's service layer (tomviz/analysis.py, score_analysis.py) passes
     ``untrusted=True`` (names there come from the web)."""
     calls = []
-    for path in [*(ROOT / "tomviz" / "ui").glob("*.py"), ROOT / "tomviz" / "analysis.py"]:
+    for path in [*(ROOT / "tomviz" / "ui").glob("*.py"), ROOT / "tomviz" / "analysis.py", ROOT / "tomviz" / "score_analysis.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "load":
                 owner = getattr(node.func, "value", None)

@@ -6,21 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+
+from tests import tiny
 
 CLASSES = ("red", "green", "blue")
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-vit")
-    config = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
-                       patch_size=4, num_labels=3, id2label=dict(enumerate(CLASSES)), label2id={c: i for i, c in enumerate(CLASSES)})
-    ViTForImageClassification(config).save_pretrained(folder)
+    tiny.vit(classifier=CLASSES, num_attention_heads=2, patch_size=4, seed=0).save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 32}, "do_normalize": True,
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}))

@@ -17,6 +17,7 @@ from tomviz.api import run
 from tomviz.merge import MergeInputs, get_method
 from tomviz.merge.diffrate import kept_counts, published_schedule, published_schedules, split_removal
 from tomviz.merge.engine import MergeConfig
+from tests import tiny
 from tests.merge.helpers import check_plan
 
 # CLS, t1 .. t5. Sorted by attention: CLS, t2, t4, t5, t1, t3.
@@ -157,9 +158,7 @@ def reference_diffrate_vit(model: tf.ViTModel, pixel_values: torch.Tensor, prune
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    torch.manual_seed(0)
-    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=4)
-    return tf.ViTModel(config, add_pooling_layer=False).eval()
+    return tiny.vit(pooling=False, num_hidden_layers=3, patch_size=4, seed=0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -5,6 +5,7 @@ import torch
 
 from tomviz.merge import MergeInputs, get_method
 from tomviz.merge.dtome import load_calibration, DEFAULT_CALIBRATION
+from tests import tiny
 from tests.merge.helpers import check_plan, unit
 
 # positions 0 (CLS, A) 1 (B) 2 (A) 3 (B) 4 (A): token 2 proposes 1 at cos 0.8, token 4 proposes 3 at 0.6
@@ -79,12 +80,9 @@ def test_max_r_ratio_caps_each_image():
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    from transformers import ViTConfig, ViTModel
     from tomviz.models.loading import _wrap
 
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=4)
-    return _wrap("tiny-vit", ViTModel(config, add_pooling_layer=False).eval())
+    return _wrap("tiny-vit", tiny.vit(pooling=False, num_hidden_layers=3, patch_size=4, seed=0))
 
 
 def _run(loaded, pixels, method, r):

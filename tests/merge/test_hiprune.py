@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 
 import tomviz
 from tomviz.api import run
 from tomviz.merge import MergeInputs, get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.hiprune import flat_neighbours, grid_neighbours, received_attention, sequence_neighbours
+from tests import tiny
 from tests.merge.helpers import check_plan
 
 POSITIONS = torch.arange(17).unsqueeze(0)  # CLS + 4x4 grid
@@ -135,12 +135,7 @@ def reference_hiprune(anchor_attention, register_attention, budget, alpha, cols,
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    torch.manual_seed(0)
-    config = tf.ViTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=4,
-        attn_implementation="eager",
-    )
-    return tf.ViTModel(config, add_pooling_layer=False).eval()
+    return tiny.vit(pooling=False, patch_size=4, attn_implementation="eager", seed=0)
 
 
 @pytest.mark.parametrize("neighbours", ["flat", "grid"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
 import tomviz
 from tomviz.merge import METHODS
 from tomviz.models.loading import ModelLoadError, _wrap
+from tests import tiny
 from tests.merge.helpers import check_trace
 
 ADAPTIVE = {"dtome", "subword"}  # their token count follows the input, not the schedule
@@ -16,16 +16,11 @@ IMAGE_METHODS = sorted(set(METHODS) - {"subword"})
 TEXT = "Tokenization of unbelievably long compounded words happens everywhere"
 
 
-def _small(**kw):
-    return dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **kw)
-
-
 @pytest.fixture(scope="module")
 def tiny_models():
-    torch.manual_seed(0)
-    return {
-        "vit": ViTModel(ViTConfig(**_small(image_size=32, patch_size=4)), add_pooling_layer=False).eval(),
-        "dinov2": Dinov2Model(Dinov2Config(**_small(image_size=28, patch_size=7))).eval(),
+    return {  # built in this order: the DINOv2 draws its weights after the ViT's
+        "vit": tiny.vit(pooling=False, num_hidden_layers=3, patch_size=4, seed=0),
+        "dinov2": tiny.dinov2(num_hidden_layers=3, image_size=28, patch_size=7),
     }
 
 
@@ -40,8 +35,7 @@ def tiny_bert():
         tokenizer = AutoTokenizer.from_pretrained(str(weights.minilm_folder()), local_files_only=True)
     except ModelLoadError as err:
         pytest.skip(f"minilm tokenizer unavailable: {err}")
-    torch.manual_seed(0)
-    model = BertModel(BertConfig(**_small(vocab_size=tokenizer.vocab_size))).eval()
+    model = tiny.bert(num_hidden_layers=3, vocab_size=tokenizer.vocab_size, seed=0)
     return _wrap("tiny-bert", model, tokenizer=tokenizer)
 
 

@@ -1,4 +1,4 @@
-"""ToMe decisions against an independent reference written from REFERENCES.md §2.
+"""ToMe decisions against an independent reference written from the paper (Bolya et al., ICLR 2023).
 
 The reference below runs a ViT forward by hand with explicit softmax attention,
 groups kept as Python sets and the reference token order (kept A tokens in
@@ -17,6 +17,7 @@ import transformers as tf
 import tomviz
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.tome import bipartite_plan
+from tests import tiny
 
 
 def reference_tome_vit(model: tf.ViTModel, pixel_values: torch.Tensor, r: int) -> list[list[int]]:
@@ -71,12 +72,7 @@ def tiny_vit():
     """A random 4-layer, 32-wide ViT on 8 x 8 patches: the decisions follow the same rules as on a ViT-S/16.
     Weights drawn 5x wider than transformers' default, so that attention (and with it proportional
     attention) moves the tokens enough to change ToMe's choices within 4 layers."""
-    torch.manual_seed(0)
-    config = tf.ViTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=4,
-        initializer_range=0.1,
-    )
-    return tf.ViTModel(config, add_pooling_layer=False).eval()
+    return tiny.vit(pooling=False, num_attention_heads=2, patch_size=4, initializer_range=0.1, seed=0)
 
 
 def test_tome_matches_reference_every_layer(tiny_vit):

@@ -30,7 +30,7 @@ def test_downsample_pools_each_tile():
 
 
 def test_selection_methods_keep_exactly():
-    for name in ("random", "fastv", "visionzip", "hiprune"):
+    for name in ("random_prune", "fastv", "visionzip", "hiprune"):
         plan = get_visual_method(name).plan(_tokens(), 10)
         assert plan.num_out == 10
     fastv = get_visual_method("fastv").plan(_tokens(), 10)
@@ -55,9 +55,19 @@ def test_hiprune_anchors_buffers_registers():
     deep = torch.zeros(1, 16)
     deep[0, 15] = 1.0  # the register
     tokens.attention, tokens.attention_middle = deep, middle
-    plan = get_visual_method("hiprune", anchor_fraction=0.2, buffer_fraction=0.8).plan(tokens, 6)
+    plan = get_visual_method("hiprune", alpha=1.0).plan(tokens, 6)  # round(6 * 1.0 / 5) = 1 anchor
     kept = set((plan.dst[0] >= 0).nonzero()[:, 0].tolist())
     assert kept == {5, 1, 4, 6, 9, 15}
+
+
+def test_hiprune_buffers_stay_in_their_tile():
+    tokens = _tokens(v=32, grid=(4, 4), tiles=2)
+    middle = torch.zeros(1, 32)
+    middle[0, 15] = 1.0  # tile 0's last cell (3, 3): its neighbours are 11 and 14, never tile 1's first row
+    tokens.attention, tokens.attention_middle = torch.zeros(1, 32), middle
+    plan = get_visual_method("hiprune", alpha=1.0).plan(tokens, 5)  # 1 anchor, 2 buffers, 2 registers
+    kept = set((plan.dst[0] >= 0).nonzero()[:, 0].tolist())
+    assert {15, 11, 14} <= kept and not {16, 19} & (kept - {0, 1, 2, 3})
 
 
 def test_dtome_merges_by_threshold():

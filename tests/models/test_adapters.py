@@ -9,47 +9,30 @@ import torch
 import transformers as tf
 
 import tomviz
+from tests import tiny
+from tomviz.merge.request import MergeRequest
 
-VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64, patch_size=8)
-TEXT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, vocab_size=120)
+IMAGE = 64  # px: 8 x 8 patches of 8 px, 65 tokens with CLS
 
 
 def _clip():
-    vision = tf.CLIPVisionConfig(**VISION)
-    text = tf.CLIPTextConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=120)
-    return tf.CLIPModel(tf.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    return tiny.clip(text=dict(num_hidden_layers=2), vision=dict(image_size=IMAGE))
 
 
+# name → (builder, protected tokens: CLS, DeiT's distillation token, DINOv2's registers)
 MODELS = {
-    "vit": (lambda: tf.ViTModel(tf.ViTConfig(**VISION)), 1),
-    "vit-classifier": (lambda: tf.ViTForImageClassification(tf.ViTConfig(**VISION, num_labels=5)), 1),
-    "deit": (lambda: tf.DeiTModel(tf.DeiTConfig(**VISION)), 2),
-    "deit-teacher": (lambda: tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**VISION, num_labels=5)), 2),
-    "dinov2": (lambda: tf.Dinov2Model(tf.Dinov2Config(**{k: v for k, v in VISION.items() if k != "intermediate_size"})), 1),
-    "dinov2-registers": (
-        lambda: tf.Dinov2WithRegistersModel(
-            tf.Dinov2WithRegistersConfig(num_register_tokens=4, **{k: v for k, v in VISION.items() if k != "intermediate_size"})
-        ),
-        5,
-    ),
-    "dinov2-classifier": (
-        lambda: tf.Dinov2ForImageClassification(
-            tf.Dinov2Config(num_labels=5, **{k: v for k, v in VISION.items() if k != "intermediate_size"})
-        ),
-        1,
-    ),
-    "dinov2-registers-classifier": (
-        lambda: tf.Dinov2WithRegistersForImageClassification(
-            tf.Dinov2WithRegistersConfig(
-                num_register_tokens=4, num_labels=5, **{k: v for k, v in VISION.items() if k != "intermediate_size"}
-            )
-        ),
-        5,
-    ),
-    "clip-vision": (lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**VISION)), 1),
+    "vit": (lambda: tiny.vit(image_size=IMAGE), 1),
+    "vit-classifier": (lambda: tiny.vit(classifier=5, image_size=IMAGE), 1),
+    "deit": (lambda: tiny.deit(image_size=IMAGE), 2),
+    "deit-teacher": (lambda: tiny.deit(classifier=5, image_size=IMAGE), 2),
+    "dinov2": (lambda: tiny.dinov2(image_size=IMAGE), 1),
+    "dinov2-registers": (lambda: tiny.dinov2(registers=4, image_size=IMAGE), 5),
+    "dinov2-classifier": (lambda: tiny.dinov2(classifier=5, image_size=IMAGE), 1),
+    "dinov2-registers-classifier": (lambda: tiny.dinov2(registers=4, classifier=5, image_size=IMAGE), 5),
+    "clip-vision": (lambda: tiny.clip_vision(image_size=IMAGE), 1),
     "clip": (_clip, 1),
-    "bert": (lambda: tf.BertModel(tf.BertConfig(**TEXT)), 1),
-    "roberta": (lambda: tf.RobertaModel(tf.RobertaConfig(**TEXT)), 1),
+    "bert": (tiny.bert, 1),
+    "roberta": (tiny.roberta, 1),
 }
 
 
@@ -118,7 +101,7 @@ def test_clip_text_input_goes_through_full_model():
     ids = torch.randint(1, 120, (1, 7))
     res = tomviz.api.run(
         loaded, loaded.prepare(torch.randn(1, 3, 64, 64)),
-        tomviz.api._merge_config("tome", 4, None, "constant", True, True, None), input_ids=ids,
+        MergeRequest(method="tome", r=4).config(trace=True), input_ids=ids,
     )
     outputs, state = res
     assert outputs.logits_per_image.shape == (1, 1)
@@ -126,7 +109,7 @@ def test_clip_text_input_goes_through_full_model():
 
 
 def test_patch_and_unpatch_restore_the_model():
-    model = tf.ViTModel(tf.ViTConfig(**VISION)).eval()
+    model = tiny.vit(image_size=IMAGE)
     x = torch.randn(2, 3, 64, 64)
     before = _forward(model, x).last_hidden_state
     tomviz.patch(model, r=4)
@@ -141,7 +124,7 @@ def test_patch_and_unpatch_restore_the_model():
 
 
 def test_deit_distillation_token_is_read_by_the_head():
-    model = tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**VISION, num_labels=5)).eval()
+    model = tiny.deit(classifier=5, image_size=IMAGE)
     res = tomviz.inspect(model, torch.randn(1, 3, 64, 64), r=6)
     # both heads read positions 0 and 1: CLS and distillation token, never merged
     for layer in range(res.trace.num_layers):
@@ -171,7 +154,7 @@ def test_dinov2_classifier_pools_merged_patch_tokens_by_size(name):
 
 
 def test_bert_padding_never_merges_with_real_tokens():
-    model = tf.BertModel(tf.BertConfig(**TEXT)).eval()
+    model = tiny.bert()
     ids = torch.randint(5, 120, (2, 20))
     mask = torch.ones_like(ids)
     mask[0, 12:] = 0
@@ -180,7 +163,7 @@ def test_bert_padding_never_merges_with_real_tokens():
     res = tomviz.inspect(model, {"input_ids": ids, "attention_mask": mask}, r=0)
     assert torch.allclose(res.outputs.last_hidden_state, reference, atol=1e-5)
     # batch element 0 has padding: follow it through the merges
-    config = tomviz.api._merge_config("tome", 3, None, "constant", True, True, None)
+    config = MergeRequest(method="tome", r=3).config(trace=True)
     loaded = tomviz.load(model)
     _, state = tomviz.api.run(loaded, loaded.prepare({"input_ids": ids, "attention_mask": mask}), config)
     trace = state.trace()
@@ -191,13 +174,13 @@ def test_bert_padding_never_merges_with_real_tokens():
 
 
 def test_unsupported_model_is_named():
-    model = tf.GPT2Model(tf.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
+    model = tiny.gpt2()
     with pytest.raises(tomviz.ModelLoadError, match="GPT2Model"):
         tomviz.load(model)
 
 
 def test_concurrent_calls_on_one_model_keep_their_own_settings():
-    model = tf.ViTModel(tf.ViTConfig(**VISION)).eval()
+    model = tiny.vit(image_size=IMAGE)
     x = torch.randn(1, 3, 64, 64)
     results: dict[int, list[int]] = {}
 

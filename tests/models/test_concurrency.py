@@ -5,12 +5,10 @@ import sys
 import threading
 
 import torch
-import transformers as tf
 
 import tomviz
 from tomviz.models import patching
-
-VISION = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=64, patch_size=8)
+from tests import tiny
 
 
 def _hook_counts(model: torch.nn.Module) -> list[int]:
@@ -18,7 +16,7 @@ def _hook_counts(model: torch.nn.Module) -> list[int]:
 
 
 def test_eight_threads_on_a_fresh_model_patch_it_once_and_unpatch_restores_it():
-    model = tf.ViTModel(tf.ViTConfig(**VISION)).eval()
+    model = tiny.vit(image_size=64)
     x = torch.randn(1, 3, 64, 64)
     hooks_before = _hook_counts(model)
     expected = {r: [65 - r * i for i in range(5)] for r in range(8)}

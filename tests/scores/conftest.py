@@ -2,39 +2,32 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2Config, Dinov2Model, ViTConfig, ViTForImageClassification
+from transformers import CLIPTokenizer
 
-SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37)
+from tests import tiny
+
+MLP = 37  # MLP width of these models (their attention is tiny's default: 32 wide, 4 layers, 4 heads)
 
 
 @pytest.fixture(scope="session")
 def vit_classifier():
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, num_labels=5, **SMALL)).eval()
+    return tiny.vit(classifier=5, intermediate_size=MLP, seed=0)
 
 
 @pytest.fixture(scope="session")
 def dinov2():
-    torch.manual_seed(1)
-    return Dinov2Model(Dinov2Config(image_size=32, patch_size=8, **SMALL)).eval()
+    return tiny.dinov2(seed=1)
 
 
 @pytest.fixture(scope="session")
 def bert():
-    torch.manual_seed(2)
-    return BertModel(BertConfig(vocab_size=99, max_position_embeddings=64, **SMALL)).eval()
+    return tiny.bert(vocab_size=99, max_position_embeddings=64, intermediate_size=MLP, seed=2)
 
 
 @pytest.fixture(scope="session")
 def clip():
-    torch.manual_seed(3)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1, **SMALL),
-        vision_config=dict(image_size=32, patch_size=8, **SMALL),
-        projection_dim=16,
-    )
-    return CLIPModel(config).eval()
+    text = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1, intermediate_size=MLP)
+    return tiny.clip(text=text, vision=dict(intermediate_size=MLP), projection_dim=16, seed=3)
 
 
 @pytest.fixture(scope="session")

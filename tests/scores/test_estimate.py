@@ -41,7 +41,7 @@ def test_three_player_with_product_term():
 
 
 def _definition(v, n):
-    """Banzhaf values and interactions straight from the sums over subsets (REFERENCES §3)."""
+    """Banzhaf values and interactions straight from the sums over subsets (Banzhaf 1965; Grabisch & Roubens 1999)."""
     def val(s):
         m = np.zeros((1, n), bool)
         m[0, list(s)] = True

@@ -9,6 +9,7 @@ import tomviz
 from tomviz.scores import attention
 from tomviz.scores.game import model_game
 from tomviz.scores.hbi import Words, hbi
+from tests import tiny
 
 R = [3, 3, 0, 0]  # 17 → 14 → 11 tokens, then no merging: 10 groups play after layer 1
 
@@ -175,13 +176,9 @@ def test_compacted_coalitions_equal_full_masking(dinov2):
 
 
 def test_banzhaf_without_keep_hidden_reruns_the_forward():
-    import transformers as tf
-
     import tomviz
 
-    config = tf.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8,
-                          num_labels=3)
-    model = tf.ViTForImageClassification(config).eval()
+    model = tiny.vit(classifier=3, num_hidden_layers=3)
     res = tomviz.inspect(model, torch.randn(1, 3, 32, 32), r=4)
     assert not res.state.hidden
     scores = res.banzhaf(layer=0, exact=True)

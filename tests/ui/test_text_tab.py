@@ -33,17 +33,17 @@ def test_inspect_text_fills_every_output(first):
 def test_layer_change_and_token_click(first):
     views = text_tab.render_text_layer(6, first.session, None)
     assert len(views.table.value["data"]) == len(first.session.trace.sizes(5))
-    assert text_tab.render_text_layer(6, None, None) == text_tab.TextLayerViews(None, None, None)
+    assert text_tab.render_text_layer(6, None, None) == text_tab.LayerViews(None, None, None)
     trace = first.session.trace
     members = (trace.groups(5) == trace.groups(5)[3]).nonzero()[0]
-    selection = text_tab.token_views(6, first.session, 3)
+    selection = text_tab.selection_views(6, first.session, 3)
     assert selection.selected == 3 and "token" in selection.lineage
     coloured = [i for i, (_, label) in enumerate(selection.tokens) if label is not None]
     assert len(coloured) == len(members)  # only the clicked token's group is coloured
-    cleared = text_tab.clear_token(6, first.session)
-    assert cleared.selected is None and cleared.lineage == text_tab.TOKEN_HINT
-    after = text_tab.after_text_run(first.session, 10_000, "The cat sat", "minilm", "tome", "constant", 0.5, 6)
-    assert after.selected is None and after.lineage == text_tab.TOKEN_HINT  # beyond the prompt: dropped
+    cleared = text_tab.clear_selection(6, first.session)
+    assert cleared.selected is None and cleared.lineage == text_tab.LINEAGE_HINT
+    after = text_tab.after_run(first.session, 10_000, "The cat sat", "minilm", "tome", "constant", 0.5, 6)
+    assert after.selected is None and after.lineage == text_tab.LINEAGE_HINT  # beyond the prompt: dropped
     assert "tab=text" in after.link and "prompt=The+cat+sat" in after.link and "layer=6" in after.link
 
 

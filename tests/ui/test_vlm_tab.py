@@ -5,7 +5,7 @@ import gradio as gr
 import pytest
 
 import tomviz
-from tests.vlm import tiny
+from tests import tiny
 from tomviz.ui import vlm_tab
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from tests.vlm import tiny
+from tests import tiny
 from tomviz.cli import main
 
 

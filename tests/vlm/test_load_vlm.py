@@ -6,7 +6,7 @@ import json
 import pytest
 
 import tomviz
-from tests.vlm import tiny
+from tests import tiny
 from tomviz.models import hub
 from tomviz.models.vlm import LoadedVLM
 

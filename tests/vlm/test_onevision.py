@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.vlm import tiny
+from tests import tiny
 from tomviz import vlm
 from tomviz.models.vlm import wrap
 
@@ -49,7 +49,7 @@ def test_no_reduction_matches_unpatched(loaded, inputs):
     vlm.Reduction("boundary", "tome", 0.5),
     vlm.Reduction("boundary", "tome", 0.5, vtu=True),
     vlm.Reduction("boundary", "dtome", 0.5, method_options={"threshold": -1.0}),
-    vlm.Reduction("boundary", "random", 0.5),
+    vlm.Reduction("boundary", "random_prune", 0.5),
     vlm.Reduction("llm", "fastv", 0.5, fastv_layer=1),
 ], ids=lambda r: f"{r.place}-{r.method}{'-vtu' if r.vtu else ''}")
 def test_grid_free_reductions(loaded, red):

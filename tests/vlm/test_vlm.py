@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.vlm import tiny
+from tests import tiny
 from tomviz import vlm
 from tomviz.models import llm
 from tomviz.models.vlm import wrap
@@ -16,7 +16,7 @@ QUESTION = "what is in this image ?"
 REDUCTIONS = [
     vlm.Reduction("encoder", "tome", 0.5),
     vlm.Reduction("boundary", "tome", 0.5),
-    vlm.Reduction("boundary", "random", 0.5),
+    vlm.Reduction("boundary", "random_prune", 0.5),
     vlm.Reduction("boundary", "downsample", 0.75),
     vlm.Reduction("llm", "fastv", 0.5, fastv_layer=1),
     vlm.Reduction("boundary", "visionzip", 0.5),

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.vlm import tiny
+from tests import tiny
 from tests.vlm.test_vlm import QUESTION, inputs, loaded  # noqa: F401  (the same tiny models, as fixtures)
 from tomviz import vlm
 
@@ -88,7 +88,7 @@ def test_vtu_kv_cache_generation_equals_recomputation(loaded, inputs):
 
 def test_vtu_refuses_pruning_and_the_llm_place(loaded, inputs):
     with pytest.raises(ValueError, match="only merges"):
-        vlm.build_prefill(loaded, inputs, vlm.Reduction("boundary", "random", 0.5, vtu=True))
+        vlm.build_prefill(loaded, inputs, vlm.Reduction("boundary", "random_prune", 0.5, vtu=True))
     with pytest.raises(ValueError, match="boundary or the encoder"):
         vlm.Reduction("llm", "fastv", 0.5, vtu=True).check()
 

@@ -6,7 +6,7 @@ shard as its own Parquet file (named by the shard's hash), and moves the progres
 what the benchmark needs directly: a rerun lists the shard files and submits only the missing ones; a
 killed worker loses only the shard it held (the actor restarts and the shard is retried once, else
 it is reported and left for the next run); there is no read stage competing with the actors for
-CPUs (REFERENCES §8: Ray Data stalled on 2 CPUs with one CPU per actor), and the in-process engine
+CPUs (seen with Ray 2.60: Ray Data stalled on 2 CPUs with one CPU per actor), and the in-process engine
 runs the very same worker code, so the two agree setting by setting.
 """
 from __future__ import annotations
@@ -59,13 +59,15 @@ def run_bench(
     device: str | None = None,
     progress: bool = False,
     ship_code: bool = False,
+    command: str | None = None,
 ) -> BenchRun:
     """Compute every shard of ``spec`` × ``items`` not yet in ``out`` and write the results.
 
     engine: ``"ray"`` (actors; ``ray.init(address)`` unless Ray is already initialised, local when
     ``address`` is None) or ``"local"`` (this process, one worker). ``threads``: torch threads per worker
     (default: ``cpus_per_worker`` rounded, at least 1). ``ship_code``: send this tomviz checkout to the
-    cluster's workers (Ray ``py_modules``) instead of expecting it installed there. Writes
+    cluster's workers (Ray ``py_modules``) instead of expecting it installed there. ``command``: the
+    command line that made the run, kept in summary.json's ``meta`` so the file says how it was made. Writes
     ``out/shards/<model>/shard-*.parquet``, then ``results.parquet`` (all rows) and ``summary.json``.
     """
     start = time.perf_counter()
@@ -96,6 +98,7 @@ def run_bench(
     write_summary(summarise(rows), out / "summary.json", meta={
         "inputs": len(items), "models": spec.models, "settings": len(spec.settings), "batch_size": spec.batch_size,
         "shards": len(shards), "failed_shards": run.failed, "engine": engine, "workers": workers if engine == "ray" else 1,
+        **({"command": command} if command else {}),
     })
     run.seconds = time.perf_counter() - start
     return run

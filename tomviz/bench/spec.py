@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from tomviz.bench.inputs import Item
-from tomviz.merge import get_method
+from tomviz.merge.checks import renamed_mode
 from tomviz.merge.engine import MergeConfig
+from tomviz.merge.request import MergeRequest
 
 DEFAULT_METHODS = ("tome", "pitome", "evit", "random")
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
@@ -35,14 +35,14 @@ class Setting:
         amount = f"ratio={self.ratio:g}" if self.ratio is not None else f"r={self.r}"
         return f"{self.method} {amount} {self.schedule} {'prop' if self.prop_attn else 'noprop'}"
 
+    def request(self, options: dict[str, Any] | None = None) -> MergeRequest:
+        """This setting with the method's ``options``."""
+        return MergeRequest(method=self.method, method_options=dict(options or {}), ratio=self.ratio, r=self.r,
+                            schedule=self.schedule, prop_attn=self.prop_attn)
+
     def config(self, options: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> MergeConfig:
         """The merge config; ValueError for an unknown method or bad options."""
-        try:
-            method = get_method(self.method, **(options or {}))
-        except TypeError as err:
-            raise ValueError(f"bad options for {self.method}: {err}") from err
-        return MergeConfig(method=method, ratio=self.ratio, r=self.r, schedule=self.schedule, prop_attn=self.prop_attn,
-                           extra=dict(extra or {}))
+        return self.request(options).config(extra=extra)
 
 
 @dataclass
@@ -75,7 +75,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     ``prop_attn`` (a bool or a list of them), ``batch_size``, ``shard_size``, and ``[method_options.NAME]``
     tables, e.g.::
 
-        models = ["dinov2-small"]
+        models = ["facebook/deit-small-patch16-224"]
         methods = ["tome", "random"]
         ratios = [0.25, 0.5]
         prop_attn = [true, false]
@@ -84,8 +84,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """
     data = tomllib.loads(Path(path).read_text())
     if "mode" in data and "schedule" not in data:  # the key's old name
-        warnings.warn(f"{path}: the key 'mode' is renamed 'schedule'", DeprecationWarning, stacklevel=2)
-        data["schedule"] = data.pop("mode")
+        data["schedule"] = renamed_mode(None, data.pop("mode"), Path(path).name)
     known = {"models", "methods", "ratios", "r", "schedule", "prop_attn", "batch_size", "shard_size", "method_options"}
     unknown = sorted(set(data) - known)
     if unknown:

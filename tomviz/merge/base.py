@@ -58,6 +58,11 @@ class MergeMethod:
             return MergePlan.identity(batch, num_tokens, inputs.metric.device)
         return self.plan_removal(inputs, r)
 
+    def plan_at_most(self, inputs: MergeInputs, r: int) -> MergePlan:
+        """A step that removes at most ``r`` tokens (a VLM's boundary repeats steps until a token count is
+        reached). Default: :meth:`plan`; a method whose rule may remove more than asked (DToMe) caps it."""
+        return self.plan(inputs, r)
+
     def removable(self, inputs: MergeInputs) -> int:
         """The most tokens one step removes (default: bipartite matching's limit, half the unprotected tokens)."""
         return max_removable(inputs.metric.shape[1], inputs.num_protected)

@@ -199,8 +199,14 @@ class DToMe(MergeMethod):
 
     def plan(self, inputs: MergeInputs, r: int) -> MergePlan:
         """Match once, then merge, in each image, the proposals that pass this layer's threshold."""
+        return self._threshold_plan(inputs, r, max_removable(inputs.metric.shape[1], inputs.num_protected))
+
+    def plan_at_most(self, inputs: MergeInputs, r: int) -> MergePlan:
+        """The same rule, merging at most ``r`` proposals (repeated steps toward a floor of tokens)."""
+        return self._threshold_plan(inputs, r, min(r, max_removable(inputs.metric.shape[1], inputs.num_protected)))
+
+    def _threshold_plan(self, inputs: MergeInputs, r: int, limit: int) -> MergePlan:
         batch, num_tokens, _ = inputs.metric.shape
-        limit = max_removable(num_tokens, inputs.num_protected)
         if self.max_r_ratio is not None:
             limit = min(limit, int(self.max_r_ratio * r))
         if limit <= 0:

@@ -1,5 +1,5 @@
 """EViT-style attention pruning with fusion (Liang et al., "Not All Patches Are What You
-Need", ICLR 2022), the baseline of REFERENCES §2.
+Need", ICLR 2022), a pruning baseline beside the merging methods.
 
 At each layer: the protected tokens and the ``N - P - r - 1`` unprotected tokens with
 the highest CLS attention (mean over heads) stay, in input order; the other ``r + 1``

@@ -50,36 +50,39 @@ from tomviz.merge.selection import plan_from_assignment, top_k_mask
 ORIGINAL_OBJECT_LAYER, ORIGINAL_LAYERS = 9, 24  # HIPRUNE_OBJECT_LAYER (1-based) in CLIP ViT-L/14-336
 
 
-def grid_neighbours(anchor: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int], num_protected: int) -> torch.Tensor:
-    """Tokens whose patch cell touches (4-neighbourhood) an anchor's cell.
+def grid_neighbours(anchor: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int], num_protected: int,
+                    num_tiles: int = 1) -> torch.Tensor:
+    """Tokens whose patch cell touches (4-neighbourhood, same tile) an anchor's cell.
 
-    anchor: ``[B, N]`` bool; positions: ``[B, N]`` input position of each token
-    (patches are positions ``P .. P + rows*cols - 1``, row-major). Returns ``[B, N]`` bool.
+    anchor: ``[B, N]`` bool; positions: ``[B, N]`` input position of each token (patches are positions
+    ``P .. P + num_tiles*rows*cols - 1``, tile-major, row-major inside a tile). Returns ``[B, N]`` bool.
     """
     rows, cols = grid
-    cell, is_patch, cells = _anchor_cells(anchor, positions, rows * cols, num_protected)
-    cells = cells.view(-1, 1, rows, cols)
+    cell, is_patch, cells = _anchor_cells(anchor, positions, num_tiles * rows * cols, num_protected)
+    cells = cells.view(-1, 1, rows, cols)  # [B*T, 1, rows, cols]
     cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=anchor.device)
-    touching = F.conv2d(cells, cross.view(1, 1, 3, 3), padding=1).view(-1, rows * cols) > 0
+    touching = F.conv2d(cells, cross.view(1, 1, 3, 3), padding=1).view(anchor.shape[0], -1) > 0  # [B, T*rows*cols]
     return touching.gather(1, cell) & is_patch
 
 
-def flat_neighbours(anchor: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int], num_protected: int) -> torch.Tensor:
-    """The original code's neighbours: patch index ±1 and ±columns, clamped to the patch range
+def flat_neighbours(anchor: torch.Tensor, positions: torch.Tensor, grid: tuple[int, int], num_protected: int,
+                    num_tiles: int = 1) -> torch.Tensor:
+    """The original code's neighbours: patch index ±1 and ±columns, clamped to the tile's patch range
     (so they wrap across rows). Same arguments and result as :func:`grid_neighbours`."""
     rows, cols = grid
-    cell, is_patch, cells = _anchor_cells(anchor, positions, rows * cols, num_protected)
+    cell, is_patch, cells = _anchor_cells(anchor, positions, num_tiles * rows * cols, num_protected)
+    cells = cells.view(-1, rows * cols)  # [B*T, rows*cols]
     index = torch.arange(rows * cols, device=anchor.device)
     hits = torch.zeros_like(cells)
     for offset in (-1, 1, -cols, cols):
-        near = (index + offset).clamp(0, rows * cols - 1).expand_as(cells)  # [B, rows*cols] the cell each cell points to
+        near = (index + offset).clamp(0, rows * cols - 1).expand_as(cells)  # [B*T, rows*cols] the cell each cell points to
         hits.scatter_add_(1, near, cells)
-    return (hits > 0).gather(1, cell) & is_patch
+    return (hits > 0).view(anchor.shape[0], -1).gather(1, cell) & is_patch
 
 
 def _anchor_cells(anchor: torch.Tensor, positions: torch.Tensor, num_cells: int, num_protected: int):
     """``(cell [B, N] long, is_patch [B, N] bool, cells [B, num_cells] float: 1 on anchor cells)``."""
-    cell = (positions - num_protected).clamp(min=0)  # [B, N] row-major cell index
+    cell = (positions - num_protected).clamp(min=0)  # [B, N] cell index (tile-major, row-major)
     is_patch = positions >= num_protected
     cells = torch.zeros(anchor.shape[0], num_cells, device=anchor.device)
     cells.scatter_add_(1, cell, (anchor & is_patch).float())
@@ -140,7 +143,7 @@ class HiPrune(MergeMethod):
         self.rank_by = rank_by
         self.neighbours = neighbours
 
-    def _layers(self, num_layers: int) -> tuple[int, int]:
+    def selection_layers(self, num_layers: int) -> tuple[int, int]:
         """``(anchor, register)`` as 0-based indices for a model with ``num_layers`` layers."""
         anchor, register = self.anchor_layer, self.register_layer
         if anchor is None:
@@ -156,13 +159,13 @@ class HiPrune(MergeMethod):
     def schedule_for(self, requested: list[int], num_tokens: int, num_protected: int, num_layers: int) -> list[int]:
         if not self.single_shot:
             return requested
-        _, register = self._layers(num_layers)
+        _, register = self.selection_layers(num_layers)
         schedule = [0] * num_layers
         schedule[register] = sum(requested)
         return schedule
 
     def observed_layers(self, num_layers: int) -> tuple[int, ...]:
-        return (self._layers(num_layers)[0],) if self.single_shot else ()
+        return (self.selection_layers(num_layers)[0],) if self.single_shot else ()
 
     def removable(self, inputs: MergeInputs) -> int:
         """A selection, not a bipartite step: every unprotected token may go."""
@@ -176,7 +179,7 @@ class HiPrune(MergeMethod):
         register_scores = received_attention(inputs.attention.float(), inputs.valid, self.rank_by)
         anchor_scores = register_scores
         if self.single_shot:
-            anchor, _ = self._layers(inputs.num_layers)
+            anchor, _ = self.selection_layers(inputs.num_layers)
             if anchor not in inputs.history or inputs.history[anchor].shape[-1] != num_tokens:
                 raise ValueError("hiprune: the anchor layer's attention is missing or the tokens changed since")
             anchor_scores = received_attention(inputs.history[anchor].float(), inputs.valid, self.rank_by)
@@ -197,11 +200,13 @@ class HiPrune(MergeMethod):
         valid: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         grid: tuple[int, int] | None = None,
+        num_tiles: int = 1,
     ) -> torch.Tensor:
         """``[B, N]`` bool, the tokens that stay: the protected ones and ``N - P - r`` others.
 
         anchor_scores / register_scores: ``[B, N]`` (higher = kept first); positions/grid: input
-        positions and ``(rows, cols)``, or None for sequence neighbours.
+        positions and ``(rows, cols)`` of one tile (``num_tiles`` tiles, tile-major), or None for sequence
+        neighbours.
         """
         num_tokens = anchor_scores.shape[1]
         budget = num_tokens - num_protected - r
@@ -213,7 +218,7 @@ class HiPrune(MergeMethod):
         anchor = top_k_mask(anchor_ranked, num_anchors)
         if positions is not None and grid is not None:
             find = grid_neighbours if self.neighbours == "grid" else flat_neighbours
-            near = find(anchor, positions, tuple(grid), num_protected)
+            near = find(anchor, positions, tuple(grid), num_protected, num_tiles)
         else:
             near = sequence_neighbours(anchor)
         shallow = anchor | (near & real)
@@ -226,6 +231,18 @@ class HiPrune(MergeMethod):
         keep = shallow | ((rank < registers_left) & eligible & ~shallow)
         keep[:, :num_protected] = True
         return keep
+
+    def plan_received(self, anchor_scores: torch.Tensor, register_scores: torch.Tensor, keep: int,
+                      grid: tuple[int, int], num_tiles: int = 1) -> MergePlan:
+        """The same selection on tokens that have no protected ones and no attention map, only the attention
+        each received (a VLM's visual tokens at the boundary): ``keep`` of the ``[B, V]`` scored tokens stay.
+        anchor_scores / register_scores: ``[B, V]`` from the anchor and the register layer; the tokens form
+        ``num_tiles`` tiles of ``grid`` (rows, cols), tile-major."""
+        batch, num_tokens = anchor_scores.shape
+        positions = torch.arange(num_tokens, device=anchor_scores.device).expand(batch, num_tokens)
+        with torch.no_grad():
+            chosen = self.select(anchor_scores, register_scores, num_tokens - keep, 0, None, positions, grid, num_tiles)
+            return plan_from_assignment(chosen)
 
     def __repr__(self) -> str:
         return (

@@ -19,47 +19,12 @@ schedule beyond that is reported with :class:`ScheduleError`, never clipped.
 """
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 from tomviz.merge.base import max_removable
-
-MAX_RATIO = 0.95
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot be run as asked."""
-
-
-SCHEDULES = ("constant", "decreasing")  # the named schedules: how a ratio (or a plain int r) spreads over the layers
-
-
-def check_ratio(ratio: Any) -> float:
-    """``ratio`` as a float; :class:`ScheduleError` unless it is a number in ``[0, MAX_RATIO]``."""
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and 0.0 <= value <= MAX_RATIO):
-        raise ScheduleError(f"the merge ratio must be between 0 and {MAX_RATIO}, got {ratio}")
-    return value
-
-
-def check_schedule_name(schedule: str) -> str:
-    """``schedule``; :class:`ScheduleError` unless it is one of ``SCHEDULES``."""
-    if schedule not in SCHEDULES:
-        raise ScheduleError(f"unknown schedule {schedule!r}: use 'constant' or 'decreasing'")
-    return schedule
-
-
-def renamed_mode(schedule: str, mode: str | None, where: str) -> str:
-    """``schedule``, or the value of the old keyword ``mode`` (renamed ``schedule``) with a DeprecationWarning."""
-    if mode is None:
-        return schedule
-    warnings.warn(f"{where}(mode=...) is renamed {where}(schedule=...); mode= will be removed", DeprecationWarning,
-                  stacklevel=3)
-    return mode
+from tomviz.merge.checks import (  # noqa: F401 - re-exported: the checks live in one module
+    MAX_RATIO, SCHEDULES, ScheduleError, check_ratio, check_schedule_name, renamed_mode,
+)
 
 
 def token_counts(num_tokens: int, schedule: Sequence[int]) -> list[int]:

@@ -1,4 +1,4 @@
-"""Subword merging for text (REFERENCES §2, "code LMs study", 2025): the hidden states
+"""Subword merging for text (Saad et al., arXiv:2507.14423, 2025, its averaging strategy): the hidden states
 of the sub-tokens that form one word are averaged into one token.
 
 The word structure comes from the tokenizer (``extra['word_ids']``: the word index

@@ -1,6 +1,6 @@
 """ToMe: bipartite soft matching (Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023).
 
-Written from the paper's definition (see shared REFERENCES.md §2):
+Written from the paper's definition (bipartite soft matching, size-weighted merging, proportional attention):
 split the tokens by position into A (even) and B (odd); every A token proposes
 its most similar B token (cosine of the keys averaged over heads); the ``r``
 proposals with the highest similarity merge. The output order is: protected

@@ -6,11 +6,21 @@ A vision-language model hands its LLM ``V`` visual tokens (``T`` tiles of a
 :class:`~tomviz.merge.plan.MergePlan` over the ``V`` tokens (merged groups are
 size-weighted means, -1 = pruned), the same type every encoder method returns.
 
-Methods (REFERENCES §7; written from the definitions, not from their code):
+The methods come from one registry (:mod:`tomviz.merge.registry`): a name means one algorithm
+wherever it runs. An encoder method registered for the boundary runs its own rule here
+(:class:`AtBoundary`), with the registry's defaults for this place (FastV: Chen et al., ECCV 2024;
+VisionZip: Yang et al., CVPR 2025):
 
 * ``tome``: ToMe's bipartite matching on the tokens' features, repeated until the
   target count is reached (one step removes at most half);
-* ``random``: keep a seeded random subset (the baseline that benchmarks find strong);
+* ``dtome``: DToMe's threshold merging, repeated; the count adapts to the image (``keep`` is a floor);
+* ``hiprune``: HiPrune's anchors, 4-neighbour buffers and registers, from the attention each token
+  received in two encoder layers (the encoder method's rule and defaults, ``alpha=0.1``);
+* ``random_prune``: keep a seeded random subset (the baseline that benchmarks find strong);
+  ``random`` is its old name here, deprecated: ``random`` is random *merging* in an encoder.
+
+Methods of this place only:
+
 * ``downsample``: average-pool each tile's grid to a smaller grid (plain downsampling);
 * ``fastv``: keep the tokens most attended by the last prompt token (FastV; applied
   inside the LLM at layer K by the LLM adapter, which supplies the attention);
@@ -19,16 +29,19 @@ Methods (REFERENCES §7; written from the definitions, not from their code):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from tomviz.merge.base import max_removable
+from tomviz.merge import registry
+from tomviz.merge.base import MergeInputs, MergeMethod
+from tomviz.merge.checks import deprecated
 from tomviz.merge.plan import PRUNED, MergePlan
 from tomviz.merge.selection import plan_from_assignment, top_k_mask
-from tomviz.merge.tome import alternating_proposals, bipartite_plan, plan_from_proposals
+from tomviz.merge.tome import ToMe
 
 
 @dataclass
@@ -40,7 +53,7 @@ class VisualTokens:
     num_tiles: int = 1
     attention: torch.Tensor | None = None  # [B, V] attention each token received (encoder's deep layer, or the LLM's last token)
     attention_middle: torch.Tensor | None = None  # [B, V] the same in a middle encoder layer (HiPrune's anchors)
-    seed: int = 0
+    seed: int = 0  # random methods: the seed of the call (a VLM request's ``seed``)
 
 
 class VisualMethod:
@@ -62,6 +75,11 @@ class VisualMethod:
 
     def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def attention_layers(self, num_layers: int) -> dict[str, int]:
+        """The encoder layers (0-based, of ``num_layers``) whose received attention a method with
+        ``needs_attention`` reads: ``{"deep": L-2, "middle": L//2}`` (``VisualTokens.attention`` / ``attention_middle``)."""
+        return {"deep": max(0, num_layers - 2), "middle": num_layers // 2}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -92,76 +110,54 @@ def sequence_order(plan: MergePlan) -> MergePlan:
     return MergePlan(dst=dst, num_out=plan.num_out)
 
 
-def bipartite_to(metric: torch.Tensor, keep: int, is_a=None) -> tuple[MergePlan, int]:
-    """Repeated bipartite matching until ``keep`` tokens remain. metric: ``[B, V, D]``.
-    Returns (the composed plan, the number of steps)."""
-    batch, num_tokens, _ = metric.shape
-    plan = MergePlan.identity(batch, num_tokens, metric.device)
-    sizes = None
-    steps = 0
-    current = metric
+def steps_to(method: MergeMethod, features: torch.Tensor, keep: int, seed: int = 0) -> tuple[MergePlan, int]:
+    """``method``'s rule, step after step, on ``[B, V, D]`` tokens with nothing protected, until ``keep``
+    tokens remain or a step removes nothing (a threshold method). Returns (the composed plan, the steps)."""
+    batch, num_tokens, _ = features.shape
+    plan = MergePlan.identity(batch, num_tokens, features.device)
+    current, sizes, steps = features, None, 0
     while current.shape[1] > keep:
-        r = min(current.shape[1] - keep, max_removable(current.shape[1], 0))
-        if r <= 0:
+        inputs = MergeInputs(metric=current, num_protected=0, hidden=current, sizes=sizes, extra={"seed": seed})
+        r = min(current.shape[1] - keep, method.removable(inputs))
+        step = method.plan_at_most(inputs, r) if r > 0 else None
+        if step is None or step.num_out == current.shape[1]:
             break
-        split = None if is_a is None else is_a(current.shape[1], steps)
-        step = bipartite_plan(current, r, num_protected=0, is_a=split)
         current, sizes = step.merge(current, sizes)
         plan = compose(plan, step)
         steps += 1
     return plan, steps
 
 
-class ToMeVisual(VisualMethod):
-    name = "tome"
-    label = "ToMe (bipartite merging of the visual tokens)"
+def bipartite_to(metric: torch.Tensor, keep: int) -> tuple[MergePlan, int]:
+    """Repeated ToMe steps until ``keep`` tokens remain. metric: ``[B, V, D]``. Returns (the composed plan, the steps)."""
+    return steps_to(ToMe(), metric, keep)
+
+
+class AtBoundary(VisualMethod):
+    """An encoder method's own rule on the visual tokens (the boundary entry of the same registry name).
+
+    A method that reads the encoder's attention (HiPrune) selects once from the attention each visual token
+    received (``plan_received``); any other runs step after step on the features (:func:`steps_to`)."""
+
+    def __init__(self, method: MergeMethod):
+        self.method = method
+        self.name, self.label = method.name, method.label
+        self.needs_attention = self.needs_grid = hasattr(method, "plan_received")
 
     def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
-        return bipartite_to(tokens.features.float(), keep)[0]
+        if self.needs_attention:
+            middle = tokens.attention if tokens.attention_middle is None else tokens.attention_middle
+            return self.method.plan_received(middle.float(), tokens.attention.float(), keep, tokens.tile_grid,
+                                             tokens.num_tiles)
+        return steps_to(self.method, tokens.features.float(), keep, tokens.seed)[0]
 
-
-class DToMeVisual(VisualMethod):
-    """DToMe (DyMU's threshold merging) on the visual tokens: repeated bipartite steps, each merging every
-    proposal whose cosine similarity exceeds ``threshold``, so the count adapts to the image; ``keep`` is a
-    floor (the ratio is the most it may remove). The LLM gets the sizes as a log-size attention bias."""
-
-    name = "dtome"
-    label = "DToMe / DyMU (threshold merging of the visual tokens, adaptive count)"
-
-    def __init__(self, threshold: float = 0.9):
-        self.threshold = float(threshold)
-
-    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
-        current = tokens.features.float()
-        batch = current.shape[0]
-        plan = MergePlan.identity(batch, current.shape[1], current.device)
-        sizes = None
-        while current.shape[1] > keep:
-            r_max = min(max_removable(current.shape[1], 0), current.shape[1] - keep)
-            if r_max <= 0:
-                break
-            proposals = alternating_proposals(current, 0, None)
-            count = int((proposals.top_scores(r_max) > self.threshold).sum(1).min())
-            if count == 0:
-                break
-            step = plan_from_proposals(proposals, count)
-            current, sizes = step.merge(current, sizes)
-            plan = compose(plan, step)
-        return plan
+    def attention_layers(self, num_layers: int) -> dict[str, int]:
+        """HiPrune's own layers: its anchor layer (``"middle"``) and its register layer (``"deep"``)."""
+        anchor, register = self.method.selection_layers(num_layers)
+        return {"deep": register, "middle": anchor}
 
     def __repr__(self) -> str:
-        return f"DToMeVisual(threshold={self.threshold})"
-
-
-class RandomVisual(VisualMethod):
-    name = "random"
-    label = "Random selection (baseline)"
-
-    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
-        batch, num_tokens, _ = tokens.features.shape
-        generator = torch.Generator().manual_seed(tokens.seed)
-        scores = torch.rand(batch, num_tokens, generator=generator).to(tokens.features.device)
-        return plan_from_assignment(top_k_mask(scores, keep))
+        return f"AtBoundary({self.method!r})"
 
 
 def downsample_grid(rows: int, cols: int, keep_fraction: float) -> tuple[int, int]:
@@ -240,51 +236,24 @@ class VisionZip(VisualMethod):
         return f"VisionZip(contextual_fraction={self.contextual_fraction})"
 
 
-def tile_neighbours(chosen: torch.Tensor, grid: tuple[int, int], num_tiles: int) -> torch.Tensor:
-    """``[B, V]`` bool: tokens whose cell touches (4-neighbourhood, same tile) a chosen token's cell."""
-    rows, cols = grid
-    batch = chosen.shape[0]
-    cells = chosen.float().view(batch * num_tiles, 1, rows, cols)
-    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], device=chosen.device).view(1, 1, 3, 3)
-    return (torch.nn.functional.conv2d(cells, cross, padding=1) > 0).view(batch, -1)
+VISUAL_METHODS: dict[str, type] = registry.classes("boundary", "llm")  # name → class, of the boundary and the LLM
+_OLD_CLASSES = {"ToMeVisual": "tome", "DToMeVisual": "dtome", "RandomVisual": "random_prune", "HiPruneVisual": "hiprune"}
 
 
-class HiPruneVisual(VisualMethod):
-    """HiPrune (Liu et al. 2025) as in the paper: one selection from the vision encoder's attention.
-    ``anchor_fraction`` of the budget: anchors by the middle layer's attention; up to ``buffer_fraction``:
-    their grid neighbours (most attended first); the rest: registers by the deep layer's attention."""
-
-    needs_grid = True
-    name = "hiprune"
-    label = "HiPrune (anchors + buffers + registers, from the encoder's attention)"
-    needs_attention = True
-
-    def __init__(self, anchor_fraction: float = 0.25, buffer_fraction: float = 0.5):
-        self.anchor_fraction, self.buffer_fraction = float(anchor_fraction), float(buffer_fraction)
-
-    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
-        deep = tokens.attention.float()
-        middle = deep if tokens.attention_middle is None else tokens.attention_middle.float()
-        anchor = top_k_mask(middle, max(1, round(self.anchor_fraction * keep)))
-        near = tile_neighbours(anchor, tokens.tile_grid, tokens.num_tiles) & ~anchor
-        buffer = top_k_mask(middle.masked_fill(~near, -torch.inf), round(self.buffer_fraction * keep)) & near
-        chosen = anchor | buffer
-        left = keep - chosen.sum(1, keepdim=True)  # [B, 1] registers
-        rank = deep.masked_fill(chosen, -torch.inf).argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-        return plan_from_assignment(chosen | ((rank < left) & ~chosen))
-
-    def __repr__(self) -> str:
-        return f"HiPruneVisual(anchor_fraction={self.anchor_fraction}, buffer_fraction={self.buffer_fraction})"
-
-
-VISUAL_METHODS: dict[str, type[VisualMethod]] = {
-    cls.name: cls for cls in (ToMeVisual, DToMeVisual, RandomVisual, Downsample, FastV, VisionZip, HiPruneVisual)
-}
-
-
-def get_visual_method(name: str | VisualMethod, **options) -> VisualMethod:
+def get_visual_method(name: str | VisualMethod, **options: Any) -> VisualMethod:
+    """The method ``name`` for the visual tokens (at the boundary, or ``fastv`` inside the LLM): the registry's
+    class with its defaults for that place, then ``options``; an encoder method's rule through :class:`AtBoundary`."""
     if isinstance(name, VisualMethod):
         return name
-    if name not in VISUAL_METHODS:
-        raise ValueError(f"unknown method {name!r} for the visual tokens: choose one of {', '.join(sorted(VISUAL_METHODS))}")
-    return VISUAL_METHODS[name](**options)
+    known = registry.ENTRIES.get(name)
+    place = "llm" if known is not None and known.places == ("llm",) else "boundary"
+    entry = registry.entry(name, place)
+    method = entry.load()(**{**entry.defaults.get(place, {}), **options})
+    return AtBoundary(method) if isinstance(method, MergeMethod) else method
+
+
+def __getattr__(name: str) -> Any:
+    if name in _OLD_CLASSES:  # the boundary's own copies of encoder rules, now the encoder rules themselves
+        deprecated(f"tomviz.merge.visual.{name}", f"get_visual_method({_OLD_CLASSES[name]!r})", stacklevel=2)
+        return functools.partial(get_visual_method, _OLD_CLASSES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

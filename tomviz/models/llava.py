@@ -47,6 +47,7 @@ def _layers_used(model: nn.Module) -> int:
 LLAVA = register(
     VLMAdapter(
         family="llava",
+        model_types=frozenset({"llava"}),
         matches=lambda m: isinstance(m, LlavaForConditionalGeneration),
         vision_tower=lambda m: m.model.vision_tower,
         language_model=lambda m: m.model.language_model,
@@ -79,13 +80,15 @@ def _newlines(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
 # LLaVA-OneVision: one image reaches the LLM as the base view (one tile's grid) followed by the anyres
 # tiles stitched into one grid, cropped to the image's aspect ratio (unpad), bilinearly shrunk past
 # anyres_max_9, with an image_newline token after each row. The tokens are therefore not equal tiles:
-# grid-free methods only at the boundary (tome, dtome, random; FastV in the LLM); the newline tokens stay
+# grid-free methods only at the boundary (tome, dtome, random_prune; FastV in the LLM); the newline tokens stay
 # as they are (text-like, never merged or pruned). The features are the hidden states of the encoder
 # tiles before that stitching, so merging inside the encoder is refused.
 LLAVA_ONEVISION = register(
     replace(
         LLAVA,
         family="llava_onevision",
+        model_types=frozenset({"llava_onevision"}),
+        processor_from_files=lambda folder, config: onevision_processor_from_files(folder),
         matches=lambda m: isinstance(m, LlavaOnevisionForConditionalGeneration),
         image_features=_onevision_features,
         token_grid=lambda m, t: (_patch_grid(m, t), int(t["pixel_values"].flatten(0, -4).shape[0])),

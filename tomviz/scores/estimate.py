@@ -1,6 +1,6 @@
 """Banzhaf values and pairwise interactions of a cooperative game: MSR sampling or exact enumeration.
 
-Definitions (``shared/REFERENCES.md`` §3), for n players and a value function v:
+Definitions (Banzhaf 1965; the interaction index of Grabisch & Roubens 1999), for n players and a value function v:
 
 * value of i: φᵢ = mean of v(S) over S ∋ i − mean of v(S) over S ∌ i, S uniform over all subsets;
 * interaction of (i, j): I_ij = m₁₁ − m₁₀ − m₀₁ + m₀₀, where m_ab is the mean of v(S) over the

@@ -66,12 +66,12 @@ def pooled(out: Any) -> torch.Tensor:
 
 
 # reference (unmerged) embeddings per inspected input, dropped with the input's MergeState
-_REFERENCES: "weakref.WeakKeyDictionary[MergeState, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_REFERENCE_CACHE: "weakref.WeakKeyDictionary[MergeState, dict[str, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def _reference(result: Inspected, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``compute()`` once per inspected input (repeated scores of one input reuse it)."""
-    cache = _REFERENCES.setdefault(result.state, {})
+    cache = _REFERENCE_CACHE.setdefault(result.state, {})
     if key not in cache:
         cache[key] = compute()
     return cache[key]

@@ -32,8 +32,9 @@ import torch
 
 from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.dtome import DEFAULT_CALIBRATION, DToMe, dymu_proposals, plan_from_merging, proposal_scores
-from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
+from tomviz.merge.request import MergeRequest
+from tomviz.models.hub import DEFAULT_MODEL
 from tomviz.models.loading import LoadedModel, PreparedInput, load
 
 EXAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "hubble_deep_field.jpg", "grace_hopper.jpg")
@@ -78,7 +79,7 @@ def calibrate_thresholds(model: str | LoadedModel, images: Sequence[Any], r_per_
         pooled = []
         for inputs in prepared:
             recorder = _RecordingDToMe(thresholds + [math.inf] * (num_layers - layer), record_layer=layer)
-            loaded.run(inputs, MergeConfig(method=recorder, r=[1] * num_layers))
+            loaded.run(inputs, MergeRequest(method=recorder, r=[1] * num_layers).config())
             pooled.append(recorder.recorded)
         scores = torch.cat(pooled).sort(descending=True).values
         wanted = min(int(target) * len(prepared), scores.numel())
@@ -151,7 +152,8 @@ def calibrate_thresholds_dymu(
             tensors = {k: torch.cat([p.tensors[k] for p in chunk]) for k in keys}
         except RuntimeError as err:
             raise ValueError(f"calibrate_thresholds_dymu needs inputs of one size: {err}") from err
-        loaded.run(PreparedInput(tensors=tensors, meta=dict(chunk[0].meta)), MergeConfig(method=method, r=list(r_per_layer)))
+        config = MergeRequest(method=method, r=list(r_per_layer)).config()
+        loaded.run(PreparedInput(tensors=tensors, meta=dict(chunk[0].meta)), config)
     return [running_threshold(method.recorded.get(layer, [])) for layer in range(loaded.num_layers)]
 
 
@@ -159,12 +161,12 @@ def calibrate_default(out: Path = DEFAULT_CALIBRATION, r_values: Sequence[int] =
     """Rebuild the shipped table: ``dinov2-small`` on the example photos, one constant schedule per r."""
     from tqdm import tqdm
 
-    loaded = load("dinov2-small", device="cpu")
+    loaded = load(DEFAULT_MODEL["image"], device="cpu")
     images = [ASSETS / name for name in EXAMPLE_PHOTOS]
     raw = [calibrate_thresholds(loaded, images, [r] * loaded.num_layers) for r in tqdm(r_values, desc="calibrating r")]
     table = torch.tensor(raw).cummin(dim=0).values.tolist()  # [len(r), num_layers], non-increasing in r
     data = {
-        "model": "dinov2-small",
+        "model": DEFAULT_MODEL["image"],
         "images": list(EXAMPLE_PHOTOS),
         "schedule": "constant r per layer",
         "r": list(r_values),

@@ -1,4 +1,5 @@
-"""Shared pieces of the tabs: model/method choices and the conversion of errors to UI messages."""
+"""Shared pieces of the tabs: the example inputs, input widgets, model/method choices and the conversion of errors
+to UI messages."""
 from __future__ import annotations
 
 import contextlib
@@ -12,18 +13,32 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import gradio as gr
+from PIL import Image
 
 import tomviz
-from tomviz.merge.schedule import MAX_RATIO, ScheduleError
-from tomviz.models.preprocess import ImageInputError
+from tomviz.merge.checks import MAX_RATIO, SCHEDULES, ScheduleError
+from tomviz.models.hub import DEFAULT_MODEL
+from tomviz.inputs.image import ImageInputError
+from tomviz.ui.guards import ImageFile
+from tomviz.models.adapter import supported_labels
 
 log = logging.getLogger("tomviz.app")
 
-IMAGE_MODELS = ["dinov2-small", "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
-TEXT_MODELS = ["minilm", "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
+IMAGE_MODELS = [DEFAULT_MODEL["image"], "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
+TEXT_MODELS = [DEFAULT_MODEL["text"], "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
 MODALITIES = ("image", "text")  # the inputs a tab that takes either can be switched between
-DEFAULT_MODEL = {"image": "dinov2-small", "text": "minilm"}
-MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
+MODEL_HELP = ("Embedded models work offline; type any Hugging Face model id of a supported architecture "
+              f"({supported_labels()}).")  # the registered adapters' labels
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
+                                      "hubble_deep_field.jpg", "grace_hopper.jpg") if (p := ASSETS / name).exists()]
+EXAMPLE_PROMPTS = [
+    "Token merging speeds up transformers by averaging tokens that carry the same information.",
+    "The cat sat on the mat, and the dog sat on the log next to the cat.",
+    "Rear Admiral Grace Hopper wrote one of the first compilers and popularised the term debugging.",
+    "Paris is the capital of France; Berlin is the capital of Germany; Rome is the capital of Italy.",
+]
 
 # Bounds of the public server (README, "The public server's bounds"). Every endpoint argument is untrusted.
 SESSION_TTL_S = float(os.environ.get("TOMVIZ_SESSION_TTL_S", 1800))  # a visitor's traces and pictures (gr.State)
@@ -72,6 +87,9 @@ class PromptBox(gr.Textbox):
         return text
 
 
+ImageUpload = ImageFile  # the bounded image input: header checked before any decode (tomviz/ui/guards.py)
+
+
 def method_choices() -> list[tuple[str, str]]:
     """``(label, name)`` pairs for the method dropdown, read from ``tomviz.METHODS`` at build time."""
     return [(cls.label or name, name) for name, cls in tomviz.METHODS.items()]
@@ -106,7 +124,7 @@ def merge_controls(default_model: str, models: list[str]) -> tuple[gr.Dropdown, 
     """The settings row shared by both tabs: model, method, schedule, proportional attention, ratio."""
     model = gr.Dropdown(models, value=default_model, label="Model", allow_custom_value=True, info=MODEL_HELP)
     method = gr.Dropdown(method_choices(), value="tome", label="Merge method")
-    schedule = gr.Radio(["constant", "decreasing"], value="constant", label="Schedule",
+    schedule = gr.Radio(list(SCHEDULES), value="constant", label="Schedule",
                         info="How the removed tokens spread over the layers")
     prop_attn = gr.Checkbox(value=True, label="Proportional attention (add log size to attention logits)")
     ratio = gr.Slider(0.0, MAX_RATIO, value=0.5, step=0.05, label="Merge ratio",

@@ -21,11 +21,10 @@ from tomviz.render.compare import (comparison_figure, comparison_table, differen
 from tomviz.render.figures import token_count_figure
 from tomviz.render.overlay import group_overlay
 from tomviz.render.text import fidelity_markdown, speed_markdown, token_highlights
-from tomviz.ui.common import (DEFAULT_MODEL, IMAGE_MODELS, MODALITIES, MODEL_HELP, TEXT_MODELS, PromptBox, input_of,
-                              layer_index, layer_slider, methods_for, outputs_type, session_state, user_errors)
-from tomviz.ui.image_tab import EXAMPLE_IMAGES, ImageUpload
+from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, EXAMPLE_PROMPTS, IMAGE_MODELS, MODALITIES, MODEL_HELP,
+                              TEXT_MODELS, ImageUpload, PromptBox, input_of, layer_index, layer_slider, methods_for,
+                              outputs_type, session_state, user_errors)
 from tomviz.ui.sweep_section import SWEEP_METHODS, build_sweep_section
-from tomviz.ui.text_tab import EXAMPLE_PROMPTS
 
 TABLE_HEADERS = ["setting", "tokens at the end", "cosine", "top-1 kept", "latency ms", "speed-up", "GFLOPs"]
 
@@ -163,7 +162,7 @@ def compare_tab_layout() -> dict[str, Any]:
             with gr.Column(visible=False) as c["text_box"]:
                 c["prompt"] = PromptBox(EXAMPLE_PROMPTS[1], label="Prompt", lines=3)
                 gr.Examples(EXAMPLE_PROMPTS, inputs=c["prompt"], label="Example prompts")
-            c["model"] = gr.Dropdown(IMAGE_MODELS, value="dinov2-small", label="Model", allow_custom_value=True,
+            c["model"] = gr.Dropdown(IMAGE_MODELS, value=DEFAULT_MODEL["image"], label="Model", allow_custom_value=True,
                                      info=MODEL_HELP)
             with gr.Row():
                 for tag, method in (("a", "tome"), ("b", "pitome")):

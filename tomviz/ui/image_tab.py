@@ -1,8 +1,9 @@
 """The Image tab: upload a photo, move the merge ratio, look at every layer.
 
-Handlers are module-level functions (testable without a browser). The session's
-:class:`~tomviz.analysis.Analysis` lives in ``gr.State``; the layer and opacity
-sliders re-render from it without running a model.
+The tab follows the life-cycle of :mod:`tomviz.ui.lifecycle` (inspect → redraw a layer → select → after the
+run → open from a link) and supplies what is its own: the pictures of one layer, clicks on pictures, the
+example photos, downloads and the animation. The session's :class:`~tomviz.analysis.Analysis` lives in
+``gr.State``; the layer and opacity sliders re-render from it without running a model.
 """
 from __future__ import annotations
 
@@ -13,24 +14,24 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from tomviz.lineage import group_lineage
-from tomviz.render.figures import gflops_figure, token_count_figure
+from tomviz.analysis import Analysis
 from tomviz.render.groups import (
     animation_frames, cluster_map_picture, cluster_picture, layer_strip_picture, map_layout, patch_groups, patch_name,
     save_animation, strip_layout, strip_token_at, token_at,
 )
-from tomviz.render.lineage import lineage_markdown
 from tomviz.render.overlay import group_overlay, heatmap_overlay
-from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.scores.attention import cls_attention_grid
-from tomviz.ui.guards import ImageFile
-from tomviz.ui.common import IMAGE_MODELS, download_folder, layer_index, layer_slider, merge_controls, session_state, user_errors
-from tomviz.analysis import Analysis, Settings, analyse
-from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
+from tomviz.ui import lifecycle
+from tomviz.ui.common import (ASSETS, DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, ImageUpload, download_folder,
+                              layer_index, layer_slider, merge_controls, session_state, user_errors)
+from tomviz.ui.lifecycle import QUIET, TabKind, valid_token
+from tomviz.ui.share import view_query
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
-                                      "hubble_deep_field.jpg", "grace_hopper.jpg") if (p := ASSETS / name).exists()]
+LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every "
+                "layer, and this panel says when each member joined and with what similarity.*")
+KIND = TabKind(tab="image", default_model=DEFAULT_MODEL["image"], default_layer=6, thing="patch", hint=LINEAGE_HINT,
+               first_selectable=lambda trace: trace.num_protected,  # CLS and registers are not on the picture
+               token_names=lambda trace: [patch_name(trace, t) for t in range(trace.num_input_tokens)])
 
 
 # --- pictures for one layer (pure: no gradio) ------------------------------------------
@@ -59,7 +60,7 @@ class LayerViews(NamedTuple):
     heat: Image.Image | None  # CLS attention inside the layer
 
 
-def layer_pictures(analysis: Analysis, layer: int, opacity: float, token: int | None = None) -> LayerViews:
+def layer_views(analysis: Analysis, layer: int, opacity: float, token: int | None = None) -> LayerViews:
     """Overlay, cluster map and CLS-attention heatmap for ``layer`` (0-based). With ``token`` (a clicked
     input token) the overlay and the map draw its group in magenta and the rest grey."""
     values = attention_values(analysis, layer)
@@ -73,17 +74,6 @@ def layer_strip(analysis: Analysis, token: int | None = None, current: int | Non
     return layer_strip_picture(analysis.image, analysis.trace, token=token, current=current)
 
 
-def lineage_panel(analysis: Analysis, token: int | None) -> str:
-    """The markdown under the strip: how the clicked patch's group formed (a hint before any click)."""
-    if token is None:
-        return LINEAGE_HINT
-    trace = analysis.trace
-    names = [patch_name(trace, t) for t in range(trace.num_input_tokens)]
-    return lineage_markdown(group_lineage(trace, token), names, what="patch")
-
-
-LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every "
-                "layer, and this panel says when each member joined and with what similarity.*")
 CAPTIONS = {
     "overlay": "Each group filled with the mean colour of its patches and outlined in white (ToMe's picture); "
                "a patch still alone keeps its own colour. After a click: the clicked patch's group in magenta, the rest grey.",
@@ -97,26 +87,17 @@ CAPTIONS = {
 
 
 # --- handlers ----------------------------------------------------------------------------
-class ImageOutputs(NamedTuple):
-    """What ``inspect_image`` returns, one field per output component (wired in this order)."""
-
-    session: Analysis | None
-    overlay: Image.Image | None  # groups after the chosen layer
-    strip: Image.Image | None  # every layer
-    cluster: Image.Image | None  # the cluster map
-    heat: Image.Image | None  # CLS attention
-    counts: Any  # plotly token count per layer
-    speed: str
-    gflops: Any  # plotly GFLOPs per layer
-    fidelity: str
-    summary: dict[str, Any] | None  # the JSON digest the API returns
-    layer: Any  # gr.Slider update (maximum follows the model)
-
-
+# What ``inspect_image`` returns, one field per output component (wired in this order).
+ImageOutputs = lifecycle.run_outputs("ImageOutputs", [
+    ("overlay", "Image.Image | None"),  # groups after the chosen layer
+    ("strip", "Image.Image | None"),  # every layer
+    ("cluster", "Image.Image | None"),  # the cluster map
+    ("heat", "Image.Image | None"),  # CLS attention
+])
 EMPTY_IMAGE_OUTPUTS = ImageOutputs(None, None, None, None, None, None, "", None, "", None, None)
 
 
-def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-small", method: str = "tome",
+def inspect_image(image: str | None, ratio: float = 0.5, model: str = DEFAULT_MODEL["image"], method: str = "tome",
                   schedule: str = "constant", prop_attn: bool = True, layer: float = 6, opacity: float = 0.8,
                   session: Analysis | None = None, selected: int | None = None) -> ImageOutputs:
     """Run the model once on ``image`` and render every output; a clicked patch (``selected``, kept in
@@ -124,22 +105,12 @@ def inspect_image(image: str | None, ratio: float = 0.5, model: str = "dinov2-sm
     if image is None:
         return EMPTY_IMAGE_OUTPUTS._replace(layer=gr.Slider())
     with user_errors("inspect this image"):
-        settings = Settings(model=(model or "dinov2-small").strip(), method=method, ratio=ratio, schedule=schedule,
-                            prop_attn=bool(prop_attn))
-        reference = session.reference if session is not None else None
-        analysis = analyse(image, settings, reference, modality="image")
-        for note in analysis.notes:
-            gr.Warning(note)
+        analysis = lifecycle.analyse_input(KIND, image, ratio, model, method, schedule, prop_attn, session)
         l = layer_index(layer, analysis.trace.num_layers)
-        token = valid_token(analysis, selected)
-        views, trace = layer_pictures(analysis, l, opacity, token), analysis.trace
-        return ImageOutputs(
-            session=analysis, overlay=views.overlay, strip=layer_strip(analysis, token), cluster=views.cluster, heat=views.heat,
-            counts=token_count_figure(trace), speed=speed_markdown(analysis.speed),
-            gflops=gflops_figure(analysis.speed.merged_gflops, analysis.speed.unmerged_gflops),
-            fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
-            layer=gr.Slider(maximum=trace.num_layers, value=l + 1),
-        )
+        token = valid_token(KIND, analysis, selected)
+        views = layer_views(analysis, l, opacity, token)
+        return ImageOutputs(session=analysis, overlay=views.overlay, strip=layer_strip(analysis, token),
+                            cluster=views.cluster, heat=views.heat, **lifecycle.run_views(analysis, l))
 
 
 def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None,
@@ -148,43 +119,26 @@ def render_image_layer(layer: float = 6, opacity: float = 0.8, session: Analysis
     if session is None:
         return LayerViews(None, None, None)
     with user_errors("show this layer"):
-        return layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity, valid_token(session, selected))
+        return layer_views(session, layer_index(layer, session.trace.num_layers), opacity, valid_token(KIND, session, selected))
 
 
 def render_image_opacity(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None,
                          selected: int | None = None):
     """The opacity slider: a new overlay only (the map and the heatmap have no opacity, nor has the
     overlay of a selected group)."""
-    token = valid_token(session, selected)
+    token = valid_token(KIND, session, selected)
     if session is None or token is not None:
         return gr.skip()
     with user_errors("show this opacity"):
         return overlay_picture(session, layer_index(layer, session.trace.num_layers), opacity)
 
 
-def valid_token(session: Analysis | None, token: int | None) -> int | None:
-    """``token`` if it is a patch of the session's trace, else None (a new photo may have fewer)."""
-    if session is None or token is None:
-        return None
-    trace = session.trace
-    return int(token) if trace.num_protected <= int(token) < trace.num_input_tokens else None
-
-
-class PatchSelection(NamedTuple):
-    """What a click on a patch updates, one field per output component (wired in this order); gr.skip()
-    leaves a component as it is."""
-
-    selected: Any  # the clicked input token (session state), None, or gr.skip()
-    overlay: Any  # the clicked group in magenta, the rest grey
-    cluster: Any  # the cluster map with the group selected
-    strip: Any  # every layer, the group highlighted
-    lineage: Any  # how the group formed (markdown), or the hint
-
-
-NO_SELECTION = PatchSelection(None, gr.skip(), gr.skip(), gr.skip(), LINEAGE_HINT)
-
-
-UNCHANGED = PatchSelection(*[gr.skip()] * len(PatchSelection._fields))  # a click between tiles or on a caption
+# What a click on a patch updates, one field per output component (wired in this order).
+Selection = lifecycle.selection_type("ImageSelection", [
+    ("overlay", Any),  # the clicked group in magenta, the rest grey
+    ("cluster", Any),  # the cluster map with the group selected
+    ("strip", Any),  # every layer, the group highlighted
+])
 
 
 def clicked_pixel(session: Analysis | None, evt: gr.SelectData | None) -> tuple[float, float] | None:
@@ -194,62 +148,53 @@ def clicked_pixel(session: Analysis | None, evt: gr.SelectData | None) -> tuple[
     return float(evt.index[0]), float(evt.index[1])
 
 
-def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
+def select_patch(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> Selection:
     """A click on the overlay: select the clicked patch's group."""
     if (pixel := clicked_pixel(session, evt)) is None:
-        return NO_SELECTION
+        return lifecycle.no_selection(KIND, Selection)
     width, height = session.image.size  # the overlay is drawn at the stored photo's size
     return selection_views(layer, opacity, session, token_at(session.trace, pixel[0] / width, pixel[1] / height))
 
 
-def select_on_map(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
+def select_on_map(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> Selection:
     """A click on the cluster map: select the group of the patch under it (a click on its caption: nothing)."""
     if (pixel := clicked_pixel(session, evt)) is None:
-        return NO_SELECTION
+        return lifecycle.no_selection(KIND, Selection)
     token = map_layout(session.trace).token_at(session.trace, *pixel)
-    return UNCHANGED if token is None else selection_views(layer, opacity, session, token)
+    return lifecycle.unchanged(Selection) if token is None else selection_views(layer, opacity, session, token)
 
 
-def select_in_strip(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> PatchSelection:
+def select_in_strip(layer: float, opacity: float, session: Analysis | None, evt: gr.SelectData) -> Selection:
     """A click on the strip: select the group of the patch under it (in any layer's tile)."""
     if (pixel := clicked_pixel(session, evt)) is None:
-        return NO_SELECTION
+        return lifecycle.no_selection(KIND, Selection)
     hit = strip_token_at(strip_layout(session.image.size, session.trace.num_layers), session.trace, *pixel)
-    return UNCHANGED if hit is None else selection_views(layer, opacity, session, hit[1])  # None: between tiles
+    if hit is None:  # between tiles
+        return lifecycle.unchanged(Selection)
+    return selection_views(layer, opacity, session, hit[1])
 
 
-def selection_views(layer: float, opacity: float, session: Analysis | None, token: int | None) -> PatchSelection:
+def selection_views(layer: float, opacity: float, session: Analysis | None, token: int | None) -> Selection:
     """The selection views for ``token`` (None clears the selection)."""
-    if session is None:
-        return NO_SELECTION
-    with user_errors("select this patch"):
-        token = valid_token(session, token)
-        views = layer_pictures(session, layer_index(layer, session.trace.num_layers), opacity, token)
-        return PatchSelection(selected=token, overlay=views.overlay, cluster=views.cluster,
-                              strip=layer_strip(session, token), lineage=lineage_panel(session, token))
+    def draw(analysis: Analysis, token: int | None) -> dict[str, Any]:
+        views = layer_views(analysis, layer_index(layer, analysis.trace.num_layers), opacity, token)
+        return dict(overlay=views.overlay, cluster=views.cluster, strip=layer_strip(analysis, token))
+
+    return lifecycle.select(KIND, Selection, session, token, draw)
 
 
-def clear_selection(layer: float, opacity: float, session: Analysis | None) -> PatchSelection:
+def clear_selection(layer: float, opacity: float, session: Analysis | None) -> Selection:
     return selection_views(layer, opacity, session, None)
 
 
-class ImageAfterRun(NamedTuple):
-    """What follows a model run, one field per output component (wired in this order)."""
-
-    selected: int | None  # the clicked input token, None when the new trace has no such patch
-    lineage: str  # its lineage in the new trace, or the hint
-    link: str  # the URL query of the view (the browser makes it the full link, LINK_JS)
+AfterRun = lifecycle.after_run_type("ImageAfterRun")  # what follows a model run: selected, lineage, link
 
 
-def after_image_run(session: Analysis | None, selected: int | None, example: str | None, model: str, method: str,
-                    schedule: str, ratio: float, layer: float) -> ImageAfterRun:
-    """After a model run (which drew the selection, see :func:`inspect_image`): the selection and its
-    lineage in the new trace, and the link to the view (one event: each event costs the page a pass
-    over every component's state, BENCHMARKS.md "App latency")."""
-    token = valid_token(session, selected)
-    with user_errors("follow the selected patch"):
-        lineage = lineage_panel(session, token) if token is not None else LINEAGE_HINT
-    return ImageAfterRun(token, lineage, image_view_link(example, model, method, schedule, ratio, layer))
+def after_run(session: Analysis | None, selected: int | None, example: str | None, model: str, method: str,
+              schedule: str, ratio: float, layer: float) -> AfterRun:
+    """After a model run (which drew the selection, see :func:`inspect_image`; the pictures are not drawn
+    twice): the selection and its lineage in the new trace, and the link to the view."""
+    return lifecycle.after_run(KIND, AfterRun, session, selected, view_link(example, model, method, schedule, ratio, layer))
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
@@ -259,7 +204,7 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
     with user_errors("prepare the downloads"):
         l = layer_index(layer, session.trace.num_layers)
         folder = download_folder()
-        views = layer_pictures(session, l, opacity)
+        views = layer_views(session, l, opacity)
         paths = [session.trace.save(folder / "trace.json"), session.trace.save(folder / "trace.npz")]
         for name, picture in ((f"overlay_layer{l + 1}.png", views.overlay), ("layers.png", layer_strip(session, current=l)),
                               (f"cls_attention_layer{l + 1}.png", views.heat)):
@@ -277,20 +222,17 @@ def image_animation(session: Analysis | None = None) -> str:
         return str(save_animation(animation_frames(session.image, session.trace), download_folder() / name))
 
 
-def open_image_view(request: gr.Request):
+def open_view(request: gr.Request):
     """Page load: the settings from the link (see tomviz/ui/share.py) → image, controls, example name."""
-    view = request_view(request, EXAMPLE_IMAGES, tab="image")
-    if view.tab != "image":  # the link is for the Text tab: this tab opens on its defaults
-        view.model = view.layer = view.example = None
-        view.method, view.schedule, view.ratio = "tome", "constant", 0.5
+    view = lifecycle.opened_view(KIND, request, EXAMPLE_IMAGES)
     example = view.example or (Path(EXAMPLE_IMAGES[0]).name if EXAMPLE_IMAGES else None)
     image = str(ASSETS / example) if example else None
-    return (image, view.model or "dinov2-small", view.method, view.schedule, view.ratio, view.layer or 6,
-            example)
+    return (image, *lifecycle.view_settings(KIND, view), example)
 
 
-def image_view_link(example: str | None, model: str, method: str, schedule: str, ratio: float, layer: float) -> str:
-    """The URL query of the current view (an uploaded image is left out: the link opens the default photo)."""
+def view_link(example: str | None, model: str, method: str, schedule: str, ratio: float, layer: float) -> str:
+    """The URL query of the current view (an uploaded image is left out: the link opens the default photo).
+    API: ``/image_view_link``."""
     return view_query("image", model, method, schedule, ratio, layer, example=example)
 
 
@@ -305,9 +247,6 @@ def forget_example() -> None:
     return None
 
 
-ImageUpload = ImageFile  # the bounded image input (tomviz/ui/guards.py)
-
-
 # --- layout and wiring -------------------------------------------------------------------
 def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
     """Lay out the Image tab's components inside the current ``gr.Tab``; returns them by name (no events)."""
@@ -318,7 +257,7 @@ def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
             c["image"] = ImageUpload(value=EXAMPLE_IMAGES[0] if demo is not None and EXAMPLE_IMAGES else None,
                                      type="filepath", label="Image", sources=["upload", "clipboard", "webcam"], height=300)
             c["examples"] = gr.Examples(EXAMPLE_IMAGES, inputs=c["image"], label="Example photos (see assets/ATTRIBUTION.md)")
-            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls("dinov2-small", IMAGE_MODELS)
+            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls(KIND.default_model, IMAGE_MODELS)
             c["layer"] = layer_slider(12, 6)
             c["opacity"] = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Overlay opacity")
             with gr.Row():
@@ -362,45 +301,22 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     and settings named in the page's link (else the first example photo) are shown and inspected when a
     visitor opens the page (the model loads on first use)."""
     c = image_tab_layout(demo)
-    session, selected, layer, opacity, link = c["session"], c["selected"], c["layer"], c["opacity"], c["link"]
-    image, ratio, example_name = c["image"], c["ratio"], c["example_name"]
-    main_outputs = [c[name] for name in ImageOutputs._fields]
-    main_inputs = [c[name] for name in ("image", "ratio", "model", "method", "schedule", "prop_attn", "layer", "opacity",
-                                        "session", "selected")]
-    selection_outputs = [c[name] for name in PatchSelection._fields]
-    link_inputs = [c[name] for name in ("example_name", "model", "method", "schedule", "ratio", "layer")]
-    run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
-    quiet = dict(queue=False, show_progress="hidden")
-
-    def after_run(event):  # a model run (it drew the clicked group): its lineage in the new trace and the link
-        return (event.then(after_image_run, [session, selected, *link_inputs],
-                           [c[n] for n in ImageAfterRun._fields], api_visibility="private", **quiet)
-                .then(None, link, link, js=LINK_JS, **quiet))  # the full link and the page's URL, in the browser
-
-    gr.api(image_view_link, api_name="image_view_link")  # API only: the link to a view (the page makes its own)
-    c["examples"].dataset.select(example_picked, None, example_name, **quiet)
-    after_run(c["examples"].load_input_event.then(inspect_image, api_name="pick_example", api_visibility="private",
-                                                  **run_model))
-    if demo is not None and EXAMPLE_IMAGES:
-        opened = demo.load(open_image_view, None, [image, *link_inputs[1:], example_name], api_visibility="private",
-                           **quiet)
-        after_run(opened.then(inspect_image, api_name="open_page", api_visibility="private", **run_model))
-    gr.on([image.upload, image.clear], forget_example, None, example_name, **quiet)
-    after_run(gr.on(
+    image, settings = c["image"], ["model", "method", "schedule", "prop_attn"]
+    link_inputs = ["example_name", "model", "method", "schedule", "ratio", "layer"]
+    gr.api(view_link, api_name="image_view_link")  # API only: the link to a view (the page makes its own)
+    c["examples"].dataset.select(example_picked, None, c["example_name"], **QUIET)  # before the runs that read it
+    gr.on([image.upload, image.clear], forget_example, None, c["example_name"], **QUIET)
+    lifecycle.wire_runs(
+        c, inspect_image, ["image", "ratio", *settings, "layer", "opacity", "session", "selected"], ImageOutputs,
         # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
-        [ratio.release, image.upload, image.clear, c["model"].change, c["method"].change, c["schedule"].change,
-         c["prop_attn"].change],
-        inspect_image, api_name="inspect_image", trigger_mode="always_last", **run_model,
-    ))
-    layer.input(render_image_layer, inputs=[layer, opacity, session, selected],  # a redraw from the stored trace:
-                outputs=[c[name] for name in LayerViews._fields], api_name="render_image_layer",  # skip the queue
-                trigger_mode="always_last", **quiet).then(None, [link, layer], link, js=LINK_JS, **quiet)
-    opacity.input(render_image_opacity, inputs=[layer, opacity, session, selected], outputs=c["overlay"],
-                  api_visibility="private", trigger_mode="always_last", **quiet)
-    for clicked, handler in ((c["overlay"], select_patch), (c["cluster"], select_on_map),
-                             (c["strip"], select_in_strip)):
-        clicked.select(handler, [layer, opacity, session], selection_outputs, **quiet)
-    c["clear"].click(clear_selection, [layer, opacity, session], selection_outputs, **quiet)
-    c["copy"].click(None, link, link, js=COPY_JS, queue=False)
-    c["download"].click(image_downloads, inputs=[layer, opacity, session], outputs=c["files"], api_name="image_downloads")
-    c["animate"].click(image_animation, inputs=session, outputs=c["animation"], api_name="image_animation")
+        [c["ratio"].release, image.upload, image.clear, *[c[n].change for n in settings]],
+        ("inspect_image", "pick_example", "open_page"), after_run, AfterRun, link_inputs,
+        demo if EXAMPLE_IMAGES else None, open_view, ["image", *link_inputs[1:], "example_name"])
+    lifecycle.wire_layer(c, render_image_layer, ["layer", "opacity", "session", "selected"], LayerViews, "render_image_layer")
+    c["opacity"].input(render_image_opacity, inputs=[c[n] for n in ("layer", "opacity", "session", "selected")],
+                       outputs=c["overlay"], api_visibility="private", trigger_mode="always_last", **QUIET)
+    lifecycle.wire_selection(c, Selection, [("overlay", select_patch), ("cluster", select_on_map), ("strip", select_in_strip)],
+                             clear_selection, ["layer", "opacity", "session"], "clear_selection")
+    c["download"].click(image_downloads, inputs=[c[n] for n in ("layer", "opacity", "session")], outputs=c["files"],
+                        api_name="image_downloads")
+    c["animate"].click(image_animation, inputs=c["session"], outputs=c["animation"], api_name="image_animation")

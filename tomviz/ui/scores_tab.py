@@ -1,29 +1,27 @@
 """The Scores tab: Banzhaf values and interactions of merged tokens, and CLIP image × text (HBI).
 
-Handlers are module-level functions (testable without a browser). A run keeps its
-:class:`ScoreSession` (numpy results + the small photo) in ``gr.State``, so the top-k
-control re-renders without running the model again.
+Handlers are module-level functions (testable without a browser); the estimates themselves are
+:mod:`tomviz.score_analysis`. A run keeps its :class:`~tomviz.score_analysis.ScoreSession` (numpy results +
+the small photo) in ``gr.State``, so the top-k control re-renders without running the model again.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import gradio as gr
-import numpy as np
 from PIL import Image
 
 import tomviz
+from tomviz import score_analysis
 from tomviz.render import scores as render
-from tomviz.render.overlay import display_image, heatmap_overlay
-from tomviz.scores.attention import rollout_grid
-from tomviz.scores.banzhaf import BanzhafResult, banzhaf
-from tomviz.scores.hbi import HBIResult, hbi
-from tomviz.ui.common import (IMAGE_MODELS, MAX_SEED, TEXT_MODELS, PromptBox, layer_index, outputs_type, session_state,
-                              user_errors)
+from tomviz.render.overlay import heatmap_overlay
+from tomviz.score_analysis import ScoreSession
+from tomviz.scores.banzhaf import BanzhafResult
+from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, MAX_RATIO, MAX_SEED, TEXT_MODELS, PromptBox, outputs_type,
+                              session_state, user_errors)
 from tomviz.ui.guards import ImageFile, escape_markdown
 from tomviz.ui.server import HEAVY
-from tomviz.ui.image_tab import EXAMPLE_IMAGES
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 SAMPLES = (64, 4096, 512)  # min, max, default coalitions per estimate
@@ -36,42 +34,17 @@ HUB_NOTE = (
 )
 
 
-@dataclass
-class ScoreSession:
-    """One estimate, for re-rendering (CPU numpy only; deep-copyable)."""
-
-    result: BanzhafResult | HBIResult
-    image: Image.Image | None  # the photo at display size (image models)
-    rollout: np.ndarray | None = None  # [rows, cols] CLS attention rollout through the merges (image models)
+def __getattr__(name: str) -> Any:
+    """``compute_banzhaf`` and ``compute_hbi`` moved to :mod:`tomviz.score_analysis` (the old names warn)."""
+    if name in ("compute_banzhaf", "compute_hbi"):
+        warnings.warn(f"tomviz.ui.scores_tab.{name} moved to tomviz.score_analysis.{name}; the old name will be "
+                      "removed in tomviz 0.2.0", DeprecationWarning, stacklevel=2)
+        return getattr(score_analysis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _progress_callback(progress: Any) -> Callable[[float, str], None]:
     return lambda fraction, message: progress(fraction, desc=f"Estimating: {message}")
-
-
-def _layer(loaded: Any, layer: float) -> int:
-    """The UI's 1-based "groups after layer k" → 0-based, k in 1..L-1 (a layer must run after it)."""
-    return layer_index(layer, loaded.num_layers - 1)
-
-
-def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, layer: float, samples: int,
-                    exact: bool, seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
-    """Inspect the input (image for image models, ``text`` for text models) and estimate the Banzhaf
-    values of the groups after the 1-based ``layer`` (no gradio)."""
-    loaded = tomviz.load((model or "dinov2-small").strip(), untrusted=True)
-    if loaded.modality == "image":
-        if image is None:
-            raise ValueError("upload an image (or pick an example) for an image model")
-        x: Any = image
-    else:
-        if not text or not str(text).strip():
-            raise ValueError("type a prompt for a text model")
-        x = str(text)
-    image_model = loaded.modality == "image"
-    res = tomviz.inspect(loaded, x, ratio=float(ratio), keep_hidden=True, full_attention=image_model)
-    result = banzhaf(res, _layer(loaded, layer), samples=int(samples), exact=bool(exact), seed=int(seed), progress=progress)
-    photo = display_image(res.inputs.image) if res.inputs.image is not None else None
-    return ScoreSession(result=result, image=photo, rollout=rollout_grid(res.trace) if image_model else None)
 
 
 class BanzhafViews(NamedTuple):
@@ -123,7 +96,8 @@ def score_banzhaf(model: str, image: Any, text: str | None, ratio: float = 0.9, 
                   progress: gr.Progress = gr.Progress()) -> BanzhafOutputs:
     """Estimate Banzhaf values (with a progress bar). API: ``/score_banzhaf``."""
     with user_errors("estimate Banzhaf values"):
-        session = compute_banzhaf(model, image, text, ratio, layer, int(samples), exact, int(seed), _progress_callback(progress))
+        session = score_analysis.compute_banzhaf(model or DEFAULT_MODEL["image"], image, text, ratio, layer, int(samples),
+                                                 exact, int(seed), _progress_callback(progress))
         return BanzhafOutputs(session, *banzhaf_views(session, int(top_k)))
 
 
@@ -144,20 +118,6 @@ def hub_message(model: str, err: Exception) -> str:
         "The Hugging Face hub cannot be reached from this machine (or the id is wrong), so the Image + Text "
         "section cannot run here. It runs on Hugging Face Spaces or anywhere with hub access."
     )
-
-
-def compute_hbi(model: str, image: Any, text: str, ratio: float, layer: float, samples: int, exact: bool,
-                seed: int, progress: Callable[[float, str], None] | None = None) -> ScoreSession:
-    """Image groups × words of a CLIP model (no gradio). Raises ``tomviz.ModelLoadError`` when the
-    weights cannot be loaded (no hub access), ``ValueError`` for bad input."""
-    loaded = tomviz.load((model or CLIP_MODEL).strip(), untrusted=True)
-    if not loaded.clip_text:
-        raise ValueError(f"{loaded.name} is not a CLIP model with image and text towers")
-    if image is None:
-        raise ValueError("upload an image (or pick an example)")
-    res = tomviz.inspect(loaded, image, ratio=float(ratio), keep_hidden=True)
-    result = hbi(res, text, _layer(loaded, layer), samples=int(samples), exact=bool(exact), seed=int(seed), progress=progress)
-    return ScoreSession(result=result, image=display_image(res.inputs.image))
 
 
 class HBIViews(NamedTuple):
@@ -196,7 +156,8 @@ def score_hbi(model: str, image: Any, text: str, ratio: float = 0.5, layer: floa
     model = (model or CLIP_MODEL).strip()
     try:
         with user_errors("score image × text"):
-            session = compute_hbi(model, image, text, ratio, layer, int(samples), False, int(seed), _progress_callback(progress))
+            session = score_analysis.compute_hbi(model, image, text, ratio, layer, int(samples), False, int(seed),
+                                                 _progress_callback(progress))
     except gr.Error as err:
         cause = err.__cause__
         if isinstance(cause, tomviz.ModelLoadError):
@@ -222,12 +183,12 @@ def build_banzhaf_section() -> None:
     )
     with gr.Row():
         with gr.Column(scale=4):
-            model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value="dinov2-small", label="Model", allow_custom_value=True)
+            model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value=DEFAULT_MODEL["image"], label="Model", allow_custom_value=True)
             image = ImageFile(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, label="Image (image models)",
                              sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos")
             text = PromptBox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
-            ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
+            ratio = gr.Slider(0.0, MAX_RATIO, value=0.9, step=0.05, label="Merge ratio")
             layer = gr.Slider(1, 11, value=11, step=1, label="Groups after layer",
                               info="Layers after it run for every coalition (at most the second-to-last layer)")
             samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
@@ -269,7 +230,7 @@ def build_hbi_section() -> None:
                                   sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=clip_image, label="Example photos")
             prompt = PromptBox("a cat sleeping on a sofa", label="Prompt")
-            clip_ratio = gr.Slider(0.0, 0.95, value=0.9, step=0.05, label="Merge ratio")
+            clip_ratio = gr.Slider(0.0, MAX_RATIO, value=0.9, step=0.05, label="Merge ratio")
             clip_layer = gr.Slider(1, 11, value=11, step=1, label="Image groups after layer")
             clip_samples = gr.Slider(SAMPLES[0], SAMPLES[1], value=SAMPLES[2], step=64, label="Samples (coalitions)")
             clip_seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)

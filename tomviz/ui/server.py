@@ -5,9 +5,9 @@
   ``Content-Length`` or while it is received, before any JSON is parsed. An image sent inline as a
   ``data:`` URL inside ``/queue/join`` or ``/call/...`` is bounded by this.
 * **Time** (:func:`budgeted`): the events declared ``**HEAVY`` (Banzhaf, CLIP × text, sweeps, VLM answers)
-  share one slot of their own, so a heavy request never holds the slot of the quick model runs
-  (``**MODEL``), and each runs under ``HEAVY_BUDGET_S``; it is stopped when the budget is spent or its
-  visitor disconnects (:class:`tomviz.ui.guards.Watchdog`).
+  share one slot of their own, so a heavy request never holds the slot of the one-forward runs
+  (``concurrency_id="model"``), and each runs under ``HEAVY_BUDGET_S``; it is stopped when the budget is
+  spent or its visitor disconnects (:class:`tomviz.ui.guards.Watchdog`).
 * **Queue share** (:func:`share_queue`): one visitor (a client address) may have at most
   ``QUEUE_PER_VISITOR`` requests waiting or running, so no visitor fills the queue for the others.
 * **Sessions** (:class:`ClientStateHolder`): each client address keeps at most ``SESSIONS_PER_CLIENT``
@@ -43,7 +43,6 @@ SESSIONS_PER_CLIENT = int(os.environ.get("TOMVIZ_SESSIONS_PER_CLIENT", 8))  # se
 CLIENT_HEADER = os.environ.get("TOMVIZ_CLIENT_HEADER", "x-forwarded-for" if os.environ.get("SPACE_ID") else "")
 
 HEAVY = dict(concurrency_id="heavy", concurrency_limit=1)  # long model work: its own slot, a time budget
-MODEL = dict(concurrency_id="model", concurrency_limit=1)  # one forward (inspect, compare)
 UNKNOWN_CLIENT = "?"
 
 WATCHDOG = Watchdog()

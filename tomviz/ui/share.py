@@ -9,7 +9,6 @@ server path); uploaded images are never put in links. Handlers are module-level;
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -17,13 +16,13 @@ from urllib.parse import urlencode
 
 import gradio as gr
 
-import tomviz
-from tomviz.merge.schedule import MAX_RATIO
+from tomviz.merge import registry
+from tomviz.merge.checks import check_ratio, check_schedule_name
+from tomviz.merge.request import MergeRequest
 from tomviz.models.hub import DEFAULT_MODELS, is_repo_id
 from tomviz.ui.common import MAX_PROMPT_CHARS
 
 TABS = ("image", "text")
-SCHEDULES = ("constant", "decreasing")
 MAX_LAYER = 256
 # In the browser: the link → the full link (returned), and the page's own URL (history) when the link's tab is the
 # one on screen: on page load both tabs inspect their example, and the one that finishes last must not replace
@@ -63,6 +62,11 @@ class View:
     prompt: str | None = None
     problems: list[str] = field(default_factory=list)  # one readable sentence per refused parameter
 
+    @property
+    def request(self) -> MergeRequest:
+        """The merge settings the link asks for, for its tab's inputs."""
+        return MergeRequest(method=self.method, ratio=self.ratio, schedule=self.schedule, modality=self.tab)
+
 
 def parse_view(params: Mapping[str, str], examples: Sequence[str]) -> View:
     """Check a URL query (``params``: name → value); ``examples``: the example photos' paths. Unknown
@@ -84,25 +88,13 @@ def parse_view(params: Mapping[str, str], examples: Sequence[str]) -> View:
             view.model = model
         else:
             refuse("model", model, "a link names an embedded model or a Hugging Face id such as 'facebook/dinov2-small'")
-    if (method := params.get("method")) is not None:
-        if method in tomviz.METHODS:
-            view.method = method
-        else:
-            refuse("method", method, f"choose one of {', '.join(sorted(tomviz.METHODS))}")
-    if (schedule := params.get("schedule")) is not None:
-        if schedule in SCHEDULES:
-            view.schedule = schedule
-        else:
-            refuse("schedule", schedule, "use 'constant' or 'decreasing'")
-    if (ratio := params.get("ratio")) is not None:
-        try:
-            value = float(ratio)
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and 0.0 <= value <= MAX_RATIO:
-            view.ratio = value
-        else:
-            refuse("ratio", ratio, f"the merge ratio is a number between 0 and {MAX_RATIO}")
+    for key, check in (("method", lambda name: registry.entry(name, "encoder").name), ("schedule", check_schedule_name),
+                       ("ratio", check_ratio)):  # the merge request's own checks and messages
+        if (value := params.get(key)) is not None:
+            try:
+                setattr(view, key, check(value))
+            except ValueError as err:
+                refuse(key, value, str(err))
     if (layer := params.get("layer")) is not None:
         if layer.isdigit() and 1 <= int(layer) <= MAX_LAYER:
             view.layer = int(layer)

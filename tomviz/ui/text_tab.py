@@ -1,36 +1,45 @@
-"""The Text tab: type a prompt, move the merge ratio, see which tokens merge at every layer."""
+"""The Text tab: type a prompt, move the merge ratio, see which tokens merge at every layer.
+
+The tab follows the life-cycle of :mod:`tomviz.ui.lifecycle` (inspect → redraw a layer → select → after the
+run → open from a link) and supplies what is its own: the views of one layer (coloured tokens, the group
+table, CLS attention per group), clicks on tokens and the download.
+"""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import gradio as gr
 
-from tomviz.lineage import group_lineage
-from tomviz.render.figures import gflops_figure, group_attention_figure, token_count_figure
-from tomviz.render.lineage import lineage_markdown
-from tomviz.render.text import display_pieces, fidelity_markdown, group_names, group_table, speed_markdown, token_highlights
-from tomviz.ui.common import (TEXT_MODELS, PromptBox, download_folder, layer_index, layer_slider, merge_controls, outputs_type,
-                              session_state, user_errors)
-from tomviz.analysis import Analysis, Settings, analyse
-from tomviz.ui.share import COPY_JS, LINK_JS, request_view, view_query
+from tomviz.analysis import Analysis
+from tomviz.render.figures import group_attention_figure
+from tomviz.render.text import display_pieces, group_names, group_table, token_highlights
+from tomviz.trace import Trace
+from tomviz.ui import lifecycle
+from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_PROMPTS, TEXT_MODELS, PromptBox, download_folder, layer_index,
+                              layer_slider, merge_controls, session_state, user_errors)
+from tomviz.ui.lifecycle import TabKind, valid_token
+from tomviz.ui.share import view_query
 
-EXAMPLE_PROMPTS = [
-    "Token merging speeds up transformers by averaging tokens that carry the same information.",
-    "The cat sat on the mat, and the dog sat on the log next to the cat.",
-    "Rear Admiral Grace Hopper wrote one of the first compilers and popularised the term debugging.",
-    "Paris is the capital of France; Berlin is the capital of Germany; Rome is the capital of Italy.",
-]
 TABLE_HEADERS = ["group", "size", "tokens"]
-
-
-TOKEN_HINT = ("*Click a token: its group is highlighted, and this panel says when each member joined "
-              "and with what similarity.*")
+LINEAGE_HINT = ("*Click a token: its group is highlighted, and this panel says when each member joined "
+                "and with what similarity.*")
 TOKENS_CAPTION = ("Tokens that share a colour are one merged group after the selected layer (the legend names "
                   "each group and its size); uncoloured tokens are still alone. After a click, only the clicked "
                   "token's group is coloured.")
 
 
-class TextLayerViews(NamedTuple):
+def token_names(trace: Trace) -> list[str]:
+    """Every input token as the lineage names it: ``'piece' (position)``."""
+    names = [piece.strip() or piece for piece in display_pieces(trace.meta["tokens"])]
+    return [f"'{n}' ({i})" for i, n in enumerate(names)]
+
+
+KIND = TabKind(tab="text", default_model=DEFAULT_MODEL["text"], default_layer=3, thing="token", hint=LINEAGE_HINT,
+               first_selectable=lambda trace: 0, token_names=token_names, note_title="Prompt truncated")
+
+
+# --- views of one layer ------------------------------------------------------------------
+class LayerViews(NamedTuple):
     """What a layer change redraws, one field per output component (wired in this order)."""
 
     tokens: list[tuple[str, str | None]] | None  # HighlightedText: (piece, group label or None)
@@ -38,7 +47,7 @@ class TextLayerViews(NamedTuple):
     attention: Any  # plotly CLS attention per group, or None when not traced
 
 
-def text_layer_views(analysis: Analysis, layer: int, token: int | None = None) -> TextLayerViews:
+def layer_views(analysis: Analysis, layer: int, token: int | None = None) -> LayerViews:
     """Highlighted tokens, group table and CLS attention per group for ``layer`` (0-based); ``token``
     (a clicked input token) highlights its group only."""
     trace = analysis.trace
@@ -48,118 +57,82 @@ def text_layer_views(analysis: Analysis, layer: int, token: int | None = None) -
         protected = trace.num_protected
         names = group_names(trace, layer, entering=True)[protected:]
         figure = group_attention_figure(names, attention[protected:].tolist(), layer)
-    return TextLayerViews(tokens=token_highlights(trace, layer, token),
-                          table=gr.Dataframe(value=group_table(trace, layer), headers=TABLE_HEADERS), attention=figure)
+    return LayerViews(tokens=token_highlights(trace, layer, token),
+                      table=gr.Dataframe(value=group_table(trace, layer), headers=TABLE_HEADERS), attention=figure)
 
 
-def token_lineage(analysis: Analysis, token: int | None) -> str:
-    """How the clicked token's group formed (a hint before any click)."""
-    if token is None:
-        return TOKEN_HINT
-    names = [piece.strip() or piece for piece in display_pieces(analysis.trace.meta["tokens"])]
-    return lineage_markdown(group_lineage(analysis.trace, token), [f"'{n}' ({i})" for i, n in enumerate(names)],
-                            what="token")
+# --- handlers ----------------------------------------------------------------------------
+# What ``inspect_text`` returns, one field per output component (wired in this order).
+TextOutputs = lifecycle.run_outputs("TextOutputs", LayerViews.__annotations__.items())
 
 
-def valid_token(session: Analysis | None, token: int | None) -> int | None:
-    """``token`` if it indexes the session's input tokens, else None."""
-    if session is None or token is None or not 0 <= int(token) < session.trace.num_input_tokens:
-        return None
-    return int(token)
-
-
-# What ``inspect_text`` returns, one field per output component (wired in this order): the session, the
-# :class:`TextLayerViews`, then the views a layer change leaves alone.
-TextOutputs = outputs_type("TextOutputs", TextLayerViews, first=[("session", "Analysis")], then=[
-    ("counts", Any),  # plotly token count per layer
-    ("speed", str), ("gflops", Any),  # plotly GFLOPs per layer
-    ("fidelity", str),
-    ("summary", "dict[str, Any]"),  # the JSON digest the API returns
-    ("layer", Any),  # gr.Slider update (maximum follows the model)
-])
-
-
-def inspect_text(text: str | None, ratio: float = 0.5, model: str = "minilm", method: str = "tome",
+def inspect_text(text: str | None, ratio: float = 0.5, model: str = DEFAULT_MODEL["text"], method: str = "tome",
                  schedule: str = "constant", prop_attn: bool = True, layer: float = 3,
-                 session: Analysis | None = None) -> TextOutputs:
-    """Run the model once on ``text`` and render every output. API: ``/inspect_text`` (text, ratio)."""
+                 session: Analysis | None = None, selected: int | None = None) -> TextOutputs:
+    """Run the model once on ``text`` and render every output; a clicked token (``selected``, kept in the
+    page's state) stays selected when the new prompt still has it. API: ``/inspect_text`` (text, ratio)."""
     with user_errors("inspect this prompt"):
         if text is None or not str(text).strip():
             raise gr.Error("The prompt is empty: type some text or pick an example.", title="Cannot inspect this prompt")
-        settings = Settings(model=(model or "minilm").strip(), method=method, ratio=ratio, schedule=schedule,
-                            prop_attn=bool(prop_attn))
-        reference = session.reference if session is not None else None
-        analysis = analyse(str(text), settings, reference, modality="text")
-        for note in analysis.notes:
-            gr.Warning(note, title="Prompt truncated")
+        analysis = lifecycle.analyse_input(KIND, str(text), ratio, model, method, schedule, prop_attn, session)
         l = layer_index(layer, analysis.trace.num_layers)
-        views, speed = text_layer_views(analysis, l), analysis.speed
-        return TextOutputs(
-            session=analysis, tokens=views.tokens, table=views.table, attention=views.attention,
-            counts=token_count_figure(analysis.trace), speed=speed_markdown(speed),
-            gflops=gflops_figure(speed.merged_gflops, speed.unmerged_gflops), fidelity=fidelity_markdown(analysis.fidelity),
-            summary=analysis.summary(), layer=gr.Slider(maximum=analysis.trace.num_layers, value=l + 1),
-        )
+        views = layer_views(analysis, l, valid_token(KIND, analysis, selected))
+        return TextOutputs(analysis, *views, **lifecycle.run_views(analysis, l))
 
 
-def render_text_layer(layer: float = 3, session: Analysis | None = None, selected: int | None = None) -> TextLayerViews:
+def render_text_layer(layer: float = 3, session: Analysis | None = None, selected: int | None = None) -> LayerViews:
     """Re-render the layer views from the stored trace (no model). API: ``/render_text_layer``."""
     if session is None:
-        return TextLayerViews(None, None, None)
+        return LayerViews(None, None, None)
     with user_errors("show this layer"):
-        return text_layer_views(session, layer_index(layer, session.trace.num_layers), valid_token(session, selected))
+        return layer_views(session, layer_index(layer, session.trace.num_layers), valid_token(KIND, session, selected))
 
 
-class TokenSelection(NamedTuple):
-    """What a click on a token updates, one field per output component (wired in this order)."""
-
-    selected: int | None  # the clicked input token (session state)
-    tokens: Any  # the highlighted tokens, or gr.skip()
-    lineage: str  # how the group formed (markdown), or the hint
+# What a click on a token updates, one field per output component (wired in this order).
+Selection = lifecycle.selection_type("TextSelection", [("tokens", Any)])  # the highlighted tokens, or gr.skip()
 
 
-def select_token(layer: float, session: Analysis | None, evt: gr.SelectData) -> TokenSelection:
+def select_token(layer: float, session: Analysis | None, evt: gr.SelectData) -> Selection:
     """A click on a token (``evt.index``: its position): select its group."""
     index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-    return token_views(layer, session, index if isinstance(index, int) else None)
+    return selection_views(layer, session, index if isinstance(index, int) else None)
 
 
-def token_views(layer: float, session: Analysis | None, token: int | None) -> TokenSelection:
+def highlighted(layer: float) -> Callable[[Analysis, int | None], dict[str, Any]]:
+    """What a selection redraws at the slider's ``layer``: the tokens, with only the selected group coloured."""
+    def draw(analysis: Analysis, token: int | None) -> dict[str, Any]:
+        return dict(tokens=token_highlights(analysis.trace, layer_index(layer, analysis.trace.num_layers), token))
+
+    return draw
+
+
+def selection_views(layer: float, session: Analysis | None, token: int | None) -> Selection:
     """The selection views for ``token`` (None clears the selection)."""
-    if session is None:
-        return TokenSelection(None, gr.skip(), TOKEN_HINT)
-    with user_errors("select this token"):
-        token = valid_token(session, token)
-        highlights = token_highlights(session.trace, layer_index(layer, session.trace.num_layers), token)
-        return TokenSelection(token, highlights, token_lineage(session, token))
+    return lifecycle.select(KIND, Selection, session, token, highlighted(layer))
 
 
-def clear_token(layer: float, session: Analysis | None) -> TokenSelection:
-    return token_views(layer, session, None)
+def clear_selection(layer: float, session: Analysis | None) -> Selection:
+    return selection_views(layer, session, None)
 
 
-TextAfterRun = outputs_type("TextAfterRun", TokenSelection, then=[("link", str)])  # + the view's URL query
+AfterRun = lifecycle.after_run_type("TextAfterRun", [("tokens", Any)])  # selected, tokens, lineage, link
 
 
-def after_text_run(session: Analysis | None, selected: int | None, prompt: str | None, model: str, method: str,
-                   schedule: str, ratio: float, layer: float) -> TextAfterRun:
-    """After a model run: keep the selection when it still indexes the prompt, else drop it (no redraw),
-    and the link to the view (one event: see ``image_tab.after_image_run``)."""
-    token = valid_token(session, selected)
-    views = TokenSelection(None, gr.skip(), TOKEN_HINT) if token is None else token_views(layer, session, token)
-    return TextAfterRun(*views, link=text_view_link(prompt, model, method, schedule, ratio, layer))
+def after_run(session: Analysis | None, selected: int | None, prompt: str | None, model: str, method: str,
+              schedule: str, ratio: float, layer: float) -> AfterRun:
+    """After a model run: the selection and its lineage in the new trace, the tokens with its group (cheap:
+    a token clicked while the model ran shows too; else left as the run drew them), and the link to the view."""
+    return lifecycle.after_run(KIND, AfterRun, session, selected, view_link(prompt, model, method, schedule, ratio, layer),
+                               highlighted(layer))
 
 
-def open_text_view(request: gr.Request):
+def open_view(request: gr.Request):
     """Page load: the prompt and settings from the link (tomviz/ui/share.py) when it is a Text-tab link."""
-    view = request_view(request, [], tab="text")
-    if view.tab != "text":  # an Image-tab link: this tab opens on its defaults
-        return EXAMPLE_PROMPTS[0], "minilm", "tome", "constant", 0.5, 3
-    return (view.prompt or EXAMPLE_PROMPTS[0], view.model or "minilm", view.method, view.schedule, view.ratio,
-            view.layer or 3)
+    view = lifecycle.opened_view(KIND, request, [])
+    return (view.prompt or EXAMPLE_PROMPTS[0], *lifecycle.view_settings(KIND, view))
 
 
-def text_view_link(prompt: str | None, model: str, method: str, schedule: str, ratio: float, layer: float) -> str:
+def view_link(prompt: str | None, model: str, method: str, schedule: str, ratio: float, layer: float) -> str:
     """The URL query of the current view, prompt included."""
     return view_query("text", model, method, schedule, ratio, layer, prompt=(prompt or "").strip() or None)
 
@@ -172,6 +145,7 @@ def text_downloads(session: Analysis | None = None) -> list[str]:
     return [str(session.trace.save(folder / "trace.json")), str(session.trace.save(folder / "trace.npz"))]
 
 
+# --- layout and wiring -------------------------------------------------------------------
 def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
     """Lay out the Text tab's components inside the current ``gr.Tab``; returns them by name (no events)."""
     c: dict[str, Any] = dict(session=session_state(), selected=session_state())  # selected: the clicked input token
@@ -181,7 +155,7 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                                     value=EXAMPLE_PROMPTS[0] if demo is not None else None)
             c["run"] = gr.Button("Run", variant="primary")
             c["examples"] = gr.Examples(EXAMPLE_PROMPTS, inputs=c["prompt"], label="Example prompts")
-            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls("minilm", TEXT_MODELS)
+            c["model"], c["method"], c["schedule"], c["prop_attn"], c["ratio"] = merge_controls(KIND.default_model, TEXT_MODELS)
             c["layer"] = layer_slider(6, 3)
             with gr.Row():
                 c["link"] = gr.Textbox(label="Link to this view", elem_id="share-link-text", interactive=False, scale=4,
@@ -195,7 +169,7 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                                              elem_id="text-groups")
             gr.Markdown(TOKENS_CAPTION, elem_classes=["caption"])
             with gr.Row():
-                c["lineage"] = gr.Markdown(TOKEN_HINT, elem_id="text-lineage")
+                c["lineage"] = gr.Markdown(LINEAGE_HINT, elem_id="text-lineage")
                 c["clear"] = gr.Button("Clear the selection", scale=0)
             c["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
             c["attention"] = gr.Plot(label="CLS attention per group")
@@ -214,32 +188,14 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
     settings of a Text-tab link (else the first example prompt) are filled in and inspected when a visitor
     opens the page."""
     c = text_tab_layout(demo)
-    session, selected, layer, link = c["session"], c["selected"], c["layer"], c["link"]
-    main_outputs = [c[name] for name in TextOutputs._fields]
-    main_inputs = [c[name] for name in ("prompt", "ratio", "model", "method", "schedule", "prop_attn", "layer", "session")]
-    selection_outputs = [c[name] for name in TokenSelection._fields]
-    link_inputs = [c[name] for name in ("prompt", "model", "method", "schedule", "ratio", "layer")]
-    run_model = dict(inputs=main_inputs, outputs=main_outputs, concurrency_id="model", concurrency_limit=1)
-
-    def after_run(event):  # the selection and the link follow the run (see image_tab.build_image_tab)
-        return (event.then(after_text_run, [session, selected, *link_inputs],
-                           [c[n] for n in TextAfterRun._fields], api_visibility="private", queue=False,
-                           show_progress="hidden")
-                .then(None, link, link, js=LINK_JS, queue=False, show_progress="hidden"))
-
-    after_run(gr.on([c["run"].click, c["prompt"].submit, c["ratio"].release, c["model"].change, c["method"].change,
-                     c["schedule"].change, c["prop_attn"].change],
-                    inspect_text, api_name="inspect_text", trigger_mode="always_last", **run_model))
-    if demo is not None:
-        opened = demo.load(open_text_view, None, link_inputs, api_visibility="private", queue=False, show_progress="hidden")
-        after_run(opened.then(inspect_text, api_name="open_page_text", api_visibility="private", **run_model))
-    after_run(c["examples"].load_input_event.then(inspect_text, api_name="pick_example_text", api_visibility="private",
-                                                  **run_model))
-    layer.input(render_text_layer, inputs=[layer, session, selected],  # a redraw: skip the queue
-                outputs=[c[name] for name in TextLayerViews._fields], api_name="render_text_layer",
-                trigger_mode="always_last", show_progress="hidden", queue=False,
-                ).then(None, [link, layer], link, js=LINK_JS, queue=False, show_progress="hidden")  # only the layer changed
-    c["tokens"].select(select_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
-    c["clear"].click(clear_token, [layer, session], selection_outputs, queue=False, show_progress="hidden")
-    c["copy"].click(None, link, link, js=COPY_JS, queue=False)
-    c["download"].click(text_downloads, inputs=session, outputs=c["files"], api_name="text_downloads")
+    settings = ["model", "method", "schedule", "prop_attn"]
+    link_inputs = ["prompt", "model", "method", "schedule", "ratio", "layer"]
+    lifecycle.wire_runs(
+        c, inspect_text, ["prompt", "ratio", *settings, "layer", "session", "selected"], TextOutputs,
+        [c["run"].click, c["prompt"].submit, c["ratio"].release, *[c[n].change for n in settings]],
+        ("inspect_text", "pick_example_text", "open_page_text"), after_run, AfterRun, link_inputs, demo, open_view,
+        link_inputs)
+    lifecycle.wire_layer(c, render_text_layer, ["layer", "session", "selected"], LayerViews, "render_text_layer")
+    lifecycle.wire_selection(c, Selection, [("tokens", select_token)], clear_selection, ["layer", "session"],
+                             "clear_token")  # the endpoint's name before the tabs shared one life-cycle
+    c["download"].click(text_downloads, inputs=c["session"], outputs=c["files"], api_name="text_downloads")

@@ -11,15 +11,16 @@ import gradio as gr
 from PIL import Image
 
 import tomviz
+from tomviz.merge import registry
 from tomviz.merge.visual import VISUAL_METHODS
 from tomviz.models.vlm import LoadedVLM
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
-from tomviz.ui.common import PromptBox, session_state, user_errors
+from tomviz.ui.common import MAX_RATIO, PromptBox, session_state, user_errors
 from tomviz.ui.guards import ImageFile
 from tomviz.ui.server import HEAVY
 
 # SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap. LLaVA-OneVision is drawn on
-# its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random, fastv).
+# its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random_prune, fastv).
 VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
               "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf"]
 PLACES = [("In the vision encoder (merge, compute, unmerge)", "encoder"),
@@ -92,8 +93,7 @@ def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "b
             raise ValueError(f"{model} is not a vision-language model: this tab takes SmolVLM / Idefics3 / LLaVA models")
         if place == "llm":
             method = "fastv"
-        if place != "encoder" and method not in VISUAL_METHODS:
-            raise ValueError(f"{method} works in the encoder; at the boundary choose one of {', '.join(sorted(VISUAL_METHODS))}")
+        registry.entry(method, place)  # the registry's message for a method that does not work there
         tokens = int(min(max(1, round(max_new_tokens or 24)), MAX_NEW_TOKENS))
         res = tomviz.inspect(loaded, (image, question), ratio=float(ratio), method=method, place=place, max_new_tokens=tokens)
         boundary = res.stages["boundary"]
@@ -125,7 +125,7 @@ def build_vlm_tab() -> None:
                                 info="SmolVLM / Idefics3 / LLaVA from the Hugging Face hub")
             place = gr.Radio(PLACES, value="boundary", label="Where to reduce")
             method = gr.Dropdown(method_choices(), value="tome", label="Method")
-            ratio = gr.Slider(0.0, 0.95, value=0.5, step=0.05, label="Ratio", info="Fraction of the visual tokens removed")
+            ratio = gr.Slider(0.0, MAX_RATIO, value=0.5, step=0.05, label="Ratio", info="Fraction of the visual tokens removed")
             max_new = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="Answer length bound (tokens)")
             run = gr.Button("Ask", variant="primary")
         with gr.Column(scale=7):

@@ -2,18 +2,18 @@
 
 At ``place="encoder"`` a merge method of ``tomviz.METHODS`` runs inside the vision tower; for a
 boundary method that reads the encoder's attention, the attention received per patch is kept from
-two layers (``"middle"``: L//2, ``"deep"``: L-2).
+two layers that the method names (``"middle"``, ``"deep"``: L//2 and L-2, or HiPrune's anchor and register layers).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
+from tomviz.merge.request import MergeRequest
 from tomviz.merge.schedule import resolve_schedule
 from tomviz.merge.visual import VisualMethod, get_visual_method
 from tomviz.models import patching
@@ -65,13 +65,13 @@ def boundary_method(red: Reduction) -> VisualMethod | None:
 
 def encoder_config(red: Reduction, tower: VisionTower, num_patches: int) -> MergeConfig:
     """The vision tower's merge config: ``red``'s method at ``place="encoder"``, else nothing merged."""
-    at_encoder = red.place == "encoder"
-    method = get_method(red.method if at_encoder else "tome", **(red.method_options if at_encoder else {}))
-    if not at_encoder or red.ratio == 0:
-        return MergeConfig(method=method, r=0, prop_attn=red.prop_attn)
+    if red.place != "encoder":
+        return MergeRequest(method="tome", r=0, prop_attn=red.prop_attn).config()
+    request = replace(red.request, ratio=None, r=0)
+    if red.ratio == 0:
+        return request.config()
     per_layer = resolve_schedule(None, red.ratio, tower.used, num_patches, tower.protected, red.schedule)
-    return MergeConfig(method=method, r=per_layer + [0] * (tower.num_layers - tower.used), prop_attn=red.prop_attn,
-                       trace=True)
+    return replace(request, r=per_layer + [0] * (tower.num_layers - tower.used)).config(trace=True)
 
 
 def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | None) -> None:
@@ -81,14 +81,14 @@ def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | No
         raise ValueError(adapter.encoder_merging)
     if method is not None and method.needs_grid and not adapter.uniform_grid:
         raise ValueError(f"{red.method} reads the tiles' token grid; {adapter.family}'s visual tokens are not equal "
-                         "tiles (base view + a cropped anyres grid): use tome, dtome or random")
+                         "tiles (base view + a cropped anyres grid): use tome, dtome or random_prune")
 
 
 def attention_layers(method: VisualMethod | None, tower: VisionTower) -> dict[str, int]:
-    """The encoder layers whose attention a boundary method reads: ``{"deep": L-2, "middle": L//2}``."""
+    """The encoder layers whose attention a boundary method reads (``{"deep": ..., "middle": ...}``, the method's own)."""
     if method is None or not method.needs_attention:
         return {}
-    return {"deep": max(0, tower.used - 2), "middle": tower.used // 2}
+    return method.attention_layers(tower.used)
 
 
 def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
@@ -106,8 +106,8 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     stages: dict[str, Trace] = {}
     layers = attention_layers(method, tower)
     with torch.inference_mode():
-        state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge)
-        state.attention_layers = tuple(layers.values())
+        state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge,
+                              attention_layers=tuple(layers.values()))
         with state:
             features = adapter.image_features(model, tensors)[None]  # [1, V', D]
         if config.trace:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from tomviz.merge.plan import MergePlan
-from tomviz.merge.visual import FastV, VisualTokens, group_sizes, sequence_order
+from tomviz.merge.fastv import fastv_keep_count, fastv_top
+from tomviz.merge.visual import VisualTokens, group_sizes, sequence_order
 from tomviz.models import llm
 from tomviz.models.vlm import LoadedVLM
 from tomviz.trace import LayerTrace, Trace
@@ -103,7 +104,7 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
                 key_bias = None
         fastv = None
         if red.place == "llm" and red.ratio > 0:
-            fastv = fastv_request(loaded, red, num_visual, token_grid, num_tiles)
+            fastv = fastv_request(loaded, red, num_visual)
         vtu = None
         if red.vtu:
             key_bias = None  # each member is its own virtual key: no log-size bias
@@ -134,16 +135,14 @@ def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, v
     return llm.VirtualTokens(index=index, rotary=rotary)
 
 
-def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int, token_grid, num_tiles: int) -> llm.FastVRequest:
+def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int) -> llm.FastVRequest:
     if not 1 <= red.fastv_layer < len(loaded.language_model.layers):
         raise ValueError(f"fastv_layer must be 1..{len(loaded.language_model.layers) - 1}")
-    keep = max(1, num_visual - int(round(red.ratio * num_visual)))
-    selector = FastV()
+    keep = max(1, fastv_keep_count(num_visual, red.ratio))  # FastV's round(V (1 - r)); at least one
 
     def select(attention: torch.Tensor) -> torch.Tensor:
-        """attention ``[1, V]`` → the kept visual indices ``[keep]``, ascending."""
-        tokens = VisualTokens(features=attention[..., None], tile_grid=token_grid, num_tiles=num_tiles, attention=attention)
-        return (selector.plan(tokens, keep).dst[0] >= 0).nonzero()[:, 0]
+        """attention ``[1, V]`` → the kept visual indices ``[keep]``, ascending (``torch.topk``, as FastV)."""
+        return fastv_top(attention, keep)[0]
 
     return llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
 

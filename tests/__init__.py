@@ -1,0 +1,1 @@
+"""tomviz's tests; a package so that tests share helpers as ``from tests import tiny``."""

@@ -1,0 +1,169 @@
+"""AIM (Zhong et al., "AIM: Adaptive Inference of Multi-Modal LLMs via Token Merging and Pruning",
+arXiv 2412.03248) as its authors' code does it: pure tensor math, no model knowledge.
+
+Two stages, read from LaVi-Lab/AIM @edc24e9:
+
+**Merging before the LLM** (``llava/model/token_merge.py`` ``bipartite_soft_matching_merge``): ToMe's
+bipartite matching (A = even positions, B = odd) on a metric, cosine, nothing protected; the ``r``
+A tokens with the best match (``argsort`` descending) merge into their B partner, which becomes the
+**plain mean** of itself and its sources (``scatter_reduce(.., "mean")``: no sizes carried, no
+proportional attention). Output order: the unmerged A tokens in descending best-match order, then the
+B tokens in order. Schedules (:func:`merge_schedule`):
+
+* ``"onevision"`` (``llava/model/llava_arch.py`` ``get_2dPool``): video frames only, after the
+  projector and the 2x2 pooling (27x27 → 14x14 = 196); metric = the features; ``r = n // 2`` then
+  ``r = n // 4`` of the pooled count ``n`` (196 → 98 → 49).
+* ``"llava15"`` (``other_packages/LLaVA-PruMerge/llava/model/multimodal_encoder/clip_encoder.py``
+  ``CLIPVisionTower.forward``): per image, metric = the keys (``k_proj`` output, all heads) of CLIP's
+  last layer without CLS, merged alongside with the same plain mean; ``r = 288`` then ``36``
+  (576 → 288 → 252).
+
+**Pruning inside the LLM** (``other_packages/transformers/src/transformers/models/qwen2/
+modeling_qwen2.py`` ``get_importance`` and ``Qwen2Model.forward``; the same in
+``other_packages/LLaVA-PruMerge/modeling_llama.py``): in every prefill layer, the pre-softmax logits
+(scaled, plus the causal and pruning mask) → softmax at temperature 0.1 → 5 PageRank steps from the
+uniform distribution (no damping) → root mean square over heads (:func:`pagerank_scores`). After layer
+``l``: text tokens score 1, already-pruned tokens -1; keep the ``int(P + (N - P) * rate[l])`` highest
+(``torch.sort`` descending; ``P`` = text tokens, ``N - P`` = the **original** visual count), where
+``rate[l] = max(0, 1 - (l - S + 1) / 8)`` from layer ``S`` on and 1 before (:func:`retain_rates`;
+``S = 14`` of 28 layers for Qwen2, ``13`` of 32 for LLaMA: the first pruning happens after layer
+``S`` and no visual token is left after layer ``S + 7``). Pruning is a key **mask**
+(:func:`keep_mask`): the tokens stay, keep their positions and cache entries, and their rows still
+take part in the next PageRank rounds. Physical dropping (:func:`kept_positions`) is an option that
+removes them instead.
+
+Deliberate differences: each batch element uses its own text count (the original takes batch
+element 0's for all); the original prunes only under eager attention, these functions take the
+logits from whichever kernel the caller recomputes them with.
+"""
+from __future__ import annotations
+
+import torch
+
+from tomviz.merge.plan import MergePlan
+
+TEMPERATURE = 0.1  # get_importance(tau_imp=0.1)
+PAGERANK_STEPS = 5  # get_importance(iters=5)
+START_LAYER = {28: 14, 32: 13}  # Qwen2 (LLaVA-OneVision-7B) and LLaMA (LLaVA-1.5-7B) schedules
+RATE_STEP = 0.125
+
+
+def bipartite_plan_score_order(metric: torch.Tensor, r: int) -> MergePlan:
+    """ToMe's matching as its reference code orders it without protected tokens (facebookresearch/ToMe
+    ``tome/merge.py`` ``bipartite_soft_matching`` with ``class_token=False``; AIM's and TinyChart's copies).
+
+    metric: ``[B, N, C]`` (cosine; nothing protected). Returns a plan with ``N - r`` outputs (``r``
+    clipped to ``N // 2``): outputs ``0..Na-r-1`` are the unmerged A tokens in descending best-match
+    order (:func:`tomviz.merge.tome.bipartite_plan` sorts them by position instead, which changes the
+    next layer's split), then the ``Nb`` B tokens in order. AIM applies it with ``plan.merge(x, None)``
+    (equal sizes: each group the plain mean); TinyChart with the sizes (size-weighted mean).
+    """
+    batch, num_tokens, _ = metric.shape
+    r = min(r, num_tokens // 2)
+    if r <= 0:
+        return MergePlan.identity(batch, num_tokens, metric.device)
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
+    best, partner = scores.max(dim=-1)  # [B, Na]
+    order = best.argsort(dim=-1, descending=True)  # [B, Na] as the original's edge_idx
+    num_a = scores.shape[1]
+    num_b = num_tokens - num_a
+    unmerged_rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_a, device=order.device).expand(batch, -1))
+    a_dst = torch.where(unmerged_rank >= r, unmerged_rank - r, num_a - r + partner)  # [B, Na]
+    b_dst = (num_a - r + torch.arange(num_b, device=order.device)).expand(batch, -1)  # [B, Nb]
+    dst = torch.empty(batch, num_tokens, dtype=torch.long, device=metric.device)
+    dst[:, ::2], dst[:, 1::2] = a_dst, b_dst
+    return MergePlan(dst=dst, num_out=num_tokens - r)
+
+
+def merge_schedule(num_tokens: int, variant: str = "onevision") -> list[int]:
+    """The authors' per-frame / per-image ``r`` list for ``num_tokens`` tokens.
+
+    ``"onevision"``: ``[n // 2, n // 4]`` (196 → 98 → 49); ``"llava15"``: ``[n // 2, n // 16]``
+    (576 → 288 → 252, the original's hard-coded 288 and 36).
+    """
+    if variant == "onevision":
+        return [num_tokens // 2, num_tokens // 4]
+    if variant == "llava15":
+        return [num_tokens // 2, num_tokens // 16]
+    raise ValueError(f"unknown AIM merge schedule {variant!r}: choose 'onevision' or 'llava15'")
+
+
+def aim_merge(
+    features: torch.Tensor, schedule: list[int], metric: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AIM's merging before the LLM, one frame or image per batch element.
+
+    features: ``[B, N, D]``; schedule: ``r`` per step (:func:`merge_schedule`); metric: ``[B, N, C]``
+    (None = the features themselves, the OneVision variant), merged alongside by the same plain mean.
+    Returns (``[B, N', D]`` merged features, ``[B, N]`` long: the output token each input joined).
+    """
+    batch, num_tokens, _ = features.shape
+    source = torch.arange(num_tokens, device=features.device).expand(batch, -1)
+    for r in schedule:
+        plan = bipartite_plan_score_order(features if metric is None else metric, r)
+        features = plan.merge(features, None)[0]
+        if metric is not None:
+            metric = plan.merge(metric, None)[0]
+        source = plan.compose(source)
+    return features, source
+
+
+def pagerank_scores(
+    logits: torch.Tensor, temperature: float = TEMPERATURE, steps: int = PAGERANK_STEPS, damping: float = 0.0
+) -> torch.Tensor:
+    """AIM's importance of every token: ``[B, H, N, N]`` pre-softmax logits (scaled, with the causal
+    and pruning mask added) → ``[B, N]``.
+
+    ``M = softmax(logits / temperature)`` per head; ``p ← p M (1 - damping) + damping / N`` ``steps``
+    times from ``p = 1 / N``; the result is the root mean square of ``p`` over heads.
+    """
+    batch, heads, num_tokens, _ = logits.shape
+    transition = torch.softmax(logits / temperature, dim=-1, dtype=torch.float32)  # [B, H, N, N]
+    dist = torch.full((batch, heads, 1, num_tokens), 1.0 / num_tokens, dtype=torch.float32, device=logits.device)
+    for _ in range(steps):
+        dist = (dist @ transition) * (1 - damping) + damping / num_tokens
+    return dist.pow(2).mean(dim=1).pow(0.5).view(batch, num_tokens)
+
+
+def retain_rates(num_layers: int, start: int | None = None, step: float = RATE_STEP) -> list[float]:
+    """``[num_layers]`` fraction of the original visual tokens kept after each layer:
+    1 before ``start``, then ``max(0, 1 - (l - start + 1) * step)`` (``start`` default: 14 of 28, 13 of 32)."""
+    if start is None:
+        if num_layers not in START_LAYER:
+            raise ValueError(f"AIM's authors give a schedule for 28 or 32 layers, not {num_layers}: pass start")
+        start = START_LAYER[num_layers]
+    return [max(0.0, 1.0 - (layer - start + 1) * step) if layer >= start else 1.0 for layer in range(num_layers)]
+
+
+def keep_mask(scores: torch.Tensor, active: torch.Tensor, protected: torch.Tensor, rate: float) -> torch.Tensor:
+    """The tokens still attended to after a layer with retain rate ``rate``.
+
+    scores: ``[B, N]`` (:func:`pagerank_scores`); active: ``[B, N]`` bool, not pruned so far;
+    protected: ``[B, N]`` bool, the text tokens (always kept). Returns ``active`` AND the
+    ``int(P + (N - P) * rate)`` highest-scoring tokens (text 1, pruned -1; ``torch.sort`` descending).
+    """
+    if rate >= 1.0:
+        return active
+    ranked = scores.masked_fill(~active, -1.0).masked_fill(protected, 1.0)
+    order = torch.sort(ranked, dim=-1, descending=True).indices  # [B, N]
+    num_tokens = scores.shape[1]
+    keep = torch.zeros_like(active)
+    for row, num_protected in enumerate(protected.sum(dim=1).tolist()):
+        count = int((num_tokens - num_protected) * rate + num_protected)
+        keep[row, order[row, :count]] = True
+    return active & keep
+
+
+def key_bias(active: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[B, 1, 1, N]`` additive attention bias that masks the pruned keys (``active`` ``[B, N]`` False)."""
+    return torch.zeros(active.shape, dtype=dtype, device=active.device).masked_fill(~active, torch.finfo(dtype).min)[:, None, None]
+
+
+def kept_positions(active: torch.Tensor) -> torch.Tensor:
+    """Physical dropping instead of masking: ``[B, K]`` the positions of the active tokens, ascending
+    (every batch element must keep the same count). They keep their original position ids."""
+    counts = active.sum(dim=1)
+    if not bool((counts == counts[0]).all()):
+        raise ValueError("physical dropping needs the same number of kept tokens in every batch element")
+    return active.nonzero()[:, 1].view(active.shape[0], -1)

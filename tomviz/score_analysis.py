@@ -1,0 +1,74 @@
+"""What the Scores tab computes: one model run, then a Banzhaf or image × text (HBI) estimate, without gradio.
+
+Each function loads the model by name (``untrusted=True``: the name comes from a visitor; the front end
+picks the default when it is empty), inspects the
+input once with the hidden states kept, and plays the game on the groups after a 1-based layer. The
+:class:`ScoreSession` it returns is small and CPU-only (numpy results and the photo at display size), so a
+front end keeps it per visitor and re-renders from it without running the model again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+import tomviz
+from tomviz.render.overlay import display_image
+from tomviz.scores.attention import rollout_grid
+from tomviz.scores.banzhaf import BanzhafResult, banzhaf
+from tomviz.scores.hbi import HBIResult, hbi
+
+Progress = Callable[[float, str], None]  # progress(fraction done, message)
+
+
+@dataclass
+class ScoreSession:
+    """One estimate, for re-rendering (CPU numpy only; deep-copyable)."""
+
+    result: BanzhafResult | HBIResult
+    image: Image.Image | None  # the photo at display size (image models)
+    rollout: np.ndarray | None = None  # [rows, cols] CLS attention rollout through the merges (image models)
+
+
+def groups_layer(layer: float, num_layers: int) -> int:
+    """"Groups after layer k" (1-based ``layer``) → the 0-based layer, k clamped to ``1..num_layers - 1``
+    (at least one layer must run after it for the coalitions)."""
+    return int(min(max(int(round(layer)), 1), num_layers - 1)) - 1
+
+
+def compute_banzhaf(model: str, image: Any, text: str | None, ratio: float, layer: float, samples: int,
+                    exact: bool, seed: int, progress: Progress | None = None) -> ScoreSession:
+    """Inspect the input (``image`` for image models, ``text`` for text models) and estimate the Banzhaf
+    values of the groups after the 1-based ``layer``. ValueError when the model's input is missing."""
+    loaded = tomviz.load(model.strip(), untrusted=True)
+    image_model = loaded.modality == "image"
+    if image_model:
+        if image is None:
+            raise ValueError("upload an image (or pick an example) for an image model")
+        x: Any = image
+    else:
+        if not text or not str(text).strip():
+            raise ValueError("type a prompt for a text model")
+        x = str(text)
+    res = tomviz.inspect(loaded, x, ratio=float(ratio), keep_hidden=True, full_attention=image_model)
+    result = banzhaf(res, groups_layer(layer, loaded.num_layers), samples=int(samples), exact=bool(exact),
+                     seed=int(seed), progress=progress)
+    photo = display_image(res.inputs.image) if res.inputs.image is not None else None
+    return ScoreSession(result=result, image=photo, rollout=rollout_grid(res.trace) if image_model else None)
+
+
+def compute_hbi(model: str, image: Any, text: str, ratio: float, layer: float, samples: int, exact: bool,
+                seed: int, progress: Progress | None = None) -> ScoreSession:
+    """Image groups after the 1-based ``layer`` × the words of ``text``, one game on a CLIP model. Raises
+    ``tomviz.ModelLoadError`` when the weights cannot be loaded (no hub access), ``ValueError`` for bad input."""
+    loaded = tomviz.load(model.strip(), untrusted=True)
+    if not loaded.clip_text:
+        raise ValueError(f"{loaded.name} is not a CLIP model with image and text towers")
+    if image is None:
+        raise ValueError("upload an image (or pick an example)")
+    res = tomviz.inspect(loaded, image, ratio=float(ratio), keep_hidden=True)
+    result = hbi(res, text, groups_layer(layer, loaded.num_layers), samples=int(samples), exact=bool(exact),
+                 seed=int(seed), progress=progress)
+    return ScoreSession(result=result, image=display_image(res.inputs.image))

@@ -242,3 +242,25 @@ def test_results_uploads_that_decode_large_are_refused_through_the_app(client, t
         client.predict(file=handle_file(str(bomb)), api_name="/open_bench")
     assert_clean(str(info.value))
     assert time.monotonic() - start < 10 and rss() - before < MAX_GROWTH
+
+
+def test_bad_share_link_parameters_show_the_visitor_a_notice(app_url):
+    import shutil
+
+    from tests.app.test_browser import CHROMIUM, LAUNCH_ARGS
+
+    if shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url + "?tab=image&ratio=7&layer=abc")
+            toast = page.locator("[data-testid='toast-body'], .toast-body").first
+            toast.wait_for(timeout=120_000)
+            text = " ".join(page.locator("[data-testid='toast-body'], .toast-body").all_inner_texts())
+            assert "ratio='7' was ignored" in text and "layer='abc' was ignored" in text
+        finally:
+            browser.close()

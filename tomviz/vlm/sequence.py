@@ -53,6 +53,8 @@ def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
 
 def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
     """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
+    if encoded.carried is not None:
+        return ordered_prefill(loaded, inputs, encoded, red)
     features, plan, token_grid, num_tiles = encoded.features, encoded.plan, encoded.token_grid, encoded.num_tiles
     stages = dict(encoded.stages)
     input_ids = inputs.tensors["input_ids"]
@@ -111,6 +113,32 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
     return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
                    vtu=vtu)
+
+
+def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
+    """The LLM's input when a method ran before the projector (VisionZip): each crop's ``n`` features, in the
+    method's order, take the first ``n`` places of that crop's image block, as the original's LLaVA puts its
+    image features where the image token was (contiguous positions, no size bias). ``encoded.carried`` (each
+    crop's CLS) are passed on like text: they are no visual token of the trace."""
+    if red.vtu:
+        raise ValueError(f"virtual token unmerging expands merged groups; {red.method} adds a CLS token and "
+                         "contextual tokens that are no group mean: use tome, dtome or downsample")
+    input_ids = inputs.tensors["input_ids"]
+    visual = input_ids[0] == loaded.image_token_id  # [L]
+    num_crops = encoded.num_tiles
+    per_crop = encoded.features.shape[1] // num_crops
+    blocks = visual.nonzero()[:, 0].view(num_crops, -1)  # [T, P] each crop's image positions
+    keep_seq = ~visual
+    keep_seq[blocks[:, :per_crop].reshape(-1)] = True
+    image = visual[keep_seq]  # [L'] the features' places
+    with torch.inference_mode():
+        embeds = loaded.language_model.get_input_embeddings()(input_ids)[:, keep_seq].clone()  # [1, L', C]
+        embeds[0, image] = encoded.features[0].to(embeds.dtype)
+    new_visual = image.clone()
+    new_visual[image.nonzero()[:, 0][encoded.carried]] = False
+    meta = {**encoded.meta, "method": red.method, "prop_attn": False}
+    stages = {**encoded.stages, "boundary": stage_trace("boundary", encoded.plan, meta)}
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=None, stages=stages, encoder_seconds=0.0)
 
 
 def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, visual: torch.Tensor,

@@ -21,6 +21,7 @@ REDUCTIONS = [
     vlm.Reduction("llm", "fastv", 0.5, fastv_layer=1),
     vlm.Reduction("boundary", "visionzip_paper", 0.5),
     vlm.Reduction("boundary", "hiprune", 0.5),
+    vlm.Reduction("boundary", "aim", 0.5),
     vlm.Reduction("boundary", "dtome", 0.5, method_options={"threshold": -1.0}),  # every proposal passes: down to the floor
 ]
 

@@ -27,7 +27,8 @@ Methods of this place only:
 * ``visionzip``: the authors' rule (:mod:`tomviz.merge.visionzip`), per crop before the projector: CLS and
   the "dominant" patches of layer -2's CLS attention, the rest merged into "contextual" tokens by key
   similarity; the model hands over the encoder's tensors (``before_projector``);
-* ``visionzip_paper``: the paper's description on the LLM's tokens, for families without a CLS token.
+* ``visionzip_paper``: the paper's description on the LLM's tokens, for families without a CLS token;
+* ``aim``: AIM's plain-mean bipartite merging per tile (inside the LLM: its PageRank pruning).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 
 from tomviz.merge import registry
+from tomviz.merge.aim import aim_merge, merge_steps
 from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.checks import deprecated
 from tomviz.merge.fastv import fastv_top
@@ -69,6 +71,7 @@ class VisualMethod:
     needs_attention: ClassVar[bool] = False  # VisualTokens.attention must be given
     needs_grid: ClassVar[bool] = False  # reads the tile grid (or attention pooled onto it): equal tiles only
     before_projector: ClassVar[bool] = False  # selects on the vision encoder's tensors before the projector (``select``)
+    own_values: ClassVar[bool] = False  # ``reduce`` gives the LLM's tokens in the method's order (not group means)
 
     def plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
         num_tokens = tokens.features.shape[1]
@@ -251,6 +254,39 @@ def visionzip_counts(keep: int) -> tuple[int, int]:
         raise ValueError(f"visionzip keeps the CLS token and at least one patch per crop, not {keep} tokens: lower the ratio")
     contextual = round(keep * CONTEXTUAL / (DOMINANT + CONTEXTUAL))
     return keep - contextual, contextual
+
+
+class AIM(VisualMethod):
+    """AIM (Zhong et al., arXiv 2412.03248) at the boundary: its merging before the LLM
+    (:func:`tomviz.merge.aim.aim_merge`), per tile or frame with the same budget: ToMe's bipartite matching on
+    the features, each destination the **plain mean** (no sizes, no proportional attention), the output in
+    the original's order (unmerged A by best match, then B), steps of at most half
+    (:func:`tomviz.merge.aim.merge_steps`: ratio 0.75 on 196 tokens is the authors' OneVision 196 → 98 → 49,
+    0.5625 on 576 their LLaVA-1.5 576 → 288 → 252). Inside the LLM the same name is its PageRank pruning,
+    run by the LLM adapter (``tomviz.models.llm.AIMRequest``)."""
+
+    needs_grid = True
+    own_values = True
+    name = "aim"
+    label = "AIM (plain-mean bipartite merging per tile; inside the LLM: PageRank pruning)"
+
+    def reduce(self, tokens: VisualTokens, keep: int) -> tuple[torch.Tensor, MergePlan]:
+        """``([B, keep', D]`` the merged tokens in AIM's order, the plan ``[B, V]`` onto them): ``keep'`` is
+        ``round(keep / T)`` per tile."""
+        batch, num_tokens, width = tokens.features.shape
+        tiles = tokens.num_tiles
+        per_tile = round(keep / tiles)
+        if num_tokens % tiles or per_tile < 1:
+            raise ValueError(f"aim merges per tile: {num_tokens} tokens in {tiles} tiles cannot keep {keep}")
+        x = tokens.features.reshape(batch * tiles, num_tokens // tiles, width)  # [B*T, n, D]
+        merged, source = aim_merge(x, merge_steps(x.shape[1], per_tile))  # [B*T, k, D], [B*T, n]
+        kept = merged.shape[1]
+        offset = torch.arange(tiles, device=source.device).repeat(batch)[:, None] * kept
+        dst = (source + offset).reshape(batch, num_tokens)
+        return merged.reshape(batch, tiles * kept, width), MergePlan(dst=dst, num_out=tiles * kept)
+
+    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
+        return self.reduce(tokens, keep)[1]
 
 
 class VisionZipPaper(VisualMethod):

@@ -54,7 +54,7 @@ def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
 def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
     """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
     if encoded.carried is not None:
-        return ordered_prefill(loaded, inputs, encoded, red)
+        return ordered_prefill(loaded, inputs, encoded, red, encoded.features, encoded.plan, encoded.carried)
     features, plan, token_grid, num_tiles = encoded.features, encoded.plan, encoded.token_grid, encoded.num_tiles
     stages = dict(encoded.stages)
     input_ids = inputs.tensors["input_ids"]
@@ -74,6 +74,8 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             tokens = VisualTokens(features=features, tile_grid=token_grid, num_tiles=num_tiles, seed=red.seed)
             if method.needs_attention:
                 tokens.attention, tokens.attention_middle = encoded.attention["deep"], encoded.attention.get("middle")
+            if method.own_values:
+                return ordered_prefill(loaded, inputs, encoded, red, *method.reduce(tokens, keep))
             plan = method.plan(tokens, keep)
             boundary_meta["method"] = red.method
         if encoded.merged:  # reorder the merged features by their first patch (the sequence order)
@@ -115,29 +117,32 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
                    vtu=vtu)
 
 
-def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
-    """The LLM's input when a method ran before the projector (VisionZip): each crop's ``n`` features, in the
-    method's order, take the first ``n`` places of that crop's image block, as the original's LLaVA puts its
-    image features where the image token was (contiguous positions, no size bias). ``encoded.carried`` (each
-    crop's CLS) are passed on like text: they are no visual token of the trace."""
+def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction, features: torch.Tensor,
+                    plan: MergePlan, carried: torch.Tensor | None = None) -> Prefill:
+    """The LLM's input when a method gives the LLM's tokens itself, in its own order (VisionZip before the
+    projector, AIM's merging): each crop's ``n`` features ``[1, T*n, D]`` take the first ``n`` places of that
+    crop's image block, as the originals put their image features where the image token was (contiguous
+    positions, no size bias). ``carried`` ``[T*n]`` bool (VisionZip: each crop's CLS) are passed on like text:
+    no visual token of the trace, whose groups are ``plan``'s (outputs in the features' order, without them)."""
     if red.vtu:
-        raise ValueError(f"virtual token unmerging expands merged groups; {red.method} adds a CLS token and "
-                         "contextual tokens that are no group mean: use tome, dtome or downsample")
+        raise ValueError(f"virtual token unmerging expands merged groups; {red.method} gives the LLM tokens that are "
+                         "no group means: use tome, dtome or downsample")
     input_ids = inputs.tensors["input_ids"]
     visual = input_ids[0] == loaded.image_token_id  # [L]
     num_crops = encoded.num_tiles
-    per_crop = encoded.features.shape[1] // num_crops
+    per_crop = features.shape[1] // num_crops
     blocks = visual.nonzero()[:, 0].view(num_crops, -1)  # [T, P] each crop's image positions
     keep_seq = ~visual
     keep_seq[blocks[:, :per_crop].reshape(-1)] = True
     image = visual[keep_seq]  # [L'] the features' places
     with torch.inference_mode():
         embeds = loaded.language_model.get_input_embeddings()(input_ids)[:, keep_seq].clone()  # [1, L', C]
-        embeds[0, image] = encoded.features[0].to(embeds.dtype)
+        embeds[0, image] = features[0].to(embeds.dtype)
     new_visual = image.clone()
-    new_visual[image.nonzero()[:, 0][encoded.carried]] = False
+    if carried is not None:
+        new_visual[image.nonzero()[:, 0][carried]] = False
     meta = {**encoded.meta, "method": red.method, "prop_attn": False}
-    stages = {**encoded.stages, "boundary": stage_trace("boundary", encoded.plan, meta)}
+    stages = {**encoded.stages, "boundary": stage_trace("boundary", plan, meta)}
     return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=None, stages=stages, encoder_seconds=0.0)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from tomviz.merge import aim
 from tomviz.merge.context import PerCallState
 from tomviz.models.patching import PATCH_LOCK
 
@@ -45,6 +46,18 @@ class FastVRequest:
     keep: int  # visual tokens kept
     select: Callable[[torch.Tensor], torch.Tensor]  # attention [1, V] → kept visual indices [k] (ascending)
     query: int = -1  # the prefill position whose attention decides: the last prompt token (-1: the last position)
+
+
+@dataclass
+class AIMRequest:
+    """AIM's PageRank pruning inside the LLM (:mod:`tomviz.merge.aim`), by masking: after each prefill layer
+    whose retain rate is below 1, the layer's attention logits (recomputed, causal and pruning mask added)
+    give each token a PageRank importance, and the visual tokens outside the ``int(V * rate)`` best are
+    masked out of every later layer's keys (prefill and decoding); they keep their places, positions and
+    cache entries, and their rows still vote in the next rounds. Text tokens are never pruned."""
+
+    rates: list[float]  # [num_layers] fraction of the original visual tokens kept after each layer (aim.retain_rates)
+    length: int | None = None  # rank only the first ``length`` positions (the prompt; teacher forcing); None: all
 
 
 @dataclass
@@ -89,10 +102,12 @@ class LLMState(PerCallState, context="tomviz_llm_state"):
     fastv: FastVRequest | None = None
     record_queries: torch.Tensor | None = None  # [Q] long: record these queries' attention (one pass, no cache)
     vtu: VirtualTokens | None = None  # DyMU's virtual token unmerging in every prefill attention
+    aim: AIMRequest | None = None  # AIM's PageRank pruning (masking)
     # filled during the call
     keep: torch.Tensor | None = None  # [L'] long, prefill positions that layers >= K keep (FastV)
     last_attention: torch.Tensor | None = None  # [L] attention of the last prompt token in layer K-1 (mean over heads)
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer [Q, L_l], mean over heads
+    active: list[torch.Tensor] = field(default_factory=list)  # AIM: per layer [L] bool, the keys left after it
 
 
 def current_state() -> LLMState | None:
@@ -116,6 +131,18 @@ def layer_attention(
     hidden: ``[1, L, C]`` the layer's input (no cache: the whole sequence); queries: ``[Q]``
     positions; key_bias: ``[L]`` or None. Returns ``[Q, L]`` float32.
     """
+    return layer_logits(layer, hidden, position_embeddings, queries, key_bias).softmax(-1).mean(1)[0]
+
+
+def layer_logits(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    queries: torch.Tensor,
+    key_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The pre-softmax attention logits of ``queries`` inside ``layer`` (scaled, causal ``-inf`` and
+    ``key_bias`` added), per head: ``[1, H, Q, L]`` float32. Arguments as :func:`layer_attention`."""
     attn = layer.self_attn
     h = layer.input_layernorm(hidden)
     head_dim = attn.head_dim
@@ -131,8 +158,7 @@ def layer_attention(
     if key_bias is not None:
         logits = logits + key_bias.float()
     future = torch.arange(h.shape[1], device=h.device)[None, :] > queries[:, None]  # [Q, L]
-    logits = logits.masked_fill(future, -torch.inf)
-    return logits.softmax(-1).mean(1)[0]  # [Q, L]
+    return logits.masked_fill(future, -torch.inf)
 
 
 def _bias_mask(
@@ -192,6 +218,8 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
                 mask = _slice_keys(mask, keep, prefix)
             if key_bias is not None:
                 key_bias = key_bias[..., keep]
+        if state.aim is not None:
+            key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
             queries = torch.searchsorted(state.keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
@@ -214,6 +242,38 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         return original(hidden_states, *args, **kwargs)
 
     return types.MethodType(forward, layer)
+
+
+def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tensor,
+              position_embeddings: tuple[torch.Tensor, torch.Tensor] | None, key_bias: torch.Tensor | None,
+              prefill: bool) -> torch.Tensor | None:
+    """AIM in layer ``index``: the key bias with the keys pruned before it masked; in the prefill, the keys left
+    after it (``state.active``), ranked by :func:`tomviz.merge.aim.pagerank_scores` of this layer's logits when
+    its retain rate is below 1 (the only layers whose logits are recomputed)."""
+    prefix = state.visual.shape[0]
+    if prefill and index == 0:
+        state.active = []
+    entering = state.active[index - 1] if index > 0 else torch.ones(prefix, dtype=torch.bool, device=hidden.device)
+    pruned = torch.zeros(prefix, device=hidden.device).masked_fill(~entering, torch.finfo(torch.float32).min)
+    key_bias = pruned if key_bias is None else key_bias + pruned
+    if prefill:
+        rate = state.aim.rates[index]
+        leaving = entering
+        if rate < 1.0:
+            length = state.aim.length or prefix
+            queries = torch.arange(length, device=hidden.device)
+            logits = layer_logits(layer, hidden[:, :length], _first(position_embeddings, length), queries,
+                                  key_bias[..., :length])  # [1, H, n, n]
+            kept = aim.keep_mask(aim.pagerank_scores(logits), entering[None, :length],
+                                 ~state.visual[None, :length], rate)[0]
+            leaving = torch.cat([kept, entering[length:]])
+        state.active.append(leaving)
+    return key_bias
+
+
+def _first(position_embeddings: tuple[torch.Tensor, torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = position_embeddings
+    return cos[:, :length], sin[:, :length]
 
 
 def vtu_attention(

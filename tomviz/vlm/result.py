@@ -79,6 +79,23 @@ def fastv_stage(prefill: Any, keep: torch.Tensor, boundary: Trace, layer: int) -
                   {**boundary.meta, "method": "fastv", "layer": layer})
 
 
+def aim_stage(prefill: Any, active: list[torch.Tensor], boundary: Trace, rates: list[float]) -> Trace:
+    """AIM's pruning inside the LLM as a trace with one layer per LLM layer, over the visual tokens that reach
+    it: after layer ``l`` the visual keys still attended to (``active[l]`` ``[L]`` bool over the prefill),
+    renumbered in order; the masked ones -1 (they stay in the sequence, masked out of every later attention)."""
+    visual_positions = prefill.visual.nonzero()[:, 0]  # [V']
+    layers, removed, before = [], [], int(visual_positions.numel())
+    for keys in active:
+        kept = keys[visual_positions]  # [V'] bool
+        dst = torch.where(kept, kept.long().cumsum(0) - 1, -1)
+        layers.append(stage_trace("llm", MergePlan(dst=dst[None], num_out=int(kept.sum())), {}).layers[0])
+        removed.append(before - int(kept.sum()))
+        before = int(kept.sum())
+    meta = {**boundary.meta, "stage": "llm", "method": "aim", "retain_rates": list(rates), "pruning": "mask",
+            "num_input_tokens": int(visual_positions.numel()), "num_protected": 0, "schedule": removed}
+    return Trace(meta=meta, layers=layers)
+
+
 def inspect_vlm(
     loaded: LoadedVLM,
     image: Any,
@@ -112,6 +129,8 @@ def inspect_vlm(
     boundary = stages["boundary"]
     if reduced_prefill.fastv is not None and reduced.keep is not None:
         stages["llm"] = fastv_stage(reduced_prefill, reduced.keep, boundary, reduction.fastv_layer)
+    if reduced_prefill.aim is not None and reduced.active:
+        stages["llm"] = aim_stage(reduced_prefill, reduced.active, boundary, reduced_prefill.aim.rates)
     trace = stages.get({"encoder": "encoder", "llm": "llm"}.get(place, "boundary"), boundary)
     attention = None
     if record_attention and forced.attention:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tomviz.merge import aim
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.fastv import fastv_keep_count, fastv_top
 from tomviz.merge.visual import VisualTokens, group_sizes, sequence_order
@@ -35,10 +36,11 @@ class Prefill:
     stages: dict[str, Trace]
     encoder_seconds: float  # vision encoder + boundary reduction
     vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
+    aim: llm.AIMRequest | None = None  # AIM's PageRank pruning inside the LLM
 
     def llm_state(self, **fields: Any) -> llm.LLMState:
         """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
-        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu)
+        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim)
         return llm.LLMState(**{**values, **fields})
 
 
@@ -106,15 +108,17 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             key_bias[new_visual] = sizes[0].float().log()
             if not bool(key_bias.any()):
                 key_bias = None
-        fastv = None
-        if red.place == "llm" and red.ratio > 0:
+        fastv = aim_pruning = None
+        if red.place == "llm" and red.ratio > 0 and red.method == "aim":
+            aim_pruning = aim_request(loaded, red)
+        elif red.place == "llm" and red.ratio > 0:
             fastv = fastv_request(loaded, red, num_visual)
         vtu = None
         if red.vtu:
             key_bias = None  # each member is its own virtual key: no log-size bias
             vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
     return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
-                   vtu=vtu)
+                   vtu=vtu, aim=aim_pruning)
 
 
 def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction, features: torch.Tensor,
@@ -178,6 +182,21 @@ def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int) -> llm.Fas
         return fastv_top(attention, keep)[0]
 
     return llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
+
+
+def aim_request(loaded: LoadedVLM, red: Reduction) -> llm.AIMRequest:
+    """AIM's pruning schedule for this LLM (:func:`tomviz.merge.aim.retain_rates`): ``method_options`` ``start``
+    (default :func:`~tomviz.merge.aim.default_start`) and ``step`` (1/8). The schedule is the authors', not
+    the ratio's: a ratio above 0 switches it on."""
+    options = dict(red.method_options)
+    unknown = set(options) - {"start", "step"}
+    if unknown:
+        raise ValueError(f"aim inside the LLM takes the options start and step, not {', '.join(sorted(unknown))}")
+    num_layers = len(loaded.language_model.layers)
+    start = int(options.get("start", aim.default_start(num_layers)))
+    if not 0 <= start < num_layers:
+        raise ValueError(f"aim's first pruning layer must be 0..{num_layers - 1}, got {start}")
+    return llm.AIMRequest(rates=aim.retain_rates(num_layers, start, float(options.get("step", aim.RATE_STEP))))
 
 
 def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:

@@ -64,7 +64,7 @@ def test_method_list_follows_the_place():
         assert all(name in registry.names(place) or name == "tinychart" for name in names)
     assert "tinychart" in [name for _, name in vlm_tab.method_choices("encoder")]
     assert "pitome" not in [name for _, name in vlm_tab.method_choices("boundary")]
-    assert [name for _, name in vlm_tab.method_choices("llm")] == ["fastv"]
+    assert [name for _, name in vlm_tab.method_choices("llm")] == ["fastv", "aim"]
     assert vlm_tab.update_methods("boundary", "tome").value == "tome"
     assert vlm_tab.update_methods("llm", "tome").value == "fastv"
 
@@ -79,3 +79,5 @@ def test_preset_and_mismatches(loaded, monkeypatch):
         vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "tome", 0.5, 3)
     out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "encoder", "tinychart", 0.1, 2)
     assert out.session.result.reduction.method == "tome" and "preset" in out.counts
+    out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "aim", 0.5, 2)
+    assert "after each layer 16 → 14 → 12" in out.counts and "authors' schedule" in out.counts

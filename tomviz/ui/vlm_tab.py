@@ -23,7 +23,7 @@ VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M
               "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf"]
 PLACES = [("In the vision encoder (merge, compute, unmerge)", "encoder"),
           ("At the boundary (the tokens the LLM receives)", "boundary"),
-          ("Inside the LLM at layer K (FastV)", "llm")]
+          ("Inside the LLM (FastV at layer K; AIM's PageRank pruning)", "llm")]
 MAX_NEW_TOKENS = 48
 HUB_NOTE = ("Vision-language models load from the Hugging Face hub (no VLM weights ship in a package). "
             "Where the hub cannot be reached this tab says so and the other tabs keep working.")
@@ -52,6 +52,9 @@ def resolve_method(place: str, method: str, ratio: float) -> tuple[str, float, s
     preset = PRESETS.get(method)
     if preset is None:
         registry.entry(method, place)  # the registry's message for a method that does not work there
+        if place == "llm" and method == "aim":
+            return method, ratio, ("aim inside the LLM follows the authors' schedule (all visual tokens up to half the "
+                                   "layers, then 1/8 fewer per layer); the ratio only switches it on")
         return method, ratio, ""
     if preset.place != place:
         raise ValueError(f"{method} is a preset {registry.where(preset.place)}, not {registry.where(place)}: "
@@ -90,6 +93,15 @@ def _counts_markdown(res) -> str:
     )
 
 
+def _stages_markdown(res) -> str:
+    """The LLM stage layer by layer, when it has more than one (AIM): the visual tokens left after each layer."""
+    stage = res.stages.get("llm")
+    if stage is None or stage.num_layers < 2:
+        return ""
+    counts = " → ".join(str(layer.num_tokens) for layer in stage.layers)
+    return f"\n\n**Inside the LLM** ({stage.meta['method']}): visual tokens attended to after each layer {counts}"
+
+
 def _step_choices(res) -> list[tuple[str, int]]:
     return [(f"{i}: {token}", i) for i, token in enumerate(res.answer_tokens)]
 
@@ -123,7 +135,7 @@ def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "b
         overlay = reaches_llm_overlay(res.inputs.image, boundary)
         attention = answer_attention_overlay(res.inputs.image, boundary, res.answer_attention, 0)
         steps = gr.Dropdown(choices=_step_choices(res), value=0)
-        counts = _counts_markdown(res) + (f"\n\n{note}" if note else "")
+        counts = _counts_markdown(res) + _stages_markdown(res) + (f"\n\n{note}" if note else "")
         return VLMOutputs(session=VLMSession(result=res), overlay=overlay, answers=_answer_markdown(res),
                           counts=counts, steps=steps, attention=attention)
 

@@ -4,6 +4,8 @@ its attention probabilities (``softmax(logits / 0.1)`` is ``p ** 10`` renormalis
 later layer."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -43,8 +45,9 @@ def _pagerank(probs: torch.Tensor) -> torch.Tensor:
     return dist.pow(2).mean(1).sqrt()[:, 0].float()
 
 
-def _reference(loaded, prefill, rates):
-    """(per layer the keys left after it, the last position's logits), layer by layer with eager attention."""
+def _reference(loaded, prefill, rates, drop=False):
+    """(per layer the keys left after it, the last position's logits), layer by layer with eager attention; the
+    pruned tokens masked out of the keys, or with ``drop`` removed (hidden states and rotary positions sliced)."""
     lm = loaded.language_model
     hidden = prefill.embeds
     length = hidden.shape[1]
@@ -56,12 +59,20 @@ def _reference(loaded, prefill, rates):
     lm.config._attn_implementation = "eager"
     try:
         with torch.no_grad():
+            held = torch.arange(length)  # the positions the hidden states hold
             for index, layer in enumerate(lm.layers):
-                allowed = causal & active[None, :]
-                mask = torch.zeros(1, 1, length, length).masked_fill(~allowed, torch.finfo(torch.float32).min)
-                hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rotary)
+                if drop:
+                    hidden = hidden[:, torch.searchsorted(held, active.nonzero()[:, 0])]
+                    held = active.nonzero()[:, 0]
+                    allowed = causal[held][:, held]
+                else:
+                    allowed = causal & active[None, :]
+                mask = torch.zeros(1, 1, *allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+                rotary_held = tuple(part[:, held] for part in rotary)
+                hidden = layer(hidden, attention_mask=mask, position_ids=held[None], position_embeddings=rotary_held)
                 if rates[index] < 1:
-                    active = keep_mask(_pagerank(probs[-1]), active[None], ~prefill.visual[None], rates[index])[0]
+                    scores = torch.full((length,), -1.0).index_copy_(0, held, _pagerank(probs[-1])[0])
+                    active = keep_mask(scores[None], active[None], ~prefill.visual[None], rates[index])[0]
                 history.append(active.clone())
             logits = loaded.model.lm_head(lm.norm(hidden))[0, -1]
     finally:
@@ -83,6 +94,32 @@ def test_masks_and_logits_equal_the_reference(loaded, inputs):
         assert bool(ours[~prefill.visual].all())
     assert generated.llm_visual_tokens == [visual] + [int(visual * r) for r in prefill.aim.rates[:-1]]
     assert (generated.first_logits - logits).abs().max() < 1e-4
+
+
+def test_dropping_equals_the_reference_and_shortens_the_layers(loaded, inputs):
+    red = vlm.Reduction("llm", "aim", 0.5, method_options={**OPTIONS, "drop": True})
+    prefill = vlm.build_prefill(loaded, inputs, red)
+    lengths = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: lengths.append(out.shape[1])) for layer in loaded.language_model.layers]
+    try:
+        generated = vlm.generate(loaded, prefill, max_new_tokens=5)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    history, logits = _reference(loaded, prefill, prefill.aim.rates, drop=True)
+    for ours, theirs in zip(generated.active, history):
+        assert torch.equal(ours, theirs)
+    assert (generated.first_logits - logits).abs().max() < 1e-4
+    visual, text = int(prefill.visual.sum()), int((~prefill.visual).sum())
+    assert lengths[:4] == [text + visual] + [text + int(visual * r) for r in prefill.aim.rates[:-1]]
+    forced = vlm.teacher_forced(loaded, prefill, generated.tokens)  # the cache holds only the kept tokens
+    assert (forced.first_logits - generated.first_logits).abs().max() < 1e-4
+    answer = torch.tensor(generated.tokens)
+    with torch.inference_mode(), prefill.llm_state(visual=torch.cat([prefill.visual, torch.zeros(len(answer), dtype=torch.bool)]),
+                                                   aim=replace(prefill.aim, length=prefill.embeds.shape[1])):
+        embeds = torch.cat([prefill.embeds, loaded.language_model.get_input_embeddings()(answer[None])], 1)
+        recomputed = loaded.model(inputs_embeds=embeds).logits[0, -(len(answer) + 1):-1]
+    assert recomputed.argmax(-1).tolist() == generated.tokens
 
 
 def test_cached_decoding_equals_recomputation_and_trace(loaded, inputs):
@@ -113,7 +150,7 @@ def test_sdpa_stays_the_kernel(loaded, inputs, monkeypatch):
 
 
 @pytest.mark.parametrize("red,message", [
-    (vlm.Reduction("llm", "aim", 0.5, method_options={"drop": True}), "options start and step"),
+    (vlm.Reduction("llm", "aim", 0.5, method_options={"layer": 2}), "options start, step and drop"),
     (vlm.Reduction("llm", "aim", 0.5, method_options={"start": 9}), "first pruning layer"),
 ])
 def test_bad_options(loaded, inputs, red, message):

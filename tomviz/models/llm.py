@@ -54,10 +54,13 @@ class AIMRequest:
     whose retain rate is below 1, the layer's attention logits (recomputed, causal and pruning mask added)
     give each token a PageRank importance, and the visual tokens outside the ``int(V * rate)`` best are
     masked out of every later layer's keys (prefill and decoding); they keep their places, positions and
-    cache entries, and their rows still vote in the next rounds. Text tokens are never pruned."""
+    cache entries, and their rows still vote in the next rounds. Text tokens are never pruned. With ``drop``
+    they are removed instead, as FastV's are (the rest keep their positions; later layers' caches hold only
+    them), and no longer vote."""
 
     rates: list[float]  # [num_layers] fraction of the original visual tokens kept after each layer (aim.retain_rates)
     length: int | None = None  # rank only the first ``length`` positions (the prompt; teacher forcing); None: all
+    drop: bool = False  # remove the pruned tokens (hidden states, positions, cache) instead of masking them
 
 
 @dataclass
@@ -200,14 +203,15 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             kwargs["position_embeddings"][0].shape[1] == prefix
         )
         fastv = state.fastv
-        dropped = fastv is not None and index >= fastv.layer and state.keep is not None
+        keep = _entering(state, index)  # the prefill positions whose tokens enter this layer (None: all)
+        dropped = keep is not None
         mask = kwargs.get("attention_mask")
         key_bias = state.key_bias
         if dropped:
-            keep = state.keep
             if prefill:
-                if index == fastv.layer:
-                    hidden_states = hidden_states[:, keep]
+                previous = _entering(state, index - 1) if index > 0 else None
+                if previous is None or not torch.equal(previous, keep):  # this layer drops more
+                    hidden_states = hidden_states[:, keep if previous is None else torch.searchsorted(previous, keep)]
                 cos, sin = kwargs["position_embeddings"]
                 kwargs["position_embeddings"] = (cos[:, keep], sin[:, keep])
                 if kwargs.get("position_ids") is not None:
@@ -219,12 +223,12 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             if key_bias is not None:
                 key_bias = key_bias[..., keep]
         if state.aim is not None:
-            key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill)
+            key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill, keep)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
-            queries = torch.searchsorted(state.keep, state.record_queries) if dropped else state.record_queries
+            queries = torch.searchsorted(keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
             if dropped:  # back onto the prefill positions; dropped keys get 0
-                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, state.keep, probs)
+                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, keep, probs)
             state.attention.append(probs)
         if fastv is not None and prefill and index == fastv.layer - 1:
             last = torch.tensor([fastv.query % hidden_states.shape[1]], device=hidden_states.device)
@@ -244,30 +248,47 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
     return types.MethodType(forward, layer)
 
 
+def _entering(state: LLMState, index: int) -> torch.Tensor | None:
+    """``[K]`` ascending: the prefill positions whose tokens enter layer ``index`` when tokens were dropped before
+    it (FastV from layer K; AIM with ``drop``); None: every position."""
+    if state.fastv is not None:
+        return state.keep if index >= state.fastv.layer else None
+    if state.aim is None or not state.aim.drop or not 0 < index <= len(state.active):
+        return None
+    entering = state.active[index - 1]
+    return None if bool(entering.all()) else entering.nonzero()[:, 0]
+
+
 def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tensor,
               position_embeddings: tuple[torch.Tensor, torch.Tensor] | None, key_bias: torch.Tensor | None,
-              prefill: bool) -> torch.Tensor | None:
-    """AIM in layer ``index``: the key bias with the keys pruned before it masked; in the prefill, the keys left
-    after it (``state.active``), ranked by :func:`tomviz.merge.aim.pagerank_scores` of this layer's logits when
-    its retain rate is below 1 (the only layers whose logits are recomputed)."""
+              prefill: bool, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """AIM in layer ``index``: masking, the key bias with the keys pruned before it masked (dropping: they are gone
+    already); in the prefill, the keys left after it (``state.active``), ranked by
+    :func:`tomviz.merge.aim.pagerank_scores` of this layer's logits over the tokens ``hidden`` holds (``positions``,
+    None: all) when its retain rate is below 1: the only layers whose logits are recomputed."""
     prefix = state.visual.shape[0]
+    device = hidden.device
     if prefill and index == 0:
         state.active = []
-    entering = state.active[index - 1] if index > 0 else torch.ones(prefix, dtype=torch.bool, device=hidden.device)
-    pruned = torch.zeros(prefix, device=hidden.device).masked_fill(~entering, torch.finfo(torch.float32).min)
-    key_bias = pruned if key_bias is None else key_bias + pruned
-    if prefill:
-        rate = state.aim.rates[index]
-        leaving = entering
-        if rate < 1.0:
-            length = state.aim.length or prefix
-            queries = torch.arange(length, device=hidden.device)
-            logits = layer_logits(layer, hidden[:, :length], _first(position_embeddings, length), queries,
-                                  key_bias[..., :length])  # [1, H, n, n]
-            kept = aim.keep_mask(aim.pagerank_scores(logits), entering[None, :length],
-                                 ~state.visual[None, :length], rate)[0]
-            leaving = torch.cat([kept, entering[length:]])
-        state.active.append(leaving)
+    entering = state.active[index - 1] if index > 0 else torch.ones(prefix, dtype=torch.bool, device=device)
+    if not state.aim.drop:
+        pruned = torch.zeros(prefix, device=device).masked_fill(~entering, torch.finfo(torch.float32).min)
+        key_bias = pruned if key_bias is None else key_bias + pruned
+    if not prefill:
+        return key_bias
+    leaving = entering
+    if state.aim.rates[index] < 1.0:
+        positions = torch.arange(prefix, device=device) if positions is None else positions
+        length = state.aim.length or prefix
+        rows = int((positions < length).sum())  # the prompt's tokens among those held
+        bias = None if key_bias is None else key_bias[..., :rows]
+        logits = layer_logits(layer, hidden[:, :rows], _first(position_embeddings, rows),
+                              torch.arange(rows, device=device), bias)  # [1, H, rows, rows]
+        scores = torch.full((prefix,), -1.0, device=device).index_copy_(0, positions[:rows], aim.pagerank_scores(logits)[0])
+        later = torch.arange(prefix, device=device) >= length  # teacher-forced answer tokens: never ranked, kept
+        kept = aim.keep_mask(scores[None], (entering & ~later)[None], ~state.visual[None], state.aim.rates[index])[0]
+        leaving = kept | (entering & later)
+    state.active.append(leaving)
     return key_bias
 
 

@@ -186,17 +186,19 @@ def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int) -> llm.Fas
 
 def aim_request(loaded: LoadedVLM, red: Reduction) -> llm.AIMRequest:
     """AIM's pruning schedule for this LLM (:func:`tomviz.merge.aim.retain_rates`): ``method_options`` ``start``
-    (default :func:`~tomviz.merge.aim.default_start`) and ``step`` (1/8). The schedule is the authors', not
-    the ratio's: a ratio above 0 switches it on."""
+    (default :func:`~tomviz.merge.aim.default_start`), ``step`` (1/8) and ``drop`` (False: mask, as the authors
+    do; True: remove the pruned tokens). The schedule is the authors', not the ratio's: a ratio above 0
+    switches it on."""
     options = dict(red.method_options)
-    unknown = set(options) - {"start", "step"}
+    unknown = set(options) - {"start", "step", "drop"}
     if unknown:
-        raise ValueError(f"aim inside the LLM takes the options start and step, not {', '.join(sorted(unknown))}")
+        raise ValueError(f"aim inside the LLM takes the options start, step and drop, not {', '.join(sorted(unknown))}")
     num_layers = len(loaded.language_model.layers)
     start = int(options.get("start", aim.default_start(num_layers)))
     if not 0 <= start < num_layers:
         raise ValueError(f"aim's first pruning layer must be 0..{num_layers - 1}, got {start}")
-    return llm.AIMRequest(rates=aim.retain_rates(num_layers, start, float(options.get("step", aim.RATE_STEP))))
+    rates = aim.retain_rates(num_layers, start, float(options.get("step", aim.RATE_STEP)))
+    return llm.AIMRequest(rates=rates, drop=bool(options.get("drop", False)))
 
 
 def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:

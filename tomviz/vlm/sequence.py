@@ -108,11 +108,7 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             key_bias[new_visual] = sizes[0].float().log()
             if not bool(key_bias.any()):
                 key_bias = None
-        fastv = aim_pruning = None
-        if red.place == "llm" and red.ratio > 0 and red.method == "aim":
-            aim_pruning = aim_request(loaded, red)
-        elif red.place == "llm" and red.ratio > 0:
-            fastv = fastv_request(loaded, red, num_visual)
+        fastv, aim_pruning = llm_requests(loaded, red, num_visual)
         vtu = None
         if red.vtu:
             key_bias = None  # each member is its own virtual key: no log-size bias
@@ -170,6 +166,15 @@ def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, v
     index = merged_index.clone()
     index[visual_positions] = group_position[plan.dst[0]]
     return llm.VirtualTokens(index=index, rotary=rotary)
+
+
+def llm_requests(loaded: LoadedVLM, red: Reduction, num_visual: int) -> tuple[llm.FastVRequest | None, llm.AIMRequest | None]:
+    """What the LLM does inside at ``place="llm"``: FastV's request or AIM's (None, None elsewhere)."""
+    if red.place != "llm" or red.ratio == 0:
+        return None, None
+    if red.method == "aim":
+        return None, aim_request(loaded, red)
+    return fastv_request(loaded, red, num_visual), None
 
 
 def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int) -> llm.FastVRequest:

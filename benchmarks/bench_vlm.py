@@ -214,6 +214,7 @@ def main() -> None:
         "fastv K=2": prefill_run(vlm.Reduction("llm", "fastv", ratio, fastv_layer=2)),
         "aim merge": prefill_run(vlm.Reduction("boundary", "aim", ratio)),
         "aim LLM pruning (mask)": prefill_run(vlm.Reduction("llm", "aim", ratio)),
+        "aim LLM pruning (drop)": prefill_run(vlm.Reduction("llm", "aim", ratio, method_options={"drop": True})),
     }
     times, outputs = side_by_side(runs, args.rounds * 3, args.warmup, clock)
     med["prefill"] = {k: statistics.median(v) for k, v in times.items()}

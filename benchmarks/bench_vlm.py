@@ -27,6 +27,7 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
     python benchmarks/bench_vlm.py              # CPU, 1 thread
     python benchmarks/bench_vlm.py --llava7b    # LLaVA-1.5-7B-shaped, fp16, on CUDA (boundary + FastV only)
     python benchmarks/bench_vlm.py --visionzip --skip-encoder   # + the VisionZip table (CPU)
+    python benchmarks/bench_vlm.py --llava7b --visionzip           # the same on LLaVA-1.5-7B's shape, fp16, CUDA
 """
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def main() -> None:
         print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / ceiling:.2f} | {(encoder_ms + value) * 1000:.0f} "
               f"| {kl[key]:.2e} |")
     if args.visionzip:
-        visionzip_table(args, clock)
+        visionzip_table(args, clock, device, dtype)
 
 
 def llava_smolvlm_widths_config():
@@ -258,20 +259,26 @@ def llava_smolvlm_widths_config():
     )
 
 
-def visionzip_table(args, clock) -> None:
-    """VisionZip (196 → 54 + 10 per image) against slicing before the projector, in the same run."""
+def visionzip_table(args, clock, device: torch.device, dtype: torch.dtype) -> None:
+    """VisionZip (196 → 54 + 10 per image; LLaVA-1.5-7B's shape with ``--llava7b``: 576 → 54 + 10) against
+    slicing before the projector, in the same run."""
     from transformers import LlavaForConditionalGeneration
 
     from tomviz.vlm.sequence import ordered_prefill
 
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(llava_smolvlm_widths_config()).eval()
+    config = llava_7b_config() if args.llava7b else llava_smolvlm_widths_config()
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).to(dtype).eval()
     loaded = wrap("bench-llava", model, processor=object())
-    patches, keep = 196, 64
+    size, keep = config.vision_config.image_size, 64
+    side = size // config.vision_config.patch_size
+    patches = side * side
     text = torch.randint(100, 1000, (args.text_tokens,))
-    ids = torch.cat([text[:5], torch.full((patches,), IMAGE_TOKEN), text[5:]])[None]
-    inputs = vlm.VLMInput(tensors={"input_ids": ids, "pixel_values": torch.randn(1, 3, 224, 224)}, prompt="", question="",
-                          image=None, meta={"image_size": [224, 224]})
+    ids = torch.cat([text[:5], torch.full((patches,), config.image_token_id), text[5:]])[None].to(device)
+    pixels = torch.randn(1, 3, size, size, dtype=dtype, device=device)
+    inputs = vlm.VLMInput(tensors={"input_ids": ids, "pixel_values": pixels}, prompt="", question="", image=None,
+                          meta={"image_size": [size, size]})
     ratio = (patches - keep) / patches
 
     def prefill_forward(prefill):
@@ -279,15 +286,15 @@ def visionzip_table(args, clock) -> None:
             return model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1).logits
 
     red = vlm.Reduction("boundary", "visionzip", ratio)
-    dst = torch.where(torch.arange(patches) < keep - 1, torch.arange(patches), -1)[None]  # the first 63 patches
-    carried = torch.arange(keep) == 0  # and the CLS token
+    dst = torch.where(torch.arange(patches, device=device) < keep - 1, torch.arange(patches, device=device), -1)[None]
+    carried = torch.arange(keep, device=device) == 0  # the CLS token, then the first 63 patches
 
     def ceiling():
         with torch.inference_mode():
             hidden = loaded.adapter.pre_projector(model, inputs.tensors)[:, :keep]  # [1, 64, 768] CLS + 63 patches
             features = loaded.adapter.project(model, hidden)
         encoded = vlm.Encoded(features=features, plan=MergePlan(dst, keep - 1), merged=True, stages={},
-                              meta={"token_grid": [14, 14], "num_tiles": 1}, token_grid=(14, 14), num_tiles=1)
+                              meta={"token_grid": [side, side], "num_tiles": 1}, token_grid=(side, side), num_tiles=1)
         return prefill_forward(ordered_prefill(loaded, inputs, encoded, red, features, encoded.plan, carried))
 
     runs = {"base": lambda: prefill_forward(vlm.build_prefill(loaded, inputs, vlm.Reduction())),
@@ -296,7 +303,8 @@ def visionzip_table(args, clock) -> None:
     times, outputs = side_by_side(runs, args.rounds * 3, args.warmup, clock)
     med = {k: statistics.median(v) for k, v in times.items()}
     reference = outputs["base"][0, -1].float().log_softmax(-1)
-    print(f"\n| VisionZip, LLaVA-1.5 layout in SmolVLM-256M widths ({patches} → {keep} visual tokens, {args.text_tokens} text) "
+    shape = "LLaVA-1.5-7B shape" if args.llava7b else "LLaVA-1.5 layout in SmolVLM-256M widths"
+    print(f"\n| VisionZip, {shape} ({patches} → {keep} visual tokens, {args.text_tokens} text) "
           "| TTFT ms (tower + reduction + prefill) | speed-up | speed-up / ceiling's | next-token KL from unreduced |")
     print("|---|---|---|---|---|")
     for key, value in med.items():

@@ -84,9 +84,10 @@ def _answer_markdown(res) -> str:
 
 def _counts_markdown(res) -> str:
     c, t = res.token_counts, res.timings
+    cls = f", +{c['carried']} CLS" if c.get("carried") else ""
     return (
         f"**Tokens** — patches {c['patches']} → visual tokens {c['visual']} → the LLM receives {c['llm_input']} "
-        f"(+{c['text']} text) → from layer K {c['llm_after_k']}\n\n"
+        f"(+{c['text']} text{cls}) → from layer K {c['llm_after_k']}\n\n"
         f"| | encoder s | prefill s | time to first token s | decode s |\n|---|---|---|---|---|\n"
         f"| unreduced | {t['reference_encoder_s']:.3f} | {t['reference_prefill_s']:.3f} | {t['reference_ttft_s']:.3f} | {t['reference_decode_s']:.3f} |\n"
         f"| reduced | {t['encoder_s']:.3f} | {t['prefill_s']:.3f} | {t['ttft_s']:.3f} | {t['decode_s']:.3f} |"

@@ -38,7 +38,7 @@ class VLMResult:
     stages: dict[str, Trace]
     fidelity: AnswerFidelity
     timings: dict[str, float]  # encoder_s, prefill_s, decode_s, ttft_s, and the same with a "reference_" prefix
-    token_counts: dict[str, int]  # visual tokens: patches (per tile), llm_input, llm_after_k, text
+    token_counts: dict[str, int]  # visual tokens: patches (per tile), llm_input, llm_after_k, text, carried (VisionZip: CLS)
     answer_attention: np.ndarray | None  # [layers, A, V'] attention of each answer step to the visual tokens the LLM received
     answer_tokens: list[str]
     reduction: Reduction
@@ -156,7 +156,8 @@ def inspect_vlm(
         "visual": boundary.num_input_tokens,
         "llm_input": llm_input,
         "llm_after_k": reduced.llm_visual_tokens[-1],
-        "text": int(reduced_prefill.embeds.shape[1] - llm_input),
+        "carried": int(boundary.meta.get("carried_tokens", 0)),  # image features that are no visual token (VisionZip's CLS)
+        "text": int(reduced_prefill.embeds.shape[1] - llm_input - boundary.meta.get("carried_tokens", 0)),
     }
     tokenizer = loaded.tokenizer
     return VLMResult(

@@ -271,7 +271,7 @@ def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tenso
     if prefill and index == 0:
         state.active = []
     entering = state.active[index - 1] if index > 0 else torch.ones(prefix, dtype=torch.bool, device=device)
-    if not state.aim.drop:
+    if not state.aim.drop and not bool(entering.all()):  # (nothing pruned yet: the model's own causal mask)
         pruned = torch.zeros(prefix, device=device).masked_fill(~entering, torch.finfo(torch.float32).min)
         key_bias = pruned if key_bias is None else key_bias + pruned
     if not prefill:

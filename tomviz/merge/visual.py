@@ -217,7 +217,15 @@ class VisionZip(VisualMethod):
     (``before_projector``); :meth:`plan` on the LLM's tokens is refused.
 
     Counts per crop: ``dominant`` (CLS counted) and ``contextual`` when given, else ``keep`` tokens (from the
-    ratio) split as the README's 54 + 10 of 64 (:func:`visionzip_counts`)."""
+    ratio) split as the README's 54 + 10 of 64 (:func:`visionzip_counts`).
+
+    As dvlab-research/VisionZip @3151f6d ``visionzip/clip_encoder.py`` ``CLIPVisionTower_VisionZip.forward``
+    feeds LLaVA: per crop, ``[CLS, dominant patches (input order), contextual tokens]`` go through the
+    projector and take the image token's place, positions contiguous, no size bias in the LLM. Deliberate
+    differences: the ratio sets the count when ``dominant``/``contextual`` are not given (the original takes the
+    two counts only); the CLS row and keys are recomputed in float32 from the layer's queries and keys (the
+    original reads CLIP's eager attention weights; SDPA stays the kernel here); the trace's partition is over
+    the patches, so each crop's CLS, which stands for no patch, is counted apart (``carried_tokens``)."""
 
     name = "visionzip"
     label = "VisionZip (authors' rule: CLS + dominant + contextual tokens per crop, before the projector)"

@@ -277,7 +277,7 @@ def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tenso
     if not prefill:
         return key_bias
     leaving = entering
-    if state.aim.rates[index] < 1.0:
+    if state.aim.rates[index] < 1.0 and bool((entering & state.visual).any()):  # (no visual token left: nothing to rank)
         positions = torch.arange(prefix, device=device) if positions is None else positions
         length = state.aim.length or prefix
         rows = int((positions < length).sum())  # the prompt's tokens among those held

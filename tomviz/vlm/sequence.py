@@ -102,12 +102,7 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
         embeds = embeds[:, keep_seq].clone()
         new_visual = visual[keep_seq]
         embeds[0, new_visual] = features[0].to(embeds.dtype)
-        key_bias = None
-        if sizes is not None and red.prop_attn and red.place in ("boundary", "encoder"):
-            key_bias = torch.zeros(embeds.shape[1], device=embeds.device)
-            key_bias[new_visual] = sizes[0].float().log()
-            if not bool(key_bias.any()):
-                key_bias = None
+        key_bias = size_bias(sizes, new_visual, red)
         fastv, aim_pruning = llm_requests(loaded, red, num_visual)
         vtu = None
         if red.vtu:
@@ -115,6 +110,17 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
     return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
                    vtu=vtu, aim=aim_pruning)
+
+
+def size_bias(sizes: torch.Tensor | None, visual: torch.Tensor, red: Reduction) -> torch.Tensor | None:
+    """``[L']`` the ``log(size)`` of each visual group (0 for text) when ``red`` passes sizes into the LLM's
+    attention (``prop_attn`` at the boundary or the encoder); None otherwise or when every size is 1.
+    sizes: ``[1, V']``; visual: ``[L']`` bool."""
+    if sizes is None or not red.prop_attn or red.place not in ("boundary", "encoder"):
+        return None
+    key_bias = torch.zeros(visual.shape[0], device=visual.device)
+    key_bias[visual] = sizes[0].float().log()
+    return key_bias if bool(key_bias.any()) else None
 
 
 def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction, features: torch.Tensor,

@@ -51,7 +51,9 @@ ENTRIES: dict[str, MethodEntry] = {entry.name: entry for entry in (
     MethodEntry("random_prune", _M + "random_:RandomPrune", ("boundary",)),  # random pruning (a seeded subset stays)
     MethodEntry("downsample", _M + "visual:Downsample", ("boundary",)),
     MethodEntry("fastv", _M + "visual:FastV", ("llm",)),
-    MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),
+    MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),  # the authors' rule, before the projector
+    MethodEntry("aim", _M + "visual:AIM", ("boundary", "llm")),  # merging before the LLM; PageRank pruning inside it
+    MethodEntry("visionzip_paper", _M + "visual:VisionZipPaper", ("boundary",)),  # the paper's description, any tokens
 )}
 # (place, old name) → new name: names that meant another algorithm at that place, kept working with a warning
 RENAMED: dict[tuple[str, str], str] = {("boundary", "random"): "random_prune"}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import gradio as gr
-from PIL import Image
 
 import tomviz
 from tomviz.merge.checks import MAX_RATIO, SCHEDULES, ScheduleError

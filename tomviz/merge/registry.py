@@ -54,6 +54,7 @@ ENTRIES: dict[str, MethodEntry] = {entry.name: entry for entry in (
     MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),  # the authors' rule, before the projector
     MethodEntry("aim", _M + "visual:AIM", ("boundary", "llm")),  # merging before the LLM; PageRank pruning inside it
     MethodEntry("visionzip_paper", _M + "visual:VisionZipPaper", ("boundary",)),  # the paper's description, any tokens
+    MethodEntry("mustdrop", _M + "mustdrop:MustDrop", ("llm",)),  # window merging, key set, filtering, cache eviction
 )}
 # (place, old name) → new name: names that meant another algorithm at that place, kept working with a warning
 RENAMED: dict[tuple[str, str], str] = {("boundary", "random"): "random_prune"}

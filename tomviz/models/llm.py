@@ -33,6 +33,7 @@ from torch import nn
 
 from tomviz.merge import aim
 from tomviz.merge.context import PerCallState
+from tomviz.models.mustdrop import MustDropRequest
 from tomviz.models.patching import PATCH_LOCK
 from tomviz.models.vtu import VirtualTokens, vtu_attention
 from tomviz.models.vtu import rotary_function as _rotary
@@ -84,6 +85,7 @@ class LLMState(PerCallState, context="tomviz_llm_state"):
     last_attention: torch.Tensor | None = None  # [L] attention of the last prompt token in layer K-1 (mean over heads)
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer [Q, L_l], mean over heads
     active: list[torch.Tensor] = field(default_factory=list)  # AIM: per layer [L] bool, the keys left after it
+    mustdrop: MustDropRequest | None = None  # MustDrop's filtering and cache eviction (filled during the call)
 
 
 def current_state() -> LLMState | None:
@@ -173,7 +175,7 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             kwargs["position_embeddings"][0].shape[1] == prefix
         )
         fastv = state.fastv
-        keep = _entering(state, index)  # the prefill positions whose tokens enter this layer (None: all)
+        keep = _entering(state, index, prefill)  # the prefill positions whose tokens enter this layer (None: all)
         dropped = keep is not None
         mask = kwargs.get("attention_mask")
         key_bias = state.key_bias
@@ -183,9 +185,10 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
                 if previous is None or not torch.equal(previous, keep):  # this layer drops more
                     hidden_states = hidden_states[:, keep if previous is None else torch.searchsorted(previous, keep)]
                 cos, sin = kwargs["position_embeddings"]
-                kwargs["position_embeddings"] = (cos[:, keep], sin[:, keep])
+                at = keep if state.mustdrop is None else torch.arange(len(keep), device=keep.device)  # MustDrop renumbers
+                kwargs["position_embeddings"] = (cos[:, at], sin[:, at])
                 if kwargs.get("position_ids") is not None:
-                    kwargs["position_ids"] = kwargs["position_ids"][:, keep]
+                    kwargs["position_ids"] = kwargs["position_ids"][:, at]
                 if mask is not None:
                     mask = _slice_keys(mask, keep, prefix).index_select(-2, keep)
             elif mask is not None:
@@ -194,6 +197,8 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
                 key_bias = key_bias[..., keep]
         if state.aim is not None:
             key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill, keep)
+        if state.mustdrop is not None:
+            _mustdrop_step(self, index, state.mustdrop, hidden_states, kwargs, keep, prefill, prefix)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
             queries = torch.searchsorted(keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
@@ -218,15 +223,41 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
     return types.MethodType(forward, layer)
 
 
-def _entering(state: LLMState, index: int) -> torch.Tensor | None:
+def _entering(state: LLMState, index: int, prefill: bool = True) -> torch.Tensor | None:
     """``[K]`` ascending: the prefill positions whose tokens enter layer ``index`` when tokens were dropped before
-    it (FastV from layer K; AIM with ``drop``); None: every position."""
+    it (FastV from layer K; AIM with ``drop``; MustDrop after its pruning layers, and while decoding the positions
+    the layer's cache holds); None: every position."""
+    if state.mustdrop is not None:
+        return state.mustdrop.entering(index, prefill)
     if state.fastv is not None:
         return state.keep if index >= state.fastv.layer else None
     if state.aim is None or not state.aim.drop or not 0 < index <= len(state.active):
         return None
     entering = state.active[index - 1]
     return None if bool(entering.all()) else entering.nonzero()[:, 0]
+
+
+def _mustdrop_step(layer: nn.Module, index: int, request: MustDropRequest, hidden: torch.Tensor, kwargs: dict,
+                   held: torch.Tensor | None, prefill: bool, prefix: int) -> None:
+    """MustDrop in layer ``index``. Prefill, at a pruning layer: the attention of the text after the image to the
+    image (recomputed from the layer's input ``hidden``, which holds the positions ``held``) filters the visual
+    tokens for the later layers. Decoding: the first time, the caches are evicted; every layer whose cache was cut
+    gives the new token the position equal to its cache length (``kwargs``' rotary replaced)."""
+    if prefill:
+        if index in request.layers:
+            rows, num_visual = request.text_rows(held, hidden.shape[1])
+            probs = layer_logits(layer, hidden, kwargs["position_embeddings"], rows, None).softmax(-1)[0]  # [H, T, L]
+            request.filter(probs, held, num_visual, prefix)
+        return
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if held is None or cache is None:
+        return
+    if not request.evicted:
+        request.evict(cache)
+    position = cache.get_seq_length(layer.self_attn.layer_idx)
+    kwargs["position_embeddings"] = request.decode_rotary(hidden, position)
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = torch.full_like(kwargs["position_ids"], position)
 
 
 def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tensor,

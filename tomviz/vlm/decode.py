@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tomviz.models.mustdrop import MustDropRequest
 from tomviz.models.vlm import LoadedVLM
 from tomviz.vlm.sequence import Prefill
 
@@ -23,6 +24,7 @@ class Generation:
     llm_visual_tokens: list[int]  # visual tokens per LLM layer
     keep: torch.Tensor | None  # FastV: prefill positions kept from layer K
     active: list[torch.Tensor] | None = None  # AIM: per LLM layer [L] bool, the prefill keys left after it
+    mustdrop: MustDropRequest | None = None  # MustDrop: the request as the call filled it (``kept`` per pruning layer)
 
 
 def stop_ids(loaded: LoadedVLM) -> set[int]:
@@ -64,10 +66,13 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
         counts = [visual_count] * prefill.fastv.layer + [prefill.fastv.keep] * (num_layers - prefill.fastv.layer)
     if prefill.aim is not None:  # the visual keys each layer attends to
         counts = [visual_count] + [int((active & prefill.visual).sum()) for active in state.active[:-1]]
+    if state.mustdrop is not None:  # the visual tokens entering each layer
+        counts = [visual_count if held is None else int(prefill.visual[held].sum())
+                  for held in (state.mustdrop.entering(index, prefill=True) for index in range(num_layers))]
     text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True).strip()
     return Generation(tokens=tokens, text=text, first_logits=first_logits, prefill_seconds=prefill_seconds,
                       decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep,
-                      active=state.active if prefill.aim is not None else None)
+                      active=state.active if prefill.aim is not None else None, mustdrop=state.mustdrop)
 
 
 @dataclass
@@ -94,7 +99,9 @@ def teacher_forced(loaded: LoadedVLM, prefill: Prefill, answer: list[int], recor
         queries = torch.arange(length - 1, length - 1 + len(answer), device=embeds.device) if record_attention else None
         fastv = None if prefill.fastv is None else replace(prefill.fastv, query=length - 1)  # decided by the last prompt token
         aim = None if prefill.aim is None else replace(prefill.aim, length=length)  # ranked on the prompt alone
-        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, aim=aim, record_queries=queries)
+        mustdrop = None if prefill.mustdrop is None else replace(prefill.mustdrop, length=length)  # rows: the prompt's
+        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, aim=aim, mustdrop=mustdrop,
+                                  record_queries=queries)
         with state:
             logits = loaded.model(inputs_embeds=embeds, use_cache=False).logits[0].float()  # [L'', vocab]
     steps = logits[-(len(answer) + 1):-1]  # [A, vocab] the logits that predict each answer token

@@ -19,6 +19,7 @@ from tomviz.merge.visual import VisualMethod, get_visual_method
 from tomviz.models import patching
 from tomviz.models.vlm import LoadedVLM, encoder_state
 from tomviz.trace import Trace
+from tomviz.vlm import mustdrop
 from tomviz.vlm.inputs import VLMInput
 from tomviz.vlm.reduction import Reduction
 
@@ -42,6 +43,7 @@ class Encoded:
     # carried [V'] bool marks those that stand for no visual token (each crop's CLS), passed on like text;
     # plan then maps the V visual tokens onto the other features. None: the boundary step is still to come.
     carried: torch.Tensor | None = None
+    key_set: torch.Tensor | None = None  # MustDrop: [K] indices into the features that the LLM never drops
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
             "image_size": inputs.meta["image_size"], "place": red.place}
     if method is not None and method.before_projector:
         return encode_before_projector(loaded, inputs, red, method, tower, meta)
+    if mustdrop.wanted(red):
+        return encode_mustdrop(loaded, inputs, red, meta)
     stages: dict[str, Trace] = {}
     layers = attention_layers(method, tower)
     with torch.inference_mode():
@@ -182,6 +186,22 @@ def encode_before_projector(loaded: LoadedVLM, inputs: VLMInput, red: Reduction,
                    plan=MergePlan(dst=dst.reshape(1, -1), num_out=num_crops * (per_crop - 1)), merged=True, stages={},
                    meta=meta, token_grid=tuple(meta["token_grid"]), num_tiles=num_crops, boundary_method=method,
                    carried=carried.reshape(-1))
+
+
+def encode_mustdrop(loaded: LoadedVLM, inputs: VLMInput, red: Reduction, meta: dict[str, Any]) -> Encoded:
+    """MustDrop's stages 1 and 2 (:func:`tomviz.vlm.mustdrop.vision`): the merged tokens in the original's order,
+    passed on like a before-projector method's (nothing carried), with the key set for the LLM."""
+    windows = mustdrop.vision(loaded, inputs.tensors, red)
+    num_visual = int((inputs.tensors["input_ids"][0] == loaded.image_token_id).sum())
+    if windows.plan.num_in != num_visual:
+        raise ValueError(f"{windows.plan.num_in} patches for {num_visual} image tokens in the prompt")
+    threshold = float(mustdrop.options(loaded, red)["window_threshold"])
+    stages = {"encoder": mustdrop.encoder_stage(windows.plan, meta, threshold),
+              "key_set": mustdrop.key_set_stage(windows.key, windows.plan.num_out, meta)}
+    carried = torch.zeros(windows.plan.num_out, dtype=torch.bool, device=windows.features.device)
+    return Encoded(features=windows.features, plan=windows.plan, merged=True, stages=stages, meta=meta,
+                   token_grid=tuple(meta["token_grid"]), num_tiles=int(meta["num_tiles"]), carried=carried,
+                   key_set=windows.key)
 
 
 def _encoder_plan(loaded: LoadedVLM, red: Reduction, state: Any, features: torch.Tensor,

@@ -13,6 +13,7 @@ from tomviz.models.vlm import LoadedVLM
 from tomviz.scores.estimate import banzhaf_game
 from tomviz.trace import Trace
 from tomviz.vlm.decode import answer_game, first_token_kl, generate, teacher_forced
+from tomviz.vlm import mustdrop
 from tomviz.vlm.inputs import VLMInput, prepare
 from tomviz.vlm.reduction import Reduction
 from tomviz.vlm.sequence import Prefill, build_prefill, stage_trace
@@ -104,6 +105,12 @@ def llm_stage(prefill: Prefill, generation: Any, boundary: Trace, reduction: Red
         return {"llm": fastv_stage(prefill, generation.keep, boundary, reduction.fastv_layer)}
     if prefill.aim is not None and generation.active:
         return {"llm": aim_stage(prefill, generation.active, boundary, prefill.aim.rates)}
+    request = generation.mustdrop
+    if request is not None and request.kept:
+        meta = {**boundary.meta, "global_thr": request.global_thr, "individual_thr": request.individual_thr}
+        num_layers = len(generation.llm_visual_tokens)
+        return {"llm": mustdrop.filter_stage(prefill.visual, request.kept, meta, request.layers),
+                "cache": mustdrop.cache_stage(prefill.visual, request, num_layers, meta)}
     return {}
 
 

@@ -7,7 +7,7 @@ tokens keep their positions. Each reduction is traced as a one-step :class:`~tom
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,9 @@ from tomviz.merge.plan import MergePlan
 from tomviz.merge.fastv import fastv_keep_count, fastv_top
 from tomviz.merge.visual import VisualTokens, group_sizes, sequence_order
 from tomviz.models import llm
+from tomviz.models.mustdrop import MustDropRequest
 from tomviz.models.vlm import LoadedVLM
+from tomviz.vlm import mustdrop
 from tomviz.trace import LayerTrace, Trace
 from tomviz.vlm.encode import Encoded, encode
 from tomviz.vlm.inputs import VLMInput
@@ -37,10 +39,12 @@ class Prefill:
     encoder_seconds: float  # vision encoder + boundary reduction
     vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
     aim: llm.AIMRequest | None = None  # AIM's PageRank pruning inside the LLM
+    mustdrop: MustDropRequest | None = None  # MustDrop's filtering and cache eviction inside the LLM
 
     def llm_state(self, **fields: Any) -> llm.LLMState:
         """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
-        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim)
+        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim,
+                      mustdrop=None if self.mustdrop is None else replace(self.mustdrop))  # (its own copy: filled per call)
         return llm.LLMState(**{**values, **fields})
 
 
@@ -56,7 +60,10 @@ def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
 def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
     """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
     if encoded.carried is not None:
-        return ordered_prefill(loaded, inputs, encoded, red, encoded.features, encoded.plan, encoded.carried)
+        prefill = ordered_prefill(loaded, inputs, encoded, red, encoded.features, encoded.plan, encoded.carried)
+        if encoded.key_set is not None:
+            prefill.mustdrop = mustdrop.request(loaded, red, prefill.visual, encoded.key_set)
+        return prefill
     features, plan, token_grid, num_tiles = encoded.features, encoded.plan, encoded.token_grid, encoded.num_tiles
     stages = dict(encoded.stages)
     input_ids = inputs.tensors["input_ids"]

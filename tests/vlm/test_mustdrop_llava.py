@@ -146,3 +146,112 @@ def test_key_set_from_eager_cls_attention(loaded, inputs):
     cls = weights[0, :, 0, 1:].mean(0)  # [N']
     expected = cls.topk(int(np.ceil(0.08 * cls.shape[0]))).indices
     torch.testing.assert_close(prefill.mustdrop.key.sort().values, expected.sort().values)
+
+
+def _eager_layer(layer, hidden, positions, rotary):
+    """One decoder layer with eager attention, causal, at RoPE ``positions`` ``[n]``: (output, weights ``[1, H, n, n]``)."""
+    seen = []
+    hook = layer.self_attn.register_forward_hook(lambda m, a, out: seen.append(out[1]))
+    try:
+        n = hidden.shape[1]
+        mask = torch.zeros(1, 1, n, n).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+        out = layer(hidden, attention_mask=mask, position_ids=positions[None],
+                    position_embeddings=rotary(hidden, positions[None]))
+    finally:
+        hook.remove()
+    return out, seen[0]
+
+
+def _reference_prefill(loaded, prefill, options):
+    """Per layer (its input ``[1, n, C]``, the prefill positions it holds), and the last position's logits."""
+    lm = loaded.language_model
+    hidden, held = prefill.embeds, torch.arange(prefill.embeds.shape[1])
+    start = int(prefill.visual.nonzero()[0, 0])
+    key = prefill.mustdrop.key
+    inputs = []
+    for index, layer in enumerate(lm.layers):
+        inputs.append((hidden, held))
+        hidden, weights = _eager_layer(layer, hidden, torch.arange(held.shape[0]), lm.rotary_emb)  # renumbered
+        if index in options["layers"]:
+            num_visual = int(prefill.visual[held].sum())
+            text = weights[0].mean(0)[start + num_visual:, start:start + num_visual]  # [T, V]
+            kept, key = rules.dual_attention_filter(text, key, options["global_thr"], options["individual_thr"])
+            stay = rules.stage_positions(kept, start, num_visual, held.shape[0])
+            hidden, held = hidden[:, stay], held[stay]
+    return inputs, loaded.model.lm_head(lm.norm(hidden))[0, -1]
+
+
+def _reference_step(loaded, inputs, final, generated, options):
+    """The logits after ``generated`` ``[t]`` tokens, recomputed from scratch: in layer ``l`` the new tokens attend to
+    the prefill tokens its cache keeps (all before the first pruning layer; from it on the last stage's survivors)
+    at the positions they had in that layer, and sit at the positions that follow the cache's length."""
+    lm = loaded.language_model
+    new = lm.embed_tokens(torch.tensor([generated]))  # [1, t, C]
+    for index, layer in enumerate(lm.layers):
+        hidden, held = inputs[index]
+        cached = torch.arange(held.shape[0]) if index < options["layers"][0] else torch.searchsorted(held, final)
+        positions = torch.cat([cached, cached.shape[0] + torch.arange(len(generated))])
+        out, _ = _eager_layer(layer, torch.cat([hidden[:, cached], new], dim=1), positions, lm.rotary_emb)
+        new = out[:, cached.shape[0]:]
+    return loaded.model.lm_head(lm.norm(new))[0, -1]
+
+
+def test_prefill_and_cached_decoding_equal_the_layer_by_layer_reference(loaded, inputs):
+    prefill = vlm.build_prefill(loaded, inputs, _reduction())
+    lm = loaded.language_model
+    steps, tokens = [], []
+    with torch.inference_mode(), prefill.llm_state() as state:
+        out = loaded.model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1)
+        steps.append(out.logits[0, -1].float())
+        for _ in range(3):
+            tokens.append(int(steps[-1].argmax()))
+            out = loaded.model(input_ids=torch.tensor([[tokens[-1]]]), cache=out.cache, use_cache=True, logits_to_keep=1)
+            steps.append(out.logits[0, -1].float())
+    cache_lengths = [out.cache.get_seq_length(index) for index in range(len(lm.layers))]
+    final = state.mustdrop.kept[-1]
+    length = prefill.embeds.shape[1]
+    assert cache_lengths == [length + 3] + [final.shape[0] + 3] * 5  # layers before the first pruning layer (1) keep all
+    lm.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            layer_inputs, first = _reference_prefill(loaded, prefill, OPTIONS)
+            assert [held.shape[0] for _, held in layer_inputs] == [length, length] + [final.shape[0]] * 4
+            torch.testing.assert_close(steps[0], first, atol=1e-4, rtol=1e-4)
+            for t in range(1, 4):
+                torch.testing.assert_close(steps[t], _reference_step(loaded, layer_inputs, final, tokens[:t], OPTIONS),
+                                           atol=1e-4, rtol=1e-4)
+    finally:
+        lm.config._attn_implementation = "sdpa"
+    assert vlm.generate(loaded, prefill, max_new_tokens=4).tokens[:3] == tokens
+
+
+def test_teacher_forcing_filters_on_the_prompt_rows(loaded, inputs):
+    prefill = vlm.build_prefill(loaded, inputs, _reduction())
+    generation = vlm.generate(loaded, prefill, max_new_tokens=3)
+    forced = vlm.teacher_forced(loaded, prefill, generation.tokens)
+    torch.testing.assert_close(forced.first_logits, generation.first_logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case, match", [
+    ({"model": "smolvlm"}, "no CLS token that its projector drops"),
+    ({"options": {"layers": (2, 6, 10, 14)}}, "has 6 layers"),
+    ({"options": {"windows": 3}}, "takes the options"),
+])
+def test_unsupported_places_and_models_say_why(loaded, inputs, case, match):
+    if case.get("model") == "smolvlm":
+        from tomviz.models.vlm import wrap
+
+        model, processor = tiny.smolvlm(text_layers=6)
+        other = wrap("smolvlm", model, processor)
+        with pytest.raises(ValueError, match=match):
+            vlm.build_prefill(other, vlm.prepare(other, tiny.photo(), QUESTION), _reduction(layers=(1, 2)))
+        return
+    options = {**OPTIONS, **case["options"]}
+    with pytest.raises(ValueError, match=match):
+        vlm.build_prefill(loaded, inputs, vlm.Reduction(place="llm", method="mustdrop", ratio=0.5, method_options=options))
+
+
+def test_boundary_and_encoder_refuse_mustdrop():
+    for place in ("boundary", "encoder"):
+        with pytest.raises(ValueError, match="inside the LLM"):
+            vlm.Reduction(place=place, method="mustdrop", ratio=0.5).check()

@@ -64,7 +64,7 @@ def test_method_list_follows_the_place():
         assert all(name in registry.names(place) or name == "tinychart" for name in names)
     assert "tinychart" in [name for _, name in vlm_tab.method_choices("encoder")]
     assert "pitome" not in [name for _, name in vlm_tab.method_choices("boundary")]
-    assert [name for _, name in vlm_tab.method_choices("llm")] == ["fastv", "aim"]
+    assert [name for _, name in vlm_tab.method_choices("llm")] == ["fastv", "aim", "mustdrop"]
     assert vlm_tab.update_methods("boundary", "tome").value == "tome"
     assert vlm_tab.update_methods("llm", "tome").value == "fastv"
 
@@ -81,3 +81,21 @@ def test_preset_and_mismatches(loaded, monkeypatch):
     assert out.session.result.reduction.method == "tome" and "preset" in out.counts
     out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "aim", 0.5, 2)
     assert "after each layer 16 → 14 → 12" in out.counts and "authors' schedule" in out.counts
+
+
+def test_mustdrop_stages_one_after_the_other(monkeypatch):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model, processor = tiny.llava(image_size=48, patch=8, vision_layers=2, text_layers=16, tower="clip")
+    llava = tomviz.load(model, processor=processor, device="cpu")
+    smol_model, smol_processor = tiny.smolvlm(text_layers=16)
+    smol = tomviz.load(smol_model, processor=smol_processor, device="cpu")
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: llava)
+    assert "mustdrop" in [name for _, name in vlm_tab.method_choices("llm")]
+    out = vlm_tab.ask(tiny.photo(), "what is in this image ?", "tiny", "llm", "mustdrop", 0.5, 2)
+    text = out.counts
+    order = [text.index(f"{n}. ") for n in (1, 2, 3, 4)]
+    assert order == sorted(order) and "layer 14:" in text and "ratio only switches it on" in text
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: smol)
+    with pytest.raises(gr.Error, match="no CLS token that its projector drops"):  # SmolVLM: refused, clearly
+        vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "mustdrop", 0.5, 2)

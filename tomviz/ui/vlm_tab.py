@@ -57,6 +57,9 @@ def resolve_method(place: str, method: str, ratio: float) -> tuple[str, float, s
         if place == "llm" and method == "aim":
             return method, ratio, ("aim inside the LLM follows the authors' schedule (all visual tokens up to half the "
                                    "layers, then 1/8 fewer per layer); the ratio only switches it on")
+        if place == "llm" and method == "mustdrop":
+            return method, ratio, ("mustdrop's thresholds (the authors' 192-token script), not the ratio, decide how many "
+                                   "visual tokens stay; the ratio only switches it on")
         return method, ratio, ""
     if preset.place != place:
         raise ValueError(f"{method} is a preset {registry.where(preset.place)}, not {registry.where(place)}: "
@@ -97,12 +100,31 @@ def _counts_markdown(res) -> str:
 
 
 def _stages_markdown(res) -> str:
-    """The LLM stage layer by layer, when it has more than one (AIM): the visual tokens left after each layer."""
+    """The LLM stage layer by layer, when it has more than one (AIM): the visual tokens left after each layer;
+    MustDrop: its four stages one after the other."""
+    if res.reduction.method == "mustdrop" and "key_set" in res.stages:
+        return _mustdrop_markdown(res.stages)
     stage = res.stages.get("llm")
     if stage is None or stage.num_layers < 2:
         return ""
     counts = " → ".join(str(layer.num_tokens) for layer in stage.layers)
     return f"\n\n**Inside the LLM** ({stage.meta['method']}): visual tokens attended to after each layer {counts}"
+
+
+def _mustdrop_markdown(stages) -> str:
+    """MustDrop's stages: window merging, key set, filtering at each pruning layer, the caches while decoding."""
+    windows, key = stages["encoder"], stages["key_set"]
+    lines = [f"1. window merging after encoder layer 0: {windows.num_input_tokens} → {windows.layers[0].num_tokens} "
+             f"({windows.meta['windows_merged']} windows of 9)",
+             f"2. key set from the last encoder layer's CLS attention: {len(key.meta['key_set'])} tokens always kept"]
+    if "llm" in stages:
+        llm = stages["llm"]
+        after = ", ".join(f"layer {layer}: {trace.num_tokens}" for layer, trace in zip(llm.meta["pruning_layers"], llm.layers))
+        lines.append(f"3. dual-attention filtering (global {llm.meta['global_thr']}, individual "
+                     f"{llm.meta['individual_thr']}): visual tokens after {after}")
+        held = " ".join(str(layer.num_tokens) for layer in stages["cache"].layers)
+        lines.append(f"4. KV caches while decoding, visual tokens per LLM layer: {held}")
+    return "\n\n**MustDrop**\n\n" + "\n".join(lines)
 
 
 def _step_choices(res) -> list[tuple[str, int]]:

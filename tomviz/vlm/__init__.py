@@ -11,8 +11,11 @@ Three places to reduce the visual tokens (``place``):
   ``log(size)`` bias through its mask (``prop_attn``). Two methods give the LLM's tokens themselves, in
   their authors' order and without the bias: ``visionzip`` (before LLaVA's projector, per crop, on the
   encoder's layer -2: :func:`tomviz.vlm.encode.encode_before_projector`) and ``aim`` (plain-mean merging);
-* ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``), or AIM's PageRank pruning with the
-  authors' layer schedule (masking; ``method_options={"drop": True}`` removes the tokens instead).
+* ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``), AIM's PageRank pruning with the
+  authors' layer schedule (masking; ``method_options={"drop": True}`` removes the tokens instead), or
+  MustDrop (LLaVA with a CLS token), whose four stages span the model (:mod:`tomviz.vlm.mustdrop`):
+  window merging after the encoder's first layer, the key set, dual-attention filtering inside the LLM
+  with renumbered positions, and the KV-cache eviction while decoding.
 
 With ``vtu=True`` (boundary, or LLaVA's encoder merging) the LLM gets DyMU's virtual token
 unmerging instead of the log-size bias: it computes on the merged tokens, but every attention

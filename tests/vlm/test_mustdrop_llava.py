@@ -255,3 +255,10 @@ def test_boundary_and_encoder_refuse_mustdrop():
     for place in ("boundary", "encoder"):
         with pytest.raises(ValueError, match="inside the LLM"):
             vlm.Reduction(place=place, method="mustdrop", ratio=0.5).check()
+
+
+def test_answer_attention_and_banzhaf_on_the_tokens_the_llm_receives(result):
+    assert result.answer_attention.shape[2] == result.token_counts["llm_input"] == 65
+    assert np.isfinite(result.answer_attention).all()
+    estimate = result.banzhaf(samples=4)  # the game masks visual tokens; MustDrop's filter is not applied there
+    assert estimate.values.shape == (65,)

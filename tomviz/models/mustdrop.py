@@ -133,8 +133,10 @@ class MustDropRequest:
         self.kept.append(held[stay])
 
     def evict(self, cache: Any) -> None:
-        """Stage 4, once, at the first decoding step (the end of the original's prefill): layers ``layers[0]..layers[-1]`` keep in their caches only the last
-        stage's survivors (the later layers hold only them already; the earlier ones keep all)."""
+        """Stage 4, once, at the first decoding step (the original evicts at the end of its prefill): layers
+        ``layers[0]..layers[-1]`` keep in their caches only the last stage's survivors (the later layers hold only
+        them already; the earlier ones keep all). cache: a transformers ``DynamicCache`` (``.layers[i].keys``
+        ``[B, Hkv, L, d]``)."""
         final = self.kept[-1]
         for index in range(self.layers[0], self.layers[-1] + 1):
             held = self.entering(index, prefill=True)

@@ -139,7 +139,7 @@ def answer_game(loaded: LoadedVLM, prefill: Prefill, answer: list[int]) -> tuple
         present = torch.as_tensor(masks, device=embeds.device)  # [M, n]
         bias = base.expand(len(masks), -1).clone()  # [M, L]
         bias[:, visual_positions] = torch.where(present, bias[:, visual_positions], absent_bias)
-        with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None, aim=None):
+        with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None, aim=None, mustdrop=None):
             logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False).logits.float()
         steps = logits[:, -(len(answer) + 1):-1]  # [M, A, vocab]
         logp = steps.log_softmax(-1).gather(2, ids.expand(len(masks), -1)[..., None])[..., 0]  # [M, A]

@@ -57,7 +57,8 @@ class Trace:
     ``patch_grid`` (rows, cols), ``patch_size``; for text ``tokens`` (list[str]); for a clip
     ``frame_grid`` (frames, rows, cols) with the input tokens frame-major (index ``(t * rows + row) * cols
     + col``, no protected tokens), ``stages`` (one name per layer record: a temporal method's step) and
-    ``segments`` (inclusive frame ranges, when the method segments the clip).
+    ``segments`` (inclusive frame ranges, when the method segments the clip) and ``kept_positions`` (the input
+    token whose place each kept token of the last stage takes).
     """
 
     meta: dict[str, Any]
@@ -186,6 +187,11 @@ class Trace:
         """``[N0]`` per input token → ``[frames, rows, cols]`` (frame-major; dtype kept)."""
         frames, rows, cols = self.frame_grid
         return np.asarray(per_input).reshape(frames, rows, cols)
+
+    def tokens_per_frame(self) -> np.ndarray:
+        """``[frames]`` kept tokens of the last stage whose place lies in each frame (what a frame hands on)."""
+        frames, rows, cols = self.frame_grid
+        return np.bincount(np.asarray(self.meta["kept_positions"], dtype=np.int64) // (rows * cols), minlength=frames)
 
     def token_place(self, token: int) -> tuple[int, int, int]:
         """``(frame, row, col)`` (0-based) of input token ``token`` of a clip."""

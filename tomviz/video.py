@@ -56,12 +56,6 @@ class VideoResult:
     fidelity: float  # cosine of the pooled embedding (size-weighted), reduced vs unreduced
     token_mean_fidelity: float  # the same with each handed-on token once
 
-    @property
-    def tokens_per_frame(self) -> np.ndarray:
-        """``[T]`` kept tokens that take the place of a token of each frame (what each frame hands on)."""
-        frames, rows, cols = self.trace.frame_grid
-        return np.bincount(self.reduction.position.cpu().numpy() // (rows * cols), minlength=frames)
-
     def token_counts(self) -> list[int]:
         """Tokens before and after each stage: ``[T * N, M]``."""
         return self.trace.token_counts()
@@ -73,7 +67,7 @@ class VideoResult:
             "model": self.trace.meta.get("model"), "method": self.trace.meta["method"], "ratio": self.request.ratio,
             "method_options": dict(self.request.method_options), "frame_grid": [frames, rows, cols],
             "feature_layer": self.features.feature_layer, "timestamps": list(self.video.timestamps),
-            "token_counts": self.token_counts(), "tokens_per_frame": self.tokens_per_frame.tolist(),
+            "token_counts": self.token_counts(), "tokens_per_frame": self.trace.tokens_per_frame().tolist(),
             "segments": [list(s) for s in self.reduction.segments],
             "groups_spanning_frames": int((self.reduction.frames_spanned() > 1).sum()),
             "dropped_tokens": int((self.reduction.group < 0).sum()),
@@ -103,7 +97,8 @@ def clip_trace(reduction: TemporalReduction, features: FrameFeatures, meta: dict
     layer = LayerTrace(source=group, sizes=sizes, num_tokens_in=group.shape[0],
                        cls_attention=features.attention.flatten().numpy().astype(np.float32))
     meta = {**meta, "frame_grid": [frames, rows, cols], "num_protected": 0, "num_input_tokens": int(group.shape[0]),
-            "patch_size": features.patch_size, "segments": [list(s) for s in reduction.segments]}
+            "patch_size": features.patch_size, "segments": [list(s) for s in reduction.segments],
+            "kept_positions": reduction.position.cpu().tolist()}
     return Trace(meta=meta, layers=[layer])
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tomviz.inputs.video import VideoLimits, Video, read_video
+from tomviz.inputs.video import VIDEO_SUFFIXES, Video, VideoLimits, read_video
 from tomviz.merge.request import MergeRequest
 from tomviz.merge.temporal.base import TemporalReduction, mean_by_group
 from tomviz.merge.temporal.methods import ClipInputs
@@ -38,7 +38,6 @@ from tomviz.models.frames import DEFAULT_FEATURE_LAYER, FrameFeatures, encode_fr
 from tomviz.models.loading import LoadedModel
 from tomviz.trace import LayerTrace, Trace
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".m4v")
 DEFAULT_FRAMES = 16
 
 

@@ -31,8 +31,8 @@ def add_arguments(inspect: argparse.ArgumentParser) -> None:
             action.choices = sorted(set(action.choices) | set(CLIP_METHOD_NAMES))
     group = inspect.add_argument_group("clips (a video file or a folder of frames as INPUT)")
     group.add_argument("--frames", type=int, default=16, help="frames sampled uniformly over the clip")
-    group.add_argument("--feature-layer", type=int, default=6,
-                       help="the encoder block (0-based) whose tokens the method compares across frames")
+    group.add_argument("--feature-layer", type=int,
+                       help="the encoder block (0-based) whose tokens the method compares across frames (default: the middle one)")
 
 
 def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:

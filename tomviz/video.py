@@ -34,7 +34,7 @@ from tomviz.inputs.video import VIDEO_SUFFIXES, Video, VideoLimits, read_video
 from tomviz.merge.request import MergeRequest
 from tomviz.merge.temporal.base import TemporalReduction, mean_by_group
 from tomviz.merge.temporal.methods import ClipInputs
-from tomviz.models.frames import DEFAULT_FEATURE_LAYER, FrameFeatures, encode_frames
+from tomviz.models.frames import FrameFeatures, encode_frames, middle_block
 from tomviz.models.loading import LoadedModel
 from tomviz.trace import LayerTrace, Trace
 
@@ -120,17 +120,19 @@ def inspect_video(
     ratio: float = 0.9,
     method_options: dict[str, Any] | None = None,
     num_frames: int = DEFAULT_FRAMES,
-    feature_layer: int = DEFAULT_FEATURE_LAYER,
+    feature_layer: int | None = None,
     limits: VideoLimits = VideoLimits(),
     features: FrameFeatures | None = None,
 ) -> VideoResult:
     """Inspect clip ``x`` (see :func:`is_video_input`) with the temporal ``method`` at ``ratio`` (fraction of
     the clip's tokens removed; see :mod:`tomviz.merge.temporal.methods` for each method's reading).
+    ``feature_layer``: the encoder block whose tokens the method compares (default the middle one).
     ``features``: the encoder's outputs for these frames from an earlier call (skips the encoder)."""
     video = x if isinstance(x, Video) else read_video(list(x) if isinstance(x, np.ndarray) else x, num_frames, limits)
     request = MergeRequest(method=method, method_options=dict(method_options or {}), ratio=float(ratio),
                            place="clip", modality="video", frames=video.num_frames)
     clip_method = request.clip_method()
+    feature_layer = middle_block(loaded.num_layers) if feature_layer is None else int(feature_layer)
     if features is None or features.tokens.shape[0] != video.num_frames or features.feature_layer != feature_layer:
         features = encode_frames(loaded, video.frames, feature_layer)
     clip = ClipInputs(features.tokens, features.attention, features.frame_features, features.pixels, features.patch_size)

@@ -4,7 +4,8 @@ The embedded DINOv2-S/14 (or any loaded image model with a CLS token) encodes ev
 image (resized to the model's input size, its own normalisation). Per frame it gives:
 
 * ``tokens``: the patch tokens of block ``feature_layer`` (0-based, the block's output before the final
-  layer norm) — the features the temporal methods compare across frames;
+  layer norm; default the middle block, :func:`middle_block`) — the features the temporal methods compare
+  across frames;
 * ``attention``: the last block's CLS → patch attention (mean over heads), where SigLIP's pooling head's
   attention is read by FastVID and HoliTom's importance by the originals;
 * ``frame_features``: the final CLS token, standing in for SigLIP's pooled frame feature (FastVID's DySeg);
@@ -28,7 +29,9 @@ from tomviz.inputs.image import ImageSpec, to_pixel_values
 from tomviz.merge.engine import MergeConfig
 from tomviz.models.loading import LoadedModel, PreparedInput
 
-DEFAULT_FEATURE_LAYER = 6  # see the module docstring
+def middle_block(num_layers: int) -> int:
+    """The default feature block: the middle one, ``num_layers // 2`` (block 6 of DINOv2-S's 12; see above)."""
+    return num_layers // 2
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,13 @@ def frame_pixels(frames: np.ndarray, spec: ImageSpec) -> torch.Tensor:
     return torch.cat([to_pixel_values(Image.fromarray(frame), spec) for frame in frames])
 
 
-def encode_frames(loaded: LoadedModel, frames: np.ndarray, feature_layer: int = DEFAULT_FEATURE_LAYER) -> FrameFeatures:
+def encode_frames(loaded: LoadedModel, frames: np.ndarray, feature_layer: int | None = None) -> FrameFeatures:
     """Run ``loaded`` (an image model with one CLS token first) on every frame of ``frames`` ``[T, H, W, 3]``."""
     import time
 
     if loaded.modality != "image":
         raise ValueError(f"{loaded.name} is not an image model: a clip's frames need one (e.g. dinov2-small)")
+    feature_layer = middle_block(loaded.num_layers) if feature_layer is None else int(feature_layer)
     if not 0 <= feature_layer < loaded.num_layers:
         raise ValueError(f"feature_layer must be in 0..{loaded.num_layers - 1}, got {feature_layer}")
     spec = loaded.image_spec or ImageSpec(size=(224, 224))

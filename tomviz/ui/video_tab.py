@@ -19,7 +19,7 @@ import tomviz
 from tomviz.inputs.video import EXAMPLE_ATTRIBUTION, VIDEO_SUFFIXES, VideoLimits, example_clips, read_video
 from tomviz.merge import registry
 from tomviz.merge.checks import MAX_RATIO
-from tomviz.models.frames import DEFAULT_FEATURE_LAYER, FrameFeatures
+from tomviz.models.frames import FrameFeatures
 from tomviz.render.video import STRIP_LEGEND, frame_counts_figure, frame_strip, merge_video, strip_layout
 from tomviz.ui.common import download_folder, session_state, user_errors
 from tomviz.video import VideoResult
@@ -33,7 +33,7 @@ LINEAGE_HINT = "*Click a token in the strip: its group is drawn in magenta in ev
 INTRO = ("Drop in a clip (mp4, webm, mov, gif; up to 25 MB) or pick an example. Every sampled frame goes through the "
          "embedded DINOv2-S/14; a temporal method then merges or drops tokens across frames. DINOv2's CLS attention "
          "stands in for SigLIP's pooling-head attention (HoliTom, FastVID) and its final CLS token for FastVID's frame "
-         f"feature; the methods compare block {DEFAULT_FEATURE_LAYER}'s tokens, where a moving object and a static "
+         "feature; the methods compare the middle block's tokens (6 of 12), where a moving object and a static "
          f"background differ (the last block makes them look alike). {EXAMPLE_ATTRIBUTION}")
 
 
@@ -50,7 +50,7 @@ def method_choices() -> list[tuple[str, str]]:
 class VideoSession:
     """What redraws and reruns need (per visitor, in gr.State)."""
 
-    key: tuple  # (clip, frames, feature layer) the features belong to
+    key: tuple  # (clip, frames) the features belong to
     features: FrameFeatures
     result: VideoResult
 
@@ -108,7 +108,7 @@ def inspect_clip(upload: str | None, example: str | None = DEFAULT_EXAMPLE, meth
     with user_errors("inspect this clip"):
         source = clip_source(upload, example)
         num_frames = int(min(max(FRAME_CHOICES[0], round(frames or 16)), FRAME_CHOICES[1]))
-        key = (str(source), num_frames, DEFAULT_FEATURE_LAYER)
+        key = (str(source), num_frames)
         features = session.features if session is not None and session.key == key else None
         video = session.result.video if features is not None else read_video(source, num_frames, SERVER_LIMITS)
         loaded = tomviz.load(MODEL)

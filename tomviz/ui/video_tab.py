@@ -163,7 +163,7 @@ def build_video_tab() -> None:
             segments = gr.Number(8, precision=0, label="Segments c (FastVID: cut at the c − 1 least similar frame pairs)")
             run = gr.Button("Inspect clip", variant="primary")
         with gr.Column(scale=8):
-            strip = gr.Image(label="Frame strip", type="pil", interactive=False)
+            strip = gr.Image(label="Frame strip", type="pil", interactive=False, format="png")
             gr.Markdown(STRIP_LEGEND, elem_classes="caption")
             lineage = gr.Markdown(LINEAGE_HINT)
             text = gr.Markdown()

@@ -17,7 +17,7 @@ def loaded():
 
 @pytest.fixture
 def tab(loaded, monkeypatch):
-    monkeypatch.setattr(video_tab.tomviz, "load", lambda name: loaded)
+    monkeypatch.setattr(video_tab.tomviz, "load", lambda name, untrusted=False: loaded)
     return video_tab
 
 

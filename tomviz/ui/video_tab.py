@@ -157,11 +157,11 @@ def build_video_tab() -> None:
             frames = gr.Slider(*FRAME_CHOICES, value=16, step=1, label="Frames sampled")
             tau = gr.Number(0.8, label="τ (HoliTom: static-token similarity; FastVID: segment cut below)")
             segments = gr.Number(8, precision=0, label="Segments c (FastVID: cut at the c − 1 least similar frame pairs)")
-            run = gr.Button("Inspect clip", variant="primary")
+            run = gr.Button("Inspect clip", variant="primary", elem_id="video-run")
         with gr.Column(scale=8):
-            strip = gr.Image(label="Frame strip", type="pil", interactive=False, format="png")
+            strip = gr.Image(label="Frame strip", type="pil", interactive=False, format="png", elem_id="video-strip")
             gr.Markdown(STRIP_LEGEND, elem_classes="caption")
-            lineage = gr.Markdown(LINEAGE_HINT)
+            lineage = gr.Markdown(LINEAGE_HINT, elem_id="video-lineage")
             text = gr.Markdown()
             with gr.Row():
                 counts = gr.Plot(label="Tokens per frame")

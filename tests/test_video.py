@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tomviz
-from tests.video.clips import patch_mask, square_clip
+from tests.inputs.clips import patch_mask, square_clip
 from tomviz.inputs.video import example_clips, read_video
 from tomviz.trace import Trace
 from tomviz.video import VideoResult, is_video_input

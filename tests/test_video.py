@@ -62,6 +62,8 @@ def test_a_clip_file_and_clear_errors(tiny_frames_model, square_mp4, tmp_path):
     broken.write_bytes(b"not a video at all" * 10)
     with pytest.raises(ValueError, match="not a readable video"):
         tomviz.inspect(tiny_frames_model, str(broken), method="holitom", ratio=0.5)
+    with pytest.raises(ValueError, match="a clip takes ratio="):
+        tomviz.inspect(tiny_frames_model, str(square_mp4), method="holitom", r=8)
     with pytest.raises(ValueError, match="pitome works in the encoder, not on a clip's frames: there choose one of dycoke"):
         tomviz.inspect(tiny_frames_model, str(square_mp4), method="pitome", ratio=0.5)
 

@@ -96,6 +96,8 @@ def inspect(
         return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn,
                            schedule=request.schedule, method_options=request.method_options, **vlm_options)
     if is_video_input(x):
+        if r not in (None, 0):
+            raise ValueError("a clip takes ratio= (the fraction of its tokens removed), not r=")
         return inspect_video(loaded, x, method=method, ratio=ratio or 0.0, method_options=request.method_options,
                              **vlm_options)
     if vlm_options:

@@ -159,7 +159,8 @@ def build_video_tab() -> None:
             segments = gr.Number(8, precision=0, label="Segments c (FastVID: cut at the c − 1 least similar frame pairs)")
             run = gr.Button("Inspect clip", variant="primary", elem_id="video-run")
         with gr.Column(scale=8):
-            strip = gr.Image(label="Frame strip", type="pil", interactive=False, format="png", elem_id="video-strip")
+            strip = gr.Image(label="Frame strip", show_label=False, type="pil", interactive=False, format="png",
+                             elem_id="video-strip")
             gr.Markdown(STRIP_LEGEND, elem_classes="caption")
             lineage = gr.Markdown(LINEAGE_HINT, elem_id="video-lineage")
             text = gr.Markdown()
@@ -170,6 +171,6 @@ def build_video_tab() -> None:
     inputs = [upload, example, method, ratio, frames, tau, segments, session]
     components = dict(session=session, strip=strip, counts=counts, text=text, video=video, lineage=lineage)
     outputs = [components[name] for name in VideoOutputs._fields]
-    gr.on([run.click, method.change, ratio.release], inspect_clip, inputs=inputs, outputs=outputs, api_name="inspect_video",
-          concurrency_id="model", concurrency_limit=1, trigger_mode="always_last")
+    gr.on([run.click, upload.upload, example.input, method.input, ratio.release], inspect_clip, inputs=inputs,
+          outputs=outputs, api_name="inspect_video", concurrency_id="model", concurrency_limit=1, trigger_mode="always_last")
     strip.select(select_token, [session], [strip, lineage], queue=False)

@@ -2,12 +2,16 @@
 tokens merge across frames.
 
 Layout first, event wiring last; handlers are module-level functions (testable without a browser). The
-clip is checked from its header before any frame is decoded (:func:`tomviz.inputs.video.read_video`); the
-encoder's outputs for the clip stay in the visitor's ``gr.State``, so changing the method, the ratio or a
-knob reruns only the method (milliseconds), not the encoder.
+clip is checked from its header before any frame is decoded (:func:`tomviz.inputs.video.read_video`). The
+visitor's ``gr.State`` keeps the sampled frames and the trace (for clicks); the encoder's outputs (~35 MB a
+clip) stay in a small server-side cache of ``FEATURE_CACHE_SIZE`` clips under a lock, so changing the method,
+the ratio or a knob reruns only the method (milliseconds) while the memory stays bounded whatever the number
+of visitors.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,12 +20,13 @@ import gradio as gr
 from PIL import Image
 
 import tomviz
-from tomviz.inputs.video import EXAMPLE_ATTRIBUTION, VIDEO_SUFFIXES, VideoLimits, example_clips, read_video
+from tomviz.inputs.video import EXAMPLE_ATTRIBUTION, VIDEO_SUFFIXES, Video, VideoLimits, example_clips, read_video
 from tomviz.merge import registry
 from tomviz.merge.checks import MAX_RATIO
 from tomviz.models.frames import FrameFeatures
 from tomviz.render.video import STRIP_LEGEND, frame_counts_figure, frame_strip, merge_video, strip_layout
 from tomviz.ui.common import download_folder, session_state, user_errors
+from tomviz.trace import Trace
 from tomviz.video import VideoResult
 
 MODEL = "dinov2-small"  # the embedded DINOv2-S/14, offline
@@ -29,6 +34,9 @@ DEFAULT_EXAMPLE = "world.mp4"
 FRAME_CHOICES = (4, 32)  # the frames slider's bounds
 SERVER_LIMITS = VideoLimits(max_bytes=25 * 2**20, max_seconds=10 * 60.0, max_frames=20_000, max_pixels=1920 * 1088)
 KNOBS = {"holitom": ("tau",), "fastvid": ("tau", "segments")}  # which of the tab's knobs each method reads
+FEATURE_CACHE_SIZE = 4  # clips whose encoder outputs are kept (server-wide, least recently used dropped first)
+_FEATURES: "OrderedDict[tuple, FrameFeatures]" = OrderedDict()
+_FEATURES_LOCK = threading.Lock()  # held only to read or change _FEATURES
 LINEAGE_HINT = "*Click a token in the strip: its group is drawn in magenta in every frame it spans.*"
 INTRO = ("Drop in a clip (mp4, webm, mov, gif; up to 25 MB) or pick an example. Every sampled frame goes through the "
          "embedded DINOv2-S/14; a temporal method then merges or drops tokens across frames. DINOv2's CLS attention "
@@ -46,9 +54,24 @@ def method_choices() -> list[tuple[str, str]]:
 class VideoSession:
     """What redraws and reruns need (per visitor, in gr.State)."""
 
-    key: tuple  # (clip, frames) the features belong to
-    features: FrameFeatures
-    result: VideoResult
+    key: tuple  # (model, clip, frames)
+    video: Video  # the sampled frames
+    trace: Trace  # the last run's
+
+
+def cached_features(key: tuple) -> FrameFeatures | None:
+    with _FEATURES_LOCK:
+        if key in _FEATURES:
+            _FEATURES.move_to_end(key)
+        return _FEATURES.get(key)
+
+
+def keep_features(key: tuple, features: FrameFeatures) -> None:
+    with _FEATURES_LOCK:
+        _FEATURES[key] = features
+        _FEATURES.move_to_end(key)
+        while len(_FEATURES) > FEATURE_CACHE_SIZE:
+            _FEATURES.popitem(last=False)
 
 
 class VideoOutputs(NamedTuple):
@@ -104,22 +127,23 @@ def inspect_clip(upload: str | None, example: str | None = DEFAULT_EXAMPLE, meth
     with user_errors("inspect this clip"):
         source = clip_source(upload, example)
         num_frames = int(min(max(FRAME_CHOICES[0], round(frames or 16)), FRAME_CHOICES[1]))
-        key = (str(source), num_frames)
-        features = session.features if session is not None and session.key == key else None
-        video = session.result.video if features is not None else read_video(source, num_frames, SERVER_LIMITS)
         loaded = tomviz.load(MODEL, untrusted=True)
+        key = (loaded.name, str(source), num_frames)
+        same_clip = session is not None and session.key == key
+        video = session.video if same_clip else read_video(source, num_frames, SERVER_LIMITS)
+        features = cached_features(key)
         result = tomviz.inspect(loaded, video, method=method, ratio=float(ratio),
                                 method_options=method_options(method, tau, segments), features=features)
         path = merge_video(result.video.frames, result.trace, download_folder() / "merge.mp4")
         counts = frame_counts_figure(result.trace.tokens_per_frame(), result.trace.frame_grid[1] * result.trace.frame_grid[2])
-        return VideoOutputs(session=VideoSession(key, result.features, result),
+        keep_features(key, result.features)
+        return VideoOutputs(session=VideoSession(key, result.video, result.trace),
                             strip=frame_strip(result.video.frames, result.trace), counts=counts,
                             text=result_markdown(result), video=str(path), lineage=LINEAGE_HINT)
 
 
-def lineage_markdown(result: VideoResult, token: int) -> str:
+def lineage_markdown(trace: Trace, token: int) -> str:
     """Where the clicked token went: its group's size, the frames it spans, dropped or kept."""
-    trace = result.trace
     frame, row, col = trace.token_place(token)
     group = trace.groups(-1)
     name = f"token (frame {frame}, row {row + 1}, col {col + 1})"
@@ -136,12 +160,11 @@ def select_token(session: VideoSession | None, evt: gr.SelectData) -> tuple[Any,
     """A click on the strip: redraw it with the clicked token's group selected."""
     if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
         return gr.skip(), LINEAGE_HINT
-    result = session.result
-    layout = strip_layout(result.video.frames)
-    token = layout.token_at(result.trace, float(evt.index[0]), float(evt.index[1]))
+    frames, trace = session.video.frames, session.trace
+    token = strip_layout(frames).token_at(trace, float(evt.index[0]), float(evt.index[1]))
     if token is None:
-        return frame_strip(result.video.frames, result.trace), LINEAGE_HINT
-    return frame_strip(result.video.frames, result.trace, token=token), lineage_markdown(result, token)
+        return frame_strip(frames, trace), LINEAGE_HINT
+    return frame_strip(frames, trace, token=token), lineage_markdown(trace, token)
 
 
 def build_video_tab() -> None:

@@ -30,3 +30,12 @@ def test_a_missing_or_broken_clip_is_an_error_message(tiny_frames_model, tmp_pat
     broken.write_bytes(b"\x00" * 64)
     with pytest.raises(SystemExit, match="not a readable video"):
         main(["inspect", str(broken), "--method", "holitom", "--out", str(tmp_path / "o")])
+
+
+def test_what_the_cli_reads_as_a_clip(tmp_path):
+    from pathlib import Path
+
+    from tomviz.cli_video import is_clip
+
+    assert is_clip(Path("a.mp4")) and is_clip(Path("a.WEBM")) and is_clip(tmp_path)
+    assert not is_clip(Path("a.png")) and not is_clip(Path("a.gif")) and not is_clip(Path("word " * 2000))

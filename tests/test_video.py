@@ -71,6 +71,7 @@ def test_a_clip_file_and_clear_errors(tiny_frames_model, square_mp4, tmp_path):
 def test_what_counts_as_a_clip(tmp_path):
     assert is_video_input("a.mp4") and is_video_input(np.zeros((2, 4, 4, 3), np.uint8)) and is_video_input([np.zeros((4, 4, 3))])
     assert not is_video_input("a.png") and not is_video_input(("image", "question")) and not is_video_input("a text")
+    assert is_video_input(tmp_path) and not is_video_input("word " * 2000)  # a folder of frames; a long text
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def inspect(
             raise ValueError(f"{loaded.name} is a vision-language model: give it (image, question)")
         return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn,
                            schedule=request.schedule, method_options=request.method_options, **vlm_options)
-    if is_video_input(x):
+    if loaded.modality == "image" and is_video_input(x):
         if r not in (None, 0):
             raise ValueError("a clip takes ratio= (the fraction of its tokens removed), not r=")
         return inspect_video(loaded, x, method=method, ratio=ratio or 0.0, method_options=request.method_options,

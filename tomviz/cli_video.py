@@ -20,8 +20,13 @@ CLIP_METHOD_NAMES = registry.names("clip")  # read from the registry without imp
 
 
 def is_clip(path: Path) -> bool:
-    """A video file by its suffix, or a folder (of frames)."""
-    return path.suffix.lower() in VIDEO_SUFFIXES or path.is_dir()
+    """A video file by its suffix, or a folder (of frames); a literal text too long for a path is not."""
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return True
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def add_arguments(inspect: argparse.ArgumentParser) -> None:

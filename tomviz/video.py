@@ -77,12 +77,18 @@ class VideoResult:
 
 def is_video_input(x: Any) -> bool:
     """True for what :func:`inspect_video` takes: a :class:`Video`, a clip's path, a folder of frames, a list of
-    frames (paths, arrays, PIL images) or a ``[T, H, W, 3]`` uint8 array."""
+    frames (paths, arrays, PIL images) or a ``[T, H, W, 3]`` uint8 array (for an image model: a text model
+    reads every string as text)."""
     if isinstance(x, Video):
         return True
     if isinstance(x, (str, os.PathLike)):
         path = Path(x)
-        return path.suffix.lower() in VIDEO_SUFFIXES or path.is_dir()
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return True
+        try:
+            return path.is_dir()
+        except (OSError, ValueError):  # a long text, a NUL byte: not a path
+            return False
     if isinstance(x, np.ndarray):
         return x.ndim == 4
     return isinstance(x, list) and len(x) > 0  # a tuple is a VLM's (image, question)

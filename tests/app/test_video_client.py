@@ -28,6 +28,13 @@ def test_world_mp4_holitom_strip_equals_the_trace(client):
     assert f"→ **{local.token_counts()[-1]}**" in out[TEXT] and str(out[VIDEO]).endswith(".mp4")
 
 
+def test_dropping_world_mp4_in_equals_picking_the_example(client):
+    dropped = _world(client, upload=handle_file(str(example_clips()["world.mp4"])), example=None)
+    picked = _world(client)
+    assert dropped[TEXT].split("**Speed**")[0] == picked[TEXT].split("**Speed**")[0]  # tokens, groups, segments
+    assert np.array_equal(np.asarray(Image.open(dropped[STRIP])), np.asarray(Image.open(picked[STRIP])))
+
+
 def test_a_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 256)

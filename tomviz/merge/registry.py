@@ -53,7 +53,9 @@ ENTRIES: dict[str, MethodEntry] = {entry.name: entry for entry in (
     MethodEntry("random_prune", _M + "random_:RandomPrune", ("boundary",)),  # random pruning (a seeded subset stays)
     MethodEntry("downsample", _M + "visual:Downsample", ("boundary",)),
     MethodEntry("fastv", _M + "visual:FastV", ("llm",)),
-    MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),
+    MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),  # the authors' rule, before the projector
+    MethodEntry("aim", _M + "visual:AIM", ("boundary", "llm")),  # merging before the LLM; PageRank pruning inside it
+    MethodEntry("visionzip_paper", _M + "visual:VisionZipPaper", ("boundary",)),  # the paper's description, any tokens
     # temporal methods, on a clip's per-frame tokens (tomviz.merge.temporal)
     MethodEntry("holitom", _T + "HoliTom", ("clip",)),
     MethodEntry("fastvid", _T + "FastVID", ("clip",)),

@@ -88,6 +88,8 @@ def resolve_source(name: str, untrusted: bool = False) -> ModelSource:
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
     name = name.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # NUL and other control characters: no file or repo has them
+        raise ModelLoadError(f"model name {name[:100]!r} contains control characters; type an embedded name or owner/name")
     if name in DEFAULT_MODELS:
         return ModelSource("embedded", name)
     if untrusted:

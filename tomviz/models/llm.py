@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from tomviz.merge import aim
 from tomviz.merge.context import PerCallState
 from tomviz.models.patching import PATCH_LOCK
 
@@ -45,6 +46,21 @@ class FastVRequest:
     keep: int  # visual tokens kept
     select: Callable[[torch.Tensor], torch.Tensor]  # attention [1, V] → kept visual indices [k] (ascending)
     query: int = -1  # the prefill position whose attention decides: the last prompt token (-1: the last position)
+
+
+@dataclass
+class AIMRequest:
+    """AIM's PageRank pruning inside the LLM (:mod:`tomviz.merge.aim`), by masking: after each prefill layer
+    whose retain rate is below 1, the layer's attention logits (recomputed, causal and pruning mask added)
+    give each token a PageRank importance, and the visual tokens outside the ``int(V * rate)`` best are
+    masked out of every later layer's keys (prefill and decoding); they keep their places, positions and
+    cache entries, and their rows still vote in the next rounds. Text tokens are never pruned. With ``drop``
+    they are removed instead, as FastV's are (the rest keep their positions; later layers' caches hold only
+    them), and no longer vote."""
+
+    rates: list[float]  # [num_layers] fraction of the original visual tokens kept after each layer (aim.retain_rates)
+    length: int | None = None  # rank only the first ``length`` positions (the prompt; teacher forcing); None: all
+    drop: bool = False  # remove the pruned tokens (hidden states, positions, cache) instead of masking them
 
 
 @dataclass
@@ -89,10 +105,12 @@ class LLMState(PerCallState, context="tomviz_llm_state"):
     fastv: FastVRequest | None = None
     record_queries: torch.Tensor | None = None  # [Q] long: record these queries' attention (one pass, no cache)
     vtu: VirtualTokens | None = None  # DyMU's virtual token unmerging in every prefill attention
+    aim: AIMRequest | None = None  # AIM's PageRank pruning (masking)
     # filled during the call
     keep: torch.Tensor | None = None  # [L'] long, prefill positions that layers >= K keep (FastV)
     last_attention: torch.Tensor | None = None  # [L] attention of the last prompt token in layer K-1 (mean over heads)
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer [Q, L_l], mean over heads
+    active: list[torch.Tensor] = field(default_factory=list)  # AIM: per layer [L] bool, the keys left after it
 
 
 def current_state() -> LLMState | None:
@@ -116,6 +134,18 @@ def layer_attention(
     hidden: ``[1, L, C]`` the layer's input (no cache: the whole sequence); queries: ``[Q]``
     positions; key_bias: ``[L]`` or None. Returns ``[Q, L]`` float32.
     """
+    return layer_logits(layer, hidden, position_embeddings, queries, key_bias).softmax(-1).mean(1)[0]
+
+
+def layer_logits(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    queries: torch.Tensor,
+    key_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The pre-softmax attention logits of ``queries`` inside ``layer`` (scaled, causal ``-inf`` and
+    ``key_bias`` added), per head: ``[1, H, Q, L]`` float32. Arguments as :func:`layer_attention`."""
     attn = layer.self_attn
     h = layer.input_layernorm(hidden)
     head_dim = attn.head_dim
@@ -131,8 +161,7 @@ def layer_attention(
     if key_bias is not None:
         logits = logits + key_bias.float()
     future = torch.arange(h.shape[1], device=h.device)[None, :] > queries[:, None]  # [Q, L]
-    logits = logits.masked_fill(future, -torch.inf)
-    return logits.softmax(-1).mean(1)[0]  # [Q, L]
+    return logits.masked_fill(future, -torch.inf)
 
 
 def _bias_mask(
@@ -174,14 +203,15 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             kwargs["position_embeddings"][0].shape[1] == prefix
         )
         fastv = state.fastv
-        dropped = fastv is not None and index >= fastv.layer and state.keep is not None
+        keep = _entering(state, index)  # the prefill positions whose tokens enter this layer (None: all)
+        dropped = keep is not None
         mask = kwargs.get("attention_mask")
         key_bias = state.key_bias
         if dropped:
-            keep = state.keep
             if prefill:
-                if index == fastv.layer:
-                    hidden_states = hidden_states[:, keep]
+                previous = _entering(state, index - 1) if index > 0 else None
+                if previous is None or not torch.equal(previous, keep):  # this layer drops more
+                    hidden_states = hidden_states[:, keep if previous is None else torch.searchsorted(previous, keep)]
                 cos, sin = kwargs["position_embeddings"]
                 kwargs["position_embeddings"] = (cos[:, keep], sin[:, keep])
                 if kwargs.get("position_ids") is not None:
@@ -192,11 +222,13 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
                 mask = _slice_keys(mask, keep, prefix)
             if key_bias is not None:
                 key_bias = key_bias[..., keep]
+        if state.aim is not None:
+            key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill, keep)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
-            queries = torch.searchsorted(state.keep, state.record_queries) if dropped else state.record_queries
+            queries = torch.searchsorted(keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
             if dropped:  # back onto the prefill positions; dropped keys get 0
-                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, state.keep, probs)
+                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, keep, probs)
             state.attention.append(probs)
         if fastv is not None and prefill and index == fastv.layer - 1:
             last = torch.tensor([fastv.query % hidden_states.shape[1]], device=hidden_states.device)
@@ -214,6 +246,55 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         return original(hidden_states, *args, **kwargs)
 
     return types.MethodType(forward, layer)
+
+
+def _entering(state: LLMState, index: int) -> torch.Tensor | None:
+    """``[K]`` ascending: the prefill positions whose tokens enter layer ``index`` when tokens were dropped before
+    it (FastV from layer K; AIM with ``drop``); None: every position."""
+    if state.fastv is not None:
+        return state.keep if index >= state.fastv.layer else None
+    if state.aim is None or not state.aim.drop or not 0 < index <= len(state.active):
+        return None
+    entering = state.active[index - 1]
+    return None if bool(entering.all()) else entering.nonzero()[:, 0]
+
+
+def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tensor,
+              position_embeddings: tuple[torch.Tensor, torch.Tensor] | None, key_bias: torch.Tensor | None,
+              prefill: bool, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """AIM in layer ``index``: masking, the key bias with the keys pruned before it masked (dropping: they are gone
+    already); in the prefill, the keys left after it (``state.active``), ranked by
+    :func:`tomviz.merge.aim.pagerank_scores` of this layer's logits over the tokens ``hidden`` holds (``positions``,
+    None: all) when its retain rate is below 1: the only layers whose logits are recomputed."""
+    prefix = state.visual.shape[0]
+    device = hidden.device
+    if prefill and index == 0:
+        state.active = []
+    entering = state.active[index - 1] if index > 0 else torch.ones(prefix, dtype=torch.bool, device=device)
+    if not state.aim.drop and not bool(entering.all()):  # (nothing pruned yet: the model's own causal mask)
+        pruned = torch.zeros(prefix, device=device).masked_fill(~entering, torch.finfo(torch.float32).min)
+        key_bias = pruned if key_bias is None else key_bias + pruned
+    if not prefill:
+        return key_bias
+    leaving = entering
+    if state.aim.rates[index] < 1.0 and bool((entering & state.visual).any()):  # (no visual token left: nothing to rank)
+        positions = torch.arange(prefix, device=device) if positions is None else positions
+        length = state.aim.length or prefix
+        rows = int((positions < length).sum())  # the prompt's tokens among those held
+        bias = None if key_bias is None else key_bias[..., :rows]
+        logits = layer_logits(layer, hidden[:, :rows], _first(position_embeddings, rows),
+                              torch.arange(rows, device=device), bias)  # [1, H, rows, rows]
+        scores = torch.full((prefix,), -1.0, device=device).index_copy_(0, positions[:rows], aim.pagerank_scores(logits)[0])
+        later = torch.arange(prefix, device=device) >= length  # teacher-forced answer tokens: never ranked, kept
+        kept = aim.keep_mask(scores[None], (entering & ~later)[None], ~state.visual[None], state.aim.rates[index])[0]
+        leaving = kept | (entering & later)
+    state.active.append(leaving)
+    return key_bias
+
+
+def _first(position_embeddings: tuple[torch.Tensor, torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = position_embeddings
+    return cos[:, :length], sin[:, :length]
 
 
 def vtu_attention(

@@ -186,7 +186,8 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))
     follow(c["examples"].load_input_event.then(inspect, api_name=api_names[1], api_visibility="private", **run_model))
     if demo is not None and open_view is not None:
-        page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", **QUIET)
+        # queued (no model; its own slot): a warning about the link reaches the page only from a queued event
+        page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", show_progress="hidden")
         follow(page.then(inspect, api_name=api_names[2], api_visibility="private", **run_model))
 
 

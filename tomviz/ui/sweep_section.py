@@ -15,6 +15,7 @@ from tomviz.merge import METHODS, check_methods
 from tomviz.merge.schedule import MAX_RATIO, check_ratio, check_schedule_name
 from tomviz.render.sweep import sweep_figure
 from tomviz.sweep import SweepRow, sweep, to_csv
+from tomviz.ui.server import HEAVY
 from tomviz.ui.common import DEFAULT_MODEL, PromptBox, download_folder, input_of, methods_for, user_errors
 
 SWEEP_METHODS = ["tome", "pitome", "evit", "random"]
@@ -120,7 +121,6 @@ def build_sweep_section(inputs: dict[str, Any]) -> gr.CheckboxGroup:
     button.click(
         run_sweep, inputs=[inputs["modality"], inputs["image"], inputs["prompt"], inputs["model"], methods, ratios,
                            inputs["schedule"], inputs["prop_attn"]],
-        outputs=[components[name] for name in SweepOutputs._fields], api_name="sweep", concurrency_id="model",
-        concurrency_limit=1,
+        outputs=[components[name] for name in SweepOutputs._fields], api_name="sweep", **HEAVY,
     )
     return methods

@@ -22,6 +22,7 @@ class Generation:
     decode_seconds: float
     llm_visual_tokens: list[int]  # visual tokens per LLM layer
     keep: torch.Tensor | None  # FastV: prefill positions kept from layer K
+    active: list[torch.Tensor] | None = None  # AIM: per LLM layer [L] bool, the prefill keys left after it
 
 
 def stop_ids(loaded: LoadedVLM) -> set[int]:
@@ -61,9 +62,12 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
     counts = [visual_count] * num_layers
     if prefill.fastv is not None:
         counts = [visual_count] * prefill.fastv.layer + [prefill.fastv.keep] * (num_layers - prefill.fastv.layer)
+    if prefill.aim is not None:  # the visual keys each layer attends to
+        counts = [visual_count] + [int((active & prefill.visual).sum()) for active in state.active[:-1]]
     text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True).strip()
     return Generation(tokens=tokens, text=text, first_logits=first_logits, prefill_seconds=prefill_seconds,
-                      decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep)
+                      decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep,
+                      active=state.active if prefill.aim is not None else None)
 
 
 @dataclass
@@ -89,7 +93,8 @@ def teacher_forced(loaded: LoadedVLM, prefill: Prefill, answer: list[int], recor
             bias = torch.cat([prefill.key_bias, torch.zeros(len(answer), device=embeds.device)])
         queries = torch.arange(length - 1, length - 1 + len(answer), device=embeds.device) if record_attention else None
         fastv = None if prefill.fastv is None else replace(prefill.fastv, query=length - 1)  # decided by the last prompt token
-        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, record_queries=queries)
+        aim = None if prefill.aim is None else replace(prefill.aim, length=length)  # ranked on the prompt alone
+        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, aim=aim, record_queries=queries)
         with state:
             logits = loaded.model(inputs_embeds=embeds, use_cache=False).logits[0].float()  # [L'', vocab]
     steps = logits[-(len(answer) + 1):-1]  # [A, vocab] the logits that predict each answer token
@@ -105,7 +110,7 @@ def first_token_kl(reference: torch.Tensor, reduced: torch.Tensor) -> float:
 
 
 def answer_game(loaded: LoadedVLM, prefill: Prefill, answer: list[int]) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """The game whose players are the visual tokens the LLM receives (FastV is not applied).
+    """The game whose players are the visual tokens the LLM receives (FastV and AIM's pruning are not applied).
 
     Value of a coalition: the teacher-forced log-probability of ``answer`` when only the coalition's
     visual tokens are present (the others are masked out of every attention, positions kept).
@@ -127,7 +132,7 @@ def answer_game(loaded: LoadedVLM, prefill: Prefill, answer: list[int]) -> tuple
         present = torch.as_tensor(masks, device=embeds.device)  # [M, n]
         bias = base.expand(len(masks), -1).clone()  # [M, L]
         bias[:, visual_positions] = torch.where(present, bias[:, visual_positions], absent_bias)
-        with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None):
+        with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None, aim=None):
             logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False).logits.float()
         steps = logits[:, -(len(answer) + 1):-1]  # [M, A, vocab]
         logp = steps.log_softmax(-1).gather(2, ids.expand(len(masks), -1)[..., None])[..., 0]  # [M, A]

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tomviz.merge import aim
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.fastv import fastv_keep_count, fastv_top
 from tomviz.merge.visual import VisualTokens, group_sizes, sequence_order
@@ -35,10 +36,11 @@ class Prefill:
     stages: dict[str, Trace]
     encoder_seconds: float  # vision encoder + boundary reduction
     vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
+    aim: llm.AIMRequest | None = None  # AIM's PageRank pruning inside the LLM
 
     def llm_state(self, **fields: Any) -> llm.LLMState:
         """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
-        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu)
+        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim)
         return llm.LLMState(**{**values, **fields})
 
 
@@ -53,6 +55,8 @@ def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
 
 def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
     """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
+    if encoded.carried is not None:
+        return ordered_prefill(loaded, inputs, encoded, red, encoded.features, encoded.plan, encoded.carried)
     features, plan, token_grid, num_tiles = encoded.features, encoded.plan, encoded.token_grid, encoded.num_tiles
     stages = dict(encoded.stages)
     input_ids = inputs.tensors["input_ids"]
@@ -72,6 +76,8 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
             tokens = VisualTokens(features=features, tile_grid=token_grid, num_tiles=num_tiles, seed=red.seed)
             if method.needs_attention:
                 tokens.attention, tokens.attention_middle = encoded.attention["deep"], encoded.attention.get("middle")
+            if method.own_values:
+                return ordered_prefill(loaded, inputs, encoded, red, *method.reduce(tokens, keep))
             plan = method.plan(tokens, keep)
             boundary_meta["method"] = red.method
         if encoded.merged:  # reorder the merged features by their first patch (the sequence order)
@@ -96,21 +102,54 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
         embeds = embeds[:, keep_seq].clone()
         new_visual = visual[keep_seq]
         embeds[0, new_visual] = features[0].to(embeds.dtype)
-        key_bias = None
-        if sizes is not None and red.prop_attn and red.place in ("boundary", "encoder"):
-            key_bias = torch.zeros(embeds.shape[1], device=embeds.device)
-            key_bias[new_visual] = sizes[0].float().log()
-            if not bool(key_bias.any()):
-                key_bias = None
-        fastv = None
-        if red.place == "llm" and red.ratio > 0:
-            fastv = fastv_request(loaded, red, num_visual)
+        key_bias = size_bias(sizes, new_visual, red)
+        fastv, aim_pruning = llm_requests(loaded, red, num_visual)
         vtu = None
         if red.vtu:
             key_bias = None  # each member is its own virtual key: no log-size bias
             vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
     return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
-                   vtu=vtu)
+                   vtu=vtu, aim=aim_pruning)
+
+
+def size_bias(sizes: torch.Tensor | None, visual: torch.Tensor, red: Reduction) -> torch.Tensor | None:
+    """``[L']`` the ``log(size)`` of each visual group (0 for text) when ``red`` passes sizes into the LLM's
+    attention (``prop_attn`` at the boundary or the encoder); None otherwise or when every size is 1.
+    sizes: ``[1, V']``; visual: ``[L']`` bool."""
+    if sizes is None or not red.prop_attn or red.place not in ("boundary", "encoder"):
+        return None
+    key_bias = torch.zeros(visual.shape[0], device=visual.device)
+    key_bias[visual] = sizes[0].float().log()
+    return key_bias if bool(key_bias.any()) else None
+
+
+def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction, features: torch.Tensor,
+                    plan: MergePlan, carried: torch.Tensor | None = None) -> Prefill:
+    """The LLM's input when a method gives the LLM's tokens itself, in its own order (VisionZip before the
+    projector, AIM's merging): each crop's ``n`` features ``[1, T*n, D]`` take the first ``n`` places of that
+    crop's image block, as the originals put their image features where the image token was (contiguous
+    positions, no size bias). ``carried`` ``[T*n]`` bool (VisionZip: each crop's CLS) are passed on like text:
+    no visual token of the trace, whose groups are ``plan``'s (outputs in the features' order, without them)."""
+    if red.vtu:
+        raise ValueError(f"virtual token unmerging expands merged groups; {red.method} gives the LLM tokens that are "
+                         "no group means: use tome, dtome or downsample")
+    input_ids = inputs.tensors["input_ids"]
+    visual = input_ids[0] == loaded.image_token_id  # [L]
+    num_crops = encoded.num_tiles
+    per_crop = features.shape[1] // num_crops
+    blocks = visual.nonzero()[:, 0].view(num_crops, -1)  # [T, P] each crop's image positions
+    keep_seq = ~visual
+    keep_seq[blocks[:, :per_crop].reshape(-1)] = True
+    image = visual[keep_seq]  # [L'] the features' places
+    with torch.inference_mode():
+        embeds = loaded.language_model.get_input_embeddings()(input_ids)[:, keep_seq].clone()  # [1, L', C]
+        embeds[0, image] = features[0].to(embeds.dtype)
+    new_visual = image.clone()
+    if carried is not None:
+        new_visual[image.nonzero()[:, 0][carried]] = False
+    meta = {**encoded.meta, "method": red.method, "prop_attn": False}
+    stages = {**encoded.stages, "boundary": stage_trace("boundary", plan, meta)}
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=None, stages=stages, encoder_seconds=0.0)
 
 
 def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, visual: torch.Tensor,
@@ -135,6 +174,15 @@ def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, v
     return llm.VirtualTokens(index=index, rotary=rotary)
 
 
+def llm_requests(loaded: LoadedVLM, red: Reduction, num_visual: int) -> tuple[llm.FastVRequest | None, llm.AIMRequest | None]:
+    """What the LLM does inside at ``place="llm"``: FastV's request or AIM's (None, None elsewhere)."""
+    if red.place != "llm" or red.ratio == 0:
+        return None, None
+    if red.method == "aim":
+        return None, aim_request(loaded, red)
+    return fastv_request(loaded, red, num_visual), None
+
+
 def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int) -> llm.FastVRequest:
     if not 1 <= red.fastv_layer < len(loaded.language_model.layers):
         raise ValueError(f"fastv_layer must be 1..{len(loaded.language_model.layers) - 1}")
@@ -145,6 +193,23 @@ def fastv_request(loaded: LoadedVLM, red: Reduction, num_visual: int) -> llm.Fas
         return fastv_top(attention, keep)[0]
 
     return llm.FastVRequest(layer=red.fastv_layer, keep=keep, select=select)
+
+
+def aim_request(loaded: LoadedVLM, red: Reduction) -> llm.AIMRequest:
+    """AIM's pruning schedule for this LLM (:func:`tomviz.merge.aim.retain_rates`): ``method_options`` ``start``
+    (default :func:`~tomviz.merge.aim.default_start`), ``step`` (1/8) and ``drop`` (False: mask, as the authors
+    do; True: remove the pruned tokens). The schedule is the authors', not the ratio's: a ratio above 0
+    switches it on."""
+    options = dict(red.method_options)
+    unknown = set(options) - {"start", "step", "drop"}
+    if unknown:
+        raise ValueError(f"aim inside the LLM takes the options start, step and drop, not {', '.join(sorted(unknown))}")
+    num_layers = len(loaded.language_model.layers)
+    start = int(options.get("start", aim.default_start(num_layers)))
+    if not 0 <= start < num_layers:
+        raise ValueError(f"aim's first pruning layer must be 0..{num_layers - 1}, got {start}")
+    rates = aim.retain_rates(num_layers, start, float(options.get("step", aim.RATE_STEP)))
+    return llm.AIMRequest(rates=rates, drop=bool(options.get("drop", False)))
 
 
 def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:

@@ -26,6 +26,7 @@ from tomviz.merge.checks import MAX_RATIO
 from tomviz.models.frames import FrameFeatures
 from tomviz.render.video import STRIP_LEGEND, frame_counts_figure, frame_strip, merge_video, strip_layout
 from tomviz.ui.common import download_folder, session_state, user_errors
+from tomviz.ui.server import HEAVY
 from tomviz.trace import Trace
 from tomviz.video import VideoResult
 
@@ -194,6 +195,7 @@ def build_video_tab() -> None:
     inputs = [upload, example, method, ratio, frames, tau, segments, session]
     components = dict(session=session, strip=strip, counts=counts, text=text, video=video, lineage=lineage)
     outputs = [components[name] for name in VideoOutputs._fields]
+    # up to 32 encoder forwards: a heavy event (its own slot, a time budget, stopped when the visitor leaves)
     gr.on([run.click, upload.upload, example.input, method.input, ratio.release], inspect_clip, inputs=inputs,
-          outputs=outputs, api_name="inspect_video", concurrency_id="model", concurrency_limit=1, trigger_mode="always_last")
+          outputs=outputs, api_name="inspect_video", trigger_mode="always_last", **HEAVY)
     strip.select(select_token, [session], [strip, lineage], queue=False)

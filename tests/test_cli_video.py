@@ -39,3 +39,8 @@ def test_what_the_cli_reads_as_a_clip(tmp_path):
 
     assert is_clip(Path("a.mp4")) and is_clip(Path("a.WEBM")) and is_clip(tmp_path)
     assert not is_clip(Path("a.png")) and not is_clip(Path("a.gif")) and not is_clip(Path("word " * 2000))
+
+
+def test_sweep_refuses_a_clip(square_mp4, tmp_path):
+    with pytest.raises(SystemExit, match="sweep takes images and texts"):
+        main(["sweep", str(square_mp4), "--out", str(tmp_path / "o")])

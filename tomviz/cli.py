@@ -132,6 +132,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = []
     for value in args.inputs:
         x, modality, name = read_input(value)
+        if modality == "video":
+            raise SystemExit(f"error: sweep takes images and texts; inspect a clip with: python -m tomviz inspect {value}")
         loaded = tomviz.load(_model_name(args.model, modality))
         methods = [m for m in args.methods if not (m == "subword" and loaded.modality != "text")]
         rows += sweep(loaded, x, methods, args.ratios, runs=args.runs, warmup=args.warmup, schedule=args.schedule,

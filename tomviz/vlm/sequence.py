@@ -117,7 +117,7 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
         key_bias = size_bias(sizes, new_visual, red)
         fastv, aim_pruning = llm_requests(loaded, red, num_visual)
         vtu = None
-        positions = kept_positions(loaded, inputs, keep_seq)
+        positions = kept_positions(loaded, inputs, keep_seq.nonzero()[:, 0])
         if red.vtu:
             key_bias = None  # each member is its own virtual key: no log-size bias
             vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
@@ -125,11 +125,12 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
                    vtu=vtu, aim=aim_pruning, positions=positions)
 
 
-def kept_positions(loaded: LoadedVLM, inputs: VLMInput, keep_seq: torch.Tensor) -> torch.Tensor | None:
-    """``[3, 1, L']``: the family's position ids of the whole prompt (:attr:`VLMAdapter.positions`) at the columns
-    ``keep_seq`` (``[L]`` bool) keeps, so kept tokens keep their original positions; None when the family has none."""
+def kept_positions(loaded: LoadedVLM, inputs: VLMInput, columns: torch.Tensor) -> torch.Tensor | None:
+    """``[3, 1, L']``: the family's position ids of the whole prompt (:attr:`VLMAdapter.positions`) at ``columns``
+    (``[L']`` long, the prompt token whose ids each reduced token takes: itself, or a group's first member), so
+    kept tokens keep their original positions; None when the family has none."""
     rule = loaded.adapter.positions
-    return None if rule is None else rule(loaded.model, inputs.tensors)[..., keep_seq]
+    return None if rule is None else rule(loaded.model, inputs.tensors)[..., columns]
 
 
 def size_bias(sizes: torch.Tensor | None, visual: torch.Tensor, red: Reduction) -> torch.Tensor | None:
@@ -148,7 +149,7 @@ def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: 
     """The LLM's input when a method gives the LLM's tokens itself, in its own order (VisionZip before the
     projector, AIM's merging): each crop's ``n`` features ``[1, T*n, D]`` take the first ``n`` places of that
     crop's image block, as the originals put their image features where the image token was (contiguous
-    positions, no size bias). ``carried`` ``[T*n]`` bool (VisionZip: each crop's CLS) are passed on like text:
+    positions, no size bias; a family with its own position ids gives each feature its group's first member's). ``carried`` ``[T*n]`` bool (VisionZip: each crop's CLS) are passed on like text:
     no visual token of the trace, whose groups are ``plan``'s (outputs in the features' order, without them)."""
     if red.vtu:
         raise ValueError(f"virtual token unmerging expands merged groups; {red.method} gives the LLM tokens that are "
@@ -169,8 +170,11 @@ def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: 
         new_visual[image.nonzero()[:, 0][carried]] = False
     meta = {**encoded.meta, "method": red.method, "prop_attn": False}
     stages = {**encoded.stages, "boundary": stage_trace("boundary", plan, meta)}
+    columns = keep_seq.nonzero()[:, 0]  # [L'] each token's own column; the groups take their first member's
+    first = plan.reduce_min(torch.arange(plan.num_in, device=columns.device)[None])[0]  # [V'] in the features' order
+    columns[new_visual] = visual.nonzero()[:, 0][first]
     return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=None, stages=stages, encoder_seconds=0.0,
-                   positions=kept_positions(loaded, inputs, keep_seq))
+                   positions=kept_positions(loaded, inputs, columns))
 
 
 def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, visual: torch.Tensor,

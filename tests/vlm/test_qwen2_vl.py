@@ -179,3 +179,37 @@ def test_tab_lists_qwen():
     from tomviz.ui.vlm_tab import VLM_MODELS
 
     assert {"Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"} <= set(VLM_MODELS)
+
+
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_folder_loads_without_torchvision(tmp_path, version):
+    """A saved folder loads through AutoModelForImageTextToText and, where AutoProcessor needs torchvision (for
+    videos), the image-only processor built from the folder's files."""
+    import tomviz
+
+    model, processor = tiny.qwen2_vl(version, seed=0)
+    model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    loaded = tomviz.load(str(tmp_path), device="cpu")
+    assert loaded.adapter.family == "qwen2_vl" and type(loaded.model) is type(model)
+    assert type(loaded.processor).__name__.startswith("ImageOnlyQwen2")
+    res = tomviz.inspect(loaded, (tiny.photo(40), QUESTION), ratio=0.5, place="llm", method="fastv", fastv_layer=1,
+                         max_new_tokens=2)
+    assert res.token_counts["llm_input"] == 16 and res.token_counts["llm_after_k"] == 8
+
+
+def test_tab_answers_and_refuses_the_encoder(monkeypatch):
+    import gradio as gr
+
+    import tomviz
+    from tomviz.ui import vlm_tab
+
+    model, processor = tiny.qwen2_vl("2.5", seed=0)
+    qwen = tomviz.load(model, processor=processor, device="cpu")
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: qwen)
+    photo = tiny.photo().resize((80, 48))
+    out = vlm_tab.ask(photo, QUESTION, "Qwen/Qwen2.5-VL-3B-Instruct", "boundary", "tome", 0.5, 3)
+    assert out.overlay.size == out.attention.size == photo.size
+    with pytest.raises(gr.Error, match="not supported"):
+        vlm_tab.ask(photo, QUESTION, "Qwen/Qwen2.5-VL-3B-Instruct", "encoder", "tome", 0.5, 3)

@@ -7,6 +7,8 @@ after it starts at the largest id + 1.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -140,6 +142,25 @@ def test_cached_decoding_equals_recomputation(loaded, inputs):
     assert logits[-(len(answer) + 1):-1].argmax(-1).tolist() == generated.tokens
 
 
+def test_pruning_equals_masking_the_pruned_keys(loaded, inputs):
+    """Pruned visual tokens removed, the rest at their original ids = the full prompt with the pruned tokens masked
+    out of every attention as keys: the last token's logits agree (renumbered positions would not)."""
+    prefill = vlm.build_prefill(loaded, inputs, vlm.Reduction("boundary", "random_prune", 0.5, seed=2))
+    full = vlm.build_prefill(loaded, inputs, vlm.Reduction())
+    kept = torch.as_tensor(prefill.stages["boundary"].layers[-1].source) >= 0  # [V] the visual tokens kept
+    bias = torch.zeros(full.embeds.shape[1])
+    bias[full.visual.nonzero()[:, 0][~kept]] = torch.finfo(torch.float32).min
+    with torch.inference_mode():
+        with llm.LLMState(visual=full.visual, key_bias=bias):
+            masked = loaded.model(inputs_embeds=full.embeds, **full.position_ids(full.embeds.shape[1])).logits[0, -1]
+        with llm.LLMState(visual=prefill.visual):
+            dropped = loaded.model(inputs_embeds=prefill.embeds, **prefill.position_ids(prefill.embeds.shape[1])).logits[0, -1]
+            contiguous = torch.arange(prefill.embeds.shape[1])[None]  # [1, L'] the same id on the three axes
+            renumbered = loaded.model(inputs_embeds=prefill.embeds, position_ids=contiguous).logits[0, -1]
+    assert (dropped - masked).abs().max() < 1e-5
+    assert (renumbered - masked).abs().max() > 10 * (dropped - masked).abs().max()
+
+
 def test_inspect_with_and_without_reduction(loaded):
     import tomviz
 
@@ -164,12 +185,10 @@ def test_unsupported_places_say_so(loaded, inputs, reduction, message):
 def test_cpu_cap_says_gpu_space(monkeypatch):
     import huggingface_hub
 
-    class Meta:
-        parameter_count = {"BF16": 2_208_985_600}  # Qwen2-VL-2B-Instruct
-
+    meta = SimpleNamespace(parameter_count={"BF16": 2_208_985_600})  # Qwen2-VL-2B-Instruct
     monkeypatch.setattr(hub, "MAX_PARAMETERS", 400_000_000)
     monkeypatch.setattr(hub, "MAX_PARAMETERS_CUDA", 8_000_000_000)
-    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", lambda repo: Meta())
+    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata", lambda repo: meta)
     with pytest.raises(hub.ModelLoadError, match="2209M parameters.*up to 400M on CPU.*needs a GPU Space"):
         hub.check_size("Qwen/Qwen2-VL-2B-Instruct", "cpu")
     hub.check_size("Qwen/Qwen2-VL-2B-Instruct", "cuda")

@@ -24,9 +24,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+from transformers import (
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VisionTransformerPretrainedModel,
+)
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    Qwen2VisionTransformerPretrainedModel,
+)
 
 from tomviz.models import adapter as image_adapters
 from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register

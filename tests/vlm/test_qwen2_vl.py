@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from tomviz import vlm
 from tomviz.models import hub, llm
 from tomviz.models.qwen2_vl import rope_positions
 from tomviz.models.vlm import wrap
+from tomviz.vlm.decode import answer_game
 
 QUESTION = "what is in this image ?"
 REDUCTIONS = [
@@ -161,12 +163,37 @@ def test_pruning_equals_masking_the_pruned_keys(loaded, inputs):
     assert (renumbered - masked).abs().max() > 10 * (dropped - masked).abs().max()
 
 
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_recomputed_attention_matches_eager(version):
+    """The attention tomviz recomputes inside the LLM (FastV's and AIM's input, the answer's attention) applies the
+    multimodal RoPE as the model does: equal to transformers' eager attention weights of every layer."""
+    model, processor = tiny.qwen2_vl(version, seed=0)
+    loaded = wrap("qwen", model, processor)
+    inputs = vlm.prepare(loaded, tiny.photo(40), QUESTION)
+    prefill = vlm.build_prefill(loaded, inputs, vlm.Reduction())
+    answer = [10, 11]
+    forced = vlm.teacher_forced(loaded, prefill, answer, record_attention=True)
+    eager, _ = tiny.qwen2_vl(version, seed=0)
+    eager.set_attn_implementation("eager")
+    length = prefill.embeds.shape[1]
+    with torch.inference_mode():
+        embeds = torch.cat([prefill.embeds, eager.get_input_embeddings()(torch.tensor([answer]))], 1)
+        out = eager(inputs_embeds=embeds, output_attentions=True, **prefill.position_ids(length + len(answer)))
+    assert len(forced.attention) == len(out.attentions)
+    for ours, theirs in zip(forced.attention, out.attentions):
+        expected = theirs[0].mean(0)[length - 1:length - 1 + len(answer)]  # [A, L + A] the queries that predict the answer
+        assert (ours - expected).abs().max() < 1e-5
+
+
 def test_inspect_with_and_without_reduction(loaded):
     import tomviz
 
     res = tomviz.inspect(loaded, (tiny.photo(40), QUESTION), ratio=0.5, method="tome", place="boundary", max_new_tokens=4)
     assert res.token_counts["visual"] == 16 and res.token_counts["llm_input"] == 8
     assert res.answer and res.reference_answer
+    value, players = answer_game(loaded, res._prefill, res._reference_tokens)  # batched coalitions, original ids
+    both = value(np.array([[True] * players, [True] * (players - 1) + [False]]))
+    assert players == 8 and abs(both[0] - res.fidelity.log_likelihood) < 1e-4 and both[1] != both[0]
     same = tomviz.inspect(loaded, (tiny.photo(40), QUESTION), ratio=0.0, place="boundary", max_new_tokens=4)
     assert same.fidelity.exact_match and abs(same.fidelity.log_likelihood - same.fidelity.reference_log_likelihood) < 1e-4
 

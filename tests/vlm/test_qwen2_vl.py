@@ -1,7 +1,7 @@
 """Qwen2-VL and Qwen2.5-VL (tiny random models): reduction at the boundary and inside the LLM with multimodal RoPE.
 
-The position ids follow Qwen2-VL's definition (Wang et al. 2024, "Qwen2-VL", section 2.1 M-RoPE; QwenLM/Qwen2-VL and
-transformers ``Qwen2VLModel.get_rope_index``): text tokens share one id on all three axes and count on by one; an
+The position ids follow Qwen2-VL's definition (Wang et al. 2024, arXiv 2409.12191, "Multimodal Rotary Position
+Embedding"; transformers 5.24 ``models/qwen2_vl/modeling_qwen2_vl.py`` ``Qwen2VLModel.get_rope_index``): text tokens share one id on all three axes and count on by one; an
 image of ``(h, w)`` merged tokens starting at ``s`` gives token ``k`` the ids ``(s, s + k // w, s + k % w)``; the text
 after it starts at the largest id + 1.
 """

@@ -1,5 +1,6 @@
-"""Qwen2-VL (``Qwen2VLForConditionalGeneration``) and Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``), stock
-transformers 5.24, no remote code.
+"""Qwen2-VL (``Qwen2VLForConditionalGeneration``; Wang et al. 2024, arXiv 2409.12191) and Qwen2.5-VL
+(``Qwen2_5_VLForConditionalGeneration``; Bai et al. 2025, arXiv 2502.13923), stock transformers 5.24
+(``models/qwen2_vl/modeling_qwen2_vl.py``, ``models/qwen2_5_vl/modeling_qwen2_5_vl.py``), no remote code.
 
 Vision tower: ``model.model.visual``, a ViT over ``patch_size`` px patches of the image as the processor resized it
 (any aspect ratio, ``grid_thw = (1, h, w)`` patches per image) that runs on one flat ``[h*w, C]`` sequence; its

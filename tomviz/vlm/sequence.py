@@ -36,9 +36,14 @@ class Prefill:
     fastv: llm.FastVRequest | None
     stages: dict[str, Trace]
     encoder_seconds: float  # vision encoder + boundary reduction
+    positions: torch.Tensor | None = None  # [3, 1, L'] the LLM's position ids (Qwen2-VL's M-RoPE); None: 0..L'-1
     vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
     aim: llm.AIMRequest | None = None  # AIM's PageRank pruning inside the LLM
-    positions: torch.Tensor | None = None  # [3, 1, L'] the LLM's position ids (Qwen2-VL's M-RoPE); None: 0..L'-1
+
+    def llm_state(self, **fields: Any) -> llm.LLMState:
+        """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
+        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim)
+        return llm.LLMState(**{**values, **fields})
 
     def position_ids(self, stop: int, start: int = 0) -> dict[str, torch.Tensor]:
         """``{"position_ids": [3, 1, stop - start]}``: the positions of the tokens ``start..stop-1`` of the prefill
@@ -49,11 +54,6 @@ class Prefill:
         after = self.positions.max() + 1 + torch.arange(max(0, stop - self.positions.shape[-1]), device=self.positions.device)
         full = torch.cat([self.positions, after.expand(*self.positions.shape[:2], -1)], dim=-1)
         return {"position_ids": full[..., start:stop]}
-
-    def llm_state(self, **fields: Any) -> llm.LLMState:
-        """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
-        values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim)
-        return llm.LLMState(**{**values, **fields})
 
 
 def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:

@@ -158,9 +158,11 @@ def check_size(repo_id: str, device_type: str = "cpu") -> None:
     total = sum(counts.values())
     limit, variable = max_parameters(device_type)
     if total > limit:
+        gpu = device_type != "cuda" and total <= MAX_PARAMETERS_CUDA
         raise ModelLoadError(
             f"model {repo_id!r} has {total / 1e6:.0f}M parameters; this server loads models up to "
             f"{limit / 1e6:.0f}M on {'CUDA' if device_type == 'cuda' else 'CPU'} ({variable})"
+            + (f"; it needs a GPU Space (CUDA loads up to {MAX_PARAMETERS_CUDA / 1e6:.0f}M)" if gpu else "")
         )
 
 

@@ -60,6 +60,9 @@ class VLMAdapter:
     # that needs every patch)
     pre_projector: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
     project: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    # (model, processor tensors) → [3, 1, L] the LLM's position ids of the whole prompt when the family numbers its
+    # tokens itself (Qwen2-VL's M-RoPE); the reduced sequence keeps those of the tokens it keeps. None: 0..L'-1
+    positions: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []

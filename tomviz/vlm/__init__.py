@@ -31,7 +31,8 @@ LLM receives → those layers ≥ K keep; AIM: one layer per LLM layer). The tok
 
 The reduced sequence keeps the text tokens and puts each visual group where its first
 member sat; positions are renumbered contiguously (as VisionZip does), except under
-FastV where the kept tokens keep their positions.
+FastV where the kept tokens keep their positions, and in Qwen2-VL / Qwen2.5-VL, whose kept tokens keep
+their original multimodal-RoPE ids (``tomviz/models/qwen2_vl.py``).
 
 The flow of one request, one module per stage:
 

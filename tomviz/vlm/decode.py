@@ -45,7 +45,8 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
     tokens: list[int] = []
     with torch.inference_mode(), state:
         start = time.perf_counter()
-        out = model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1)
+        length = prefill.embeds.shape[1]
+        out = model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1, **prefill.position_ids(length))
         first_logits = out.logits[0, -1].float()
         token = int(first_logits.argmax())
         prefill_seconds = time.perf_counter() - start
@@ -54,7 +55,8 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
         tokens.append(token)
         while len(tokens) < max_new_tokens and token not in stop:
             step = torch.tensor([[token]], device=prefill.embeds.device)
-            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            end = length + len(tokens)  # the step token sits at end - 1
+            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1, **prefill.position_ids(end, end - 1))
             cache = out.cache
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
@@ -103,7 +105,8 @@ def teacher_forced(loaded: LoadedVLM, prefill: Prefill, answer: list[int], recor
         state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, aim=aim, mustdrop=mustdrop,
                                   record_queries=queries)
         with state:
-            logits = loaded.model(inputs_embeds=embeds, use_cache=False).logits[0].float()  # [L'', vocab]
+            positions = prefill.position_ids(embeds.shape[1])
+            logits = loaded.model(inputs_embeds=embeds, use_cache=False, **positions).logits[0].float()  # [L'', vocab]
     steps = logits[-(len(answer) + 1):-1]  # [A, vocab] the logits that predict each answer token
     log_probs = steps.log_softmax(-1).gather(1, ids[0][:, None])[:, 0]
     return TeacherForced(log_probs=log_probs, first_logits=steps[0], attention=state.attention, keep=state.keep)
@@ -134,13 +137,15 @@ def answer_game(loaded: LoadedVLM, prefill: Prefill, answer: list[int]) -> tuple
     if prefill.key_bias is not None:
         base[: prefill.key_bias.shape[0]] = prefill.key_bias
     absent_bias = torch.finfo(torch.float32).min / 4
+    positions = prefill.position_ids(length)
 
     def value(masks: np.ndarray) -> np.ndarray:
         present = torch.as_tensor(masks, device=embeds.device)  # [M, n]
         bias = base.expand(len(masks), -1).clone()  # [M, L]
         bias[:, visual_positions] = torch.where(present, bias[:, visual_positions], absent_bias)
         with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None, aim=None, mustdrop=None):
-            logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False).logits.float()
+            batch = {name: ids_3d.expand(-1, len(masks), -1) for name, ids_3d in positions.items()}  # [3, M, L]
+            logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False, **batch).logits.float()
         steps = logits[:, -(len(answer) + 1):-1]  # [M, A, vocab]
         logp = steps.log_softmax(-1).gather(2, ids.expand(len(masks), -1)[..., None])[..., 0]  # [M, A]
         return logp.sum(1).cpu().numpy()

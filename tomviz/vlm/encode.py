@@ -89,6 +89,10 @@ def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | No
         raise ValueError(f"{red.method} runs the authors' rule before the projector, on the CLS token of a CLIP tower "
                          f"whose CLS the projector drops (LLaVA-1.5); {loaded.name} ({adapter.family}) has no such place: "
                          "use visionzip_paper (the paper's description on the LLM's tokens)")
+    if method is not None and method.needs_attention and not patching.apply(loaded.vision).blocks:
+        raise ValueError(f"{red.method} reads the vision encoder's attention, which tomviz does not record in "
+                         f"{adapter.family}'s encoder: use a method that reads the tokens alone (tome, dtome, "
+                         "random_prune, downsample, aim)")
     if method is not None and method.needs_grid and not adapter.uniform_grid:
         raise ValueError(f"{red.method} reads the tiles' token grid; {adapter.family}'s visual tokens are not equal "
                          "tiles (base view + a cropped anyres grid): use tome, dtome or random_prune")

@@ -2,7 +2,8 @@
 
 The reduced sequence keeps the text tokens and puts each visual group where its first member sat;
 positions are renumbered contiguously (as VisionZip does), except under FastV, where the kept
-tokens keep their positions. Each reduction is traced as a one-step :class:`~tomviz.trace.Trace`.
+tokens keep their positions, and in a family that numbers its tokens itself (Qwen2-VL's multimodal RoPE:
+:attr:`~tomviz.models.vlm.VLMAdapter.positions`), where every kept token keeps its original position ids. Each reduction is traced as a one-step :class:`~tomviz.trace.Trace`.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Prefill:
     fastv: llm.FastVRequest | None
     stages: dict[str, Trace]
     encoder_seconds: float  # vision encoder + boundary reduction
+    positions: torch.Tensor | None = None  # [3, 1, L'] the LLM's position ids (Qwen2-VL's M-RoPE); None: 0..L'-1
     vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
     aim: llm.AIMRequest | None = None  # AIM's PageRank pruning inside the LLM
     mustdrop: MustDropRequest | None = None  # MustDrop's filtering and cache eviction inside the LLM
@@ -46,6 +48,16 @@ class Prefill:
         values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim,
                       mustdrop=None if self.mustdrop is None else replace(self.mustdrop))  # (its own copy: filled per call)
         return llm.LLMState(**{**values, **fields})
+
+    def position_ids(self, stop: int, start: int = 0) -> dict[str, torch.Tensor]:
+        """``{"position_ids": [3, 1, stop - start]}``: the positions of the tokens ``start..stop-1`` of the prefill
+        and the tokens after it, which count on from the largest prefill position (as Qwen2-VL numbers text after
+        an image), computed per request: no position offset is kept on the model. ``{}`` when ``positions`` is None."""
+        if self.positions is None:
+            return {}
+        after = self.positions.max() + 1 + torch.arange(max(0, stop - self.positions.shape[-1]), device=self.positions.device)
+        full = torch.cat([self.positions, after.expand(*self.positions.shape[:2], -1)], dim=-1)
+        return {"position_ids": full[..., start:stop]}
 
 
 def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
@@ -112,11 +124,20 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
         key_bias = size_bias(sizes, new_visual, red)
         fastv, aim_pruning = llm_requests(loaded, red, num_visual)
         vtu = None
+        positions = kept_positions(loaded, inputs, keep_seq.nonzero()[:, 0])
         if red.vtu:
             key_bias = None  # each member is its own virtual key: no log-size bias
             vtu = virtual_tokens(loaded, plan, keep_seq, visual, first_member)
     return Prefill(embeds=embeds, visual=new_visual, key_bias=key_bias, fastv=fastv, stages=stages, encoder_seconds=0.0,
-                   vtu=vtu, aim=aim_pruning)
+                   vtu=vtu, aim=aim_pruning, positions=positions)
+
+
+def kept_positions(loaded: LoadedVLM, inputs: VLMInput, columns: torch.Tensor) -> torch.Tensor | None:
+    """``[3, 1, L']``: the family's position ids of the whole prompt (:attr:`VLMAdapter.positions`) at ``columns``
+    (``[L']`` long, the prompt token whose ids each reduced token takes: itself, or a group's first member), so
+    kept tokens keep their original positions; None when the family has none."""
+    rule = loaded.adapter.positions
+    return None if rule is None else rule(loaded.model, inputs.tensors)[..., columns]
 
 
 def size_bias(sizes: torch.Tensor | None, visual: torch.Tensor, red: Reduction) -> torch.Tensor | None:
@@ -135,7 +156,7 @@ def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: 
     """The LLM's input when a method gives the LLM's tokens itself, in its own order (VisionZip before the
     projector, AIM's merging): each crop's ``n`` features ``[1, T*n, D]`` take the first ``n`` places of that
     crop's image block, as the originals put their image features where the image token was (contiguous
-    positions, no size bias). ``carried`` ``[T*n]`` bool (VisionZip: each crop's CLS) are passed on like text:
+    positions, no size bias; a family with its own position ids gives each feature its group's first member's). ``carried`` ``[T*n]`` bool (VisionZip: each crop's CLS) are passed on like text:
     no visual token of the trace, whose groups are ``plan``'s (outputs in the features' order, without them)."""
     if red.vtu:
         raise ValueError(f"virtual token unmerging expands merged groups; {red.method} gives the LLM tokens that are "
@@ -156,7 +177,11 @@ def ordered_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: 
         new_visual[image.nonzero()[:, 0][carried]] = False
     meta = {**encoded.meta, "method": red.method, "prop_attn": False}
     stages = {**encoded.stages, "boundary": stage_trace("boundary", plan, meta)}
-    return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=None, stages=stages, encoder_seconds=0.0)
+    columns = keep_seq.nonzero()[:, 0]  # [L'] each token's own column; the groups take their first member's
+    first = plan.reduce_min(torch.arange(plan.num_in, device=columns.device)[None])[0]  # [V'] in the features' order
+    columns[new_visual] = visual.nonzero()[:, 0][first]
+    return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=None, stages=stages, encoder_seconds=0.0,
+                   positions=kept_positions(loaded, inputs, columns))
 
 
 def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, visual: torch.Tensor,
@@ -171,6 +196,9 @@ def virtual_tokens(loaded: LoadedVLM, plan: MergePlan, keep_seq: torch.Tensor, v
         raise ValueError("virtual token unmerging needs a plan that only merges: this method prunes visual tokens "
                          "(use tome, dtome or downsample)")
     rotary = getattr(loaded.language_model, "rotary_emb", None)
+    if loaded.adapter.positions is not None:
+        raise ValueError(f"virtual token unmerging places its copies at positions 0..N-1; {loaded.adapter.family} "
+                         "numbers its tokens itself (multimodal RoPE): not supported")
     if rotary is None:
         raise ValueError(f"virtual token unmerging needs a rotary (RoPE) LLM; {loaded.name}'s has no rotary_emb")
     merged_index = keep_seq.long().cumsum(0) - 1  # [L] merged position of each kept full position

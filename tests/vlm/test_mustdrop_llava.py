@@ -234,15 +234,17 @@ def test_teacher_forcing_filters_on_the_prompt_rows(loaded, inputs):
 
 @pytest.mark.parametrize("case, match", [
     ({"model": "smolvlm"}, "no CLS token that its projector drops"),
+    ({"model": "qwen2_vl"}, "no CLS token that its projector drops"),
+    ({"model": "onevision"}, "no CLS token that its projector drops"),
     ({"options": {"layers": (2, 6, 10, 14)}}, "has 6 layers"),
     ({"options": {"windows": 3}}, "takes the options"),
 ])
 def test_unsupported_places_and_models_say_why(loaded, inputs, case, match):
-    if case.get("model") == "smolvlm":
+    if "model" in case:
         from tomviz.models.vlm import wrap
 
-        model, processor = tiny.smolvlm(text_layers=6)
-        other = wrap("smolvlm", model, processor)
+        model, processor = getattr(tiny, case["model"])(text_layers=6)
+        other = wrap(case["model"], model, processor)
         with pytest.raises(ValueError, match=match):
             vlm.build_prefill(other, vlm.prepare(other, tiny.photo(), QUESTION), _reduction(layers=(1, 2)))
         return

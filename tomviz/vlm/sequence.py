@@ -69,6 +69,22 @@ def stage_trace(name: str, plan: MergePlan, meta: dict[str, Any]) -> Trace:
     return Trace(meta=meta, layers=[layer])
 
 
+def in_sequence_order(features: torch.Tensor, plan, num_visual: int, merged: bool):
+    """(features ``[1, V', C]``, plan, sizes ``[1, V']`` or None) with the groups in the sequence order of their
+    first patch. ``merged``: the encoder merged already (``features`` holds one row per group, in the plan's
+    order); otherwise ``features`` ``[1, V, C]`` holds every visual token and is reduced by the plan here."""
+    if merged:
+        first = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V']
+        plan = sequence_order(plan)
+        return features[:, first.argsort()], plan, group_sizes(plan)
+    plan = sequence_order(plan)
+    sizes = None
+    if plan.num_out != num_visual:
+        features, sizes = plan.merge(features, None)
+        sizes = sizes[..., 0]
+    return features, plan, sizes
+
+
 def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduction) -> Prefill:
     """Reduce at the boundary and build the LLM's input sequence: input_ids ``[1, L]`` → embeds ``[1, L', C]``."""
     if encoded.carried is not None:
@@ -99,17 +115,7 @@ def to_prefill(loaded: LoadedVLM, inputs: VLMInput, encoded: Encoded, red: Reduc
                 return ordered_prefill(loaded, inputs, encoded, red, *method.reduce(tokens, keep))
             plan = method.plan(tokens, keep)
             boundary_meta["method"] = red.method
-        if encoded.merged:  # reorder the merged features by their first patch (the sequence order)
-            first = plan.reduce_min(torch.arange(num_visual, device=plan.dst.device)[None])[0]  # [V']
-            features = features[:, first.argsort()]
-            plan = sequence_order(plan)
-            sizes = group_sizes(plan)
-        else:
-            plan = sequence_order(plan)
-            sizes = None
-            if plan.num_out != num_visual:
-                features, sizes = plan.merge(features, None)
-                sizes = sizes[..., 0]
+        features, plan, sizes = in_sequence_order(features, plan, num_visual, encoded.merged)
         stages["boundary"] = stage_trace("boundary", plan, boundary_meta)
         embeds = loaded.language_model.get_input_embeddings()(input_ids)  # [1, L, C]
         if marker_positions is not None:

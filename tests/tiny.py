@@ -82,6 +82,15 @@ def dinov2(*, registers: int = 0, classifier: Classes = False, seed: int | None 
     return model_class(config_class(**fields)).eval()
 
 
+def videomae(*, classifier: Classes = False, seed: int | None = None, **config) -> tf.PreTrainedModel:
+    """``VideoMAEModel`` or ``VideoMAEForVideoClassification`` (mean pooling): 4 frames of 32² in tubelets of 2 →
+    2 time steps of 4 x 4 patches = 32 tokens; inputs ``[B, 4, 3, 32, 32]``."""
+    fields = _config({**VISION, "num_frames": 4, "tubelet_size": 2}, config, classifier)
+    _seed(seed)
+    model_class = tf.VideoMAEForVideoClassification if classifier is not False else tf.VideoMAEModel
+    return model_class(tf.VideoMAEConfig(**fields)).eval()
+
+
 def clip_vision(*, seed: int | None = None, **config) -> tf.CLIPVisionModel:
     """CLIP's image tower alone (``CLIPVisionModel``)."""
     fields = _config(VISION, config)

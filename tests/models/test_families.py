@@ -34,7 +34,7 @@ def test_each_model_type_belongs_to_one_family():
 
 
 def test_the_message_lists_the_loadable_families():
-    assert supported_labels() == "ViT, DeiT, DINOv2, CLIP and BERT-family"
+    assert supported_labels() == "ViT, DeiT, DINOv2, CLIP, BERT-family and VideoMAE"
 
 
 @pytest.mark.parametrize("name, build, expected", [

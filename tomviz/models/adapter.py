@@ -115,6 +115,7 @@ class Adapter:
     # (outputs, final token weights or None) → ([B, C], name); None: the modality's default (EMBEDDINGS)
     embedding: Callable[[Any, Any], tuple[np.ndarray, str]] | None = None
     max_positions: Callable[[nn.Module], int] = position_limit  # backbone → longest text input (text models)
+    prepare: Callable[[Any, Any], Any] | None = None  # (LoadedModel, input) → PreparedInput; None: image/text
 
     def final_embeddings(self, outputs: Any, weights: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, str]:
         """``[B, C]`` embeddings that fidelity compares, and their name (see :data:`EMBEDDINGS`)."""

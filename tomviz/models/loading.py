@@ -115,6 +115,8 @@ class LoadedModel:
 
     def prepare(self, x: Any) -> PreparedInput:
         """A PIL image / path / bytes / array, a string, or ready tensors → model inputs."""
+        if self.adapter.prepare is not None:  # a family with its own input (VideoMAE's clips)
+            return self.adapter.prepare(self, x)
         device = self.device
         if isinstance(x, torch.Tensor):
             key = "pixel_values" if self.modality == "image" else "input_ids"

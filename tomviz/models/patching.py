@@ -50,14 +50,15 @@ def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_head
 
     def forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         state = current_state()
+        mask = () if attention_mask is None else (attention_mask,)  # VideoMAE's layers take no mask argument
         if state is None:
-            return original(hidden_states, attention_mask, *args, **kwargs)
+            return original(hidden_states, *mask, *args, **kwargs)
         skipped = state.skip_block(index, hidden_states)
         if skipped is not None:
             return skipped
         state.begin(hidden_states, attention_mask)
         if state.passthrough(index):
-            return original(hidden_states, attention_mask, *args, **kwargs)
+            return original(hidden_states, *mask, *args, **kwargs)
         out = adapter.block_forward(self, state, index, num_heads, hidden_states, attention_mask, **kwargs)
         state.block_done(out)
         return out

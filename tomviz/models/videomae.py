@@ -25,9 +25,11 @@ from torch import nn
 from transformers import VideoMAEForVideoClassification, VideoMAEModel
 
 from tomviz.inputs.image import IMAGENET_MEAN, IMAGENET_STD
+from tomviz.inputs.video import Video, read_video
 from tomviz.merge.engine import MergeState, current_state
 from tomviz.models.adapter import Adapter, register, text_embeddings
 from tomviz.models.blocks import Projections, merge
+from tomviz.models.loading import PreparedInput
 
 
 def _find(model: nn.Module) -> nn.Module | None:
@@ -119,12 +121,9 @@ def sample_to(frames: np.ndarray, count: int) -> np.ndarray:
     return frames[index]
 
 
-def prepare_clip(loaded: Any, x: Any) -> Any:
+def prepare_clip(loaded: Any, x: Any) -> PreparedInput:
     """A clip (see :func:`tomviz.video.is_video_input`) or ready ``pixel_values [B, T, 3, H, W]`` → model inputs
     with ``meta["frame_grid"] = (T / tubelet_size, rows, cols)``."""
-    from tomviz.inputs.video import Video, read_video
-    from tomviz.models.loading import PreparedInput
-
     config = loaded.backbone.config
     if isinstance(x, torch.Tensor):
         pixels = x if x.dim() == 5 else x.unsqueeze(0)

@@ -1,6 +1,8 @@
 """VideoMAE: ToMe over space-time tokens inside the encoder, on a tiny random VideoMAE (4 frames of 32², 32 tokens)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,27 @@ def test_preprocessing_resizes_the_short_side_crops_and_normalises():
     assert torch.allclose(out[0, 0, :, 0, 0], -mean / std, atol=1e-5)  # black corner
     assert torch.allclose(out[0, 0, :, 5, 5], (1 - mean) / std, atol=1e-5)  # the bar, at the centre
     assert sample_to(np.arange(3)[:, None, None, None], 4)[:, 0, 0, 0].tolist() == [0, 1, 1, 2]
+
+
+def test_a_clip_file_and_a_saved_folder(tmp_path):
+    from tests.inputs.clips import square_clip
+    from tests.inputs.test_video import write_clip
+
+    frames, _ = square_clip(frames=6, side=32)
+    write_clip(tmp_path / "clip.mp4", frames)
+    tiny.videomae(classifier=["walk", "run"], seed=0).save_pretrained(tmp_path / "model")
+    loaded = tomviz.load(str(tmp_path / "model"))
+    assert loaded.adapter.family == "videomae" and loaded.labels == {0: "walk", 1: "run"}
+    result = tomviz.inspect(loaded, str(tmp_path / "clip.mp4"), ratio=0.25)
+    assert result.trace.meta["input"] == "video" and result.trace.frame_grid == (2, 4, 4)
+    assert result.trace.token_counts()[-1] == 24
+
+
+def test_the_encoder_embedding_is_the_size_weighted_mean():
+    """Fidelity compares a VideoMAEModel's mean of its final tokens, each weighted by its size."""
+    adapter = patching.apply(tiny.videomae(seed=0)).adapter
+    tokens = torch.randn(1, 3, 2)
+    outputs = SimpleNamespace(last_hidden_state=tokens, logits=None)
+    embedding, name = adapter.final_embeddings(outputs, torch.tensor([1.0, 2.0, 1.0]))
+    assert name == "mean-pooled tokens"
+    assert np.allclose(embedding, ((tokens[0, 0] + 2 * tokens[0, 1] + tokens[0, 2]) / 4).numpy()[None], atol=1e-6)

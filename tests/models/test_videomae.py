@@ -135,3 +135,17 @@ def test_the_encoder_embedding_is_the_size_weighted_mean():
     embedding, name = adapter.final_embeddings(outputs, torch.tensor([1.0, 2.0, 1.0]))
     assert name == "mean-pooled tokens"
     assert np.allclose(embedding, ((tokens[0, 0] + 2 * tokens[0, 1] + tokens[0, 2]) / 4).numpy()[None], atol=1e-6)
+
+
+def test_fidelity_and_flops_through_the_shared_metrics():
+    from tomviz.measure import compare, measured_forward
+
+    loaded = tomviz.load(tiny.videomae(seed=0))
+    inputs = loaded.prepare(pixels(5))
+    tome = get_method("tome")
+    base = measured_forward(loaded, inputs, MergeConfig(method=tome, r=0))
+    same, merged = (measured_forward(loaded, inputs, MergeConfig(method=tome, r=r)) for r in (0, 5))
+    assert compare(same, base)[0].agreement.cosine == pytest.approx(1.0, abs=1e-6)
+    metrics = compare(merged, base)[0]
+    assert (metrics.tokens_in, metrics.tokens_out) == (TOKENS, 12)
+    assert metrics.gflops < metrics.base_gflops and metrics.agreement.cosine < 1 - 1e-6

@@ -16,6 +16,7 @@ the merge inserted (``tomviz/models/blocks.py``).
 """
 from __future__ import annotations
 
+import inspect
 import threading
 import types
 from dataclasses import dataclass
@@ -47,10 +48,11 @@ class PatchInfo:
 
 def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_heads: int) -> Callable:
     original = block.forward
+    takes_mask = "attention_mask" in inspect.signature(original).parameters  # VideoMAE's layers take none
 
     def forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         state = current_state()
-        mask = () if attention_mask is None else (attention_mask,)  # VideoMAE's layers take no mask argument
+        mask = (attention_mask,) if takes_mask or attention_mask is not None else ()
         if state is None:
             return original(hidden_states, *mask, *args, **kwargs)
         skipped = state.skip_block(index, hidden_states)

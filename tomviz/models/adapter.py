@@ -99,7 +99,7 @@ class Adapter:
     """One architecture family: where merging happens, and what the rest of tomviz asks of the family."""
 
     family: str  # "vit", "deit", "dinov2", "clip", "siglip", "bert"
-    modality: str  # "image" or "text"
+    modality: str  # "image", "text" or "video" (VideoMAE: a clip in, space-time tokens)
     find_backbone: Callable[[nn.Module], nn.Module | None]  # the encoder-owning module, or None if not this family
     blocks: Callable[[nn.Module], list[nn.Module]]  # the transformer blocks of the backbone
     num_protected: Callable[[nn.Module], int]  # leading tokens that never merge (CLS, distillation, registers)

@@ -1,14 +1,17 @@
 """VideoMAE: ToMe over space-time tokens inside the encoder, on a tiny random VideoMAE (4 frames of 32², 32 tokens)."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import tomviz
 from tests import tiny
+from tomviz.inputs.image import ImageSpec
 from tomviz.merge import get_method
 from tomviz.merge.engine import MergeConfig
 from tomviz.models import patching
@@ -98,14 +101,14 @@ def test_inspect_a_clip_traces_time_steps_rows_and_cols():
     assert result.outputs.logits.shape == (1, 3)
     unmerged = tomviz.inspect(model, frames, ratio=0.0)
     with torch.inference_mode():
-        direct = model(pixel_values=clip_pixels(sample_to(frames, 4), 32)).logits
+        direct = model(pixel_values=clip_pixels(sample_to(frames, 4), ImageSpec((32, 32), resample=Image.Resampling.BILINEAR))).logits
     assert torch.allclose(unmerged.outputs.logits, direct, atol=1e-4)
 
 
 def test_preprocessing_resizes_the_short_side_crops_and_normalises():
     frame = np.zeros((1, 20, 40, 3), dtype=np.uint8)
     frame[0, :, 16:24] = 255  # a white bar in the middle of the wide frame: it survives the centre crop
-    out = clip_pixels(frame, size=10)
+    out = clip_pixels(frame, ImageSpec((10, 10), resample=Image.Resampling.BILINEAR))
     assert out.shape == (1, 1, 3, 10, 10)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(out[0, 0, :, 0, 0], -mean / std, atol=1e-5)  # black corner
@@ -120,8 +123,14 @@ def test_a_clip_file_and_a_saved_folder(tmp_path):
     frames, _ = square_clip(frames=6, side=32)
     write_clip(tmp_path / "clip.mp4", frames)
     tiny.videomae(classifier=["walk", "run"], seed=0).save_pretrained(tmp_path / "model")
+    processor = {"do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "size": {"shortest_edge": 32},
+                 "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}
+    (tmp_path / "model" / "preprocessor_config.json").write_text(json.dumps(processor))
     loaded = tomviz.load(str(tmp_path / "model"))
     assert loaded.adapter.family == "videomae" and loaded.labels == {0: "walk", 1: "run"}
+    assert loaded.image_spec == ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3, Image.Resampling.BILINEAR)
+    pixels_in = loaded.prepare(frames).tensors["pixel_values"]  # [1, 4, 3, 32, 32]: the folder's mean and std
+    assert pixels_in.shape == (1, 4, 3, 32, 32) and pixels_in.min() >= -1 - 1e-6 and pixels_in.max() <= 1 + 1e-6
     result = tomviz.inspect(loaded, str(tmp_path / "clip.mp4"), ratio=0.25)
     assert result.trace.meta["input"] == "video" and result.trace.frame_grid == (2, 4, 4)
     assert result.trace.token_counts()[-1] == 24

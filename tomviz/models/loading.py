@@ -283,7 +283,7 @@ def _load_folder(name: str, folder: Path, device: torch.device) -> LoadedModel:
         )
     try:
         model, tokenizer = adapter.load(folder, config)
-        spec = _image_spec(folder) if adapter.modality == "image" else None
+        spec = _image_spec(folder) if adapter.modality != "text" else None
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {name!r}: {err}") from err
     return _wrap(name, model.to(device).eval(), image_spec=spec, tokenizer=tokenizer)

@@ -9,8 +9,9 @@ mean (:func:`size_weighted_mean_pooling`), as DINOv2's head does, so it equals t
 
 Input: a clip (a file, a folder or list of frames, a ``[T, H, W, 3]`` uint8 array) sampled to the model's
 ``num_frames`` and preprocessed here, since transformers' video processors need torchvision: each frame's
-shorter side resized to 224 (bilinear), centre-cropped to 224², scaled to [0, 1] and normalised with ImageNet's
-mean and std — the values of ``VideoMAEImageProcessor``'s config (``MCG-NJU/videomae-base``). The trace's
+shorter side resized to the crop size, centre-cropped, scaled to [0, 1] and normalised, with the values of the
+folder's ``preprocessor_config.json`` (``VideoMAEImageProcessor``'s: 224, bilinear, ImageNet's mean and std —
+:data:`VIDEOMAE_SPEC`, also used for a model instance, at its ``image_size``). The trace's
 ``meta["frame_grid"]`` is ``(T / tubelet_size, rows, cols)``: tokens are time-step-major.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 from torch import nn
 from transformers import VideoMAEForVideoClassification, VideoMAEModel
 
-from tomviz.inputs.image import IMAGENET_MEAN, IMAGENET_STD
+from tomviz.inputs.image import IMAGENET_MEAN, IMAGENET_STD, ImageSpec
 from tomviz.inputs.video import Video, read_video
 from tomviz.merge.engine import MergeState, current_state
 from tomviz.models.adapter import Adapter, register, text_embeddings
@@ -65,8 +66,8 @@ def videomae_block(
     normed = block.layernorm_before(hidden)
     batch, tokens, _ = normed.shape
     query, keys, values = self_attention.query(normed), self_attention.key(normed), self_attention.value(normed)  # [B, N, H*d]
-    heads = lambda t: t.view(batch, tokens, num_heads, -1).transpose(1, 2)  # noqa: E731 - [B, H, N, d]
-    context = F.scaled_dot_product_attention(heads(query), heads(keys), heads(values), attn_mask=bias,
+    query_h, keys_h, values_h = (t.view(batch, tokens, num_heads, -1).transpose(1, 2) for t in (query, keys, values))
+    context = F.scaled_dot_product_attention(query_h, keys_h, values_h, attn_mask=bias,
                                              scale=self_attention.scaling)  # [B, H, N, d]
     attended = block.attention.output(context.transpose(1, 2).reshape(batch, tokens, -1), normed)  # [B, N, C]
     hidden = merge(state, index, num_heads, hidden + attended, Projections(keys=keys, query=query))
@@ -100,18 +101,24 @@ def size_weighted_mean_pooling(model: nn.Module, backbone: nn.Module) -> list[An
     return [backbone.encoder.register_forward_hook(keep_tokens), model.fc_norm.register_forward_pre_hook(weighted_mean)]
 
 
-def clip_pixels(frames: np.ndarray, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """``[T, H, W, 3]`` uint8 → ``[1, T, 3, size, size]``: shorter side to ``size`` (bilinear), centre crop,
-    ``(x / 255 - mean) / std`` (``VideoMAEImageProcessor``'s steps and defaults)."""
+VIDEOMAE_SPEC = ImageSpec(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, resample=Image.Resampling.BILINEAR)
+"""``VideoMAEImageProcessor``'s defaults (``MCG-NJU/videomae-base``): shorter side 224, centre crop 224², bilinear."""
+
+
+def clip_pixels(frames: np.ndarray, spec: ImageSpec = VIDEOMAE_SPEC) -> torch.Tensor:
+    """``[T, H, W, 3]`` uint8 → ``[1, T, 3, s, s]`` (``s = spec.size[0]``): shorter side to ``s`` (``spec.resample``),
+    centre crop ``s x s``, ``(x / 255 - mean) / std`` — ``VideoMAEImageProcessor``'s steps (its shortest edge and
+    crop size are equal in the published configs)."""
+    size, mean, std = spec.size[0], np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
     out = []
     for frame in frames:
         image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
         scale = size / min(image.width, image.height)
         w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-        image = image.resize((w, h), Image.Resampling.BILINEAR)
+        image = image.resize((w, h), spec.resample)
         left, top = (w - size) // 2, (h - size) // 2
         arr = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0  # [s, s, 3]
-        out.append((arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+        out.append((arr - mean) / std)
     return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())[None]  # [1, T, 3, s, s]
 
 
@@ -131,7 +138,8 @@ def prepare_clip(loaded: Any, x: Any) -> PreparedInput:
     else:
         video = x if isinstance(x, Video) else read_video(list(x) if isinstance(x, np.ndarray) else x, config.num_frames)
         frames = sample_to(video.frames, config.num_frames)
-        pixels = clip_pixels(frames, int(config.image_size))
+        size = int(config.image_size)  # a folder's preprocessor_config.json gives the spec; else the defaults at this size
+        pixels = clip_pixels(frames, loaded.image_spec or ImageSpec((size, size), resample=Image.Resampling.BILINEAR))
     time_steps, (h, w), p = pixels.shape[1] // config.tubelet_size, pixels.shape[-2:], config.patch_size
     meta = {"input": "video" if frames is not None else "tensor", "frame_grid": [time_steps, h // p, w // p],
             "patch_size": p, "tubelet_size": int(config.tubelet_size), "model_input_size": [int(w), int(h)]}

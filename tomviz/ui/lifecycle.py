@@ -1,7 +1,9 @@
 """The life-cycle the Image and Text tabs share, written once.
 
 1. **Inspect**: a model run on the input (:func:`analyse_input`) draws the views of the chosen layer, with
-   the clicked token's group if there is one, and the figures of the whole run (:func:`run_views`).
+   the clicked token's group if there is one, and the figures of the whole run (:func:`run_views`, pictures:
+   they change with every ratio). Then the visitor's grid of ratios is computed in the background
+   (:mod:`tomviz.ratio_grid`); a ratio already in it is answered from memory (:func:`remembered`), no model.
 2. **Redraw a layer**: the tab's ``layer_views`` from the stored trace, no model (:func:`wire_layer`).
 3. **Select**: a click selects an input token's group (:func:`select`); :func:`lineage_panel` says how the
    group formed.
@@ -16,14 +18,15 @@ both tabs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, NamedTuple
 
 import gradio as gr
 
+from tomviz import ratio_grid
 from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.lineage import group_lineage
-from tomviz.render.figures import gflops_figure, token_count_figure
+from tomviz.render.charts import gflops_picture, token_count_picture
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.trace import Trace
@@ -49,9 +52,9 @@ class TabKind:
 
 # --- 1. inspect ------------------------------------------------------------------------------------
 RUN_FIELDS: list[tuple[str, Any]] = [  # the views of a run that a layer change leaves alone
-    ("counts", Any),  # plotly token count per layer
+    ("counts", "Image.Image"),  # token count per layer (a picture: render/charts.py)
     ("speed", str),
-    ("gflops", Any),  # plotly GFLOPs per layer
+    ("gflops", "Image.Image"),  # GFLOPs per layer (a picture)
     ("fidelity", str),
     ("summary", "dict[str, Any] | None"),  # the JSON digest the API returns
     ("layer", Any),  # gr.Slider update (maximum follows the model)
@@ -64,14 +67,49 @@ def run_outputs(name: str, drawn: Iterable[tuple[str, Any]]) -> type:
     return NamedTuple(name, [("session", "Analysis | None"), *drawn, *RUN_FIELDS])
 
 
+class Visitor(NamedTuple):
+    """Who asks: the page's Gradio session (one grid each) and the client's address (a share of the grids)."""
+
+    session: str
+    client: str
+
+
+def visitor_of(request: gr.Request | None) -> Visitor | None:
+    """The visitor behind ``request`` (None for a call without a session, e.g. a handler called directly)."""
+    session = getattr(request, "session_hash", None) if request is not None else None
+    if not session:
+        return None
+    client = getattr(request, "client", None)
+    return Visitor(str(session), str(getattr(client, "host", "") or ""))
+
+
+def remembered(visitor: Visitor | None, x: Any, settings: Settings, session: Analysis | None) -> Analysis | None:
+    """The analysis of ``x`` under ``settings`` from the visitor's grid, with the session's own photo attached
+    (the grid keeps none), or None when the grid does not hold it or the session shows another input."""
+    if visitor is None or session is None:
+        return None
+    stored = ratio_grid.GRIDS.lookup(visitor.session, x, settings)
+    if stored is None or stored.reference.key != session.reference.key:
+        return None
+    return replace(stored, image=session.image)
+
+
 def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method: str, schedule: str,
-                  prop_attn: bool, session: Analysis | None) -> Analysis:
-    """Run the model once on ``x`` (reusing the session's unmerged reference for the same input) and show
-    the analysis' notes as warnings. Call it inside :func:`~tomviz.ui.common.user_errors`."""
+                  prop_attn: bool, session: Analysis | None, request: gr.Request | None = None) -> Analysis:
+    """The analysis of ``x``: from the visitor's grid when it holds this ratio, else one model run (reusing the
+    session's unmerged reference for the same input; background grid work waits for it). Then the visitor's
+    grid for these settings is made sure of (other settings cancel the old one). The analysis' notes show as
+    warnings. Call it inside :func:`~tomviz.ui.common.user_errors`."""
     settings = Settings(model=(model or kind.default_model).strip(), method=method, ratio=ratio, schedule=schedule,
                         prop_attn=bool(prop_attn))
-    reference = session.reference if session is not None else None
-    analysis = analyse(x, settings, reference, modality=kind.tab)
+    visitor = visitor_of(request)
+    analysis = remembered(visitor, x, settings, session)
+    if analysis is None:
+        reference = session.reference if session is not None else None
+        with ratio_grid.FOREGROUND:
+            analysis = analyse(x, settings, reference, modality=kind.tab)
+    if visitor is not None:
+        ratio_grid.GRIDS.start(visitor.session, visitor.client, x, analysis, modality=kind.tab)
     for note in analysis.notes:
         gr.Warning(note, title=kind.note_title)
     return analysis
@@ -80,8 +118,8 @@ def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method
 def run_views(analysis: Analysis, layer: int) -> dict[str, Any]:
     """:data:`RUN_FIELDS` by name for ``analysis``; ``layer`` (0-based) is the slider's new value."""
     speed, trace = analysis.speed, analysis.trace
-    return dict(counts=token_count_figure(trace), speed=speed_markdown(speed),
-                gflops=gflops_figure(speed.merged_gflops, speed.unmerged_gflops),
+    return dict(counts=token_count_picture(trace), speed=speed_markdown(speed),
+                gflops=gflops_picture(speed.merged_gflops, speed.unmerged_gflops),
                 fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
                 layer=gr.Slider(maximum=trace.num_layers, value=layer + 1))
 
@@ -167,7 +205,20 @@ def view_settings(kind: TabKind, view: View) -> tuple[str, str, str, float, int]
     return view.model or kind.default_model, view.method, view.schedule, view.ratio, view.layer or kind.default_layer
 
 
-# --- wiring ----------------------------------------------------------------------------------------
+# --- layout pieces and wiring -----------------------------------------------------------------------
+def run_charts() -> tuple[gr.Image, gr.Image]:
+    """The token-count and GFLOPs pictures of a run (laid out in the current row)."""
+    return (gr.Image(label="Token count", format="png", interactive=False, elem_classes=["run-chart"]),
+            gr.Image(label="GFLOPs", format="png", interactive=False, elem_classes=["run-chart"]))
+
+
+def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, api_name: str) -> None:
+    """``button`` writes files with ``make`` (its API endpoint ``api_name`` returns the paths), then the page
+    shows them in ``box``, hidden until then."""
+    button.click(make, inputs=inputs, outputs=box, api_name=api_name).success(
+        lambda: gr.File(visible=True), None, box, api_visibility="private", **QUIET)
+
+
 def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: type, triggers: list,
               api_names: tuple[str, str, str], after: Callable, after_outputs: type, link_inputs: list[str],
               demo: gr.Blocks | None = None, open_view: Callable | None = None, opened: list[str] = ()) -> None:

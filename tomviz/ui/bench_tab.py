@@ -16,6 +16,7 @@ import gradio as gr
 from tomviz.bench.results import read_rows, read_summary, summarise
 from tomviz.render.bench import TABLE_COLUMNS, X_METRICS, Y_METRICS, available_metrics, pareto_figure, table_rows
 from tomviz.ui.common import session_state, user_errors
+from tomviz.ui.examples import EXAMPLE_RESULTS
 
 MAX_RESULTS_BYTES = 32 * 1024 * 1024  # uploads larger than this are refused
 MAX_ROWS = 300_000  # rows of a results.parquet (summary.json holds one entry per setting: use it for larger runs)
@@ -74,17 +75,31 @@ def view(summary: list[dict[str, Any]] | None, y: str = "cosine", x: str = "spee
 def open_results(file: str | None, y: str = "cosine", x: str = "speedup"):
     """Read an uploaded results file: (summary state, y choices, figure, table, description). API: ``/open_bench``."""
     with user_errors("open this results file"):
-        summary, meta = load_results(_uploaded(file))
-        if not summary:
-            raise ValueError("the file holds no benchmark results")
-        metrics = available_metrics(summary)
-        y = y if y in metrics else metrics[0]
-        figure, rows = view(summary, y, x)
-        models = sorted({str(e["model"]) for e in summary})
-        errors = sum(int(e.get("errors") or 0) for e in summary)
-        text = (f"**{len(summary)} settings** on {', '.join(models)}; {errors} row(s) with an error. "
-                + (f"Benchmark: {meta.get('inputs')} inputs, batch size {meta.get('batch_size')}." if meta else ""))
-        return summary, gr.Dropdown(choices=[(Y_METRICS[m], m) for m in metrics], value=y), figure, rows, text
+        return results_view(*load_results(_uploaded(file)), y, x)
+
+
+def open_example_results():
+    """Page load: the example results shipped in ``assets/bench_example`` (read as an upload is, by
+    :func:`load_results`), with the command that made them; the same outputs as :func:`open_results`."""
+    with user_errors("open the example results"):
+        summary, meta = load_results(EXAMPLE_RESULTS)
+        out = results_view(summary, meta, "cosine", "speedup")
+        made_by = f"\n\nExample shipped with tomviz, made by `{meta['command']}`." if meta.get("command") else ""
+        return (*out[:-1], out[-1] + made_by + " Upload your own `summary.json` or `results.parquet` to replace it.")
+
+
+def results_view(summary: list[dict[str, Any]], meta: dict[str, Any], y: str, x: str):
+    """(summary state, y choices, figure, table, description) of a results file's contents."""
+    if not summary:
+        raise ValueError("the file holds no benchmark results")
+    metrics = available_metrics(summary)
+    y = y if y in metrics else metrics[0]
+    figure, rows = view(summary, y, x)
+    models = sorted({str(e["model"]) for e in summary})
+    errors = sum(int(e.get("errors") or 0) for e in summary)
+    text = (f"**{len(summary)} settings** on {', '.join(models)}; {errors} row(s) with an error. "
+            + (f"Benchmark: {meta.get('inputs')} inputs, batch size {meta.get('batch_size')}." if meta else ""))
+    return summary, gr.Dropdown(choices=[(Y_METRICS[m], m) for m in metrics], value=y), figure, rows, text
 
 
 def redraw(summary: list[dict[str, Any]] | None, y: str, x: str):
@@ -109,5 +124,7 @@ def build_bench_tab() -> None:
             plot = gr.Plot(label="Pareto front")
     table = gr.Dataframe(headers=[label for _, label in TABLE_COLUMNS], label="Settings", interactive=False)
 
+    gr.on(None, open_example_results, None, [summary, y, plot, table, info], api_name="open_bench_example",
+          api_visibility="private", show_progress="hidden")  # page load: the example results
     file.upload(open_results, inputs=[file, y, x], outputs=[summary, y, plot, table, info], api_name="open_bench")
     gr.on([y.input, x.input], redraw, inputs=[summary, y, x], outputs=plot, api_name="redraw_bench", show_progress="hidden")

@@ -20,6 +20,7 @@ from tomviz.score_analysis import ScoreSession
 from tomviz.scores.banzhaf import BanzhafResult
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, MAX_RATIO, MAX_SEED, TEXT_MODELS, PromptBox, outputs_type,
                               session_state, user_errors)
+from tomviz.ui.examples import computed_once, own_copy
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 SAMPLES = (64, 4096, 512)  # min, max, default coalitions per estimate
@@ -100,6 +101,22 @@ def score_banzhaf(model: str, image: Any, text: str | None, ratio: float = 0.9, 
 
 
 EMPTY_BANZHAF_VIEWS = BanzhafViews(None, None, None, None, None, None, "", None)
+
+
+@computed_once
+def example_banzhaf() -> BanzhafOutputs:
+    """The estimate the tab opens on: the controls' defaults (the embedded image model, the first example
+    photo, ratio 0.9, groups after layer 11, 512 coalitions, seed 0), once per process."""
+    return score_banzhaf(DEFAULT_MODEL["image"], EXAMPLE_IMAGES[0], None, 0.9, 11, SAMPLES[2], False, 0, 8)
+
+
+def open_banzhaf_example() -> BanzhafOutputs:
+    """Page load: :func:`example_banzhaf` (the visitor's own copy of its session); left as is without examples."""
+    if not EXAMPLE_IMAGES:
+        return BanzhafOutputs(*(gr.skip() for _ in BanzhafOutputs._fields))
+    with user_errors("show the example estimate"):
+        out = example_banzhaf()
+        return out._replace(session=own_copy(out.session))
 
 
 def rerender_banzhaf(top_k: float, session: ScoreSession | None) -> BanzhafViews:
@@ -214,6 +231,8 @@ def build_banzhaf_section() -> None:
         outputs=[banzhaf_components[name] for name in BanzhafOutputs._fields], api_name="score_banzhaf",
         concurrency_id="model", concurrency_limit=1,
     )
+    gr.on(None, open_banzhaf_example, None, [banzhaf_components[name] for name in BanzhafOutputs._fields],
+          api_name="open_banzhaf_example", api_visibility="private")  # page load: the example's estimate
     top_k.release(rerender_banzhaf, inputs=[top_k, session], outputs=[banzhaf_components[name] for name in BanzhafViews._fields],
                   show_progress="hidden")
 

@@ -149,6 +149,11 @@ class GridStore:
         if grid is not None:
             grid.cancelled.set()
 
+    def visitors(self) -> list[str]:
+        """Every visitor with a grid, least recently used first."""
+        with self._lock:
+            return list(self._grids)
+
     def grid(self, visitor: str) -> Grid | None:
         with self._lock:
             return self._grids.get(visitor)

@@ -60,7 +60,7 @@ def test_image_ratio_release_answers_from_the_grid(grids):
     request = _request("image-visitor")
     first = image_tab.inspect_image(CAT, ratio=0.5, layer=6, request=request)
     assert grids.calls == [0.5]
-    grid = _wait_ready(grids, "image-visitor")
+    grid = _wait_ready(grids, "image-visitor:image")
     assert not grid.errors and sorted(grid.results) == ratio_grid.grid_ratios()
 
     moved = image_tab.inspect_image(CAT, ratio=0.7, layer=6, session=first.session, request=request)
@@ -75,17 +75,17 @@ def test_image_ratio_release_answers_from_the_grid(grids):
     assert grids.calls == [0.5, 0.33]  # not a grid ratio: the model runs
 
     image_tab.inspect_image(CAT, ratio=0.5, method="pitome", layer=6, session=moved.session, request=request)
-    assert grid.cancelled.is_set() and grids.grid("image-visitor") is not grid  # new settings: a new grid
+    assert grid.cancelled.is_set() and grids.grid("image-visitor:image") is not grid  # new settings: a new grid
     assert grids.calls[-1] == 0.5 and len(grids.calls) == 3
 
 
 def test_text_ratio_release_answers_from_the_grid_and_measures_its_memory(grids):
     request = _request("text-visitor")
     first = text_tab.inspect_text(PROMPT, ratio=0.5, model="minilm", layer=3, request=request)
-    grid = _wait_ready(grids, "text-visitor")
+    grid = _wait_ready(grids, "text-visitor:text")
     moved = text_tab.inspect_text(PROMPT, ratio=0.25, model="minilm", layer=3, session=first.session, request=request)
     assert grids.calls == [0.5] and moved.session.trace.token_counts() == grid.results[0.25].trace.token_counts()
-    assert 0 < grids.nbytes("text-visitor") < 0.5 * 2**20  # the README's "under 0.1 MB" for this prompt
+    assert 0 < grids.nbytes("text-visitor:text") < 0.5 * 2**20  # the README's "under 0.1 MB" for this prompt
     other = text_tab.inspect_text(PROMPT + " Again.", ratio=0.25, model="minilm", layer=3, session=moved.session,
                                   request=request)
     assert grids.calls == [0.5, 0.25] and other.session.trace.num_input_tokens > moved.session.trace.num_input_tokens
@@ -93,4 +93,4 @@ def test_text_ratio_release_answers_from_the_grid_and_measures_its_memory(grids)
 
 def test_a_call_without_a_session_runs_the_model_and_keeps_no_grid(grids):
     image_tab.inspect_image(CAT, ratio=0.5, layer=6)
-    assert grids.calls == [0.5] and grids.grid("image-visitor") is None
+    assert grids.calls == [0.5] and grids.grid("image-visitor:image") is None

@@ -121,7 +121,7 @@ def build_bench_tab() -> None:
             x = gr.Dropdown([(label, key) for key, label in X_METRICS.items()], value="speedup", label="Speed")
             info = gr.Markdown()
         with gr.Column(scale=7):
-            plot = gr.Plot(label="Pareto front")
+            plot = gr.Plot(label="Pareto front", elem_id="bench-plot")
     table = gr.Dataframe(headers=[label for _, label in TABLE_COLUMNS], label="Settings", interactive=False)
 
     gr.on(None, open_example_results, None, [summary, y, plot, table, info], api_name="open_bench_example",

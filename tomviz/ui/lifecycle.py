@@ -68,19 +68,21 @@ def run_outputs(name: str, drawn: Iterable[tuple[str, Any]]) -> type:
 
 
 class Visitor(NamedTuple):
-    """Who asks: the page's Gradio session (one grid each) and the client's address (a share of the grids)."""
+    """Who asks: the page's Gradio session and tab (one grid each: the Image and the Text tab of one page keep
+    their own) and the client's address (a share of the grids)."""
 
-    session: str
+    session: str  # "<session hash>:<tab>"
     client: str
 
 
-def visitor_of(request: gr.Request | None) -> Visitor | None:
-    """The visitor behind ``request`` (None for a call without a session, e.g. a handler called directly)."""
+def visitor_of(request: gr.Request | None, tab: str) -> Visitor | None:
+    """The visitor behind ``request`` in ``tab`` (None for a call without a session, e.g. a handler called
+    directly)."""
     session = getattr(request, "session_hash", None) if request is not None else None
     if not session:
         return None
     client = getattr(request, "client", None)
-    return Visitor(str(session), str(getattr(client, "host", "") or ""))
+    return Visitor(f"{session}:{tab}", str(getattr(client, "host", "") or ""))
 
 
 def remembered(visitor: Visitor | None, x: Any, settings: Settings, session: Analysis | None) -> Analysis | None:
@@ -102,7 +104,7 @@ def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method
     warnings. Call it inside :func:`~tomviz.ui.common.user_errors`."""
     settings = Settings(model=(model or kind.default_model).strip(), method=method, ratio=ratio, schedule=schedule,
                         prop_attn=bool(prop_attn))
-    visitor = visitor_of(request)
+    visitor = visitor_of(request, kind.tab)
     analysis = remembered(visitor, x, settings, session)
     if analysis is None:
         reference = session.reference if session is not None else None

@@ -215,7 +215,8 @@ def build_banzhaf_section() -> None:
         with gr.Column(scale=7):
             summary = gr.Markdown(elem_id="banzhaf-summary")
             with gr.Row():
-                heat = gr.Image(label="Banzhaf value over the image", format="png", interactive=False, height=300)
+                heat = gr.Image(label="Banzhaf value over the image", format="png", interactive=False, height=300,
+                                elem_id="banzhaf-heat")
                 pairs_img = gr.Image(label="Strongest interacting pairs", format="png", interactive=False, height=300)
                 rollout = gr.Image(label="Attention rollout through the merges (CLS)", format="png", interactive=False,
                                    height=300)

@@ -139,7 +139,7 @@ def build_sweep_section(inputs: dict[str, Any]) -> gr.CheckboxGroup:
             button = gr.Button("Run sweep", variant="primary")
             csv = gr.File(label="CSV", interactive=False)
         with gr.Column(scale=7):
-            figure = gr.Plot(label="Fidelity and speed-up against ratio")
+            figure = gr.Plot(label="Fidelity and speed-up against ratio", elem_id="sweep-figure")
             table = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep", interactive=False)
     components = dict(figure=figure, table=table, csv=csv)
     button.click(

@@ -165,9 +165,11 @@ def test_browser_ratio_from_memory_and_mp4(app_url, monkeypatch):
             assert moved != first and not _errors_shown(page)
 
             page.locator("#animate").click()
-            page.wait_for_selector("#animation-file a:has-text('.mp4')", timeout=TIMEOUT_MS)
+            mp4 = "#animation-file a[download$='.mp4']"
+            page.wait_for_selector(mp4, timeout=TIMEOUT_MS)
+            assert page.locator("#animation-file a[download$='.gif']").count() == 1  # beside the GIF
             with page.expect_download(timeout=TIMEOUT_MS) as download:
-                page.locator("#animation-file a:has-text('.mp4')").first.click()
+                page.locator(mp4).first.click()
             path = artifacts / "merge_animation.mp4"
             download.value.save_as(str(path))
             with av.open(str(path)) as video:

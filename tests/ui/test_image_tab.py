@@ -71,3 +71,16 @@ def test_tab_builds_with_its_endpoints():
         it.build_image_tab(demo)
     names = {dep.api_name for dep in demo.fns.values()}
     assert {"inspect_image", "render_image_layer", "image_downloads", "image_animation", "open_page"} <= names
+
+
+def test_animation_comes_as_a_gif_and_an_mp4_of_the_same_frames(first):
+    import av
+    from PIL import Image
+
+    gif, mp4 = it.image_animation(first.session)
+    assert Path(gif).name == "merge_tome_ratio0.5.gif" and Path(mp4).name == "merge_tome_ratio0.5.mp4"
+    frames = first.session.trace.num_layers + 1  # the input, then one per layer
+    with Image.open(gif) as picture:
+        assert picture.n_frames == frames
+    with av.open(mp4) as video:
+        assert sum(1 for _ in video.decode(video=0)) == frames

@@ -222,9 +222,9 @@ def image_animation(session: Analysis | None = None) -> list[str]:
     if session is None:
         raise gr.Error("Nothing to animate yet: inspect an image first.")
     with user_errors("make the animation"):
-        stem = download_folder() / f"merge_{session.settings.method}_ratio{session.settings.ratio:g}"
+        folder, stem = download_folder(), f"merge_{session.settings.method}_ratio{session.settings.ratio:g}"
         frames = animation_frames(session.image, session.trace)
-        return [str(save_animation(frames, stem.with_suffix(".gif"))), str(save_video(frames, stem.with_suffix(".mp4")))]
+        return [str(save_animation(frames, folder / f"{stem}.gif")), str(save_video(frames, folder / f"{stem}.mp4"))]
 
 
 def open_view(request: gr.Request):

@@ -209,9 +209,10 @@ def view_settings(kind: TabKind, view: View) -> tuple[str, str, str, float, int]
 
 # --- layout pieces and wiring -----------------------------------------------------------------------
 def run_charts() -> tuple[gr.Image, gr.Image]:
-    """The token-count and GFLOPs pictures of a run (laid out in the current row)."""
-    return (gr.Image(label="Token count", format="png", interactive=False, elem_classes=["run-chart"]),
-            gr.Image(label="GFLOPs", format="png", interactive=False, elem_classes=["run-chart"]))
+    """The token-count and GFLOPs pictures of a run (laid out in the current row); their titles are in the
+    pictures (a label badge would cover them)."""
+    return tuple(gr.Image(label=label, show_label=False, format="png", interactive=False, elem_classes=["run-chart"])
+                 for label in ("Token count", "GFLOPs"))
 
 
 def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, api_name: str) -> None:

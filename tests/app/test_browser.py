@@ -1,8 +1,9 @@
 """A real browser (Debian's chromium, headless, driven by Playwright for Python) against the app:
 every one of the six tabs opens on a rendered result (screenshots artifacts/tab_*.png; Image + question: the
 hub notice where the hub is out of reach); the ratio slider answers from the visitor's grid of ratios without
-running the model; the merge animation downloads as an MP4 of layers + 1 frames; the page opens on an inspected example; pick another, move the ratio slider, move the layer slider, upload a photo; the overlay changes
-every time and no error shows.
+running the model; the merge animation downloads as an MP4 of layers + 1 frames; the page opens on an
+inspected example; pick another, move the ratio slider, move the layer slider, upload a photo; the overlay
+changes every time and no error shows.
 The last screenshot is kept as artifacts/app_browser.png. Further tests: a shared link, a patch click (overlay and
 cluster map) against the trace, the animation, a Text-tab token click."""
 from __future__ import annotations

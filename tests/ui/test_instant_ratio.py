@@ -94,3 +94,23 @@ def test_text_ratio_release_answers_from_the_grid_and_measures_its_memory(grids)
 def test_a_call_without_a_session_runs_the_model_and_keeps_no_grid(grids):
     image_tab.inspect_image(CAT, ratio=0.5, layer=6)
     assert grids.calls == [0.5] and grids.grid("image-visitor:image") is None
+
+
+def test_a_ratio_release_is_answered_outside_the_queue_and_runs_the_model_only_on_a_miss(grids):
+    request = _request("release-visitor")
+    first = image_tab.inspect_image(CAT, ratio=0.5, layer=6, request=request)
+    _wait_ready(grids, "release-visitor:image")
+    memory = lifecycle.from_memory(image_tab.inspect_image, image_tab.ImageOutputs)
+    missed = lifecycle.when_missed(image_tab.inspect_image, image_tab.ImageOutputs)
+    args = dict(model="dinov2-small", method="tome", schedule="constant", prop_attn=True, layer=6, opacity=0.8,
+                session=first.session, selected=None)
+
+    *hit, was_missed = memory(CAT, 0.7, *args.values(), request=request)
+    assert not was_missed and image_tab.ImageOutputs(*hit).session.trace.token_counts()[-1] == 257 - round(0.7 * 256)
+    assert all(isinstance(v, type(gr.skip())) for v in missed(CAT, 0.7, *args.values(), False, request=request))
+    assert grids.calls == [0.5]  # answered from memory; the queued step did nothing
+
+    *skipped, was_missed = memory(CAT, 0.33, *args.values(), request=request)
+    assert was_missed and all(isinstance(v, type(gr.skip())) for v in skipped) and grids.calls == [0.5]
+    ran = image_tab.ImageOutputs(*missed(CAT, 0.33, *args.values(), True, request=request))
+    assert grids.calls == [0.5, 0.33] and ran.session.settings.ratio == 0.33  # the miss runs the model, in the queue

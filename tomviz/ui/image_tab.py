@@ -315,7 +315,7 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     lifecycle.wire_runs(
         c, inspect_image, ["image", "ratio", *settings, "layer", "opacity", "session", "selected"], ImageOutputs,
         # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
-        [c["ratio"].release, image.upload, image.clear, *[c[n].change for n in settings]],
+        [image.upload, image.clear, *[c[n].change for n in settings]],  # the ratio: wire_runs, from memory first
         ("inspect_image", "pick_example", "open_page"), after_run, AfterRun, link_inputs,
         demo if EXAMPLE_IMAGES else None, open_view, ["image", *link_inputs[1:], "example_name"])
     lifecycle.wire_layer(c, render_image_layer, ["layer", "opacity", "session", "selected"], LayerViews, "render_image_layer")

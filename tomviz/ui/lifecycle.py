@@ -18,6 +18,7 @@ both tabs.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -96,6 +97,14 @@ def remembered(visitor: Visitor | None, x: Any, settings: Settings, session: Ana
     return replace(stored, image=session.image)
 
 
+class NotRemembered(gr.Error):
+    """Raised by :func:`analyse_input` while a ratio release is answered from memory only
+    (:func:`from_memory`) and the visitor's grid lacks the analysis."""
+
+
+_MEMORY_ONLY = contextvars.ContextVar("tomviz_memory_only", default=False)  # set inside from_memory's handler
+
+
 def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method: str, schedule: str,
                   prop_attn: bool, session: Analysis | None, request: gr.Request | None = None) -> Analysis:
     """The analysis of ``x``: from the visitor's grid when it holds this ratio, else one model run (reusing the
@@ -106,6 +115,8 @@ def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method
                         prop_attn=bool(prop_attn))
     visitor = visitor_of(request, kind.tab)
     analysis = remembered(visitor, x, settings, session)
+    if analysis is None and _MEMORY_ONLY.get():
+        raise NotRemembered("this ratio is not in the visitor's grid yet")
     if analysis is None:
         reference = session.reference if session is not None else None
         with ratio_grid.FOREGROUND:
@@ -222,13 +233,39 @@ def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, ap
         lambda: gr.File(visible=True), None, box, api_visibility="private", **QUIET)
 
 
+def from_memory(inspect: Callable, outputs: type) -> Callable:
+    """``inspect`` answered from the visitor's grid only, outside the model queue: its ``outputs`` and
+    ``missed`` = False; when the grid lacks the ratio (or anything fails), every output left as it is and
+    ``missed`` = True, for :func:`when_missed` to run the model in the queue."""
+    def answer(*args: Any, request: gr.Request) -> tuple:
+        token = _MEMORY_ONLY.set(True)
+        try:
+            return (*inspect(*args, request=request), False)
+        except gr.Error:  # not remembered; a real error shows once, from the model run
+            return (*(gr.skip() for _ in outputs._fields), True)
+        finally:
+            _MEMORY_ONLY.reset(token)
+
+    return answer
+
+
+def when_missed(inspect: Callable, outputs: type) -> Callable:
+    """``inspect`` (the inputs, then ``missed``) when :func:`from_memory` missed; else every output as it is."""
+    def run(*args: Any, request: gr.Request) -> tuple:
+        *inputs, missed = args
+        return inspect(*inputs, request=request) if missed else tuple(gr.skip() for _ in outputs._fields)
+
+    return run
+
+
 def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: type, triggers: list,
               api_names: tuple[str, str, str], after: Callable, after_outputs: type, link_inputs: list[str],
               demo: gr.Blocks | None = None, open_view: Callable | None = None, opened: list[str] = ()) -> None:
     """The model runs of a tab (``api_names``: a change of input or settings, an example picked, the page
     opened with ``demo``), each followed by ``after`` (→ ``after_outputs``, see :func:`after_run_type`) and the
-    full link in the browser. ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name
-    components of ``c``."""
+    full link in the browser. A release of the ratio slider is answered from the visitor's grid outside the
+    queue, as a layer change is (:func:`from_memory`), and runs the model in the queue only on a miss.
+    ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name components of ``c``."""
     run_model = dict(inputs=[c[n] for n in inputs], outputs=[c[n] for n in outputs._fields], concurrency_id="model",
                      concurrency_limit=1)
 
@@ -238,6 +275,12 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
          .then(None, c["link"], c["link"], js=LINK_JS, **QUIET))  # the full link and the page's URL, in the browser
 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))
+    missed = gr.State(False)
+    remembered_run = c["ratio"].release(from_memory(inspect, outputs), run_model["inputs"], [*run_model["outputs"], missed],
+                                        api_visibility="private", trigger_mode="always_last", **QUIET)
+    follow(remembered_run.then(when_missed(inspect, outputs), [*run_model["inputs"], missed], run_model["outputs"],
+                               api_visibility="private", show_progress="minimal", concurrency_id="model",
+                               concurrency_limit=1))
     follow(c["examples"].load_input_event.then(inspect, api_name=api_names[1], api_visibility="private", **run_model))
     if demo is not None and open_view is not None:
         page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", **QUIET)

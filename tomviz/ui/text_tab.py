@@ -193,7 +193,7 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
     link_inputs = ["prompt", "model", "method", "schedule", "ratio", "layer"]
     lifecycle.wire_runs(
         c, inspect_text, ["prompt", "ratio", *settings, "layer", "session", "selected"], TextOutputs,
-        [c["run"].click, c["prompt"].submit, c["ratio"].release, *[c[n].change for n in settings]],
+        [c["run"].click, c["prompt"].submit, *[c[n].change for n in settings]],  # the ratio: wire_runs, from memory first
         ("inspect_text", "pick_example_text", "open_page_text"), after_run, AfterRun, link_inputs, demo, open_view,
         link_inputs)
     lifecycle.wire_layer(c, render_text_layer, ["layer", "session", "selected"], LayerViews, "render_text_layer")

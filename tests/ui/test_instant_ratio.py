@@ -105,12 +105,22 @@ def test_a_ratio_release_is_answered_outside_the_queue_and_runs_the_model_only_o
     args = dict(model="dinov2-small", method="tome", schedule="constant", prop_attn=True, layer=6, opacity=0.8,
                 session=first.session, selected=None)
 
-    *hit, was_missed = memory(CAT, 0.7, *args.values(), request=request)
+    *hit, was_missed = memory(CAT, 0.7, *args.values(), request)
     assert not was_missed and image_tab.ImageOutputs(*hit).session.trace.token_counts()[-1] == 257 - round(0.7 * 256)
-    assert all(isinstance(v, type(gr.skip())) for v in missed(CAT, 0.7, *args.values(), False, request=request))
+    assert all(isinstance(v, type(gr.skip())) for v in missed(CAT, 0.7, *args.values(), False, request))
     assert grids.calls == [0.5]  # answered from memory; the queued step did nothing
 
-    *skipped, was_missed = memory(CAT, 0.33, *args.values(), request=request)
+    *skipped, was_missed = memory(CAT, 0.33, *args.values(), request)
     assert was_missed and all(isinstance(v, type(gr.skip())) for v in skipped) and grids.calls == [0.5]
-    ran = image_tab.ImageOutputs(*missed(CAT, 0.33, *args.values(), True, request=request))
+    ran = image_tab.ImageOutputs(*missed(CAT, 0.33, *args.values(), True, request))
     assert grids.calls == [0.5, 0.33] and ran.session.settings.ratio == 0.33  # the miss runs the model, in the queue
+
+
+def test_gradio_passes_the_request_to_the_ratio_handlers():
+    from gradio.helpers import special_args
+
+    request = object()
+    for handler, inputs in ((lifecycle.from_memory(text_tab.inspect_text, text_tab.TextOutputs), 9),
+                            (lifecycle.when_missed(text_tab.inspect_text, text_tab.TextOutputs), 10)):
+        args = special_args(handler, list(range(inputs)), request)[0]
+        assert args == [*range(inputs), request]  # the request last, after the wired inputs

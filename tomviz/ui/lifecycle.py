@@ -19,6 +19,7 @@ both tabs.
 from __future__ import annotations
 
 import contextvars
+import inspect as inspect_module
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -233,14 +234,33 @@ def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, ap
         lambda: gr.File(visible=True), None, box, api_visibility="private", **QUIET)
 
 
+def handler_like(inspect: Callable, extra: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Give a ``handler(*args)`` the signature Gradio reads: ``inspect``'s inputs, then ``extra`` inputs, then
+    the ``gr.Request`` (which Gradio passes last, positionally)."""
+    kind = inspect_module.Parameter.POSITIONAL_OR_KEYWORD
+    params = [p.replace(annotation=p.empty) for p in inspect_module.signature(inspect).parameters.values()
+              if p.name != "request"]
+    params += [inspect_module.Parameter(name, kind, default=None) for name in extra]
+    params.append(inspect_module.Parameter("request", kind, default=None))
+
+    def give(handler: Callable) -> Callable:
+        handler.__signature__ = inspect_module.Signature(params)
+        handler.__annotations__ = {"request": gr.Request}
+        return handler
+
+    return give
+
+
 def from_memory(inspect: Callable, outputs: type) -> Callable:
     """``inspect`` answered from the visitor's grid only, outside the model queue: its ``outputs`` and
     ``missed`` = False; when the grid lacks the ratio (or anything fails), every output left as it is and
     ``missed`` = True, for :func:`when_missed` to run the model in the queue."""
-    def answer(*args: Any, request: gr.Request) -> tuple:
+    @handler_like(inspect)
+    def answer(*args: Any) -> tuple:
+        *inputs, request = args
         token = _MEMORY_ONLY.set(True)
         try:
-            return (*inspect(*args, request=request), False)
+            return (*inspect(*inputs, request=request), False)
         except gr.Error:  # not remembered; a real error shows once, from the model run
             return (*(gr.skip() for _ in outputs._fields), True)
         finally:
@@ -251,8 +271,9 @@ def from_memory(inspect: Callable, outputs: type) -> Callable:
 
 def when_missed(inspect: Callable, outputs: type) -> Callable:
     """``inspect`` (the inputs, then ``missed``) when :func:`from_memory` missed; else every output as it is."""
-    def run(*args: Any, request: gr.Request) -> tuple:
-        *inputs, missed = args
+    @handler_like(inspect, extra=("missed",))
+    def run(*args: Any) -> tuple:
+        *inputs, missed, request = args
         return inspect(*inputs, request=request) if missed else tuple(gr.skip() for _ in outputs._fields)
 
     return run

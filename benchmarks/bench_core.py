@@ -48,10 +48,9 @@ def slicing_instead_of_merging():
     No merge method can be faster than this on the same schedule."""
     original = MergeState.after_attention
 
-    def drop(self: MergeState, layer: int, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    def drop(self: MergeState, layer: int, x: torch.Tensor, *projections_and_heads) -> torch.Tensor:
         r = self.schedule[layer]
         self.removed.append(r)
-        self.clear_captures()
         return x[:, : x.shape[1] - r]
 
     MergeState.after_attention = drop

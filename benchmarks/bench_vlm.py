@@ -76,10 +76,9 @@ def slicing_encoder(num_patches: int):
     zero-padded back to ``num_patches`` so that the pixel shuffle runs (instead of the unmerge)."""
     original = EncoderState.after_attention
 
-    def drop(self, layer, x, num_heads):
+    def drop(self, layer, x, *projections_and_heads):
         r = self.schedule[layer]
         self.removed.append(r)
-        self.clear_captures()
         return x[:, : x.shape[1] - r]
 
     def pad(module, args, output):

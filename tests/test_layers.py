@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tomviz"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trace", ("tomviz.trace",)),  # the Trace type and its patch-grid geometry
     ("merge", ("tomviz.merge",)),  # tensor math: methods → MergePlan, schedules, the per-call MergeState
-    ("inputs", ("tomviz.inputs",)),  # image (and video) decoding and their bounds, before any model
+    ("inputs", ("tomviz.inputs",)),  # decoding what users hand in (images, video clips, frames) and its bounds, no model knowledge
     ("models", ("tomviz.models",)),  # adapters, loading (hub policy, embedded weights), LoadedModel.run, VLM adapters
     # numbers read from a forward or a trace: speed, fidelity, one measured forward, a group's lineage
     ("readers", ("tomviz.speed", "tomviz.fidelity", "tomviz.measure", "tomviz.lineage")),

@@ -23,7 +23,7 @@ from tomviz.merge.engine import MergeConfig
 from tomviz.merge.request import MergeRequest
 from tomviz.models.hub import DEFAULT_MODEL
 from tomviz.render.overlay import display_image
-from tomviz.speed import SpeedReport, measure_latencies, model_widths, timed_run, trace_gflops
+from tomviz.speed import SpeedReport, measure_latencies, timed_run, trace_gflops
 from tomviz.trace import Trace
 
 # Speed is measured a little at every setting and accumulated per input, so a ratio change costs
@@ -126,7 +126,7 @@ def make_reference(loaded: Any, inputs: Any, key: str) -> Reference:
     config = MergeConfig.unmerged()
     outputs, _, seconds = timed_run(loaded, inputs, config)
     samples = [seconds] + measure_latencies(loaded, inputs, config, runs=FIRST_RUNS - 1)
-    embedding, name = final_embedding(outputs, loaded.modality)
+    embedding, name = final_embedding(outputs, loaded.adapter)
     return Reference(key=key, embedding=embedding, embedding_name=name, top_labels=top_labels(outputs, loaded.labels),
                      unmerged_samples=samples, unmerged_measured_at=time.monotonic())
 
@@ -161,12 +161,12 @@ def analyse(x: Any, settings: Settings, reference: Reference | None = None, moda
     merged_samples = reference.add(reference.merged_samples.get(speed_key, []), [seconds])
     reference.merged_samples[speed_key] = merged_samples
 
-    embedding, _ = final_embedding(outputs, loaded.modality, trace.sizes(trace.num_layers - 1))
+    embedding, _ = final_embedding(outputs, loaded.adapter, trace.sizes(trace.num_layers - 1))
     merged_top = top_labels(outputs, loaded.labels)
     fidelity = EmbeddingFidelity(embedding=reference.embedding_name, cosine=cosine(embedding, reference.embedding),
                                  top_merged=merged_top, top_unmerged=None if merged_top is None else reference.top_labels)
 
-    hidden, mlp = model_widths(loaded.backbone.config)
+    hidden, mlp = loaded.widths
     merged_gflops, unmerged_gflops = trace_gflops(trace, hidden, mlp)
     speed = SpeedReport(
         merged_s=float(np.median(merged_samples)), unmerged_s=float(np.median(reference.unmerged_samples)),

@@ -83,8 +83,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     trace.save(out / "trace.npz")
     text = loaded.modality == "text"
     base = loaded.run(result.inputs, MergeConfig.unmerged())[0]
-    merged_embedding, _ = final_embedding(result.outputs, loaded.modality, final_sizes_of(result.state))
-    similarity = cosine(merged_embedding, final_embedding(base, loaded.modality)[0])
+    merged_embedding, _ = final_embedding(result.outputs, loaded.adapter, final_sizes_of(result.state))
+    similarity = cosine(merged_embedding, final_embedding(base, loaded.adapter)[0])
     stats: dict[str, Any] = {
         "model": loaded.name,
         "method": args.method,

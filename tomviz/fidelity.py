@@ -11,11 +11,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from tomviz.models.adapter import EMBEDDINGS, Adapter
+
 TOP_K = 5
 
 
-def final_embeddings(outputs: Any, modality: str, weights: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """``[B, C]`` embeddings that fidelity is measured on (one per batch element), and their name.
+def final_embeddings(
+    outputs: Any, family: Adapter | str, weights: torch.Tensor | np.ndarray | None = None,
+) -> tuple[np.ndarray, str]:
+    """``[B, C]`` embeddings that fidelity is measured on (one per batch element), and their name, as the
+    model's family says (:meth:`tomviz.models.adapter.Adapter.final_embeddings`; ``family`` may also be a
+    modality, ``"image"`` or ``"text"``, for its default).
 
     Classifiers: the logits. Text models: the weighted mean of the final tokens (= the mean
     over input tokens, as sentence encoders pool); ``weights`` ``[B, N_L]`` are the final
@@ -23,27 +29,16 @@ def final_embeddings(outputs: Any, modality: str, weights: torch.Tensor | np.nda
     Image models: ``image_embeds`` (CLIP), else ``pooler_output``, else the CLS token of
     ``last_hidden_state``.
     """
-    logits = getattr(outputs, "logits", None)
-    if logits is not None:
-        return logits.float().cpu().numpy(), "logits"
-    if modality == "text":
-        hidden = outputs.last_hidden_state.float().cpu().numpy()  # [B, N_L, C]
-        if weights is None:
-            w = np.ones(hidden.shape[:2])
-        else:
-            w = np.asarray(torch.as_tensor(weights).float().cpu().numpy(), dtype=np.float64)
-            w = np.broadcast_to(w.reshape(-1, w.shape[-1]), hidden.shape[:2])  # [N_L] (element 0's) or [B, N_L]
-        return (w[..., None] * hidden).sum(1) / w.sum(1, keepdims=True), "mean-pooled tokens"
-    for name in ("image_embeds", "pooler_output"):
-        value = getattr(outputs, name, None)
-        if value is not None:
-            return value.float().cpu().numpy(), name.replace("_", " ")
-    return outputs.last_hidden_state[:, 0].float().cpu().numpy(), "CLS token"
+    if isinstance(family, Adapter):
+        return family.final_embeddings(outputs, weights)
+    return EMBEDDINGS[family](outputs, weights)
 
 
-def final_embedding(outputs: Any, modality: str, final_sizes: torch.Tensor | np.ndarray | None = None) -> tuple[np.ndarray, str]:
+def final_embedding(
+    outputs: Any, family: Adapter | str, final_sizes: torch.Tensor | np.ndarray | None = None,
+) -> tuple[np.ndarray, str]:
     """``[C]`` embedding of batch element 0 (see :func:`final_embeddings`); ``final_sizes`` ``[N_L]``."""
-    embeddings, name = final_embeddings(outputs, modality, final_sizes)
+    embeddings, name = final_embeddings(outputs, family, final_sizes)
     return embeddings[0], name
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from tomviz.fidelity import Agreement, agreements, final_embeddings, final_weights_of
 from tomviz.merge.engine import MergeConfig
 from tomviz.models.loading import LoadedModel, PreparedInput
-from tomviz.speed import gflops_per_layer, model_widths, state_token_counts, timed_run
+from tomviz.speed import gflops_per_layer, state_token_counts, timed_run
 
 
 @dataclass
@@ -44,14 +44,14 @@ class SettingMetrics:
 def measured_forward(loaded: LoadedModel, inputs: PreparedInput, config: MergeConfig) -> Forward:
     """One untraced forward of ``inputs`` (a batch) under ``config``, timed."""
     outputs, state, seconds = timed_run(loaded, inputs, replace(config, trace=False))
-    embeddings, _ = final_embeddings(outputs, loaded.modality, final_weights_of(state))
+    embeddings, _ = final_embeddings(outputs, loaded.adapter, final_weights_of(state))
     counts = state_token_counts(state)  # [N0, N_0, ..., N_{L-1}] carried by the batch tensor
     batch = embeddings.shape[0]
     if state.valid is not None:  # padding or an adaptive method's absent tokens
         tokens_out = [int(v) for v in state.valid.sum(1).tolist()]
     else:
         tokens_out = [counts[-1]] * batch
-    hidden, mlp = model_widths(loaded.backbone.config)
+    hidden, mlp = loaded.widths
     gflops = float(sum(gflops_per_layer(counts[:-1], counts[1:], hidden, mlp)))
     return Forward(embeddings=embeddings, classifier=getattr(outputs, "logits", None) is not None,
                    tokens_in=counts[0], tokens_out=tokens_out, gflops=gflops, seconds=seconds)

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from tomviz.merge.engine import MergeConfig
+from tomviz.models.adapter import config_widths
 
 
 def layer_flops(n_in: int, n_out: int, hidden: int, mlp_hidden: int) -> tuple[float, float]:
@@ -37,12 +38,9 @@ def gflops_per_layer(tokens_in: Sequence[int], tokens_out: Sequence[int], hidden
 
 
 def model_widths(config: Any) -> tuple[int, int]:
-    """``(hidden C, MLP width M)`` from a transformers config (ViT/DINOv2/BERT/CLIP names)."""
-    hidden = int(config.hidden_size)
-    mlp = getattr(config, "intermediate_size", None)
-    if mlp is None:
-        mlp = int(round(hidden * float(getattr(config, "mlp_ratio", 4))))
-    return hidden, int(mlp)
+    """``(hidden C, MLP width M)`` from a transformers config; a loaded model's family says its own
+    widths (``LoadedModel.widths``, :attr:`tomviz.models.adapter.Adapter.widths`)."""
+    return config_widths(config)
 
 
 def timed_run(loaded: Any, inputs: Any, config: MergeConfig) -> tuple[Any, Any, float]:

@@ -22,10 +22,10 @@ def _state(**config) -> MergeState:
 
 
 def _layer(state: MergeState, layer: int, x: torch.Tensor, incoming=None) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """One block as an adapter runs it: the attention mask, the keys (1 head), then the merge; (mask, tokens out)."""
+    """One block as an adapter runs it: the attention mask, then the merge given the keys (1 head); (mask, tokens out)."""
     mask = state.attention_mask(incoming, x)
-    state.keys = METRIC[:, : x.shape[1]].expand(x.shape[0], -1, -1)
-    return mask, state.after_attention(layer, x, num_heads=1)
+    keys = METRIC[:, : x.shape[1]].expand(x.shape[0], -1, -1)
+    return mask, state.after_attention(layer, x, keys, None, num_heads=1)
 
 
 def test_the_state_is_per_call_and_nests():

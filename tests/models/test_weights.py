@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from tomviz.inputs.image import DINOV2_SPEC, spec_from_processor_config
 from tomviz.models import weights
-from tomviz.models.preprocess import DINOV2_SPEC, spec_from_processor_config
 
 
 @pytest.fixture(scope="module")

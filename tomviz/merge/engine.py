@@ -1,17 +1,17 @@
 """The per-forward merge state: applies a method layer by layer and records the trace.
 
-No model knowledge: an adapter hands over, for each layer, the attention's keys
-(and the CLS query when attention is traced) and the hidden states after the
-attention residual; the state returns the merged hidden states and the additive
-attention bias for the next layer (proportional attention + padding).
+No model knowledge: for each layer an adapter asks for the attention mask
+(:meth:`MergeState.attention_mask`), then hands over, as arguments of
+:meth:`MergeState.after_attention`, the hidden states after the attention residual
+and the attention's key and query projections; the state returns the merged hidden
+states. Nothing writes the state from outside.
 
 A new :class:`MergeState` is made for every forward call and lives in a
-``contextvars.ContextVar``, so concurrent calls on one shared model (several
-app users) never see each other's schedule or trace.
+``contextvars.ContextVar`` (:class:`~tomviz.merge.context.PerCallState`), so concurrent
+calls on one shared model (several app users) never see each other's schedule or trace.
 """
 from __future__ import annotations
 
-import contextvars
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tomviz.merge.base import MergeInputs, MergeMethod
+from tomviz.merge.context import PerCallState
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.schedule import resolve_schedule
 from tomviz.merge.tome import ToMe
@@ -72,15 +73,14 @@ class Resume:
     present: torch.Tensor  # [M, N] bool, the tokens present in each coalition
 
 
-_CURRENT: contextvars.ContextVar["MergeState | None"] = contextvars.ContextVar("tomviz_merge_state", default=None)
-
-
 def current_state() -> "MergeState | None":
-    return _CURRENT.get()
+    """The merge state of this call (see :class:`~tomviz.merge.context.PerCallState`), or None."""
+    return MergeState.current()
 
 
-class MergeState:
-    """Token bookkeeping for one forward pass (batch B, N tokens now, N0 at the input)."""
+class MergeState(PerCallState, context="tomviz_merge_state"):
+    """Token bookkeeping for one forward pass (batch B, N tokens now, N0 at the input). ``with state:`` makes
+    it the current one for the patched blocks."""
 
     def __init__(self, config: MergeConfig, num_protected: int, num_layers: int, meta: dict[str, Any] | None = None):
         self.config = config
@@ -92,25 +92,14 @@ class MergeState:
         self.source: torch.Tensor | None = None  # [B, N0] long (trace only)
         self.positions: torch.Tensor | None = None  # [B, N] long, smallest input position per token (if the method asks)
         self.removed: list[int] = []  # tokens each layer actually removed
-        self.keys: torch.Tensor | None = None  # [B, N, H*d] from the key projection
-        self.query_cls: torch.Tensor | None = None  # [B, H*d] CLS query
-        self.query: torch.Tensor | None = None  # [B, N, H*d] (full attention only)
         self.layers: list[LayerTrace] = []
-        self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output, for heads that pool by size
+        self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output (record_output), for size pooling
         self.hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # keep_hidden: per block ([1, N_l, C], [1, N_l, 1])
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
         self.observed: set[int] = set()  # layers whose attention map the method keeps (MergeInputs.history)
         self.history: dict[int, torch.Tensor] = {}  # layer -> [B, N_l, N_l]
         self._started = False
         self._bias: torch.Tensor | None = None  # [B, 1, 1, N] additive bias in use
-
-    # -- context -------------------------------------------------------------------
-    def __enter__(self) -> "MergeState":
-        self._token = _CURRENT.set(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _CURRENT.reset(self._token)
 
     @property
     def wants_cls_attention(self) -> bool:
@@ -194,30 +183,23 @@ class MergeState:
         self._bias = bias
         return bias
 
-    def after_attention(self, layer: int, x: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """Merge the tokens of ``x`` ``[B, N, C]`` (after the attention residual) as the
-        schedule and method say; returns ``[B, N - r, C]``."""
+    def after_attention(
+        self, layer: int, x: torch.Tensor, keys: torch.Tensor, query: torch.Tensor | None, num_heads: int,
+    ) -> torch.Tensor:
+        """Merge the tokens of ``x`` ``[B, N, C]`` (after the attention residual) as the schedule and
+        method say; returns ``[B, N - r, C]``. ``keys`` / ``query``: this layer's key and query
+        projections ``[B, N, H*d]`` (``query`` may be None: then no attention is computed)."""
         r = self.schedule[layer]
-        tracing = self.config.trace
         method = self.config.method
         plans = r > 0 or method.plans_every_layer
-        cls_attn = cls_heads = attention = None
-        if self.wants_cls_attention and self.keys is not None and self.query_cls is not None:
-            cls_heads = self._cls_attention(num_heads)  # [B, H, N]
-            cls_attn = cls_heads.mean(1)
-        record_full = tracing and self.config.full_attention
-        if self.query is not None and (record_full or (method.needs_attention and (plans or layer in self.observed))):
-            attention = self._full_attention(num_heads)  # [B, N, N]
-            if layer in self.observed:
-                self.history[layer] = attention
-        full = attention if record_full else None
-        if not plans and not tracing:
+        cls_heads, attention = self._attention(layer, keys, query, num_heads, plans)
+        cls_attn = None if cls_heads is None else cls_heads.mean(1)
+        if not plans and not self.config.trace:
             self.removed.append(0)
-            self.clear_captures()
             return x
         if plans:
             inputs = MergeInputs(
-                metric=self._metric(num_heads),
+                metric=key_metric(keys, num_heads),
                 num_protected=self.num_protected,
                 hidden=x,
                 cls_attention=cls_attn,
@@ -234,21 +216,49 @@ class MergeState:
         else:
             plan = MergePlan.identity(x.shape[0], x.shape[1], x.device)
         num_in = x.shape[1]
-        if not plan.is_identity:
-            x, self.sizes = plan.merge(x, self.sizes)
-            if self.valid is not None:
-                self.valid = plan.reduce_any(self.valid)
-            elif plan.ragged:  # per-element counts: the empty slots become padding
-                self.valid = plan.reduce_any(torch.ones_like(plan.dst, dtype=torch.bool))
-            if self.source is not None:
-                self.source = plan.compose(self.source)
-            if self.positions is not None:
-                self.positions = plan.reduce_min(self.positions)
+        x = self._apply(plan, x)
         self.removed.append(num_in - x.shape[1])
-        if tracing:
+        if self.config.trace:
+            full = attention if self.config.full_attention else None
             self._record(plan, num_in, x, cls_attn, cls_heads, full)
-        self.clear_captures()
         return x
+
+    def _attention(
+        self, layer: int, keys: torch.Tensor, query: torch.Tensor | None, num_heads: int, plans: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(CLS attention per head ``[B, H, N]``, full attention ``[B, N, N]`` mean over heads), each None
+        unless the trace or the method reads it; keeps the layers the method observes in ``history``."""
+        if query is None:
+            return None, None
+        cls_heads = attention = None
+        if self.wants_cls_attention:
+            cls_heads = attention_probabilities(query[:, :1], keys, num_heads, self._bias)[:, :, 0]  # [B, H, N]
+        method = self.config.method
+        record_full = self.config.trace and self.config.full_attention
+        if self.wants_query and (record_full or (method.needs_attention and (plans or layer in self.observed))):
+            attention = attention_probabilities(query, keys, num_heads, self._bias).mean(1)  # [B, N, N]
+            if layer in self.observed:
+                self.history[layer] = attention
+        return cls_heads, attention
+
+    def _apply(self, plan: MergePlan, x: torch.Tensor) -> torch.Tensor:
+        """Merge ``x`` ``[B, N, C]`` by ``plan`` and carry sizes, padding, sources and positions along."""
+        if plan.is_identity:
+            return x
+        x, self.sizes = plan.merge(x, self.sizes)
+        if self.valid is not None:
+            self.valid = plan.reduce_any(self.valid)
+        elif plan.ragged:  # per-element counts: the empty slots become padding
+            self.valid = plan.reduce_any(torch.ones_like(plan.dst, dtype=torch.bool))
+        if self.source is not None:
+            self.source = plan.compose(self.source)
+        if self.positions is not None:
+            self.positions = plan.reduce_min(self.positions)
+        return x
+
+    def record_output(self, tokens: torch.Tensor) -> None:
+        """The backbone's final tokens ``[B, N_L, C]`` (after its last norm), for a head that pools them by size."""
+        self.final_tokens = tokens
 
     def token_weights(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, N, 1]`` in ``tokens``' dtype: how many input tokens each of ``tokens`` ``[B, N, C]`` (the
@@ -261,29 +271,6 @@ class MergeState:
         return weights
 
     # -- helpers -------------------------------------------------------------------------
-    def _metric(self, num_heads: int) -> torch.Tensor:
-        """Keys summed over heads: ``[B, N, d]``. ToMe averages them; the sum is the mean
-        times the head count, which no cosine similarity sees, and skips a division."""
-        batch, num_tokens, width = self.keys.shape
-        return self.keys.view(batch, num_tokens, num_heads, width // num_heads).sum(2)
-
-    def _logits(self, query: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """query ``[B, Q, H*d]`` → attention probabilities ``[B, H, Q, N]``."""
-        batch, num_tokens, width = self.keys.shape
-        head_dim = width // num_heads
-        k = self.keys.view(batch, num_tokens, num_heads, head_dim).transpose(1, 2)  # [B, H, N, d]
-        q = query.view(batch, -1, num_heads, head_dim).transpose(1, 2)  # [B, H, Q, d]
-        logits = (q @ k.transpose(-1, -2)).float() * head_dim**-0.5  # [B, H, Q, N]
-        if self._bias is not None:
-            logits = logits + self._bias.float()
-        return logits.softmax(-1)
-
-    def _cls_attention(self, num_heads: int) -> torch.Tensor:
-        return self._logits(self.query_cls.unsqueeze(1), num_heads)[:, :, 0]  # [B, H, N]
-
-    def _full_attention(self, num_heads: int) -> torch.Tensor:
-        return self._logits(self.query, num_heads).mean(1)  # [B, N, N]
-
     def _record(self, plan, num_in, x, cls_attn, cls_heads, full) -> None:
         source = self.source[0].cpu().numpy().astype(np.int32)
         # input tokens per token, counted from the source map (a method's own size rule, such as
@@ -307,9 +294,6 @@ class MergeState:
             lt.attention = full[0].detach().float().cpu().numpy()
         self.layers.append(lt)
 
-    def clear_captures(self) -> None:
-        self.keys = self.query_cls = self.query = None
-
     def trace(self) -> Trace:
         meta = {
             **self.meta,
@@ -320,6 +304,28 @@ class MergeState:
             "num_protected": self.num_protected,
         }
         return Trace(meta=meta, layers=self.layers)
+
+
+def key_metric(keys: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Keys ``[B, N, H*d]`` summed over heads: ``[B, N, d]``. ToMe averages them; the sum is the mean
+    times the head count, which no cosine similarity sees, and skips a division."""
+    batch, num_tokens, width = keys.shape
+    return keys.view(batch, num_tokens, num_heads, width // num_heads).sum(2)
+
+
+def attention_probabilities(
+    query: torch.Tensor, keys: torch.Tensor, num_heads: int, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax attention, float32: query ``[B, Q, H*d]``, keys ``[B, N, H*d]``, additive bias ``[B, 1, 1, N]``
+    (or None) → ``[B, H, Q, N]``."""
+    batch, num_tokens, width = keys.shape
+    head_dim = width // num_heads
+    k = keys.view(batch, num_tokens, num_heads, head_dim).transpose(1, 2)  # [B, H, N, d]
+    q = query.view(batch, -1, num_heads, head_dim).transpose(1, 2)  # [B, H, Q, d]
+    logits = (q @ k.transpose(-1, -2)).float() * head_dim**-0.5  # [B, H, Q, N]
+    if bias is not None:
+        logits = logits + bias.float()
+    return logits.softmax(-1)
 
 
 def _method_schedule(method: MergeMethod, requested: list[int], num_tokens: int, num_protected: int, num_layers: int) -> list[int]:

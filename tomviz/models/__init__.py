@@ -1,5 +1,5 @@
 """Thin adapters, one per architecture family, plus model loading."""
-from tomviz.models import bert, clip, dinov2, vit  # noqa: F401  (registers the adapters)
+from tomviz.models import vit, dinov2, clip, bert  # noqa: F401, I001  (registers the adapters, in the order messages list them)
 from tomviz.models import llava, siglip, smolvlm  # noqa: F401  (vision-language families)
 from tomviz.models.patching import ADAPTERS, UnsupportedModelError, apply, remove
 

@@ -14,7 +14,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from tomviz.merge.engine import MergeState
-from tomviz.models.patching import Adapter, register
+from tomviz.models.adapter import Adapter, load_with_tokenizer, position_limit, register
+from tomviz.models.blocks import attend, merge
 
 
 def _find(model: nn.Module) -> nn.Module | None:
@@ -46,19 +47,33 @@ def bert_block(
     """Adapted from transformers 5.24 ``BertLayer.forward`` (``models/bert/modeling_bert.py``).
 
     Changes: the mask comes from the merge state; ``state.after_attention`` merges the
-    attention output before the feed-forward chunk; no cross-attention, no cache, no
-    chunking. hidden: ``[B, N, C]`` → ``[B, N - r, C]``.
+    attention output before the feed-forward chunk, given the attention's keys and queries;
+    no cross-attention, no cache, no chunking. hidden: ``[B, N, C]`` → ``[B, N - r, C]``.
     """
     mask = state.attention_mask(mask, hidden)
-    h, _ = block.attention(hidden, mask, **kwargs)
-    h = state.after_attention(index, h, num_heads)
+    (h, _), projections = attend(block.attention, hidden, mask, **kwargs)
+    h = merge(state, index, num_heads, h, projections)
     return block.feed_forward_chunk(h)
+
+
+# RoBERTa-style position ids start after the padding index: two positions fewer for tokens
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+def _max_positions(backbone: nn.Module) -> int:
+    """The longest input in tokens (``max_position_embeddings``, less the offset RoBERTa-style models use)."""
+    offset = 2 if getattr(backbone.config, "model_type", "") in _OFFSET_POSITIONS else 0
+    return position_limit(backbone) - offset
 
 
 BERT = register(
     Adapter(
         family="bert",
         modality="text",
+        label="BERT-family",
+        model_types=frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}),
+        load=load_with_tokenizer,
+        max_positions=_max_positions,
         find_backbone=_find,
         blocks=lambda backbone: list(backbone.encoder.layer),
         num_protected=lambda backbone: 1,

@@ -6,11 +6,14 @@ ruin it. Blocks: ``vision.encoder.layers`` (pre-norm). Protected: CLS.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from torch import nn
-from transformers import CLIPVisionModel
+from transformers import AutoTokenizer, CLIPModel, CLIPVisionModel
 
-from tomviz.models.patching import Adapter, prenorm_block, register
+from tomviz.models.adapter import Adapter, load_auto, register
+from tomviz.models.blocks import prenorm_block
 
 _NAMES = ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None)
 
@@ -22,10 +25,20 @@ def _find(model: nn.Module) -> nn.Module | None:
     return inner if isinstance(inner, CLIPVisionModel) else None
 
 
+def _load(folder: Path, config: Any) -> tuple[nn.Module, Any]:
+    """A CLIP folder: the whole ``CLIPModel`` (both towers) with its tokenizer; a vision-tower folder as it is."""
+    if config.model_type == "clip":
+        return CLIPModel.from_pretrained(folder, attn_implementation="sdpa"), AutoTokenizer.from_pretrained(folder)
+    return load_auto(folder, config)
+
+
 CLIP = register(
     Adapter(
         family="clip",
         modality="image",
+        label="CLIP",
+        model_types=frozenset({"clip", "clip_vision_model"}),
+        load=_load,
         find_backbone=_find,
         blocks=lambda backbone: list(backbone.encoder.layers),
         num_protected=lambda backbone: 1,

@@ -21,7 +21,8 @@ from transformers import (
 )
 
 from tomviz.merge.engine import current_state
-from tomviz.models.patching import Adapter, prenorm_block, register
+from tomviz.models.adapter import Adapter, register
+from tomviz.models.blocks import prenorm_block
 
 _NAMES = ("norm1", "attention", "layer_scale1", "norm2", "mlp", "layer_scale2")
 
@@ -49,7 +50,7 @@ def size_weighted_head(model: nn.Module, backbone: nn.Module) -> list[Any]:
     def keep_tokens(module: nn.Module, args: Any, output: torch.Tensor) -> None:
         state = current_state()
         if state is not None:
-            state.final_tokens = output  # [B, N_L, C]
+            state.record_output(output)  # [B, N_L, C]
 
     def weighted_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor] | None:
         state = current_state()
@@ -70,6 +71,8 @@ DINOV2 = register(
     Adapter(
         family="dinov2",
         modality="image",
+        label="DINOv2",
+        model_types=frozenset({"dinov2", "dinov2_with_registers"}),
         find_backbone=_find,
         blocks=lambda backbone: list(backbone.encoder.layer),
         num_protected=lambda backbone: 1 + int(getattr(backbone.config, "num_register_tokens", 0) or 0),

@@ -47,6 +47,7 @@ def _layers_used(model: nn.Module) -> int:
 LLAVA = register(
     VLMAdapter(
         family="llava",
+        model_types=frozenset({"llava"}),
         matches=lambda m: isinstance(m, LlavaForConditionalGeneration),
         vision_tower=lambda m: m.model.vision_tower,
         language_model=lambda m: m.model.language_model,
@@ -86,6 +87,8 @@ LLAVA_ONEVISION = register(
     replace(
         LLAVA,
         family="llava_onevision",
+        model_types=frozenset({"llava_onevision"}),
+        processor_from_files=lambda folder, config: onevision_processor_from_files(folder),
         matches=lambda m: isinstance(m, LlavaOnevisionForConditionalGeneration),
         image_features=_onevision_features,
         token_grid=lambda m, t: (_patch_grid(m, t), int(t["pixel_values"].flatten(0, -4).shape[0])),

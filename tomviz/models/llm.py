@@ -23,7 +23,6 @@ kernel for its weights.
 """
 from __future__ import annotations
 
-import contextvars
 import sys
 import types
 from dataclasses import dataclass, field
@@ -31,6 +30,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from tomviz.merge.context import PerCallState
+from tomviz.models.patching import PATCH_LOCK
 
 _PATCHED = "_tomviz_llm_patched"
 
@@ -78,8 +80,9 @@ class VirtualTokens:
 
 
 @dataclass
-class LLMState:
-    """Per-call state of the language model (batch 1). Sequence positions index the prefill tokens."""
+class LLMState(PerCallState, context="tomviz_llm_state"):
+    """Per-call state of the language model (batch 1). Sequence positions index the prefill tokens.
+    ``with state:`` makes it the current one for the patched decoder layers."""
 
     visual: torch.Tensor  # [L] bool, the visual tokens of the prefill sequence
     key_bias: torch.Tensor | None = None  # [L] or [B, L] float, added to every attention logit towards that key (log size; 0 = text)
@@ -91,19 +94,10 @@ class LLMState:
     last_attention: torch.Tensor | None = None  # [L] attention of the last prompt token in layer K-1 (mean over heads)
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer [Q, L_l], mean over heads
 
-    def __enter__(self) -> "LLMState":
-        self._token = _CURRENT.set(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _CURRENT.reset(self._token)
-
-
-_CURRENT: contextvars.ContextVar[LLMState | None] = contextvars.ContextVar("tomviz_llm_state", default=None)
-
 
 def current_state() -> LLMState | None:
-    return _CURRENT.get()
+    """The language model's state of this call, or None."""
+    return LLMState.current()
 
 
 def _rotary(attn: nn.Module) -> Callable:
@@ -336,20 +330,26 @@ def _make_attention(attn: nn.Module) -> Callable:
 
 
 def apply(language_model: nn.Module) -> None:
-    """Wrap the decoder layers of ``language_model`` (``.layers``) and their ``self_attn``, idempotent."""
+    """Wrap the decoder layers of ``language_model`` (``.layers``) and their ``self_attn``; idempotent, also
+    under concurrent first use (``patching.PATCH_LOCK``)."""
     if getattr(language_model, _PATCHED, False):
         return
-    for index, layer in enumerate(language_model.layers):
-        layer.forward = _make_forward(layer, index)
-        layer.self_attn.forward = _make_attention(layer.self_attn)
-    setattr(language_model, _PATCHED, True)
+    with PATCH_LOCK:
+        if getattr(language_model, _PATCHED, False):  # another thread patched it while this one waited
+            return
+        for index, layer in enumerate(language_model.layers):
+            layer.forward = _make_forward(layer, index)
+            layer.self_attn.forward = _make_attention(layer.self_attn)
+        setattr(language_model, _PATCHED, True)
 
 
 def remove(language_model: nn.Module) -> None:
-    if not getattr(language_model, _PATCHED, False):
-        return
-    for layer in language_model.layers:
-        for module in (layer, layer.self_attn):
-            if "forward" in module.__dict__:
-                del module.forward
-    delattr(language_model, _PATCHED)
+    """Undo :func:`apply`: the original forwards back. Safe on an unpatched model."""
+    with PATCH_LOCK:
+        if not getattr(language_model, _PATCHED, False):
+            return
+        for layer in language_model.layers:
+            for module in (layer, layer.self_attn):
+                if "forward" in module.__dict__:
+                    del module.forward
+        delattr(language_model, _PATCHED)

@@ -19,18 +19,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from tomviz.inputs.image import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
 from tomviz.merge.engine import MergeConfig, MergeState
-from tomviz.models import hub, llava, smolvlm, weights
+from tomviz.models import hub, weights
+from tomviz.models.adapter import Adapter, adapter_for_type, find_adapter, supported_labels
 from tomviz.models.hub import DEFAULT_MODEL, DEFAULT_MODELS, ModelLoadError, ModelSource, resolve_source  # noqa: F401 - re-exported
-from tomviz.models.patching import Adapter, apply, find_adapter, new_state
-from tomviz.models.vlm import LoadedVLM, find_vlm_adapter
+from tomviz.models.patching import apply, new_state
+from tomviz.models.vlm import LoadedVLM, find_vlm_adapter, vlm_adapter_for_type
 from tomviz.models.vlm import wrap as wrap_vlm
-from tomviz.models.preprocess import DINOV2_SPEC, ImageSpec, load_image, spec_from_processor_config, to_pixel_values
-
-
-_IMAGE_FAMILIES = {"vit", "deit", "dinov2", "dinov2_with_registers", "clip", "clip_vision_model"}
-_TEXT_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"}
-_VLM_TYPES = {"smolvlm", "idefics3", "llava", "llava_onevision"}  # vision-language families (tomviz/models/smolvlm.py, llava.py)
 
 
 def default_device() -> torch.device:
@@ -88,12 +84,16 @@ class LoadedModel:
 
     @property
     def max_length(self) -> int:
+        """The longest text input in tokens: the family's position limit, capped by the tokenizer's."""
         if self.tokenizer is None:
             raise ValueError("not a text model")
-        limit = getattr(self.backbone.config, "max_position_embeddings", 512)
-        if self.adapter.family == "bert" and getattr(self.backbone.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-            limit -= 2  # RoBERTa position ids start after the padding index
+        limit = self.adapter.max_positions(self.backbone)
         return int(min(limit, getattr(self.tokenizer, "model_max_length", limit) or limit))
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        """``(hidden C, MLP width M)`` of the blocks, for the FLOP count (``tomviz.speed``)."""
+        return self.adapter.widths(self.backbone)
 
     def run(
         self, inputs: PreparedInput, config: MergeConfig, forward: Callable[..., Any] | None = None, **model_kwargs: Any,
@@ -272,26 +272,16 @@ def _load_folder(name: str, folder: Path, device: torch.device) -> LoadedModel:
     except Exception as err:  # noqa: BLE001 - many types; all mean "cannot load"
         raise ModelLoadError(f"cannot load model {name!r}: {hub.first_line(err)}") from err
     model_type = getattr(config, "model_type", "")
-    if model_type in _VLM_TYPES:
+    if vlm_adapter_for_type(model_type) is not None:
         return _load_vlm(name, folder, device)
-    if model_type not in _IMAGE_FAMILIES and model_type not in _TEXT_TYPES:
+    adapter = adapter_for_type(model_type)
+    if adapter is None:
         raise ModelLoadError(
-            f"model {name!r} is a {model_type or 'unknown'} model; tomviz supports ViT, DeiT, DINOv2, CLIP and BERT-family encoders"
+            f"model {name!r} is a {model_type or 'unknown'} model; tomviz supports {supported_labels()} encoders"
         )
-    archs = " ".join(getattr(config, "architectures", None) or [])
     try:
-        if model_type == "clip":
-            model = tf.CLIPModel.from_pretrained(folder, attn_implementation="sdpa")
-        elif model_type == "deit" and "WithTeacher" in archs:
-            model = tf.DeiTForImageClassificationWithTeacher.from_pretrained(folder, attn_implementation="sdpa")
-        elif "ImageClassification" in archs:
-            model = tf.AutoModelForImageClassification.from_pretrained(folder, attn_implementation="sdpa")
-        else:
-            model = tf.AutoModel.from_pretrained(folder, attn_implementation="sdpa")
-        tokenizer = None
-        if model_type in _TEXT_TYPES or model_type == "clip":
-            tokenizer = tf.AutoTokenizer.from_pretrained(folder)
-        spec = _image_spec(folder) if model_type in _IMAGE_FAMILIES else None
+        model, tokenizer = adapter.load(folder, config)
+        spec = _image_spec(folder) if adapter.modality == "image" else None
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load model {name!r}: {err}") from err
     return _wrap(name, model.to(device).eval(), image_spec=spec, tokenizer=tokenizer)
@@ -317,13 +307,13 @@ def load_processor(folder: Path) -> Any:
 
     try:
         return tf.AutoProcessor.from_pretrained(folder)
-    except Exception:  # noqa: BLE001 - retried below for SmolVLM; otherwise raised again
+    except Exception:  # noqa: BLE001 - retried below where the family builds one from the files; else raised again
         config = tf.AutoConfig.from_pretrained(folder)
-        if config.model_type == "llava_onevision":
-            return llava.onevision_processor_from_files(Path(folder))
-        if config.model_type != "smolvlm":
+        adapter = vlm_adapter_for_type(config.model_type)
+        processor = None if adapter is None else adapter.processor_from_files(Path(folder), config)
+        if processor is None:
             raise
-    return smolvlm.processor_from_files(Path(folder), config)
+    return processor
 
 
 def _image_spec(folder: Path) -> ImageSpec | None:

@@ -1,16 +1,18 @@
 """Patching a transformers model so its layers merge tokens.
 
 Two verbs: :func:`apply` (idempotent) and :func:`remove` (restores the original
-forwards exactly). Patching swaps each block's ``forward`` for one that asks the
+forwards exactly), both under :data:`PATCH_LOCK` (also taken by ``tomviz.models.llm`` and
+``tomviz.models.vlm``). Patching swaps each block's ``forward`` for one that asks the
 per-call :class:`~tomviz.merge.engine.MergeState` what to do, and adds forward
-hooks on the key (and query) projections to capture the similarity metric. With
-no active state a patched layer runs its original forward, so a patched model
-can be shared by concurrent callers: the schedule and trace travel with each
-call (``contextvars``), never on the model.
+hooks on the key (and query) projections so that the block can hand them to the state
+(``tomviz/models/blocks.py``). With no active state a patched layer runs its original
+forward, so a patched model can be shared by concurrent callers: the schedule and trace
+travel with each call (``contextvars``), never on the model.
 
-What is specific to an architecture family lives in an :class:`Adapter`
-(``tomviz/models/{vit,dinov2,clip,bert}.py``): where the blocks are, how many
-leading tokens are protected, and the block forward with the merge inserted.
+What is specific to an architecture family lives in an
+:class:`~tomviz.models.adapter.Adapter` (``tomviz/models/{vit,dinov2,clip,siglip,bert}.py``):
+where the blocks are, how many leading tokens are protected, and the block forward with
+the merge inserted (``tomviz/models/blocks.py``).
 """
 from __future__ import annotations
 
@@ -23,32 +25,15 @@ import torch
 from torch import nn
 
 from tomviz.merge.engine import MergeConfig, MergeState, current_state
+from tomviz.models.adapter import ADAPTERS, Adapter, UnsupportedModelError, find_adapter, register  # noqa: F401
+from tomviz.models.blocks import key_hook, prenorm_block, query_hook  # noqa: F401 - re-exported
 
 _PATCHED = "_tomviz_patched"  # attribute on the root model: PatchInfo
 _DEFAULT_CONFIG = "_tomviz_config"  # attribute on the root model: MergeConfig set by tomviz.patch()
-# apply/remove check and then change a shared model: several first callers at once (app visitors, threads)
-# would otherwise patch it twice, and remove() would then restore the first patch, not the original.
-_PATCH_LOCK = threading.RLock()
-
-
-class UnsupportedModelError(TypeError):
-    """The model's architecture has no tomviz adapter."""
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """Where merging happens in one architecture family."""
-
-    family: str  # "vit", "deit", "dinov2", "clip", "bert"
-    modality: str  # "image" or "text"
-    find_backbone: Callable[[nn.Module], nn.Module | None]  # the encoder-owning module, or None if not this family
-    blocks: Callable[[nn.Module], list[nn.Module]]  # the transformer blocks of the backbone
-    num_protected: Callable[[nn.Module], int]  # leading tokens that never merge (CLS, distillation, registers)
-    key_proj: Callable[[nn.Module], nn.Module]  # block → its key projection (nn.Linear)
-    query_proj: Callable[[nn.Module], nn.Module]  # block → its query projection
-    block_forward: Callable[..., torch.Tensor]  # (block, state, index, num_heads, hidden, mask, **kw) → hidden
-    # Hooks that make a head pool merged tokens by size: (root model, backbone) → hook handles (default: none).
-    head_hooks: Callable[[nn.Module, nn.Module], list[Any]] = lambda model, backbone: []
+# Every apply/remove of tomviz (encoder blocks, LLM layers, VLM hooks) checks and then changes a shared
+# model: several first callers at once (app visitors, threads) would otherwise patch it twice, and
+# remove() would then restore the first patch, not the original. One lock for all of them.
+PATCH_LOCK = threading.RLock()
 
 
 @dataclass
@@ -58,57 +43,6 @@ class PatchInfo:
     blocks: list[nn.Module]
     num_heads: int
     hooks: list[Any]
-
-
-ADAPTERS: list[Adapter] = []
-
-
-def register(adapter: Adapter) -> Adapter:
-    ADAPTERS.append(adapter)
-    return adapter
-
-
-def find_adapter(model: nn.Module) -> tuple[Adapter, nn.Module]:
-    for adapter in ADAPTERS:
-        backbone = adapter.find_backbone(model)
-        if backbone is not None:
-            return adapter, backbone
-    supported = ", ".join(sorted({a.family for a in ADAPTERS}))
-    raise UnsupportedModelError(
-        f"tomviz cannot merge tokens in {type(model).__name__}: supported architecture families are {supported}"
-    )
-
-
-def prenorm_block(
-    block: nn.Module,
-    state: MergeState,
-    index: int,
-    num_heads: int,
-    hidden: torch.Tensor,
-    mask: torch.Tensor | None,
-    names: tuple[str, str, str | None, str, str, str | None],
-    **kwargs: Any,
-) -> torch.Tensor:
-    """A pre-norm block with the merge between the attention and the MLP.
-
-    Adapted from transformers 5.24 ``ViTLayer.forward`` (``models/vit/modeling_vit.py``),
-    which ``Dinov2Layer`` and ``CLIPEncoderLayer`` share up to names. Changes: the
-    attention mask comes from the merge state (proportional attention); after the
-    attention residual, ``state.after_attention`` merges the tokens; optional layer
-    scales; dropout / drop-path omitted (inference only).
-    ``names`` = (norm1, attention, layer_scale1 | None, norm2, mlp, layer_scale2 | None).
-    hidden: ``[B, N, C]`` → ``[B, N - r, C]``.
-    """
-    norm1, attn, scale1, norm2, mlp, scale2 = names
-    mask = state.attention_mask(mask, hidden)
-    h, _ = getattr(block, attn)(getattr(block, norm1)(hidden), attention_mask=mask, **kwargs)
-    if scale1:
-        h = getattr(block, scale1)(h)
-    hidden = state.after_attention(index, hidden + h, num_heads)
-    h = getattr(block, mlp)(getattr(block, norm2)(hidden))
-    if scale2:
-        h = getattr(block, scale2)(h)
-    return hidden + h
 
 
 def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_heads: int) -> Callable:
@@ -131,21 +65,6 @@ def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_head
     return types.MethodType(forward, block)
 
 
-def _key_hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-    state = current_state()
-    if state is not None:
-        state.keys = output  # [B, N, H*d]
-
-
-def _query_hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-    state = current_state()
-    if state is not None:
-        if state.wants_cls_attention:
-            state.query_cls = output[:, 0]  # [B, H*d]
-        if state.wants_query:
-            state.query = output
-
-
 def _make_root_forward(model: nn.Module) -> Callable:
     original = model.forward
 
@@ -165,7 +84,7 @@ def apply(model: nn.Module) -> PatchInfo:
     info: PatchInfo | None = getattr(model, _PATCHED, None)
     if info is not None:
         return info
-    with _PATCH_LOCK:
+    with PATCH_LOCK:
         return _apply_locked(model)
 
 
@@ -179,8 +98,8 @@ def _apply_locked(model: nn.Module) -> PatchInfo:
     hooks = []
     for index, block in enumerate(blocks):
         block.forward = _make_block_forward(adapter, block, index, num_heads)
-        hooks.append(adapter.key_proj(block).register_forward_hook(_key_hook))
-        hooks.append(adapter.query_proj(block).register_forward_hook(_query_hook))
+        hooks.append(adapter.key_proj(block).register_forward_hook(key_hook))
+        hooks.append(adapter.query_proj(block).register_forward_hook(query_hook))
     hooks.extend(adapter.head_hooks(model, backbone))
     model.forward = _make_root_forward(model)
     info = PatchInfo(adapter=adapter, backbone=backbone, blocks=blocks, num_heads=num_heads, hooks=hooks)
@@ -190,7 +109,7 @@ def _apply_locked(model: nn.Module) -> PatchInfo:
 
 def remove(model: nn.Module) -> nn.Module:
     """Undo :func:`apply`: original forwards back, hooks removed. Safe on an unpatched model."""
-    with _PATCH_LOCK:
+    with PATCH_LOCK:
         return _remove_locked(model)
 
 

@@ -3,6 +3,7 @@
 Blocks: ``encoder.layers`` (pre-norm, the same layout as CLIP: ``layer_norm1 → self_attn →
 layer_norm2 → mlp``). SigLIP has no CLS token: nothing is protected. Methods that read
 the CLS attention read the first patch's attention here (there is no better query).
+Loaded only as the vision tower of a VLM (no ``model_types``).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from functools import partial
 from torch import nn
 from transformers import Idefics3VisionTransformer, SiglipVisionModel, SmolVLMVisionTransformer
 
-from tomviz.models.patching import Adapter, prenorm_block, register
+from tomviz.models.adapter import Adapter, register
+from tomviz.models.blocks import prenorm_block
 
 _NAMES = ("layer_norm1", "self_attn", None, "layer_norm2", "mlp", None)
 TOWERS = (SiglipVisionModel, SmolVLMVisionTransformer, Idefics3VisionTransformer)

@@ -41,6 +41,8 @@ def _token_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[tup
 SMOLVLM = register(
     VLMAdapter(
         family="smolvlm",
+        model_types=frozenset({"smolvlm", "idefics3"}),
+        processor_from_files=lambda folder, config: _processor_fallback(folder, config),
         matches=lambda m: isinstance(m, (SmolVLMForConditionalGeneration, Idefics3ForConditionalGeneration)),
         vision_tower=lambda m: m.model.vision_model,
         language_model=lambda m: m.model.text_model,
@@ -71,3 +73,8 @@ def processor_from_files(folder: Path, config: Any) -> Any:
     seq_len = settings.get("image_seq_len") or (vision.image_size // vision.patch_size) ** 2 // config.scale_factor**2
     return processor_without_video(tf.AutoImageProcessor.from_pretrained(folder), tf.AutoTokenizer.from_pretrained(folder),
                                    int(seq_len), template)
+
+
+def _processor_fallback(folder: Path, config: Any) -> Any:
+    """SmolVLM folders get an image-only processor from their files; Idefics3 folders none (None)."""
+    return processor_from_files(folder, config) if config.model_type == "smolvlm" else None

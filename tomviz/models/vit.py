@@ -6,11 +6,14 @@ CLS, plus DeiT's distillation token when the embeddings carry one.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from torch import nn
-from transformers import DeiTModel, ViTModel
+from transformers import DeiTForImageClassificationWithTeacher, DeiTModel, ViTModel
 
-from tomviz.models.patching import Adapter, prenorm_block, register
+from tomviz.models.adapter import Adapter, auto_model, register
+from tomviz.models.blocks import prenorm_block
 
 _NAMES = ("layernorm_before", "attention", None, "layernorm_after", "mlp", None)
 
@@ -29,10 +32,19 @@ def _deit_protected(backbone: nn.Module) -> int:
     return 2 if getattr(backbone.embeddings, "distillation_token", None) is not None else 1
 
 
+def _load_deit(folder: Path, config: Any) -> tuple[nn.Module, None]:
+    """A DeiT folder: the distilled classifier (class + distillation heads) when it has one, else as ViT."""
+    if "WithTeacher" in " ".join(getattr(config, "architectures", None) or []):
+        return DeiTForImageClassificationWithTeacher.from_pretrained(folder, attn_implementation="sdpa"), None
+    return auto_model(folder, config), None
+
+
 VIT = register(
     Adapter(
         family="vit",
         modality="image",
+        label="ViT",
+        model_types=frozenset({"vit"}),
         find_backbone=partial(_find, cls=ViTModel),
         blocks=lambda backbone: list(backbone.layers),
         num_protected=lambda backbone: 1,
@@ -46,6 +58,9 @@ DEIT = register(
     Adapter(
         family="deit",
         modality="image",
+        label="DeiT",
+        model_types=frozenset({"deit"}),
+        load=_load_deit,
         find_backbone=partial(_find, cls=DeiTModel),
         blocks=lambda backbone: list(backbone.layers),
         num_protected=_deit_protected,

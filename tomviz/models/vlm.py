@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tomviz.merge.engine import MergeState, current_state
+from tomviz.merge.engine import MergeState, attention_probabilities, current_state
 from tomviz.models import llm, patching
 
 _HOOKS = "_tomviz_vlm_hooks"
@@ -50,6 +50,10 @@ class VLMAdapter:
     layout_markers: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     encoder_merging: str = ""  # why merging inside the encoder is refused ("" = supported)
     uniform_grid: bool = True  # the visual tokens form num_tiles equal grids (False: grid-free methods only)
+    model_types: frozenset[str] = frozenset()  # transformers ``config.model_type`` values of this family's folders
+    # (folder, config) → an image-only processor built from the files when AutoProcessor fails (it needs
+    # torchvision for videos), or None: the error stands
+    processor_from_files: Callable[[Path, Any], Any] = lambda folder, config: None
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []
@@ -65,6 +69,11 @@ def find_vlm_adapter(model: Any) -> VLMAdapter | None:
         if isinstance(model, nn.Module) and adapter.matches(model):
             return adapter
     return None
+
+
+def vlm_adapter_for_type(model_type: str) -> VLMAdapter | None:
+    """The VLM adapter whose folders have this transformers ``model_type``, or None."""
+    return next((a for a in VLM_ADAPTERS if model_type in a.model_types), None)
 
 
 def processor_files(folder: Path) -> tuple[dict[str, Any], str | None]:
@@ -97,10 +106,14 @@ class EncoderState(MergeState):
     """A :class:`MergeState` that always tracks each input token's group (``source``), optionally
     copies merged tokens back to their patches after the encoder (``unmerge``), and records the
     attention each token receives in ``attention_layers`` (``received[layer]``: ``[B, N]``, mean over
-    heads and queries; recomputed from the captured keys and queries, so SDPA stays the kernel)."""
+    heads and queries; recomputed from the keys and queries the blocks hand over, so SDPA stays the kernel)."""
 
-    unmerge: bool = False
-    attention_layers: tuple[int, ...] = ()
+    def __init__(self, config: Any, num_protected: int, num_layers: int, meta: dict[str, Any] | None = None,
+                 unmerge: bool = False, attention_layers: tuple[int, ...] = ()):
+        super().__init__(config, num_protected, num_layers, meta)
+        self.unmerge = unmerge
+        self.attention_layers = tuple(attention_layers)
+        self.received: dict[int, torch.Tensor] = {}  # layer -> [B, N]
 
     @property
     def wants_query(self) -> bool:
@@ -109,21 +122,11 @@ class EncoderState(MergeState):
     def passthrough(self, layer: int) -> bool:
         return super().passthrough(layer) and layer not in self.attention_layers
 
-    def after_attention(self, layer: int, x: torch.Tensor, num_heads: int) -> torch.Tensor:
-        if layer in self.attention_layers and self.keys is not None and self.query is not None:
-            if not hasattr(self, "received"):
-                self.received: dict[int, torch.Tensor] = {}
-            keys, query = self.keys, self.query
-            rows = []
-            for b in range(x.shape[0]):  # one tile at a time: [H, N, N] probabilities
-                self.keys, self.query = keys[b:b + 1], query[b:b + 1]
-                bias = self._bias
-                self._bias = None if bias is None else bias[b:b + 1]
-                rows.append(self._logits(self.query, num_heads)[0].mean(0).mean(0))  # [N] received, mean over heads, queries
-                self._bias = bias
-            self.keys, self.query = keys, query
-            self.received[layer] = torch.stack(rows)  # [B, N]
-        return super().after_attention(layer, x, num_heads)
+    def after_attention(self, layer: int, x: torch.Tensor, keys: torch.Tensor, query: torch.Tensor | None,
+                        num_heads: int) -> torch.Tensor:
+        if layer in self.attention_layers and query is not None:
+            self.received[layer] = received_attention(query, keys, num_heads, self._bias)
+        return super().after_attention(layer, x, keys, query, num_heads)
 
     def begin(self, x: torch.Tensor, incoming: torch.Tensor | None) -> None:
         if self._started:
@@ -131,6 +134,18 @@ class EncoderState(MergeState):
         super().begin(x, incoming)
         if self.source is None:
             self.source = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], x.shape[1])
+
+
+def received_attention(query: torch.Tensor, keys: torch.Tensor, num_heads: int,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    """``[B, N]``: the attention each token receives, mean over heads and queries. query, keys: ``[B, N, H*d]``;
+    bias: ``[B, 1, 1, N]`` or None. One tile at a time, so only one ``[H, N, N]`` map is held at once."""
+    rows = []
+    for b in range(query.shape[0]):
+        tile_bias = None if bias is None else bias[b:b + 1]
+        probs = attention_probabilities(query[b:b + 1], keys[b:b + 1], num_heads, tile_bias)  # [1, H, N, N]
+        rows.append(probs[0].mean(0).mean(0))  # [N]
+    return torch.stack(rows)
 
 
 def unmerge_tokens(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -185,16 +200,17 @@ class LoadedVLM:
 
 
 def prepare_model(model: nn.Module, adapter: VLMAdapter) -> None:
-    """Patch the vision tower (image adapter) and the LLM's decoder layers; idempotent.
+    """Patch the vision tower (image adapter) and the LLM's decoder layers; idempotent, under ``patching.PATCH_LOCK``.
     Without an active state the model computes exactly what it computed before."""
     vision = adapter.vision_tower(model)
-    patching.apply(vision)
-    llm.apply(adapter.language_model(model))
-    if adapter.unmerge and not hasattr(model, _HOOKS):
-        post = getattr(vision, "post_layernorm", None)
-        if post is None:
-            raise patching.UnsupportedModelError(f"{adapter.family}: the vision tower has no post_layernorm to unmerge after")
-        setattr(model, _HOOKS, [post.register_forward_hook(_unmerge_hook)])
+    with patching.PATCH_LOCK:
+        patching.apply(vision)
+        llm.apply(adapter.language_model(model))
+        if adapter.unmerge and not hasattr(model, _HOOKS):
+            post = getattr(vision, "post_layernorm", None)
+            if post is None:
+                raise patching.UnsupportedModelError(f"{adapter.family}: the vision tower has no post_layernorm to unmerge after")
+            setattr(model, _HOOKS, [post.register_forward_hook(_unmerge_hook)])
 
 
 def wrap(name: str, model: nn.Module, processor: Any) -> LoadedVLM:
@@ -207,12 +223,12 @@ def wrap(name: str, model: nn.Module, processor: Any) -> LoadedVLM:
     return LoadedVLM(name=name, model=model, adapter=adapter, processor=processor)
 
 
-def encoder_state(loaded: LoadedVLM, config: Any, meta: dict[str, Any], unmerge: bool) -> EncoderState:
+def encoder_state(loaded: LoadedVLM, config: Any, meta: dict[str, Any], unmerge: bool,
+                  attention_layers: tuple[int, ...] = ()) -> EncoderState:
     """The per-call merge state of the vision tower (see :class:`EncoderState`)."""
     info = patching.apply(loaded.vision)
-    state = EncoderState(
+    return EncoderState(
         config, num_protected=info.adapter.num_protected(info.backbone), num_layers=len(info.blocks),
-        meta={"family": info.adapter.family, "modality": "image", **meta},
+        meta={"family": info.adapter.family, "modality": "image", **meta}, unmerge=unmerge,
+        attention_layers=attention_layers,
     )
-    state.unmerge = unmerge
-    return state

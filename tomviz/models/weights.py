@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tomviz.models.dinov2_onnx import dinov2_config, onnx_to_dinov2_state_dict
 from tomviz.models.hub import ModelLoadError
-from tomviz.models.preprocess import DINOV2_SPEC
+from tomviz.inputs.image import DINOV2_SPEC
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     from transformers import BertModel, Dinov2Model, PreTrainedTokenizerBase
@@ -213,7 +213,7 @@ def dinov2_small_folder() -> Path:
 def load_dinov2_small() -> Dinov2Model:
     """The embedded DINOv2-S/14 as a ``transformers.Dinov2Model`` (float32, eval, sdpa attention).
 
-    Input ``pixel_values`` ``[B, 3, 224, 224]`` (see ``preprocess.DINOV2_SPEC``) →
+    Input ``pixel_values`` ``[B, 3, 224, 224]`` (see ``tomviz.inputs.image.DINOV2_SPEC``) →
     ``last_hidden_state`` ``[B, 257, 384]`` (CLS + 16×16 patches, final LayerNorm
     applied) and ``pooler_output`` ``[B, 384]`` (the CLS row).
     """

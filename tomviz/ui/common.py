@@ -18,14 +18,16 @@ from PIL import Image
 import tomviz
 from tomviz.merge.checks import MAX_RATIO, SCHEDULES, ScheduleError
 from tomviz.models.hub import DEFAULT_MODEL
-from tomviz.models.preprocess import ImageInputError
+from tomviz.inputs.image import ImageInputError
+from tomviz.models.adapter import supported_labels
 
 log = logging.getLogger("tomviz.app")
 
 IMAGE_MODELS = [DEFAULT_MODEL["image"], "facebook/deit-small-patch16-224", "google/vit-base-patch16-224", "facebook/dinov2-small"]
 TEXT_MODELS = [DEFAULT_MODEL["text"], "bert-base-uncased", "sentence-transformers/all-MiniLM-L6-v2"]
 MODALITIES = ("image", "text")  # the inputs a tab that takes either can be switched between
-MODEL_HELP = "Embedded models work offline; type any Hugging Face model id of a supported architecture (ViT, DeiT, DINOv2, CLIP, BERT family)."
+MODEL_HELP = ("Embedded models work offline; type any Hugging Face model id of a supported architecture "
+              f"({supported_labels()}).")  # the registered adapters' labels
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLE_IMAGES = [str(p) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",

@@ -106,8 +106,8 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     stages: dict[str, Trace] = {}
     layers = attention_layers(method, tower)
     with torch.inference_mode():
-        state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge)
-        state.attention_layers = tuple(layers.values())
+        state = encoder_state(loaded, config, {**meta, "stage": "encoder", "tile": 0}, unmerge=adapter.unmerge,
+                              attention_layers=tuple(layers.values()))
         with state:
             features = adapter.image_features(model, tensors)[None]  # [1, V', D]
         if config.trace:

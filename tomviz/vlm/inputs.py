@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from tomviz.models.preprocess import load_image
+from tomviz.inputs.image import load_image
 from tomviz.models.vlm import LoadedVLM
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tomviz.models import preprocess
-from tomviz.models.preprocess import (
+from tomviz.inputs import image as image_inputs
+from tomviz.inputs.image import (
     DINOV2_SPEC,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -327,5 +327,15 @@ def test_spec_without_size_is_an_error() -> None:
 
 
 def test_limits_are_exposed() -> None:
-    assert preprocess.MAX_PIXELS == 40_000_000 and preprocess.MAX_SIDE == 4096
-    assert preprocess.MIN_SIDE == 8 and preprocess.MAX_ASPECT == 20
+    assert image_inputs.MAX_PIXELS == 40_000_000 and image_inputs.MAX_SIDE == 4096
+    assert image_inputs.MIN_SIDE == 8 and image_inputs.MAX_ASPECT == 20
+
+
+def test_the_old_module_is_a_deprecated_reexport():
+    import importlib
+    import sys
+
+    sys.modules.pop("tomviz.models.preprocess", None)
+    with pytest.warns(DeprecationWarning, match="removed in tomviz 0.2.0"):
+        old = importlib.import_module("tomviz.models.preprocess")
+    assert old.load_image is image_inputs.load_image and old.ImageInputError is ImageInputError

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tomviz.analysis import Analysis, Settings, analyse
+from tomviz.ratio_grid import foreground
 from tomviz.merge.schedule import MAX_RATIO
 from tomviz.render.compare import (comparison_figure, comparison_table, difference_overlay, difference_stats,
                                    difference_tokens, jaccard_distance)
@@ -222,7 +223,7 @@ def build_compare_tab() -> None:
                          outputs=[c[name] for name in switched], queue=False, show_progress="hidden")
     compare_inputs = ["modality", "image", "prompt", "model", "method_a", "ratio_a", "method_b", "ratio_b", "schedule",
                       "prop_attn", "layer", "session"]
-    c["run"].click(compare, inputs=[c[name] for name in compare_inputs],
+    c["run"].click(foreground(compare), inputs=[c[name] for name in compare_inputs],
                    outputs=[c[name] for name in CompareOutputs._fields], api_name="compare",
                    concurrency_id="model", concurrency_limit=1)
     gr.on(None, open_example, None, [c["image"], *[c[name] for name in CompareOutputs._fields]],

@@ -32,7 +32,7 @@ from tomviz.render.charts import gflops_picture, token_count_picture
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.trace import Trace
-from tomviz.ui.common import user_errors
+from tomviz.ui.common import session_state, user_errors
 from tomviz.ui.share import COPY_JS, LINK_JS, View, request_view
 
 QUIET = dict(queue=False, show_progress="hidden")  # redraws and small follow-ups: no queue, no spinner
@@ -296,7 +296,7 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
          .then(None, c["link"], c["link"], js=LINK_JS, **QUIET))  # the full link and the page's URL, in the browser
 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))
-    missed = gr.State(False)
+    missed = session_state()  # did the last ratio release miss the grid (the queued run then runs the model)
     remembered_run = c["ratio"].release(from_memory(inspect, outputs), run_model["inputs"], [*run_model["outputs"], missed],
                                         api_visibility="private", trigger_mode="always_last", **QUIET)
     follow(remembered_run.then(when_missed(inspect, outputs), [*run_model["inputs"], missed], run_model["outputs"],

@@ -14,6 +14,7 @@ from PIL import Image
 
 import tomviz
 from tomviz import score_analysis
+from tomviz.ratio_grid import foreground
 from tomviz.render import scores as render
 from tomviz.render.overlay import heatmap_overlay
 from tomviz.score_analysis import ScoreSession
@@ -228,7 +229,7 @@ def build_banzhaf_section() -> None:
     banzhaf_components = dict(session=session, heat=heat, tokens=tokens, values=values, matrix=matrix,
                               pairs_img=pairs_img, pairs=pairs, summary=summary, rollout=rollout)
     run_btn.click(
-        score_banzhaf, inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
+        foreground(score_banzhaf), inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
         outputs=[banzhaf_components[name] for name in BanzhafOutputs._fields], api_name="score_banzhaf",
         concurrency_id="model", concurrency_limit=1,
     )
@@ -267,7 +268,7 @@ def build_hbi_section() -> None:
     hbi_components = dict(session=hbi_session, lines=lines, cross=cross, words=word_values, heat=group_heat,
                           pairs=hbi_pairs, summary=hbi_summary)
     hbi_btn.click(
-        score_hbi, inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
+        foreground(score_hbi), inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
         outputs=[hbi_components[name] for name in HBIOutputs._fields], api_name="score_hbi",
         concurrency_id="model", concurrency_limit=1,
     )

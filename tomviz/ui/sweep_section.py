@@ -13,6 +13,7 @@ import tomviz
 from tomviz.analysis import check_modality
 from tomviz.merge import METHODS, check_methods
 from tomviz.merge.schedule import MAX_RATIO, check_ratio, check_schedule_name
+from tomviz.ratio_grid import foreground
 from tomviz.render.sweep import sweep_figure
 from tomviz.sweep import SweepRow, sweep, to_csv
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, PromptBox, download_folder, input_of, methods_for,
@@ -143,7 +144,7 @@ def build_sweep_section(inputs: dict[str, Any]) -> gr.CheckboxGroup:
             table = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep", interactive=False)
     components = dict(figure=figure, table=table, csv=csv)
     button.click(
-        run_sweep, inputs=[inputs["modality"], inputs["image"], inputs["prompt"], inputs["model"], methods, ratios,
+        foreground(run_sweep), inputs=[inputs["modality"], inputs["image"], inputs["prompt"], inputs["model"], methods, ratios,
                            inputs["schedule"], inputs["prop_attn"]],
         outputs=[components[name] for name in SweepOutputs._fields], api_name="sweep", concurrency_id="model",
         concurrency_limit=1,

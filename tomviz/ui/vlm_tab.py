@@ -15,6 +15,7 @@ from tomviz.merge import registry
 from tomviz.merge.visual import VISUAL_METHODS
 from tomviz.models.hub import hub_unreachable, is_cached
 from tomviz.models.vlm import LoadedVLM
+from tomviz.ratio_grid import foreground
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
 from tomviz.ui.common import MAX_RATIO, PromptBox, session_state, user_errors
 
@@ -156,7 +157,7 @@ def build_vlm_tab() -> None:
     inputs = [image, question, model, place, method, ratio, max_new, session]
     components = dict(session=session, overlay=overlay, answers=answers, counts=counts, steps=step, attention=attention)
     outputs = [components[name] for name in VLMOutputs._fields]
-    gr.on([run.click, question.submit], ask, inputs=inputs, outputs=outputs, api_name="ask_vlm",
+    gr.on([run.click, question.submit], foreground(ask), inputs=inputs, outputs=outputs, api_name="ask_vlm",
           concurrency_id="model", concurrency_limit=1, trigger_mode="always_last")
     gr.on(None, hub_notice, None, notice, api_visibility="private", show_progress="hidden")  # page load
     step.input(show_step, inputs=[step, session], outputs=attention, api_name="show_vlm_step", queue=False)

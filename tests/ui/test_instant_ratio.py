@@ -100,27 +100,24 @@ def test_a_ratio_release_is_answered_outside_the_queue_and_runs_the_model_only_o
     request = _request("release-visitor")
     first = image_tab.inspect_image(CAT, ratio=0.5, layer=6, request=request)
     _wait_ready(grids, "release-visitor:image")
-    memory = lifecycle.from_memory(image_tab.inspect_image, image_tab.ImageOutputs)
-    missed = lifecycle.when_missed(image_tab.inspect_image, image_tab.ImageOutputs)
+    memory = lifecycle.from_memory(image_tab.inspect_image)
     args = dict(model="dinov2-small", method="tome", schedule="constant", prop_attn=True, layer=6, opacity=0.8,
                 session=first.session, selected=None)
 
-    *hit, was_missed = memory(CAT, 0.7, *args.values(), request)
-    assert not was_missed and image_tab.ImageOutputs(*hit).session.trace.token_counts()[-1] == 257 - round(0.7 * 256)
-    assert all(isinstance(v, type(gr.skip())) for v in missed(CAT, 0.7, *args.values(), False, request))
-    assert grids.calls == [0.5]  # answered from memory; the queued step did nothing
+    hit = image_tab.ImageOutputs(*memory(CAT, 0.7, *args.values(), request))
+    assert hit.session.trace.token_counts()[-1] == 257 - round(0.7 * 256) and grids.calls == [0.5]  # from memory
 
-    *skipped, was_missed = memory(CAT, 0.33, *args.values(), request)
-    assert was_missed and all(isinstance(v, type(gr.skip())) for v in skipped) and grids.calls == [0.5]
-    ran = image_tab.ImageOutputs(*missed(CAT, 0.33, *args.values(), True, request))
-    assert grids.calls == [0.5, 0.33] and ran.session.settings.ratio == 0.33  # the miss runs the model, in the queue
+    with pytest.raises(lifecycle.NotRemembered) as missed:  # not a grid ratio: the event's .failure runs the model
+        memory(CAT, 0.33, *args.values(), request)
+    assert not missed.value.visible and grids.calls == [0.5]
+    with pytest.raises(lifecycle.NotRemembered) as failed:  # a real error: hidden here, shown once by the model run
+        memory(CAT, 0.7, "no/such-model", *list(args.values())[1:], request)
+    assert not failed.value.visible
 
 
-def test_gradio_passes_the_request_to_the_ratio_handlers():
+def test_gradio_passes_the_request_to_the_ratio_handler():
     from gradio.helpers import special_args
 
     request = object()
-    for handler, inputs in ((lifecycle.from_memory(text_tab.inspect_text, text_tab.TextOutputs), 9),
-                            (lifecycle.when_missed(text_tab.inspect_text, text_tab.TextOutputs), 10)):
-        args = special_args(handler, list(range(inputs)), request)[0]
-        assert args == [*range(inputs), request]  # the request last, after the wired inputs
+    handler = lifecycle.from_memory(text_tab.inspect_text)
+    assert special_args(handler, list(range(9)), request)[0] == [*range(9), request]  # the request last

@@ -99,8 +99,11 @@ def remembered(visitor: Visitor | None, x: Any, settings: Settings, session: Ana
 
 
 class NotRemembered(gr.Error):
-    """Raised by :func:`analyse_input` while a ratio release is answered from memory only
-    (:func:`from_memory`) and the visitor's grid lacks the analysis."""
+    """A ratio release that the visitor's grid cannot answer (:func:`from_memory`): not shown in the page;
+    the model run that follows it (in the queue) answers instead."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why, visible=False, print_exception=False)
 
 
 _MEMORY_ONLY = contextvars.ContextVar("tomviz_memory_only", default=False)  # set inside from_memory's handler
@@ -234,13 +237,12 @@ def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, ap
         lambda: gr.File(visible=True), None, box, api_visibility="private", **QUIET)
 
 
-def handler_like(inspect: Callable, extra: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """Give a ``handler(*args)`` the signature Gradio reads: ``inspect``'s inputs, then ``extra`` inputs, then
-    the ``gr.Request`` (which Gradio passes last, positionally)."""
+def handler_like(inspect: Callable) -> Callable[[Callable], Callable]:
+    """Give a ``handler(*args)`` the signature Gradio reads: ``inspect``'s inputs, then the ``gr.Request``
+    (which Gradio passes last, positionally)."""
     kind = inspect_module.Parameter.POSITIONAL_OR_KEYWORD
     params = [p.replace(annotation=p.empty) for p in inspect_module.signature(inspect).parameters.values()
               if p.name != "request"]
-    params += [inspect_module.Parameter(name, kind, default=None) for name in extra]
     params.append(inspect_module.Parameter("request", kind, default=None))
 
     def give(handler: Callable) -> Callable:
@@ -251,32 +253,24 @@ def handler_like(inspect: Callable, extra: tuple[str, ...] = ()) -> Callable[[Ca
     return give
 
 
-def from_memory(inspect: Callable, outputs: type) -> Callable:
-    """``inspect`` answered from the visitor's grid only, outside the model queue: its ``outputs`` and
-    ``missed`` = False; when the grid lacks the ratio (or anything fails), every output left as it is and
-    ``missed`` = True, for :func:`when_missed` to run the model in the queue."""
+def from_memory(inspect: Callable) -> Callable:
+    """``inspect`` answered from the visitor's grid only (for a ratio release, outside the model queue). When
+    the grid lacks the ratio, or anything fails, it raises :class:`NotRemembered` (not shown in the page), so
+    that the event's ``.failure`` runs ``inspect`` in the queue, which shows a real error once."""
     @handler_like(inspect)
     def answer(*args: Any) -> tuple:
         *inputs, request = args
         token = _MEMORY_ONLY.set(True)
         try:
-            return (*inspect(*inputs, request=request), False)
-        except gr.Error:  # not remembered; a real error shows once, from the model run
-            return (*(gr.skip() for _ in outputs._fields), True)
+            return inspect(*inputs, request=request)
+        except NotRemembered:
+            raise
+        except gr.Error as err:
+            raise NotRemembered(str(err)) from err
         finally:
             _MEMORY_ONLY.reset(token)
 
     return answer
-
-
-def when_missed(inspect: Callable, outputs: type) -> Callable:
-    """``inspect`` (the inputs, then ``missed``) when :func:`from_memory` missed; else every output as it is."""
-    @handler_like(inspect, extra=("missed",))
-    def run(*args: Any) -> tuple:
-        *inputs, missed, request = args
-        return inspect(*inputs, request=request) if missed else tuple(gr.skip() for _ in outputs._fields)
-
-    return run
 
 
 def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: type, triggers: list,
@@ -290,19 +284,17 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
     run_model = dict(inputs=[c[n] for n in inputs], outputs=[c[n] for n in outputs._fields], concurrency_id="model",
                      concurrency_limit=1)
 
-    def follow(event) -> None:
-        (event.then(after, [c["session"], c["selected"], *[c[n] for n in link_inputs]],
-                    [c[n] for n in after_outputs._fields], api_visibility="private", **QUIET)
+    def follow(event, step: str = "then") -> None:
+        (getattr(event, step)(after, [c["session"], c["selected"], *[c[n] for n in link_inputs]],
+                              [c[n] for n in after_outputs._fields], api_visibility="private", **QUIET)
          .then(None, c["link"], c["link"], js=LINK_JS, **QUIET))  # the full link and the page's URL, in the browser
 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))
-    missed = session_state()  # did the last ratio release miss the grid (the queued run then runs the model)
-    remembered_run = c["ratio"].release(from_memory(inspect, outputs), run_model["inputs"], [*run_model["outputs"], missed],
-                                        api_visibility="private", trigger_mode="always_last", **QUIET)
-    follow(remembered_run.then(when_missed(inspect, outputs), [*run_model["inputs"], missed], run_model["outputs"],
-                               api_visibility="private", show_progress="minimal", concurrency_id="model",
-                               concurrency_limit=1))
     follow(c["examples"].load_input_event.then(inspect, api_name=api_names[1], api_visibility="private", **run_model))
+    release = c["ratio"].release(from_memory(inspect), run_model["inputs"], run_model["outputs"],
+                                 api_visibility="private", trigger_mode="always_last", **QUIET)
+    follow(release, "success")  # answered from memory
+    follow(release.failure(inspect, api_visibility="private", **run_model))  # not in memory: the model runs
     if demo is not None and open_view is not None:
         page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", **QUIET)
         follow(page.then(inspect, api_name=api_names[2], api_visibility="private", **run_model))

@@ -106,6 +106,7 @@ def test_a_ratio_release_is_answered_outside_the_queue_and_runs_the_model_only_o
 
     hit = image_tab.ImageOutputs(*memory(CAT, 0.7, *args.values(), request))
     assert hit.session.trace.token_counts()[-1] == 257 - round(0.7 * 256) and grids.calls == [0.5]  # from memory
+    assert isinstance(hit.layer, type(gr.skip()))  # same model: the layer slider is left as it is
 
     with pytest.raises(lifecycle.NotRemembered) as missed:  # not a grid ratio: the event's .failure runs the model
         memory(CAT, 0.33, *args.values(), request)

@@ -133,12 +133,13 @@ def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method
 
 
 def run_views(analysis: Analysis, layer: int) -> dict[str, Any]:
-    """:data:`RUN_FIELDS` by name for ``analysis``; ``layer`` (0-based) is the slider's new value."""
+    """:data:`RUN_FIELDS` by name for ``analysis``; ``layer`` (0-based) is the slider's new value (left as it is
+    for an answer from memory: same model, same layers, and one component fewer for the page to update)."""
     speed, trace = analysis.speed, analysis.trace
     return dict(counts=token_count_picture(trace), speed=speed_markdown(speed),
                 gflops=gflops_picture(speed.merged_gflops, speed.unmerged_gflops),
                 fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
-                layer=gr.Slider(maximum=trace.num_layers, value=layer + 1))
+                layer=gr.skip() if _MEMORY_ONLY.get() else gr.Slider(maximum=trace.num_layers, value=layer + 1))
 
 
 # --- 3. select -------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ from tomviz.ui.bench_tab import build_bench_tab
 from tomviz.ui.compare_tab import build_compare_tab
 from tomviz.ui.image_tab import build_image_tab
 from tomviz.ui.scores_tab import build_scores_tab
+from tomviz.ui.server import app_options, install
 from tomviz.ui.common import APP_CSS
 from tomviz.ui.share import selected_tab
 from tomviz.ui.text_tab import build_text_tab
+from tomviz.ui.video_tab import build_video_tab
 from tomviz.ui.vlm_tab import build_vlm_tab
 
 TITLE = "tomviz — token merging, layer by layer"
@@ -31,12 +33,12 @@ INTRO = (
 # ---------------------------------------------------------------------------------------
 EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [
     ("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab), ("Benchmark", build_bench_tab),
-    ("Image + question", build_vlm_tab),
+    ("Image + question", build_vlm_tab), ("Video", build_video_tab),
 ]
 
 # Bounds of the public server (README, "The public server's bounds"); the tabs' own bounds are in tomviz/ui/common.py.
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are refused ("queue full")
-DEFAULT_CONCURRENCY = 2  # per event; the model-running events share concurrency_id="model" with limit 1
+DEFAULT_CONCURRENCY = 2  # per event; one forward: concurrency_id="model", limit 1; long model work: "heavy", limit 1
 MAX_FILE_SIZE_MB = 25  # uploads above this are refused before they are written (a 50-megapixel phone JPEG fits)
 MAX_SESSIONS = 200  # visitors whose state is kept at once (least recently active dropped first)
 MEMORY_TRIM_S = float(os.environ.get("TOMVIZ_MEMORY_TRIM_S", 5.0))  # free heap pages go back to the system this
@@ -58,7 +60,7 @@ def build_app() -> gr.Blocks:
                     builder()
         demo.load(selected_tab, None, tabs, queue=False, show_progress="hidden")  # a shared link names its tab
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
-    return demo
+    return install(demo)  # heavy events budgeted, a queue share per visitor (tomviz/ui/server.py)
 
 
 demo = build_app()
@@ -77,6 +79,7 @@ def launch_options() -> dict:
     """What ``demo.launch`` gets besides the address (the tests launch with the same options)."""
     return dict(max_file_size=f"{MAX_FILE_SIZE_MB}mb", state_session_capacity=MAX_SESSIONS, show_error=True,
                 run_history=False,  # no per-run records, no Hub bucket a visitor could connect
+                app_kwargs=app_options(),  # request bodies bounded (tomviz/ui/server.py)
                 theme=gr.themes.Soft(), css=APP_CSS)
 
 

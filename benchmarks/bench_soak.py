@@ -38,6 +38,7 @@ METHODS = ["tome", "pitome", "evit", "random"]
 RATIOS = [0.2, 0.35, 0.5, 0.65, 0.8]
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima"]
 WARMUP_PER_SESSION = 5  # concurrent requests per session before the RSS baseline is read
+VISITOR_HEADER = "x-soak-visitor"  # names the visitor: all sessions come from 127.0.0.1 here
 KINDS = {"image": 35, "text": 25, "scrub": 20, "download": 12, "bad": 8}  # relative frequency of each request
 
 
@@ -79,7 +80,8 @@ class Visitor:
     def __post_init__(self) -> None:
         from gradio_client import Client
 
-        self.client = Client(self.url, verbose=False)
+        # each visitor its own client address (the server's per-visitor queue share and session cap)
+        self.client = Client(self.url, verbose=False, headers={VISITOR_HEADER: f"visitor-{self.seed}"})
         self.rng = random.Random(self.seed)
 
     def step(self, kind: str | None = None) -> None:
@@ -148,7 +150,7 @@ class Visitor:
             else:
                 self.client.predict(image=handle_file(self.bad_file), ratio=0.5, api_name="/inspect_image")
         except AppError as err:
-            expected = ("TOMVIZ_LOCAL_MODELS", "empty", "cannot be read")[case]
+            expected = ("TOMVIZ_LOCAL_MODELS", "empty", "not an image format")[case]
             expect(expected in str(err), f"bad input {case}: unexpected message {err}")
             return
         raise Mismatch(f"bad input {case} was accepted")
@@ -169,7 +171,7 @@ def soak(sessions: int = 8, requests: int = 400, ttl_s: int = 60, seed: int = 0,
     bad_file = work / "notes.png"
     bad_file.write_bytes(b"these are notes, not a picture")
     env = {"GRADIO_TEMP_DIR": str(gradio_tmp), "TMPDIR": str(tmp), "TOMVIZ_CACHE_TTL_S": str(ttl_s),
-           "TOMVIZ_DOWNLOAD_TTL_S": str(ttl_s)}
+           "TOMVIZ_DOWNLOAD_TTL_S": str(ttl_s), "TOMVIZ_CLIENT_HEADER": VISITOR_HEADER}
     proc, url = start_app(env)
     disk_samples: list[int] = []
     rss_samples: list[int] = []

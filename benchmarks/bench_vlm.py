@@ -15,14 +15,25 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
   unmerging in the LLM. The last column: KL of each row's next-token distribution from the unreduced one
   (random weights: how close the computation stays, not answer quality).
 * time to first token = encoder + prefill (the first token's logits come out of the prefill).
+* AIM: its merging at the boundary (plain-mean bipartite, AIM's output order) is a row of the boundary table;
+  its PageRank pruning inside the LLM (masking, the authors' schedule: layers 15..22 of 30 prune 1/8 each)
+  keeps every token, so it has no ceiling: its row shows its own cost against the unreduced prefill.
+* VisionZip (``--visionzip``, its own table): it needs a CLIP tower whose CLS the projector drops, so it runs
+  on a LLaVA-1.5 layout in SmolVLM-256M's widths (CLIP 768 x 12 at 224 px, patch 16: 196 patches + CLS,
+  features of layer -2; the same 30-layer Llama), 196 → 64 per image (54 + 10, the README's setting).
+  Timed: vision tower + VisionZip + projector + LLM prefill. Ceiling: the same tower, the hidden states
+  sliced to CLS + the first 63 patches before the projector, the same sequence building.
 
     python benchmarks/bench_vlm.py              # CPU, 1 thread
     python benchmarks/bench_vlm.py --llava7b    # LLaVA-1.5-7B-shaped, fp16, on CUDA (boundary + FastV only)
+    python benchmarks/bench_vlm.py --visionzip --skip-encoder   # + the VisionZip table (CPU)
+    python benchmarks/bench_vlm.py --llava7b --visionzip           # the same on LLaVA-1.5-7B's shape, fp16, CUDA
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+from dataclasses import replace
 import statistics
 import sys
 import time
@@ -39,6 +50,7 @@ from tomviz.merge.engine import current_state  # noqa: E402
 from tomviz.merge.plan import MergePlan  # noqa: E402
 from tomviz.models import llm  # noqa: E402
 from tomviz.models.vlm import EncoderState, wrap  # noqa: E402
+from tomviz.vlm.encode import boundary_method  # noqa: E402
 
 IMAGE_TOKEN = 49190
 
@@ -105,6 +117,7 @@ def main() -> None:
     parser.add_argument("--cpu-time", action="store_true",
                         help="time with the process's CPU time (time.process_time) instead of the wall clock: steadier on a shared machine")
     parser.add_argument("--llava7b", action="store_true", help="LLaVA-1.5-7B shape, fp16 on CUDA")
+    parser.add_argument("--visionzip", action="store_true", help="also the VisionZip table (LLaVA-1.5 layout, SmolVLM widths)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -169,8 +182,10 @@ def main() -> None:
     keep = visual - round(args.boundary_ratio * visual)
 
     def prefill_run(red):
+        resolved = replace(encoded, boundary_method=boundary_method(red))  # the request's method, as encode resolves it
+
         def fn():
-            prefill = vlm.to_prefill(loaded, inputs, encoded, red)
+            prefill = vlm.to_prefill(loaded, inputs, resolved, red)
             with torch.inference_mode(), prefill.llm_state():
                 return model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1).logits
 
@@ -198,6 +213,9 @@ def main() -> None:
         "random": prefill_run(vlm.Reduction("boundary", "random_prune", ratio)),
         "downsample": prefill_run(vlm.Reduction("boundary", "downsample", ratio)),
         "fastv K=2": prefill_run(vlm.Reduction("llm", "fastv", ratio, fastv_layer=2)),
+        "aim merge": prefill_run(vlm.Reduction("boundary", "aim", ratio)),
+        "aim LLM pruning (mask)": prefill_run(vlm.Reduction("llm", "aim", ratio)),
+        "aim LLM pruning (drop)": prefill_run(vlm.Reduction("llm", "aim", ratio, method_options={"drop": True})),
     }
     times, outputs = side_by_side(runs, args.rounds * 3, args.warmup, clock)
     med["prefill"] = {k: statistics.median(v) for k, v in times.items()}
@@ -224,6 +242,75 @@ def main() -> None:
         speedup = p["base"] / value
         print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / ceiling:.2f} | {(encoder_ms + value) * 1000:.0f} "
               f"| {kl[key]:.2e} |")
+    if args.visionzip:
+        visionzip_table(args, clock, device, dtype)
+
+
+def llava_smolvlm_widths_config():
+    """A LLaVA-1.5 layout in SmolVLM-256M's widths: CLIP 768 x 12 at 224 px / patch 16 (196 patches + CLS,
+    features of layer -2, CLS dropped), SmolVLM-256M's 30-layer Llama."""
+    from transformers import LlavaConfig
+
+    text = smolvlm_256m_config().text_config.to_dict()
+    return LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, image_size=224, patch_size=16),
+        text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+
+
+def visionzip_table(args, clock, device: torch.device, dtype: torch.dtype) -> None:
+    """VisionZip (196 → 54 + 10 per image; LLaVA-1.5-7B's shape with ``--llava7b``: 576 → 54 + 10) against
+    slicing before the projector, in the same run."""
+    from transformers import LlavaForConditionalGeneration
+
+    from tomviz.vlm.sequence import ordered_prefill
+
+    torch.manual_seed(0)
+    config = llava_7b_config() if args.llava7b else llava_smolvlm_widths_config()
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config).to(dtype).eval()
+    loaded = wrap("bench-llava", model, processor=object())
+    size, keep = config.vision_config.image_size, 64
+    side = size // config.vision_config.patch_size
+    patches = side * side
+    text = torch.randint(100, 1000, (args.text_tokens,))
+    ids = torch.cat([text[:5], torch.full((patches,), config.image_token_id), text[5:]])[None].to(device)
+    pixels = torch.randn(1, 3, size, size, dtype=dtype, device=device)
+    inputs = vlm.VLMInput(tensors={"input_ids": ids, "pixel_values": pixels}, prompt="", question="", image=None,
+                          meta={"image_size": [size, size]})
+    ratio = (patches - keep) / patches
+
+    def prefill_forward(prefill):
+        with torch.inference_mode(), prefill.llm_state():
+            return model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1).logits
+
+    red = vlm.Reduction("boundary", "visionzip", ratio)
+    dst = torch.where(torch.arange(patches, device=device) < keep - 1, torch.arange(patches, device=device), -1)[None]
+    carried = torch.arange(keep, device=device) == 0  # the CLS token, then the first 63 patches
+
+    def ceiling():
+        with torch.inference_mode():
+            hidden = loaded.adapter.pre_projector(model, inputs.tensors)[:, :keep]  # [1, 64, 768] CLS + 63 patches
+            features = loaded.adapter.project(model, hidden)
+        encoded = vlm.Encoded(features=features, plan=MergePlan(dst, keep - 1), merged=True, stages={},
+                              meta={"token_grid": [side, side], "num_tiles": 1}, token_grid=(side, side), num_tiles=1)
+        return prefill_forward(ordered_prefill(loaded, inputs, encoded, red, features, encoded.plan, carried))
+
+    runs = {"base": lambda: prefill_forward(vlm.build_prefill(loaded, inputs, vlm.Reduction())),
+            "ceiling": ceiling,
+            "visionzip 54 + 10": lambda: prefill_forward(vlm.build_prefill(loaded, inputs, vlm.Reduction("boundary", "visionzip", ratio)))}
+    times, outputs = side_by_side(runs, args.rounds * 3, args.warmup, clock)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    reference = outputs["base"][0, -1].float().log_softmax(-1)
+    shape = "LLaVA-1.5-7B shape" if args.llava7b else "LLaVA-1.5 layout in SmolVLM-256M widths"
+    print(f"\n| VisionZip, {shape} ({patches} → {keep} visual tokens, {args.text_tokens} text) "
+          "| TTFT ms (tower + reduction + prefill) | speed-up | speed-up / ceiling's | next-token KL from unreduced |")
+    print("|---|---|---|---|---|")
+    for key, value in med.items():
+        kl = float((reference.exp() * (reference - outputs[key][0, -1].float().log_softmax(-1))).sum())
+        speedup = med["base"] / value
+        print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / (med['base'] / med['ceiling']):.2f} | {kl:.2e} |")
 
 
 if __name__ == "__main__":

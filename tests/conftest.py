@@ -31,3 +31,24 @@ def tiny_vit_classifier():
     from tests import tiny
 
     return tiny.vit(classifier=10, num_attention_heads=2, patch_size=4, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_frames_model():
+    """A tiny random DINOv2 as a loaded model (32 x 32 input, 4-pixel patches: 8 x 8 tokens a frame, 4 blocks)."""
+    import tomviz
+    from tests import tiny
+
+    return tomviz.load(tiny.dinov2(seed=0, patch_size=4))
+
+
+@pytest.fixture
+def square_mp4(tmp_path):
+    """A 12-frame mp4 of a white square moving over a static texture (lossy: not bit-exact after decoding)."""
+    from tests.inputs.clips import square_clip
+    from tests.inputs.test_video import write_clip
+
+    frames, _ = square_clip(frames=12, step=2)
+    path = tmp_path / "square.mp4"
+    write_clip(path, frames)
+    return path

@@ -9,7 +9,8 @@ Every builder returns a model in eval mode with random weights, drawn after ``to
 default 2 classes, an ``int`` that many classes, a sequence of names those classes (``id2label``, ``label2id``).
 
 The vision-language builders return ``(model, processor)`` in the layouts of transformers 5.24
-(``SmolVLMForConditionalGeneration``, ``LlavaForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``),
+(``SmolVLMForConditionalGeneration``, ``LlavaForConditionalGeneration``, ``LlavaOnevisionForConditionalGeneration``,
+``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``),
 with a word-level tokenizer built here (no hub files): the special tokens the processors insert, some words,
 and ``<unk>`` for everything else.
 """
@@ -204,6 +205,39 @@ def onevision(image_size: int = 32, patch: int = 8, vision_layers: int = 2, text
     processor = image_only(tf.LlavaOnevisionProcessor)(image_processor=image_processor, tokenizer=words, video_processor=None,
                                                        num_image_tokens=(s // patch) ** 2, vision_feature_select_strategy="full")
     return model, processor
+
+
+QWEN_SPECIAL = ["<unk>", "<pad>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def qwen2_vl(version: str = "2", patch: int = 4, vision_layers: int = 2, text_layers: int = 3, max_pixels: int = 32 * 32,
+             seed: int | None = None):
+    """(model, processor): Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``: window attention of 16 px in its
+    first vision block, full attention in the second) with ``patch`` px patches merged 2 x 2 into LLM tokens, images
+    resized to at most ``max_pixels`` pixels, and multimodal RoPE sections ``(2, 1, 1)`` of the 4 frequencies of
+    the LLM's 8-wide heads."""
+    from tomviz.models.vlm import image_only
+
+    words = word_tokenizer(QWEN_SPECIAL, eos_token="<|im_end|>")
+    ids = {name: words.convert_tokens_to_ids(name) for name in QWEN_SPECIAL}
+    vision = dict(depth=vision_layers, hidden_size=32, num_heads=2, patch_size=patch, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    if version == "2.5":
+        vision.update(intermediate_size=64, out_hidden_size=32, window_size=16, fullatt_block_indexes=[vision_layers - 1])
+        config_class, model_class, processor_class = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor
+    else:
+        vision.update(embed_dim=32, mlp_ratio=2)
+        config_class, model_class, processor_class = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor
+    text = llm(text_layers, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
+               bos_token_id=None, eos_token_id=ids["<|im_end|>"])
+    config = config_class(vision_config=vision, text_config=text, image_token_id=ids["<|image_pad|>"],
+                          video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                          vision_end_token_id=ids["<|vision_end|>"])
+    _seed(seed)
+    model = model_class(config).eval()
+    image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=4 * patch * patch, max_pixels=max_pixels, patch_size=patch,
+                                                  merge_size=2, temporal_patch_size=2)
+    return model, image_only(processor_class)(image_processor=image_processor, tokenizer=words, video_processor=None)
 
 
 def photo(size: int = 80, seed: int = 0):

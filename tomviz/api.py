@@ -13,6 +13,7 @@ from tomviz.models.loading import LoadedModel, PreparedInput, load
 from tomviz.models.vlm import LoadedVLM
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.trace import Trace
+from tomviz.video import VideoResult, inspect_video, is_video_input
 from tomviz.vlm import VLMResult, inspect_vlm
 
 
@@ -66,7 +67,7 @@ def inspect(
     method_options: dict[str, Any] | None = None,
     mode: str | None = None,
     **vlm_options: Any,
-) -> "InspectResult | VLMResult":
+) -> "InspectResult | VLMResult | VideoResult":
     """Run ``model`` on ``x`` with token merging and record everything in a :class:`Trace`.
 
     model: a name for :func:`tomviz.load`, a transformers model instance, or a loaded model.
@@ -80,6 +81,12 @@ def inspect(
     A vision-language model takes ``x = (image, question)`` and ``place="encoder"|"boundary"|"llm"``
     (plus ``max_new_tokens``, ``fastv_layer``, ...: see :func:`tomviz.vlm.inspect_vlm`); it returns a
     :class:`tomviz.vlm.VLMResult` (``.answer``, ``.reference_answer``, ``.trace``, ``.stages``, ``.fidelity``).
+
+    A clip (a video file, a folder or list of frames, a ``[T, H, W, 3]`` array) with an image model runs a
+    temporal method (``method="holitom"|"fastvid"|"dycoke"|"framefusion"|"rlt"|"frame_drop"|"tome"|"random"``,
+    options in ``method_options``; plus ``num_frames``, ``feature_layer``, ``limits``: see
+    :func:`tomviz.video.inspect_video`); it returns a :class:`tomviz.video.VideoResult` whose trace maps every
+    input token, frame-major ``(frame, row, col)``, to its group.
     """
     request = MergeRequest.from_kwargs("inspect", method, ratio, r, schedule, prop_attn, method_options, mode)
     loaded = load(model) if not isinstance(model, (LoadedModel, LoadedVLM)) else model
@@ -88,6 +95,11 @@ def inspect(
             raise ValueError(f"{loaded.name} is a vision-language model: give it (image, question)")
         return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn,
                            schedule=request.schedule, method_options=request.method_options, **vlm_options)
+    if loaded.modality == "image" and is_video_input(x):
+        if r not in (None, 0):
+            raise ValueError("a clip takes ratio= (the fraction of its tokens removed), not r=")
+        return inspect_video(loaded, x, method=method, ratio=ratio or 0.0, method_options=request.method_options,
+                             **vlm_options)
     if vlm_options:
         raise TypeError(f"unexpected arguments for {loaded.name}: {', '.join(vlm_options)}")
     inputs = loaded.prepare(x)

@@ -13,8 +13,9 @@ bench INPUT     models × methods × ratios × proportional attention over a fol
                   Parquet (a rerun skips finished shards), results.parquet,
                   summary.json and report.html (Pareto front, table)
 
-INPUT is an image file, a .txt file, or a literal text. The model defaults to
-dinov2-small for images and minilm for text.
+INPUT is an image file, a .txt file, a video file or folder of frames (a clip: the
+temporal methods, see tomviz/cli_video.py), or a literal text. The model defaults to
+dinov2-small for images and clips and minilm for text.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from tomviz.cli_video import add_arguments as add_video_arguments, is_clip
 from tomviz.cli_vlm import add_arguments as add_vlm_arguments
 from tomviz.merge import registry
 from tomviz.merge.checks import SCHEDULES
@@ -36,6 +38,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def read_input(value: str) -> tuple[Any, str, str]:
     """``(input for tomviz, modality, short name)`` from a path or a literal text."""
     path = Path(value)
+    if is_clip(path):
+        if not path.exists():
+            raise SystemExit(f"error: clip {value!r} not found")
+        return path, "video", path.stem
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if not path.is_file():
             raise SystemExit(f"error: image {value!r} not found")
@@ -62,6 +68,10 @@ def _options(arg: str | None) -> dict[str, Any]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     x, modality, _ = read_input(args.input)  # a missing image is reported before anything heavy is imported
+    if modality == "video":
+        from tomviz.cli_video import cmd_inspect_video
+
+        return cmd_inspect_video(args, x)
     if getattr(args, "question", None):
         from tomviz.cli_vlm import cmd_inspect_vlm
 
@@ -122,6 +132,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = []
     for value in args.inputs:
         x, modality, name = read_input(value)
+        if modality == "video":
+            raise SystemExit(f"error: sweep takes images and texts; inspect a clip with: python -m tomviz inspect {value}")
         loaded = tomviz.load(_model_name(args.model, modality))
         methods = [m for m in args.methods if not (m == "subword" and loaded.modality != "text")]
         rows += sweep(loaded, x, methods, args.ratios, runs=args.runs, warmup=args.warmup, schedule=args.schedule,
@@ -190,11 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", parents=[common], help="trace one input: overlays, trace, stats",
                                   description="Trace one input; writes overlay_layerNN.png (images), trace.json, trace.npz, stats.json.")
-    inspect.add_argument("input", help="image file, .txt file or literal text")
+    inspect.add_argument("input", help="image file, .txt file, video file / folder of frames, or literal text")
     inspect.add_argument("--method", default="tome", choices=methods)
     inspect.add_argument("--ratio", type=float, default=0.5, help="fraction of the input tokens removed by the last layer")
     inspect.add_argument("--r", type=int, help="instead of --ratio: tokens removed per layer")
     add_vlm_arguments(inspect)
+    add_video_arguments(inspect)
     inspect.set_defaults(run=cmd_inspect)
 
     sweep = commands.add_parser("sweep", parents=[common], help="fidelity and speed for methods x ratios",

@@ -54,7 +54,11 @@ class Trace:
 
     ``model``, ``family``, ``method``, ``schedule`` (list[int]), ``prop_attn``,
     ``num_protected``, ``num_input_tokens``, and for images ``image_size`` (w, h),
-    ``patch_grid`` (rows, cols), ``patch_size``; for text ``tokens`` (list[str]).
+    ``patch_grid`` (rows, cols), ``patch_size``; for text ``tokens`` (list[str]); for a clip
+    ``frame_grid`` (frames, rows, cols) with the input tokens frame-major (index ``(t * rows + row) * cols
+    + col``, no protected tokens), ``stages`` (one name per layer record: a temporal method's step) and
+    ``segments`` (inclusive frame ranges, when the method segments the clip) and ``kept_positions`` (the input
+    token whose place each kept token of the last stage takes).
     """
 
     meta: dict[str, Any]
@@ -169,6 +173,32 @@ class Trace:
     def on_patch_grid(self, per_input: np.ndarray) -> np.ndarray:
         """``[N0]`` per input token → ``[rows, cols]`` per patch (protected tokens dropped; dtype kept)."""
         return on_patch_grid(per_input, self.patch_grid, self.num_protected)
+
+    # --- frame geometry (clip traces) -------------------------------------------
+    @property
+    def frame_grid(self) -> tuple[int, int, int]:
+        """``(frames, rows, cols)`` of a clip's tokens; ValueError for a trace that is not a clip's."""
+        grid = self.meta.get("frame_grid")
+        if not grid:
+            raise ValueError("not a clip trace: it has no frame grid")
+        return int(grid[0]), int(grid[1]), int(grid[2])
+
+    def on_frame_grid(self, per_input: np.ndarray) -> np.ndarray:
+        """``[N0]`` per input token → ``[frames, rows, cols]`` (frame-major; dtype kept)."""
+        frames, rows, cols = self.frame_grid
+        return np.asarray(per_input).reshape(frames, rows, cols)
+
+    def tokens_per_frame(self) -> np.ndarray:
+        """``[frames]`` kept tokens of the last stage whose place lies in each frame (what a frame hands on)."""
+        frames, rows, cols = self.frame_grid
+        return np.bincount(np.asarray(self.meta["kept_positions"], dtype=np.int64) // (rows * cols), minlength=frames)
+
+    def token_place(self, token: int) -> tuple[int, int, int]:
+        """``(frame, row, col)`` (0-based) of input token ``token`` of a clip."""
+        frames, rows, cols = self.frame_grid
+        if not 0 <= token < frames * rows * cols:
+            raise IndexError(f"token {token} out of range: the clip has {frames * rows * cols} tokens")
+        return token // (rows * cols), token % (rows * cols) // cols, token % cols
 
     # --- saving ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -399,3 +399,48 @@ def test_browser_text_token_click_follows_its_group(app_url):
             page.screenshot(path=str(ROOT / "artifacts" / "app_text_token_click.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_browser_video_tab_world_holitom_strip_equals_the_trace(app_url):
+    """The issue's check in a browser: the Video tab, world.mp4, HoliTom at 0.9; the strip the page shows is the
+    one drawn from a local trace, pixel for pixel (PNG); a click on the black background selects a group that
+    spans every frame."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    import tomviz
+    from tomviz.inputs.video import example_clips
+    from tomviz.render.video import frame_strip
+
+    local = tomviz.inspect("dinov2-small", example_clips()["world.mp4"], method="holitom", ratio=0.9)
+    expected = np.asarray(frame_strip(local.video.frames, local.trace))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1400})
+            page.goto(app_url)
+            page.wait_for_selector("gradio-app")
+            _wait_for_new_src(page, "#overlay img", None)  # the page's own load events first (they pick the tab)
+            _wait_idle(page)
+            page.get_by_role("tab", name="Video").click()
+            page.locator("#video-run").click()
+            src = _wait_for_new_src(page, "#video-strip img", None)
+            shown = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+            assert np.array_equal(shown, expected)
+            _wait_idle(page)
+            strip = page.locator("#video-strip img").first
+            strip.scroll_into_view_if_needed()
+            page.wait_for_function("() => { const i = document.querySelector('#video-strip img');"
+                                   " return i && i.complete && i.naturalWidth > 0 && i.clientWidth > 0; }", timeout=TIMEOUT_MS)
+            point = _content_point(page, "#video-strip img", 8 / expected.shape[1], 12 / expected.shape[0])
+            strip.click(position=point)  # frame 0, top-left: black background
+            page.wait_for_function("() => /spanning/.test(document.querySelector('#video-lineage').innerText)",
+                                   timeout=TIMEOUT_MS)
+            lineage = page.locator("#video-lineage").inner_text()
+            assert "token (frame 0, row 1, col 1)" in lineage and "spanning 16 frame(s)" in lineage, lineage
+            assert not _errors_shown(page)
+        finally:
+            browser.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import os
 import sys
 import uuid
@@ -24,6 +25,11 @@ PATHS = ["/etc", "/root", SITE_PACKAGES, f"/nonexistent-{uuid.uuid4().hex[:8]}",
          str(ROOT / "assets" / ".." / "tomviz")]
 
 
+def unescape_markdown(text: str) -> str:
+    """The text a Markdown reader sees (the CLIP section escapes what it echoes: ``escape_markdown``)."""
+    return re.sub(r"\\(.)", r"\1", re.sub(r"&#(\d+);", lambda m: chr(int(m.group(1))), text))
+
+
 def _endpoint_calls(client, model: str):
     """Every endpoint that takes a model name, called with ``model``: (name, the error message or the HBI note)."""
     image = handle_file(CAT)
@@ -40,7 +46,7 @@ def _endpoint_calls(client, model: str):
         yield api_name, str(info.value)
     # the CLIP box: HBI reports load errors in its summary instead of raising (the rest of the tab keeps working)
     out = client.predict(model=model, image=image, text="a cat", samples=64, api_name="/score_hbi")
-    yield "/score_hbi", out[-1]
+    yield "/score_hbi", unescape_markdown(out[-1])
 
 
 def test_every_endpoint_refuses_paths_with_one_message(client):

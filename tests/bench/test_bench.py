@@ -132,3 +132,40 @@ def test_labels_resolve_by_name_synonym_or_id():
         label_id("dog", labels)
     with pytest.raises(ValueError, match="no classification head"):
         label_id("dog", None)
+
+
+def test_summary_in_pieces_equals_the_summary_of_all_rows_and_bounds_settings():
+    import random
+
+    from tomviz.bench.results import Summary, summarise
+
+    rng = random.Random(0)
+    rows = [dict(model=rng.choice("ab"), setting="s", method=rng.choice(["tome", "random"]), ratio=rng.choice([0.25, 0.5]),
+                 r=None, schedule="constant", prop_attn=rng.choice([True, False]),
+                 cosine=rng.choice([rng.random(), None]), correct=rng.choice([True, False, None]),
+                 base_correct=rng.choice([True, None]), gflops=rng.choice([1.0, None]), base_gflops=2.0,
+                 seconds=rng.choice([0.1, None]), base_seconds=0.3, error=rng.choice([None, "boom"]))
+            for _ in range(500)]
+    pieces = Summary()
+    for start in range(0, len(rows), 64):
+        pieces.add(rows[start:start + 64])
+    assert pieces.entries() == summarise(rows)
+    assert len(summarise(rows)) == 16
+    with pytest.raises(ValueError, match="more than 15 distinct settings"):
+        Summary(max_settings=15).add(rows)
+
+
+def test_summary_figures_by_hand():
+    from tomviz.bench.results import summarise
+
+    key = dict(model="m", setting="tome@0.5", method="tome", ratio=0.5, r=None, schedule="constant", prop_attn=True)
+    rows = [dict(key, cosine=0.9, correct=True, base_correct=True, gflops=1.0, base_gflops=2.0, seconds=0.1, base_seconds=0.3),
+            dict(key, cosine=0.7, correct=False, base_correct=True, gflops=1.0, base_gflops=2.0, seconds=0.1, base_seconds=0.1),
+            dict(key, cosine=float("nan"), correct=None, seconds=0.2, base_seconds=0.2),
+            dict(key, cosine=None, error="boom")]
+    (entry,) = summarise(rows)
+    assert (entry["inputs"], entry["ran"], entry["errors"], entry["first_error"]) == (4, 3, 1, "boom")
+    assert entry["cosine"] == pytest.approx(0.8)  # nan and the failed row left out
+    assert entry["accuracy"] == 0.5 and entry["base_accuracy"] == 1.0
+    assert entry["speedup"] == pytest.approx(0.6 / 0.4) and entry["throughput"] == pytest.approx(3 / 0.4)
+    assert entry["flops_speedup"] == 2.0

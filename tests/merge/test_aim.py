@@ -103,3 +103,14 @@ def test_masking_and_dropping():
     assert kept_positions(active).tolist() == [[0, 2], [1, 2]]
     with pytest.raises(ValueError, match="same number"):
         kept_positions(T([[True, True, False], [True, False, False]]))
+
+
+def test_merge_steps_reproduce_the_authors_schedules():
+    from tomviz.merge.aim import default_start, merge_steps
+
+    assert merge_steps(196, 49) == merge_schedule(196, "onevision") == [98, 49]
+    assert merge_steps(576, 252) == merge_schedule(576, "llava15") == [288, 36]
+    assert merge_steps(16, 16) == [] and merge_steps(16, 1) == [8, 4, 2, 1]
+    assert (default_start(28), default_start(32), default_start(30)) == (14, 13, 15)
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge_steps(16, 0)

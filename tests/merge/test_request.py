@@ -71,7 +71,7 @@ def test_bad_values_read_the_same_everywhere():
     assert MergeRequest(method="subword", modality="text").check().modality == "text"
     with pytest.raises(ValueError, match="unknown place 'decoder'"):
         MergeRequest(place="decoder").check()
-    with pytest.raises(ValueError, match="tome works in the encoder or at the boundary, not inside the LLM"):
+    with pytest.raises(ValueError, match="tome works in the encoder or at the boundary or on a clip.s frames, not inside the LLM"):
         Reduction("llm", "tome", 0.5).check()
 
 

@@ -1,6 +1,7 @@
 """Plans over the visual tokens a VLM's language model receives (tomviz.merge.visual)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tomviz.merge.visual import VisualTokens, bipartite_to, compose, get_visual_method, group_sizes, sequence_order
@@ -30,14 +31,34 @@ def test_downsample_pools_each_tile():
 
 
 def test_selection_methods_keep_exactly():
-    for name in ("random_prune", "fastv", "visionzip", "hiprune"):
+    for name in ("random_prune", "fastv", "visionzip_paper", "hiprune"):
         plan = get_visual_method(name).plan(_tokens(), 10)
         assert plan.num_out == 10
     fastv = get_visual_method("fastv").plan(_tokens(), 10)
     kept = (fastv.dst[0] >= 0).nonzero()[:, 0]
     assert set(kept.tolist()) == set(_tokens().attention[0].topk(10).indices.tolist())
-    zip_plan = get_visual_method("visionzip").plan(_tokens(), 10)
+    zip_plan = get_visual_method("visionzip_paper").plan(_tokens(), 10)
     assert (zip_plan.dst >= 0).all()  # contextual tokens absorb every non-dominant token
+
+
+def test_fastv_ties_fall_as_topk():
+    """Equal scores: the kept set is the one ``torch.topk`` picks (FastV's own call), not the lowest indices."""
+    tokens = _tokens(v=16, grid=(4, 4), tiles=1)
+    tokens.attention = torch.tensor([[0.5] * 12 + [0.1] * 4])
+    kept = (get_visual_method("fastv").plan(tokens, 5).dst[0] >= 0).nonzero()[:, 0]
+    assert kept.tolist() == tokens.attention.topk(5).indices.sort().values[0].tolist()
+
+
+def test_visionzip_runs_before_the_projector_only():
+    method = get_visual_method("visionzip")
+    assert method.before_projector and method.counts(64) == (54, 10)  # the README's 54 + 10
+    assert get_visual_method("visionzip", dominant=191, contextual=30).counts(8) == (191, 30)
+    with pytest.raises(ValueError, match="before the projector"):
+        method.plan(_tokens(), 10)
+    with pytest.raises(ValueError, match="lower the ratio"):
+        method.counts(1)
+    with pytest.raises(ValueError, match="both dominant and contextual"):
+        get_visual_method("visionzip", dominant=10)
 
 
 def test_compose_and_sequence_order():

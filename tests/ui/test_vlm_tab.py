@@ -51,3 +51,51 @@ def test_onevision_drawn_on_its_anyres_grid(monkeypatch):
     assert grids[0] == [4, 4] and sum(r * c for r, c in grids) == out.session.result.token_counts["visual"]
     with pytest.raises(gr.Error, match="not equal tiles"):
         vlm_tab.ask(photo, "what ?", "onevision", "boundary", "downsample", 0.5, 3)
+
+
+def test_method_list_follows_the_place():
+    """Each place lists the registry's methods there (and the papers' presets); a place change keeps a method
+    that runs there and otherwise picks the first."""
+    from tomviz.merge import registry
+
+    for place in ("encoder", "boundary", "llm"):
+        names = [name for _, name in vlm_tab.method_choices(place)]
+        assert set(registry.names(place)) <= set(names)
+        assert all(name in registry.names(place) or name == "tinychart" for name in names)
+    assert "tinychart" in [name for _, name in vlm_tab.method_choices("encoder")]
+    assert "pitome" not in [name for _, name in vlm_tab.method_choices("boundary")]
+    assert [name for _, name in vlm_tab.method_choices("llm")] == ["fastv", "aim", "mustdrop"]
+    assert vlm_tab.update_methods("boundary", "tome").value == "tome"
+    assert vlm_tab.update_methods("llm", "tome").value == "fastv"
+
+
+def test_preset_and_mismatches(loaded, monkeypatch):
+    method, ratio, note = vlm_tab.resolve_method("encoder", "tinychart", 0.1)
+    assert method == "tome" and abs(ratio - (1 - 732 / 2916)) < 1e-9 and "r = 84" in note
+    with pytest.raises(ValueError, match="preset in the encoder"):
+        vlm_tab.resolve_method("boundary", "tinychart", 0.5)
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: loaded)
+    with pytest.raises(gr.Error, match="inside the LLM"):
+        vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "tome", 0.5, 3)
+    out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "encoder", "tinychart", 0.1, 2)
+    assert out.session.result.reduction.method == "tome" and "preset" in out.counts
+    out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "aim", 0.5, 2)
+    assert "after each layer 16 → 14 → 12" in out.counts and "authors' schedule" in out.counts
+
+
+def test_mustdrop_stages_one_after_the_other(monkeypatch):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model, processor = tiny.llava(image_size=48, patch=8, vision_layers=2, text_layers=16, tower="clip")
+    llava = tomviz.load(model, processor=processor, device="cpu")
+    smol_model, smol_processor = tiny.smolvlm(text_layers=16)
+    smol = tomviz.load(smol_model, processor=smol_processor, device="cpu")
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: llava)
+    assert "mustdrop" in [name for _, name in vlm_tab.method_choices("llm")]
+    out = vlm_tab.ask(tiny.photo(), "what is in this image ?", "tiny", "llm", "mustdrop", 0.5, 2)
+    text = out.counts
+    order = [text.index(f"{n}. ") for n in (1, 2, 3, 4)]
+    assert order == sorted(order) and "layer 14:" in text and "ratio only switches it on" in text
+    monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: smol)
+    with pytest.raises(gr.Error, match="no CLS token that its projector drops"):  # SmolVLM: refused, clearly
+        vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "mustdrop", 0.5, 2)

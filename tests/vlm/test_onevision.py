@@ -67,7 +67,8 @@ def test_grid_free_reductions(loaded, red):
     (vlm.Reduction("encoder", "tome", 0.5), "not supported"),
     (vlm.Reduction("boundary", "downsample", 0.5), "not equal"),
     (vlm.Reduction("boundary", "hiprune", 0.5), "not equal"),
-    (vlm.Reduction("boundary", "visionzip", 0.5), "not equal"),
+    (vlm.Reduction("boundary", "visionzip_paper", 0.5), "not equal"),
+    (vlm.Reduction("boundary", "visionzip", 0.5), "no such place"),
 ])
 def test_refused_with_a_message(loaded, inputs, red, message):
     with pytest.raises(ValueError, match=message):

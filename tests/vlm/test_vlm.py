@@ -19,8 +19,9 @@ REDUCTIONS = [
     vlm.Reduction("boundary", "random_prune", 0.5),
     vlm.Reduction("boundary", "downsample", 0.75),
     vlm.Reduction("llm", "fastv", 0.5, fastv_layer=1),
-    vlm.Reduction("boundary", "visionzip", 0.5),
+    vlm.Reduction("boundary", "visionzip_paper", 0.5),
     vlm.Reduction("boundary", "hiprune", 0.5),
+    vlm.Reduction("boundary", "aim", 0.5),
     vlm.Reduction("boundary", "dtome", 0.5, method_options={"threshold": -1.0}),  # every proposal passes: down to the floor
 ]
 
@@ -148,11 +149,11 @@ def test_inspect_result(loaded):
 
 
 def test_encoder_attention_matches_eager():
-    """The attention received per visual token (VisionZip, HiPrune) equals eager attention weights, pooled."""
+    """The attention received per visual token (visionzip_paper, HiPrune) equals eager attention weights, pooled."""
     model, processor = tiny.smolvlm(vision_layers=3)
     loaded = wrap("smolvlm", model, processor)
     inputs = vlm.prepare(loaded, tiny.photo(), QUESTION)
-    encoded = vlm.encode(loaded, inputs, vlm.Reduction("boundary", "visionzip", 0.5))
+    encoded = vlm.encode(loaded, inputs, vlm.Reduction("boundary", "visionzip_paper", 0.5))
     vision = model.model.vision_model
     vision.config._attn_implementation = "eager"
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -69,6 +68,74 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+MEANS = ("cosine", "top1_agree", "top5_overlap", "tokens_in", "tokens_out", "gflops", "base_gflops")  # over the rows that ran
+
+
+class Summary:
+    """Builds :func:`summarise`'s entries from rows added in pieces, holding sums per setting (not rows):
+    memory grows with the number of settings, never with the number of rows. ``max_settings``: a
+    ValueError once more distinct settings than this arrive."""
+
+    def __init__(self, max_settings: int | None = None) -> None:
+        self.max_settings = max_settings
+        self._groups: dict[tuple, dict[str, Any]] = {}
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> "Summary":
+        for row in rows:
+            key = tuple(row.get(k) for k in SETTING_KEYS)
+            group = self._groups.get(key)
+            if group is None:
+                if self.max_settings is not None and len(self._groups) >= self.max_settings:
+                    raise ValueError(f"more than {self.max_settings} distinct settings; at most {self.max_settings} "
+                                     "can be opened here")
+                group = self._groups[key] = dict(inputs=0, ran=0, errors=0, labelled=0, seconds=0.0, base_seconds=0.0,
+                                                 sums={}, first_error=None)
+            self._add(group, row)
+        return self
+
+    @staticmethod
+    def _add(group: dict[str, Any], row: dict[str, Any]) -> None:
+        def accumulate(name: str, value: Any) -> None:
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                total, count = group["sums"].get(name, (0.0, 0))
+                group["sums"][name] = (total + float(value), count + 1)
+
+        group["inputs"] += 1
+        if row.get("error"):
+            group["errors"] += 1
+            group["first_error"] = group["first_error"] or row["error"]
+        if row.get("cosine") is None:
+            return
+        group["ran"] += 1
+        for name in MEANS:
+            accumulate(name, row.get(name))
+        if row.get("correct") is not None:
+            accumulate("accuracy", row["correct"])
+            accumulate("base_accuracy", row.get("base_correct"))
+        group["seconds"] += row["seconds"] if row.get("seconds") is not None else 0.0
+        group["base_seconds"] += row["base_seconds"] if row.get("base_seconds") is not None else 0.0
+
+    def entries(self) -> list[dict[str, Any]]:
+        """One entry per setting (see :func:`summarise`), sorted by model, method, prop_attn, ratio, r."""
+        out = []
+        for key, g in self._groups.items():
+            mean = {name: (t / n if n else None) for name, (t, n) in g["sums"].items()}
+            gflops, base_gflops, seconds, base_seconds = mean.get("gflops"), mean.get("base_gflops"), g["seconds"], g["base_seconds"]
+            entry = dict(zip(SETTING_KEYS, key))
+            entry.update(
+                inputs=g["inputs"], ran=g["ran"], errors=g["errors"],
+                **{name: mean.get(name) for name in ("cosine", "top1_agree", "top5_overlap", "accuracy", "base_accuracy",
+                                                     "tokens_in", "tokens_out")},
+                gflops=gflops, base_gflops=base_gflops, flops_speedup=(base_gflops / gflops) if gflops else None,
+                throughput=(g["ran"] / seconds) if seconds > 0 else None,
+                base_throughput=(g["ran"] / base_seconds) if base_seconds > 0 else None,
+                speedup=(base_seconds / seconds) if seconds > 0 else None, first_error=g["first_error"],
+            )
+            out.append(entry)
+        out.sort(key=lambda e: (str(e["model"]), str(e["method"]), bool(e["prop_attn"]) is False, e["ratio"] if e["ratio"] is not None else -1, e["r"] or 0))
+        return out
+
+
 def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per model × setting: means over the inputs that ran, and the measured speed-up.
 
@@ -76,33 +143,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     ``flops_speedup`` = unmerged GFLOPs / merged GFLOPs; ``accuracy`` and ``base_accuracy`` over the
     inputs with a label the model has; ``errors`` counts the rows with an error (figures may be missing).
     """
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[tuple(row.get(k) for k in SETTING_KEYS)].append(row)
-    out = []
-    for key, members in groups.items():
-        ran = [r for r in members if r.get("cosine") is not None]
-        labelled = [r for r in ran if r.get("correct") is not None]
-        seconds = sum(r["seconds"] for r in ran if r.get("seconds") is not None)
-        base_seconds = sum(r["base_seconds"] for r in ran if r.get("base_seconds") is not None)
-        gflops, base_gflops = _mean(r.get("gflops") for r in ran), _mean(r.get("base_gflops") for r in ran)
-        entry = dict(zip(SETTING_KEYS, key))
-        entry.update(
-            inputs=len(members), ran=len(ran), errors=sum(1 for r in members if r.get("error")),
-            cosine=_mean(r.get("cosine") for r in ran), top1_agree=_mean(r.get("top1_agree") for r in ran),
-            top5_overlap=_mean(r.get("top5_overlap") for r in ran),
-            accuracy=_mean(r["correct"] for r in labelled), base_accuracy=_mean(r.get("base_correct") for r in labelled),
-            tokens_in=_mean(r.get("tokens_in") for r in ran), tokens_out=_mean(r.get("tokens_out") for r in ran),
-            gflops=gflops, base_gflops=base_gflops,
-            flops_speedup=(base_gflops / gflops) if gflops else None,
-            throughput=(len(ran) / seconds) if seconds > 0 else None,
-            base_throughput=(len(ran) / base_seconds) if base_seconds > 0 else None,
-            speedup=(base_seconds / seconds) if seconds > 0 else None,
-            first_error=next((r["error"] for r in members if r.get("error")), None),
-        )
-        out.append(entry)
-    out.sort(key=lambda e: (str(e["model"]), str(e["method"]), bool(e["prop_attn"]) is False, e["ratio"] if e["ratio"] is not None else -1, e["r"] or 0))
-    return out
+    return Summary().add(rows).entries()
 
 
 def write_summary(summary: list[dict[str, Any]], path: str | Path, meta: dict[str, Any] | None = None) -> Path:

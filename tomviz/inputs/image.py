@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tomviz.inputs.limits import MAX_PIXELS, ImageInputError, check_image
+
 __all__ = [
     "DINOV2_SPEC",
     "IMAGENET_MEAN",
@@ -49,8 +51,7 @@ __all__ = [
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-MAX_PIXELS = 40_000_000
-"""Images with more pixels than this are refused (decompression-bomb guard)."""
+# MAX_PIXELS: images with more pixels than this are refused from their header (decompression-bomb guard)
 MAX_SIDE = 4096
 """Accepted images longer than this on a side are downscaled (thumbnail) to it."""
 MIN_SIDE = 8
@@ -59,10 +60,6 @@ MAX_ASPECT = 20.0
 """Images more elongated than ``MAX_ASPECT : 1`` are refused."""
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image, IO[bytes]]
-
-
-class ImageInputError(ValueError):
-    """The input cannot be used as an image; the message is written for an end user."""
 
 
 @dataclass(frozen=True)
@@ -306,6 +303,7 @@ def load_image(src: ImageSource) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 img = src if isinstance(src, Image.Image) else _open(src)
+                check_image(img)  # pixels and frames, from the header
                 _check_geometry(*img.size)
                 img = _first_frame(img)
                 img.load()

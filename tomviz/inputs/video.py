@@ -25,6 +25,9 @@ from typing import Sequence
 import numpy as np
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# files the API and the CLI take as clips by their name (a GIF stays an image there, as before: pass
+# read_video("x.gif") to read one as a clip)
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 EXAMPLE_ATTRIBUTION = "Example clips from the gradio package (Apache-2.0), gradio/media_assets/videos/."
 
 

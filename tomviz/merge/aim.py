@@ -89,6 +89,25 @@ def merge_schedule(num_tokens: int, variant: str = "onevision") -> list[int]:
     raise ValueError(f"unknown AIM merge schedule {variant!r}: choose 'onevision' or 'llava15'")
 
 
+def merge_steps(num_tokens: int, keep: int) -> list[int]:
+    """The ``r`` of each plain-mean step from ``num_tokens`` down to ``keep`` tokens, each at most half
+    (``min(n // 2, n - keep)``). The authors' schedules are its cases: 196 → 49 gives ``[98, 49]``
+    (``"onevision"``), 576 → 252 gives ``[288, 36]`` (``"llava15"``)."""
+    if not 1 <= keep <= num_tokens:
+        raise ValueError(f"AIM cannot merge {num_tokens} tokens down to {keep}")
+    steps = []
+    while num_tokens > keep:
+        steps.append(min(num_tokens // 2, num_tokens - keep))
+        num_tokens -= steps[-1]
+    return steps
+
+
+def default_start(num_layers: int) -> int:
+    """The first pruning layer ``S``: the authors' 14 of 28 (Qwen2) and 13 of 32 (LLaMA); for other depths
+    half the layers (tomviz's choice: the authors give none)."""
+    return START_LAYER.get(num_layers, num_layers // 2)
+
+
 def aim_merge(
     features: torch.Tensor, schedule: list[int], metric: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,8 @@ from typing import Any
 MAX_RATIO = 0.95  # the largest merge ratio asked for: a fraction of the input tokens removed by the last layer
 SCHEDULES = ("constant", "decreasing")  # the named schedules: how a ratio (or a plain int r) spreads over the layers
 PLACES = ("encoder", "boundary", "llm")  # where a method runs: in an encoder, on a VLM's visual tokens, inside its LLM
+CLIP = "clip"  # and on a clip's per-frame tokens at once (the temporal methods, tomviz.merge.temporal)
+METHOD_PLACES = PLACES + (CLIP,)  # every place a registered method may run
 REMOVED_IN = "tomviz 0.2.0"  # the release that removes the deprecated names
 
 

@@ -127,9 +127,21 @@ def dual_attention_keep(
     Returns (``[V']`` kept visual indices, ascending; ``[K]`` the key set as indices into them).
     """
     text = attention[0, :, visual_start + num_visual :, visual_start : visual_start + num_visual].mean(dim=0)  # [T, V]
+    return dual_attention_filter(text, key, global_thr, individual_thr)
+
+
+def dual_attention_filter(
+    text: torch.Tensor,
+    key: torch.Tensor,
+    global_thr: float = THRESHOLDS[None][0],
+    individual_thr: float = THRESHOLDS[None][1],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3's rule on the attention of the text after the image to the ``V`` image tokens, mean over heads:
+    text ``[T, V]``; key ``[K]``. Returns what :func:`dual_attention_keep` returns."""
+    num_visual = text.shape[1]
     total = text.sum(dim=0)  # [V]
     dropped = (total < total.sum() * global_thr) & (text.max(dim=0).values < individual_thr)
-    kept = torch.arange(num_visual, device=attention.device)[~dropped]
+    kept = torch.arange(num_visual, device=text.device)[~dropped]
     kept = torch.unique(torch.cat([kept, key]))  # sorted
     return kept, torch.isin(kept, key).nonzero()[:, 0]
 
@@ -162,3 +174,12 @@ def cache_keep_indices(
         if layer == pruning_layers[stage]:
             stage += 1
     return out
+
+
+class MustDrop:
+    """The registry's entry for MustDrop (inside the LLM): its stages run where a vision-language model puts
+    them (the vision tower's first and last layers, the LLM's pruning layers, its KV cache), with the rules above."""
+
+    name = "mustdrop"
+    label = ("MustDrop (3x3 window merging after encoder layer 0, key set from CLS attention, dual-attention "
+             "filtering at LLM layers 2/6/10/14, KV-cache eviction)")

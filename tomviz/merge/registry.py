@@ -3,7 +3,8 @@
 Where a method runs is a property of its entry, not a second class: ``"encoder"`` (inside a
 transformer's blocks, planning ``r`` tokens to remove per layer), ``"boundary"`` (once, on the visual
 tokens a vision-language model hands its LLM, planning the ``keep`` tokens the LLM receives) or
-``"llm"`` (inside the language model). An encoder method that also runs at the boundary is the same
+``"llm"`` (inside the language model) or ``"clip"`` (once, on every frame's tokens of a clip: the temporal
+methods of :mod:`tomviz.merge.temporal.methods`; ``tome`` and ``random`` run there over all frames). An encoder method that also runs at the boundary is the same
 class there: :func:`tomviz.merge.visual.get_visual_method` runs its rule on the visual tokens.
 
 No torch here: the command line lists the names (``--help``) before anything heavy loads; the classes
@@ -16,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from tomviz.merge.checks import PLACES, REMOVED_IN, check_place
+from tomviz.merge.checks import METHOD_PLACES, REMOVED_IN, check_place
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class MethodEntry:
 
 
 _M = "tomviz.merge."
+_T = "tomviz.merge.temporal.methods:"
 ENTRIES: dict[str, MethodEntry] = {entry.name: entry for entry in (
-    MethodEntry("tome", _M + "tome:ToMe", ("encoder", "boundary")),
+    MethodEntry("tome", _M + "tome:ToMe", ("encoder", "boundary", "clip")),
     MethodEntry("pitome", _M + "pitome:PiToMe"),
     MethodEntry("pitome_text", _M + "pitome:PiToMeText"),
     MethodEntry("diffrate", _M + "diffrate:DiffRate"),
@@ -46,12 +48,22 @@ ENTRIES: dict[str, MethodEntry] = {entry.name: entry for entry in (
     MethodEntry("dtome", _M + "dtome:DToMe", ("encoder", "boundary"), {"boundary": {"threshold": 0.9}}),
     MethodEntry("hiprune", _M + "hiprune:HiPrune", ("encoder", "boundary")),
     MethodEntry("evit", _M + "evit:EViT"),
-    MethodEntry("random", _M + "random_:RandomBipartite"),  # random merging (ToMe on a random A/B split)
+    MethodEntry("random", _M + "random_:RandomBipartite", ("encoder", "clip")),  # random merging (ToMe on a random A/B split)
     MethodEntry("subword", _M + "subword:Subword"),
     MethodEntry("random_prune", _M + "random_:RandomPrune", ("boundary",)),  # random pruning (a seeded subset stays)
     MethodEntry("downsample", _M + "visual:Downsample", ("boundary",)),
     MethodEntry("fastv", _M + "visual:FastV", ("llm",)),
-    MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),
+    MethodEntry("visionzip", _M + "visual:VisionZip", ("boundary",)),  # the authors' rule, before the projector
+    MethodEntry("aim", _M + "visual:AIM", ("boundary", "llm")),  # merging before the LLM; PageRank pruning inside it
+    MethodEntry("visionzip_paper", _M + "visual:VisionZipPaper", ("boundary",)),  # the paper's description, any tokens
+    MethodEntry("mustdrop", _M + "mustdrop:MustDrop", ("llm",)),  # window merging, key set, filtering, cache eviction
+    # temporal methods, on a clip's per-frame tokens (tomviz.merge.temporal)
+    MethodEntry("holitom", _T + "HoliTom", ("clip",)),
+    MethodEntry("fastvid", _T + "FastVID", ("clip",)),
+    MethodEntry("dycoke", _T + "DyCoke", ("clip",)),
+    MethodEntry("framefusion", _T + "FrameFusion", ("clip",)),
+    MethodEntry("rlt", _T + "RLT", ("clip",)),
+    MethodEntry("frame_drop", _T + "FrameDrop", ("clip",)),
 )}
 # (place, old name) → new name: names that meant another algorithm at that place, kept working with a warning
 RENAMED: dict[tuple[str, str], str] = {("boundary", "random"): "random_prune"}
@@ -74,7 +86,7 @@ def classes(*places: str) -> dict[str, type]:
 
 def entry(name: str, place: str = "encoder") -> MethodEntry:
     """The entry of ``name`` at ``place``; an old name with a DeprecationWarning; ValueError otherwise."""
-    check_place(place)
+    check_place(place, METHOD_PLACES)
     if (place, name) in RENAMED:
         new = RENAMED[(place, name)]
         warnings.warn(f"the method {name!r} {where(place)} is renamed {new!r} ({name!r} is another algorithm "
@@ -95,14 +107,15 @@ def entry(name: str, place: str = "encoder") -> MethodEntry:
 
 def where(place: str) -> str:
     """``"in the encoder"``, ``"at the boundary"``, ``"inside the LLM"``."""
-    return {"encoder": "in the encoder", "boundary": "at the boundary", "llm": "inside the LLM"}[place]
+    return {"encoder": "in the encoder", "boundary": "at the boundary", "llm": "inside the LLM",
+            "clip": "on a clip's frames"}[place]
 
 
 def register(cls: type, places: tuple[str, ...] = ("encoder",), defaults: Mapping[str, Mapping[str, Any]] | None = None) -> type:
     """Add ``cls`` under ``cls.name`` at ``places`` (a known class: those places added to its own); ValueError
     when that name already names another class. Returns ``cls``."""
     for place in places:
-        check_place(place, PLACES)
+        check_place(place, METHOD_PLACES)
     known = ENTRIES.get(cls.name)
     if known is not None and known.load() is not cls:
         raise ValueError(f"the method name {cls.name!r} is registered already ({known.target}); choose another name")

@@ -14,8 +14,9 @@ from typing import Any
 
 from tomviz.merge import get_method, registry
 from tomviz.merge.base import MergeMethod
-from tomviz.merge.checks import check_place, check_ratio, check_schedule_name, renamed_mode
+from tomviz.merge.checks import METHOD_PLACES, check_place, check_ratio, check_schedule_name, renamed_mode
 from tomviz.merge.engine import MergeConfig
+from tomviz.merge.temporal.methods import ClipMethod, get_clip_method
 
 
 @dataclass
@@ -29,18 +30,18 @@ class MergeRequest:
     schedule: str = "constant"  # how a ratio (or a plain int r) spreads over the layers: "constant" | "decreasing"
     prop_attn: bool = True  # proportional attention: add log(size) to every attention logit
     place: str = "encoder"  # where the method runs: "encoder" | "boundary" | "llm" (vision-language models)
-    modality: str | None = None  # the input the request is for ("image" | "text"); None: any
-    frames: int | None = None  # frames of a video input; None: not a video
+    modality: str | None = None  # the input the request is for ("image" | "text" | "video"); None: any
+    frames: int | None = None  # frames of a video input; None: not a video (place "clip": the clip's frames)
 
     def check(self) -> "MergeRequest":
         """Itself; ValueError (:class:`~tomviz.merge.checks.ScheduleError` for the amounts) with the message
         users read, for a place, ratio, schedule, method name or modality that cannot be run."""
-        check_place(self.place)
+        check_place(self.place, METHOD_PLACES)
         if self.ratio is not None:
             check_ratio(self.ratio)
         check_schedule_name(self.schedule)
         method = registry.entry(self.method, self.place).load() if isinstance(self.method, str) else self.method
-        modalities = getattr(method, "modalities", None)
+        modalities = ("video",) if self.place == "clip" else getattr(method, "modalities", None)
         if self.modality is not None and modalities is not None and self.modality not in modalities:
             raise ValueError(f"{method.name} does not run on {self.modality} inputs: it takes {' or '.join(modalities)}")
         return self
@@ -51,6 +52,11 @@ class MergeRequest:
             return get_method(self.method, **self.method_options)
         except TypeError as err:
             raise ValueError(f"bad options for {self.method}: {err}") from err
+
+    def clip_method(self) -> ClipMethod:
+        """The temporal method instance (place ``"clip"``); ValueError for an unknown name or bad options."""
+        self.check()
+        return get_clip_method(self.method, **self.method_options)
 
     def config(self, trace: bool = False, extra: dict[str, Any] | None = None, **flags: Any) -> MergeConfig:
         """The engine's config for one call in an encoder (``flags``: the other :class:`MergeConfig` fields)."""

@@ -24,8 +24,11 @@ Methods of this place only:
 * ``downsample``: average-pool each tile's grid to a smaller grid (plain downsampling);
 * ``fastv``: keep the tokens most attended by the last prompt token (FastV; applied
   inside the LLM at layer K by the LLM adapter, which supplies the attention);
-* ``visionzip``: keep the "dominant" tokens (most attention received in the vision
-  encoder) and merge the rest into a few "contextual" tokens by feature similarity.
+* ``visionzip``: the authors' rule (:mod:`tomviz.merge.visionzip`), per crop before the projector: CLS and
+  the "dominant" patches of layer -2's CLS attention, the rest merged into "contextual" tokens by key
+  similarity; the model hands over the encoder's tensors (``before_projector``);
+* ``visionzip_paper``: the paper's description on the LLM's tokens, for families without a CLS token;
+* ``aim``: AIM's plain-mean bipartite merging per tile (inside the LLM: its PageRank pruning).
 """
 from __future__ import annotations
 
@@ -37,11 +40,14 @@ from typing import Any, ClassVar
 import torch
 
 from tomviz.merge import registry
+from tomviz.merge.aim import aim_merge, merge_steps
 from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.checks import deprecated
+from tomviz.merge.fastv import fastv_top
 from tomviz.merge.plan import PRUNED, MergePlan
 from tomviz.merge.selection import plan_from_assignment, top_k_mask
 from tomviz.merge.tome import ToMe
+from tomviz.merge.visionzip import CONTEXTUAL, DOMINANT, VisionZipResult, visionzip
 
 
 @dataclass
@@ -64,6 +70,8 @@ class VisualMethod:
     label: ClassVar[str] = ""
     needs_attention: ClassVar[bool] = False  # VisualTokens.attention must be given
     needs_grid: ClassVar[bool] = False  # reads the tile grid (or attention pooled onto it): equal tiles only
+    before_projector: ClassVar[bool] = False  # selects on the vision encoder's tensors before the projector (``select``)
+    own_values: ClassVar[bool] = False  # ``reduce`` gives the LLM's tokens in the method's order (not group means)
 
     def plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
         num_tokens = tokens.features.shape[1]
@@ -189,24 +197,115 @@ class Downsample(VisualMethod):
 
 
 class FastV(VisualMethod):
-    """Keep the ``keep`` tokens the last prompt token attends to most (FastV, Chen et al. 2024)."""
+    """Keep the ``keep`` tokens the last prompt token attends to most (FastV, Chen et al. 2024), chosen by
+    :func:`tomviz.merge.fastv.fastv_top` (``torch.topk``, as pkunlp-icler/FastV @d165972 ``fastv_forward``)."""
 
     name = "fastv"
     label = "FastV (drop the least attended, inside the LLM at layer K)"
     needs_attention = True
 
     def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
-        return plan_from_assignment(top_k_mask(tokens.attention.float(), keep))
+        scores = tokens.attention.float()  # [B, V]
+        kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, fastv_top(scores, keep), True)
+        return plan_from_assignment(kept)
 
 
 class VisionZip(VisualMethod):
-    """Dominant tokens (most attention received in the encoder) plus ``contextual`` tokens:
-    the rest are split into ``contextual`` groups around evenly spaced centres, each token
-    joining its most similar centre (cosine of the features)."""
+    """VisionZip as its authors' code does it (:func:`tomviz.merge.visionzip.visionzip`): per crop, on the
+    vision encoder's layer -2 (hidden states with CLS, the CLS row of its attention, its keys), before the
+    projector; every crop gets the same budget. The model side hands those tensors to :meth:`select`
+    (``before_projector``); :meth:`plan` on the LLM's tokens is refused.
+
+    Counts per crop: ``dominant`` (CLS counted) and ``contextual`` when given, else ``keep`` tokens (from the
+    ratio) split as the README's 54 + 10 of 64 (:func:`visionzip_counts`).
+
+    As dvlab-research/VisionZip @3151f6d ``visionzip/clip_encoder.py`` ``CLIPVisionTower_VisionZip.forward``
+    feeds LLaVA: per crop, ``[CLS, dominant patches (input order), contextual tokens]`` go through the
+    projector and take the image token's place, positions contiguous, no size bias in the LLM. Deliberate
+    differences: the ratio sets the count when ``dominant``/``contextual`` are not given (the original takes the
+    two counts only); the CLS row and keys are recomputed in float32 from the layer's queries and keys (the
+    original reads CLIP's eager attention weights; SDPA stays the kernel here); the trace's partition is over
+    the patches, so each crop's CLS, which stands for no patch, is counted apart (``carried_tokens``)."""
+
+    name = "visionzip"
+    label = "VisionZip (authors' rule: CLS + dominant + contextual tokens per crop, before the projector)"
+    before_projector = True
+
+    def __init__(self, dominant: int | None = None, contextual: int | None = None):
+        if (dominant is None) != (contextual is None):
+            raise ValueError("visionzip: give both dominant and contextual (per crop), or neither (the ratio decides)")
+        self.dominant, self.contextual = dominant, contextual
+
+    def counts(self, keep: int) -> tuple[int, int]:
+        """(dominant with CLS, contextual) per crop for ``keep`` tokens per crop."""
+        if self.dominant is not None:
+            return int(self.dominant), int(self.contextual)
+        return visionzip_counts(keep)
+
+    def select(self, hidden: torch.Tensor, cls_attention: torch.Tensor, keys: torch.Tensor, keep: int) -> VisionZipResult:
+        """hidden ``[T, N, Dv]`` (CLS first), cls_attention ``[T, H, N]``, keys ``[T, H, N, d]`` → the rule's result
+        (``hidden [T, d + c, Dv]``)."""
+        dominant, contextual = self.counts(keep)
+        return visionzip(hidden, cls_attention, keys, dominant=dominant, contextual=contextual)
+
+    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
+        raise ValueError("visionzip runs before the projector, on the vision encoder's CLS attention and keys: the "
+                         "model must hand them over (a LLaVA with a CLIP tower); visionzip_paper works on any tokens")
+
+    def __repr__(self) -> str:
+        return f"VisionZip(dominant={self.dominant}, contextual={self.contextual})"
+
+
+def visionzip_counts(keep: int) -> tuple[int, int]:
+    """(dominant with CLS, contextual) for ``keep >= 2`` tokens per crop, in the README's share (54 + 10 of 64)."""
+    if keep < 2:
+        raise ValueError(f"visionzip keeps the CLS token and at least one patch per crop, not {keep} tokens: lower the ratio")
+    contextual = round(keep * CONTEXTUAL / (DOMINANT + CONTEXTUAL))
+    return keep - contextual, contextual
+
+
+class AIM(VisualMethod):
+    """AIM (Zhong et al., arXiv 2412.03248) at the boundary: its merging before the LLM
+    (:func:`tomviz.merge.aim.aim_merge`), per tile or frame with the same budget: ToMe's bipartite matching on
+    the features, each destination the **plain mean** (no sizes, no proportional attention), the output in
+    the original's order (unmerged A by best match, then B), steps of at most half
+    (:func:`tomviz.merge.aim.merge_steps`: ratio 0.75 on 196 tokens is the authors' OneVision 196 → 98 → 49,
+    0.5625 on 576 their LLaVA-1.5 576 → 288 → 252). Inside the LLM the same name is its PageRank pruning,
+    run by the LLM adapter (``tomviz.models.llm.AIMRequest``)."""
 
     needs_grid = True
-    name = "visionzip"
-    label = "VisionZip (dominant + contextual tokens)"
+    own_values = True
+    name = "aim"
+    label = "AIM (plain-mean bipartite merging per tile; inside the LLM: PageRank pruning)"
+
+    def reduce(self, tokens: VisualTokens, keep: int) -> tuple[torch.Tensor, MergePlan]:
+        """``([B, keep', D]`` the merged tokens in AIM's order, the plan ``[B, V]`` onto them): ``keep'`` is
+        ``round(keep / T)`` per tile."""
+        batch, num_tokens, width = tokens.features.shape
+        tiles = tokens.num_tiles
+        per_tile = round(keep / tiles)
+        if num_tokens % tiles or per_tile < 1:
+            raise ValueError(f"aim merges per tile: {num_tokens} tokens in {tiles} tiles cannot keep {keep}")
+        x = tokens.features.reshape(batch * tiles, num_tokens // tiles, width)  # [B*T, n, D]
+        merged, source = aim_merge(x, merge_steps(x.shape[1], per_tile))  # [B*T, k, D], [B*T, n]
+        kept = merged.shape[1]
+        offset = torch.arange(tiles, device=source.device).repeat(batch)[:, None] * kept
+        dst = (source + offset).reshape(batch, num_tokens)
+        return merged.reshape(batch, tiles * kept, width), MergePlan(dst=dst, num_out=tiles * kept)
+
+    def _plan(self, tokens: VisualTokens, keep: int) -> MergePlan:
+        return self.reduce(tokens, keep)[1]
+
+
+class VisionZipPaper(VisualMethod):
+    """VisionZip's idea as the paper describes it, on the tokens the LLM receives (any family): dominant
+    tokens (most attention received in the encoder) plus ``contextual`` tokens: the rest are split into
+    ``contextual`` groups around evenly spaced centres, each token joining its most similar centre (cosine of
+    the features). Not the authors' code (that is ``visionzip``): no CLS, the projector's outputs, group means."""
+
+    needs_grid = True
+    name = "visionzip_paper"
+    label = "VisionZip, paper's description on the LLM's tokens (any model; not the authors' rule)"
     needs_attention = True
 
     def __init__(self, contextual_fraction: float = 0.2):
@@ -233,7 +332,7 @@ class VisionZip(VisualMethod):
         return plan_from_assignment(keep_mask, target=target, score=score)
 
     def __repr__(self) -> str:
-        return f"VisionZip(contextual_fraction={self.contextual_fraction})"
+        return f"VisionZipPaper(contextual_fraction={self.contextual_fraction})"
 
 
 VISUAL_METHODS: dict[str, type] = registry.classes("boundary", "llm")  # name → class, of the boundary and the LLM

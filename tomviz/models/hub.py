@@ -90,6 +90,8 @@ def resolve_source(name: str, untrusted: bool = False) -> ModelSource:
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
     name = name.strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # NUL and other control characters: no file or repo has them
+        raise ModelLoadError(f"model name {name[:100]!r} contains control characters; type an embedded name or owner/name")
     if name in DEFAULT_MODELS:
         return ModelSource("embedded", name)
     if untrusted:
@@ -200,9 +202,11 @@ def check_size(repo_id: str, device_type: str = "cpu") -> None:
     total = sum(counts.values())
     limit, variable = max_parameters(device_type)
     if total > limit:
+        gpu = device_type != "cuda" and total <= MAX_PARAMETERS_CUDA
         raise ModelLoadError(
             f"model {repo_id!r} has {total / 1e6:.0f}M parameters; this server loads models up to "
             f"{limit / 1e6:.0f}M on {'CUDA' if device_type == 'cuda' else 'CPU'} ({variable})"
+            + (f"; it needs a GPU Space (CUDA loads up to {MAX_PARAMETERS_CUDA / 1e6:.0f}M)" if gpu else "")
         )
 
 

@@ -30,6 +30,22 @@ def _features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tenso
     return torch.cat(list(out.pooler_output), dim=0)  # [images * n, D]
 
 
+def _feature_layer(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[T, N, Dv]`` the hidden states of ``vision_feature_layer`` per image, CLS first (before the CLS is
+    dropped and before the projector), as ``LlavaModel.get_image_features`` selects them (transformers 5.24)."""
+    layer = model.config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError("a method that runs before the projector needs one vision feature layer; this LLaVA "
+                         f"concatenates the layers {list(layer)}")
+    out = model.model.vision_tower(tensors["pixel_values"], output_hidden_states=True, return_dict=True)
+    return out.hidden_states[layer]
+
+
+def _project(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``[T, n, Dv]`` vision tokens → ``[T, n, D]`` the LLM's visual tokens (the multi-modal projector)."""
+    return model.model.multi_modal_projector(hidden)
+
+
 def _patch_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
     patch = model.config.vision_config.patch_size
     h, w = tensors["pixel_values"].shape[-2:]
@@ -57,6 +73,8 @@ LLAVA = register(
         unmerge=False,
         encoder_layers_used=_layers_used,
         protected_dropped=lambda m: 1 if m.config.vision_feature_select_strategy == "default" else 0,
+        pre_projector=_feature_layer,
+        project=_project,
     )
 )
 
@@ -96,6 +114,8 @@ LLAVA_ONEVISION = register(
         encoder_merging=("LLaVA-OneVision stitches its encoder tiles into one cropped, resized grid before the LLM; "
                          "merging inside its encoder is not supported: reduce at the boundary or in the LLM"),
         uniform_grid=False,
+        pre_projector=None,  # the tiles are stitched, cropped and resized after the projector
+        project=None,
     )
 )
 

@@ -15,7 +15,7 @@ Under an active state a layer may
   only the kept tokens, layers < K hold all (positions stay the original ones);
 * record the attention of chosen query tokens (the answer) to every key, mean over heads;
 * (DyMU's virtual token unmerging, :class:`VirtualTokens`) compute every prefill attention as
-  if the unmerged sequence were present: see :func:`vtu_attention`.
+  if the unmerged sequence were present: see :func:`tomviz.models.vtu.vtu_attention`.
 
 Attention probabilities are recomputed from the layer's input (``input_layernorm``,
 ``q_proj``/``k_proj``, the model's own rotary function), so nothing asks the attention
@@ -23,16 +23,23 @@ kernel for its weights.
 """
 from __future__ import annotations
 
-import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from tomviz.merge import aim
 from tomviz.merge.context import PerCallState
+from tomviz.models.mustdrop import MustDropRequest
 from tomviz.models.patching import PATCH_LOCK
+from tomviz.models.vtu import VirtualTokens, vtu_attention
+from tomviz.models.vtu import rotary_function as _rotary
+
+__all__ = ["AIMRequest", "FastVRequest", "LLMState", "VirtualTokens", "apply", "current_state", "layer_attention",
+           "layer_logits", "remove", "vtu_attention"]
 
 _PATCHED = "_tomviz_llm_patched"
 
@@ -48,35 +55,18 @@ class FastVRequest:
 
 
 @dataclass
-class VirtualTokens:
-    """DyMU's virtual token unmerging (VTU): the unmerged ("virtual") sequence behind a merged prefill.
+class AIMRequest:
+    """AIM's PageRank pruning inside the LLM (:mod:`tomviz.merge.aim`), by masking: after each prefill layer
+    whose retain rate is below 1, the layer's attention logits (recomputed, causal and pruning mask added)
+    give each token a PageRank importance, and the visual tokens outside the ``int(V * rate)`` best are
+    masked out of every later layer's keys (prefill and decoding); they keep their places, positions and
+    cache entries, and their rows still vote in the next rounds. Text tokens are never pruned. With ``drop``
+    they are removed instead, as FastV's are (the rest keep their positions; later layers' caches hold only
+    them), and no longer vote."""
 
-    ``index[j]`` is the prefill position (merged sequence) that virtual token ``j`` is a copy of;
-    virtual token ``j`` sits at RoPE position ``j``. Text tokens map one to one, each merged visual
-    token is expanded once per member, at its members' positions. Tokens after the prefill (teacher-
-    forced answers) extend both one to one.
-    """
-
-    index: torch.Tensor  # [Lv] long, ascending groups allowed in any order; index.max() + 1 = L' (prefill length)
-    rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # the LLM's rotary_emb(x, position_ids)
-    _cos_sin: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # per-call cache, by length
-
-    @property
-    def num_merged(self) -> int:
-        return int(self.index.max()) + 1
-
-    def expanded(self, length: int) -> torch.Tensor:
-        """``[Lv + extra]``: the index for a sequence of ``length = L' + extra`` merged positions."""
-        extra = length - self.num_merged
-        tail = torch.arange(self.num_merged, length, device=self.index.device)
-        return torch.cat([self.index, tail]) if extra > 0 else self.index
-
-    def cos_sin(self, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE ``(cos, sin)``, each ``[1, length, d]``, for virtual positions ``0..length-1``."""
-        if length not in self._cos_sin:
-            positions = torch.arange(length, device=like.device)[None]
-            self._cos_sin[length] = self.rotary(like, positions)
-        return self._cos_sin[length]
+    rates: list[float]  # [num_layers] fraction of the original visual tokens kept after each layer (aim.retain_rates)
+    length: int | None = None  # rank only the first ``length`` positions (the prompt; teacher forcing); None: all
+    drop: bool = False  # remove the pruned tokens (hidden states, positions, cache) instead of masking them
 
 
 @dataclass
@@ -89,19 +79,19 @@ class LLMState(PerCallState, context="tomviz_llm_state"):
     fastv: FastVRequest | None = None
     record_queries: torch.Tensor | None = None  # [Q] long: record these queries' attention (one pass, no cache)
     vtu: VirtualTokens | None = None  # DyMU's virtual token unmerging in every prefill attention
+    aim: AIMRequest | None = None  # AIM's PageRank pruning (masking)
     # filled during the call
     keep: torch.Tensor | None = None  # [L'] long, prefill positions that layers >= K keep (FastV)
     last_attention: torch.Tensor | None = None  # [L] attention of the last prompt token in layer K-1 (mean over heads)
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer [Q, L_l], mean over heads
+    active: list[torch.Tensor] = field(default_factory=list)  # AIM: per layer [L] bool, the keys left after it
+    mustdrop: MustDropRequest | None = None  # MustDrop's filtering and cache eviction (filled during the call)
 
 
 def current_state() -> LLMState | None:
     """The language model's state of this call, or None."""
     return LLMState.current()
 
-
-def _rotary(attn: nn.Module) -> Callable:
-    return sys.modules[type(attn).__module__].apply_rotary_pos_emb
 
 
 def layer_attention(
@@ -116,6 +106,18 @@ def layer_attention(
     hidden: ``[1, L, C]`` the layer's input (no cache: the whole sequence); queries: ``[Q]``
     positions; key_bias: ``[L]`` or None. Returns ``[Q, L]`` float32.
     """
+    return layer_logits(layer, hidden, position_embeddings, queries, key_bias).softmax(-1).mean(1)[0]
+
+
+def layer_logits(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    queries: torch.Tensor,
+    key_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The pre-softmax attention logits of ``queries`` inside ``layer`` (scaled, causal ``-inf`` and
+    ``key_bias`` added), per head: ``[1, H, Q, L]`` float32. Arguments as :func:`layer_attention`."""
     attn = layer.self_attn
     h = layer.input_layernorm(hidden)
     head_dim = attn.head_dim
@@ -131,8 +133,7 @@ def layer_attention(
     if key_bias is not None:
         logits = logits + key_bias.float()
     future = torch.arange(h.shape[1], device=h.device)[None, :] > queries[:, None]  # [Q, L]
-    logits = logits.masked_fill(future, -torch.inf)
-    return logits.softmax(-1).mean(1)[0]  # [Q, L]
+    return logits.masked_fill(future, -torch.inf)
 
 
 def _bias_mask(
@@ -174,29 +175,35 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             kwargs["position_embeddings"][0].shape[1] == prefix
         )
         fastv = state.fastv
-        dropped = fastv is not None and index >= fastv.layer and state.keep is not None
+        keep = _entering(state, index, prefill)  # the prefill positions whose tokens enter this layer (None: all)
+        dropped = keep is not None
         mask = kwargs.get("attention_mask")
         key_bias = state.key_bias
         if dropped:
-            keep = state.keep
             if prefill:
-                if index == fastv.layer:
-                    hidden_states = hidden_states[:, keep]
+                previous = _entering(state, index - 1) if index > 0 else None
+                if previous is None or not torch.equal(previous, keep):  # this layer drops more
+                    hidden_states = hidden_states[:, keep if previous is None else torch.searchsorted(previous, keep)]
                 cos, sin = kwargs["position_embeddings"]
-                kwargs["position_embeddings"] = (cos[:, keep], sin[:, keep])
+                at = keep if state.mustdrop is None else torch.arange(len(keep), device=keep.device)  # MustDrop renumbers
+                kwargs["position_embeddings"] = (cos[:, at], sin[:, at])
                 if kwargs.get("position_ids") is not None:
-                    kwargs["position_ids"] = kwargs["position_ids"][:, keep]
+                    kwargs["position_ids"] = kwargs["position_ids"][:, at]
                 if mask is not None:
                     mask = _slice_keys(mask, keep, prefix).index_select(-2, keep)
             elif mask is not None:
                 mask = _slice_keys(mask, keep, prefix)
             if key_bias is not None:
                 key_bias = key_bias[..., keep]
+        if state.aim is not None:
+            key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill, keep)
+        if state.mustdrop is not None:
+            _mustdrop_step(self, index, state.mustdrop, hidden_states, kwargs, keep, prefill, prefix)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
-            queries = torch.searchsorted(state.keep, state.record_queries) if dropped else state.record_queries
+            queries = torch.searchsorted(keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
             if dropped:  # back onto the prefill positions; dropped keys get 0
-                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, state.keep, probs)
+                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, keep, probs)
             state.attention.append(probs)
         if fastv is not None and prefill and index == fastv.layer - 1:
             last = torch.tensor([fastv.query % hidden_states.shape[1]], device=hidden_states.device)
@@ -216,95 +223,79 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
     return types.MethodType(forward, layer)
 
 
-def vtu_attention(
-    attn: nn.Module,
-    hidden: torch.Tensor,
-    vtu: VirtualTokens,
-    cache: Any,
-    key_bias: torch.Tensor | None,
-    record: torch.Tensor | None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """One prefill self-attention with DyMU's virtual token unmerging.
-
-    hidden: ``[B, L, C]`` the merged sequence after ``input_layernorm`` (``L = L' + extra``).
-    Queries, keys and values are projected once per merged token (``[B, H, L, d]``), copied to the
-    ``Lv`` virtual tokens (``vtu.expanded(L)``), rotated with the virtual positions, and attended
-    causally over the virtual sequence (SDPA). Each merged token's output is the mean of its copies'
-    outputs, then ``o_proj``: ``[B, L, C]``. The virtual keys/values go into ``cache``, so the next
-    token sits at position ``Lv`` and attends to every member separately.
-    key_bias: ``[L]`` or ``[B, L]`` additive bias per merged key (copied to its virtual keys), or None.
-    record: ``[Q]`` merged positions whose attention to the merged keys is returned
-    (``[Q, L]`` each, mean over heads and over the query's copies; a key's value sums its copies).
-
-    Follows DyMU (github.com/MikeWangWZHL/dymu, commit 8c38a00), written from it, not copied:
-    ``LLaVA/llava/model/language_model/llava_llama.py``, ``CustomLlamaAttention.forward`` (its "direct token
-    expansion" version: gather Q/K/V with ``mapping_indices``, RoPE at the unmerged positions, the stock
-    attention kernel, ``scatter_mean`` of the outputs back to the merged tokens; the stock cache then holds the
-    expanded keys) and ``LlavaLlamaModel.forward`` (virtual positions ``0..N-1``). Differences: DyMU feeds the
-    LLM the full-length sequence with each merged token repeated and averages it down before the first layer;
-    here the merged sequence is built directly (the same values), each group at its first member's place, the
-    mapping taken from the boundary's plan; the mapping is extended one to one for tokens appended after the
-    prefill (teacher forcing); SDPA is called directly with grouped-query heads expanded; an additive per-key
-    bias (copied to every virtual key of a merged key) and attention recording are supported; sliding-window
-    layers are refused. DyMU's ``vtu_attention_exact_imple.py`` (four einsum RoPE terms, a custom cache of
-    unrotated keys with their cos/sin) computes the same scores.
-    """
-    if getattr(attn, "sliding_window", None):
-        raise NotImplementedError("virtual token unmerging with sliding-window attention layers is not implemented")
-    batch, length, _ = hidden.shape
-    head_dim = attn.head_dim
-    shape = (batch, length, -1, head_dim)
-    q, k = attn.q_proj(hidden).view(shape), attn.k_proj(hidden).view(shape)
-    if hasattr(attn, "q_norm"):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, L, d], [B, Hkv, L, d]
-    v = attn.v_proj(hidden).view(shape).transpose(1, 2)  # [B, Hkv, L, d]
-    index = vtu.expanded(length)  # [Lv]
-    num_virtual = index.shape[0]
-    cos, sin = vtu.cos_sin(v, num_virtual)  # [1, Lv, d]
-    qv, kv, vv = q[:, :, index], k[:, :, index], v[:, :, index]  # [B, H(kv), Lv, d]
-    qv, kv = _rotary(attn)(qv, kv, cos, sin)
-    if cache is not None:
-        kv, vv = cache.update(kv, vv, attn.layer_idx)
-    groups = qv.shape[1] // kv.shape[1]
-    kv, vv = kv.repeat_interleave(groups, dim=1), vv.repeat_interleave(groups, dim=1)  # [B, H, Lv, d]
-    mask = None if key_bias is None else _virtual_key_mask(key_bias, index, length).to(qv.dtype)  # [B, 1, Lv, Lv]
-    out = torch.nn.functional.scaled_dot_product_attention(qv, kv, vv, attn_mask=mask, is_causal=mask is None,
-                                                           scale=attn.scaling)  # [B, H, Lv, d]
-    counts = torch.zeros(length, device=hidden.device).index_add_(0, index, torch.ones_like(index, dtype=torch.float))
-    merged = out.new_zeros(batch, out.shape[1], length, head_dim).index_add_(2, index, out)
-    merged = merged / counts.to(out.dtype)[:, None]  # [B, H, L, d] mean over each token's copies
-    recorded = [] if record is None else [_merged_attention(qv, kv, mask, attn.scaling, index, counts, record)]
-    return attn.o_proj(merged.transpose(1, 2).reshape(batch, length, -1)), recorded
+def _entering(state: LLMState, index: int, prefill: bool = True) -> torch.Tensor | None:
+    """``[K]`` ascending: the prefill positions whose tokens enter layer ``index`` when tokens were dropped before
+    it (FastV from layer K; AIM with ``drop``; MustDrop after its pruning layers, and while decoding the positions
+    the layer's cache holds); None: every position."""
+    if state.mustdrop is not None:
+        return state.mustdrop.entering(index, prefill)
+    if state.fastv is not None:
+        return state.keep if index >= state.fastv.layer else None
+    if state.aim is None or not state.aim.drop or not 0 < index <= len(state.active):
+        return None
+    entering = state.active[index - 1]
+    return None if bool(entering.all()) else entering.nonzero()[:, 0]
 
 
-def _virtual_key_mask(key_bias: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
-    """``[B or 1, 1, Lv, Lv]`` causal additive mask over the virtual tokens; each virtual key carries its merged
-    key's bias (``key_bias`` ``[L'']`` or ``[B, L'']``, zero beyond its end). ``index``: ``[Lv]`` merged index of
-    each virtual token."""
-    rows = key_bias.reshape(-1, key_bias.shape[-1]).float()  # [B or 1, L'']
-    full = torch.zeros(rows.shape[0], length, device=index.device)
-    known = min(rows.shape[1], length)
-    full[:, :known] = rows[:, :known]
-    num_virtual = index.shape[0]
-    causal = torch.ones(num_virtual, num_virtual, dtype=torch.bool, device=index.device).tril()
-    return full[:, index][:, None, None, :].masked_fill(~causal, -torch.inf)
+def _mustdrop_step(layer: nn.Module, index: int, request: MustDropRequest, hidden: torch.Tensor, kwargs: dict,
+                   held: torch.Tensor | None, prefill: bool, prefix: int) -> None:
+    """MustDrop in layer ``index``. Prefill, at a pruning layer: the attention of the text after the image to the
+    image (recomputed from the layer's input ``hidden``, which holds the positions ``held``) filters the visual
+    tokens for the later layers. Decoding: the first time, the caches are evicted; every layer whose cache was cut
+    gives the new token the position equal to its cache length (``kwargs``' rotary replaced)."""
+    if prefill:
+        if index in request.layers:
+            rows, num_visual = request.text_rows(held, hidden.shape[1])
+            probs = layer_logits(layer, hidden, kwargs["position_embeddings"], rows, None).softmax(-1)[0]  # [H, T, L]
+            request.filter(probs, held, num_visual, prefix)
+        return
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if held is None or cache is None:
+        return
+    if not request.evicted:
+        request.evict(cache)
+    position = cache.get_seq_length(layer.self_attn.layer_idx)
+    kwargs["position_embeddings"] = request.decode_rotary(hidden, position)
+    if kwargs.get("position_ids") is not None:
+        kwargs["position_ids"] = torch.full_like(kwargs["position_ids"], position)
 
 
-def _merged_attention(qv: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None, scale: float, index: torch.Tensor,
-                      counts: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
-    """``[Q, L]`` attention of the merged queries ``record`` to the merged keys (batch element 0, mean over heads):
-    virtual queries' probabilities averaged over each merged query's copies, summed over each merged key's copies.
-    qv, kv: ``[B, H, Lv, d]``; counts: ``[L]`` copies per merged token."""
-    logits = (qv.float() @ kv.float().transpose(-1, -2)) * scale  # [B, H, Lv, Lv]
-    if mask is not None:
-        logits = logits + mask.float()
-    else:
-        logits = logits.masked_fill(~torch.ones_like(logits[0, 0], dtype=torch.bool).tril(), -torch.inf)
-    probs = logits[0].softmax(-1).mean(0)  # [Lv, Lv]
-    length, num_virtual = counts.shape[0], index.shape[0]
-    per_query = probs.new_zeros(length, num_virtual).index_add_(0, index, probs) / counts[:, None]  # [L, Lv]
-    return per_query[record].new_zeros(len(record), length).index_add_(1, index, per_query[record])
+def _aim_step(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tensor,
+              position_embeddings: tuple[torch.Tensor, torch.Tensor] | None, key_bias: torch.Tensor | None,
+              prefill: bool, positions: torch.Tensor | None) -> torch.Tensor | None:
+    """AIM in layer ``index``: masking, the key bias with the keys pruned before it masked (dropping: they are gone
+    already); in the prefill, the keys left after it (``state.active``), ranked by
+    :func:`tomviz.merge.aim.pagerank_scores` of this layer's logits over the tokens ``hidden`` holds (``positions``,
+    None: all) when its retain rate is below 1: the only layers whose logits are recomputed."""
+    prefix = state.visual.shape[0]
+    device = hidden.device
+    if prefill and index == 0:
+        state.active = []
+    entering = state.active[index - 1] if index > 0 else torch.ones(prefix, dtype=torch.bool, device=device)
+    if not state.aim.drop and not bool(entering.all()):  # (nothing pruned yet: the model's own causal mask)
+        pruned = torch.zeros(prefix, device=device).masked_fill(~entering, torch.finfo(torch.float32).min)
+        key_bias = pruned if key_bias is None else key_bias + pruned
+    if not prefill:
+        return key_bias
+    leaving = entering
+    if state.aim.rates[index] < 1.0 and bool((entering & state.visual).any()):  # (no visual token left: nothing to rank)
+        positions = torch.arange(prefix, device=device) if positions is None else positions
+        length = state.aim.length or prefix
+        rows = int((positions < length).sum())  # the prompt's tokens among those held
+        bias = None if key_bias is None else key_bias[..., :rows]
+        logits = layer_logits(layer, hidden[:, :rows], _first(position_embeddings, rows),
+                              torch.arange(rows, device=device), bias)  # [1, H, rows, rows]
+        scores = torch.full((prefix,), -1.0, device=device).index_copy_(0, positions[:rows], aim.pagerank_scores(logits)[0])
+        later = torch.arange(prefix, device=device) >= length  # teacher-forced answer tokens: never ranked, kept
+        kept = aim.keep_mask(scores[None], (entering & ~later)[None], ~state.visual[None], state.aim.rates[index])[0]
+        leaving = kept | (entering & later)
+    state.active.append(leaving)
+    return key_bias
+
+
+def _first(position_embeddings: tuple[torch.Tensor, torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = position_embeddings
+    return cos[:, :length], sin[:, :length]
 
 
 def _make_attention(attn: nn.Module) -> Callable:

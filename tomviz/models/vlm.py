@@ -54,6 +54,15 @@ class VLMAdapter:
     # (folder, config) → an image-only processor built from the files when AutoProcessor fails (it needs
     # torchvision for videos), or None: the error stands
     processor_from_files: Callable[[Path, Any], Any] = lambda folder, config: None
+    # a boundary method that runs before the projector (VisionZip) reads the feature layer with its CLS token:
+    # (model, processor tensors) → [T, N, Dv] that layer's hidden states per tile (CLS first), and
+    # (model, [T, n, Dv]) → [T, n, D] the projector; None: the family has no such place (no CLS, or a connector
+    # that needs every patch)
+    pre_projector: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
+    project: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    # (model, processor tensors) → [3, 1, L] the LLM's position ids of the whole prompt when the family numbers its
+    # tokens itself (Qwen2-VL's M-RoPE); the reduced sequence keeps those of the tokens it keeps. None: 0..L'-1
+    positions: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []
@@ -102,30 +111,46 @@ def image_only(processor_class: type) -> type:
     return ImageOnlyProcessor
 
 
+@dataclass(frozen=True)
+class ClsView:
+    """What one encoder layer's attention shows of its CLS token (VisionZip's inputs)."""
+
+    cls_attention: torch.Tensor  # [B, H, N] float32: the CLS row of the attention probabilities, per head
+    keys: torch.Tensor  # [B, H, N, d]: the layer's keys, per head
+
+
 class EncoderState(MergeState):
     """A :class:`MergeState` that always tracks each input token's group (``source``), optionally
-    copies merged tokens back to their patches after the encoder (``unmerge``), and records the
+    copies merged tokens back to their patches after the encoder (``unmerge``), records the
     attention each token receives in ``attention_layers`` (``received[layer]``: ``[B, N]``, mean over
-    heads and queries; recomputed from the keys and queries the blocks hand over, so SDPA stays the kernel)."""
+    heads and queries) and the CLS row and keys of ``cls_layers`` (``cls_views[layer]``: :class:`ClsView`);
+    both recomputed from the keys and queries the blocks hand over, so SDPA stays the kernel."""
 
     def __init__(self, config: Any, num_protected: int, num_layers: int, meta: dict[str, Any] | None = None,
-                 unmerge: bool = False, attention_layers: tuple[int, ...] = ()):
+                 unmerge: bool = False, attention_layers: tuple[int, ...] = (), cls_layers: tuple[int, ...] = ()):
         super().__init__(config, num_protected, num_layers, meta)
         self.unmerge = unmerge
         self.attention_layers = tuple(attention_layers)
+        self.cls_layers = tuple(cls_layers)
         self.received: dict[int, torch.Tensor] = {}  # layer -> [B, N]
+        self.cls_views: dict[int, ClsView] = {}
 
     @property
     def wants_query(self) -> bool:
-        return super().wants_query or bool(self.attention_layers)
+        return super().wants_query or bool(self.attention_layers) or bool(self.cls_layers)
 
     def passthrough(self, layer: int) -> bool:
-        return super().passthrough(layer) and layer not in self.attention_layers
+        return super().passthrough(layer) and layer not in self.attention_layers and layer not in self.cls_layers
 
     def after_attention(self, layer: int, x: torch.Tensor, keys: torch.Tensor, query: torch.Tensor | None,
                         num_heads: int) -> torch.Tensor:
         if layer in self.attention_layers and query is not None:
             self.received[layer] = received_attention(query, keys, num_heads, self._bias)
+        if layer in self.cls_layers and query is not None:
+            batch, num_tokens, width = keys.shape
+            cls_rows = attention_probabilities(query[:, :1], keys, num_heads, self._bias)[:, :, 0]  # [B, H, N]
+            per_head = keys.view(batch, num_tokens, num_heads, width // num_heads).transpose(1, 2)  # [B, H, N, d]
+            self.cls_views[layer] = ClsView(cls_attention=cls_rows, keys=per_head)
         return super().after_attention(layer, x, keys, query, num_heads)
 
     def begin(self, x: torch.Tensor, incoming: torch.Tensor | None) -> None:
@@ -224,11 +249,11 @@ def wrap(name: str, model: nn.Module, processor: Any) -> LoadedVLM:
 
 
 def encoder_state(loaded: LoadedVLM, config: Any, meta: dict[str, Any], unmerge: bool,
-                  attention_layers: tuple[int, ...] = ()) -> EncoderState:
+                  attention_layers: tuple[int, ...] = (), cls_layers: tuple[int, ...] = ()) -> EncoderState:
     """The per-call merge state of the vision tower (see :class:`EncoderState`)."""
     info = patching.apply(loaded.vision)
     return EncoderState(
         config, num_protected=info.adapter.num_protected(info.backbone), num_layers=len(info.blocks),
         meta={"family": info.adapter.family, "modality": "image", **meta}, unmerge=unmerge,
-        attention_layers=attention_layers,
+        attention_layers=attention_layers, cls_layers=cls_layers,
     )

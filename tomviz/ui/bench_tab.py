@@ -13,13 +13,14 @@ from typing import Any
 
 import gradio as gr
 
-from tomviz.bench.results import read_rows, read_summary, summarise
+from tomviz.bench.upload import UploadBudget, read_uploaded_results
 from tomviz.render.bench import TABLE_COLUMNS, X_METRICS, Y_METRICS, available_metrics, pareto_figure, table_rows
 from tomviz.ui.common import session_state, user_errors
 from tomviz.ui.examples import EXAMPLE_RESULTS
 
 MAX_RESULTS_BYTES = 32 * 1024 * 1024  # uploads larger than this are refused
 MAX_ROWS = 300_000  # rows of a results.parquet (summary.json holds one entry per setting: use it for larger runs)
+MAX_LINES = 40  # lines of the Pareto plot (one per model × method × schedule × proportional attention)
 SUFFIXES = (".parquet", ".json")
 
 
@@ -43,24 +44,22 @@ def _uploaded(path: str | None) -> Path:
 
 
 def load_results(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``(summary, meta)`` from a results.parquet or a summary.json (a checked path)."""
-    if path.suffix.lower() == ".json":
-        return read_summary(path.read_text(encoding="utf-8", errors="replace"))
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if head != b"PAR1":
-        raise ValueError("this .parquet file is not Parquet")
+    """``(summary, meta)`` from a results.parquet or a summary.json (a checked path), within ``UploadBudget``."""
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError("reading Parquet needs pyarrow on this server: upload summary.json instead") from None
     try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise ValueError("reading Parquet needs pyarrow on this server: upload summary.json instead") from None
-    try:
-        rows = read_rows(path, max_rows=MAX_ROWS)
+        summary, meta = read_uploaded_results(path, UploadBudget(max_rows=MAX_ROWS))
     except ValueError:
-        raise  # too many rows: the message says so
+        raise  # a bound or a malformed file: the message says which
     except Exception as err:  # noqa: BLE001 - a damaged file: say so, keep serving
-        raise ValueError(f"cannot read this Parquet file ({type(err).__name__})") from err
-    return summarise(rows), {}
+        raise ValueError(f"cannot read this file ({type(err).__name__})") from err
+    lines = len({(e["model"], e["method"], e.get("schedule"), e.get("prop_attn")) for e in summary})
+    if lines > MAX_LINES:
+        raise ValueError(f"the plot would have {lines} lines (model × method × schedule); at most {MAX_LINES}")
+    return summary, meta
 
 
 def view(summary: list[dict[str, Any]] | None, y: str = "cosine", x: str = "speedup"):
@@ -93,6 +92,8 @@ def results_view(summary: list[dict[str, Any]], meta: dict[str, Any], y: str, x:
     if not summary:
         raise ValueError("the file holds no benchmark results")
     metrics = available_metrics(summary)
+    if not metrics:
+        raise ValueError("no setting in the file has a quality figure (cosine, top-1, accuracy) to plot")
     y = y if y in metrics else metrics[0]
     figure, rows = view(summary, y, x)
     models = sorted({str(e["model"]) for e in summary})
@@ -125,6 +126,6 @@ def build_bench_tab() -> None:
     table = gr.Dataframe(headers=[label for _, label in TABLE_COLUMNS], label="Settings", interactive=False)
 
     gr.on(None, open_example_results, None, [summary, y, plot, table, info], api_name="open_bench_example",
-          api_visibility="private", show_progress="hidden")  # page load: the example results
+          api_visibility="private", queue=False, show_progress="hidden")  # page load: the example results
     file.upload(open_results, inputs=[file, y, x], outputs=[summary, y, plot, table, info], api_name="open_bench")
     gr.on([y.input, x.input], redraw, inputs=[summary, y, x], outputs=plot, api_name="redraw_bench", show_progress="hidden")

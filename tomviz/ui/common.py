@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import gradio as gr
-from PIL import Image
 
 import tomviz
 from tomviz.merge.checks import MAX_RATIO, SCHEDULES, ScheduleError
 from tomviz.models.hub import DEFAULT_MODEL
 from tomviz.inputs.image import ImageInputError
+from tomviz.ui.guards import ImageFile
 from tomviz.models.adapter import supported_labels
 
 log = logging.getLogger("tomviz.app")
@@ -86,23 +86,7 @@ class PromptBox(gr.Textbox):
         return text
 
 
-class ImageUpload(gr.Image):
-    """gr.Image's front end (``is_template``) whose upload check (Gradio opens the file with PIL) turns
-    unreadable files into a clear message instead of a raw PIL error with a temp path."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Image.DecompressionBombError as err:
-            raise gr.Error(f"The image is too large to open safely (a possible decompression bomb): {err}",
-                           title="Cannot read the upload") from err
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-            raise gr.Error("This file cannot be read as an image. Upload a PNG, JPEG, WebP, GIF or similar photo "
-                           f"({type(err).__name__}).", title="Cannot read the upload") from err
+ImageUpload = ImageFile  # the bounded image input: header checked before any decode (tomviz/ui/guards.py)
 
 
 def method_choices() -> list[tuple[str, str]]:

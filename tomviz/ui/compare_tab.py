@@ -227,7 +227,7 @@ def build_compare_tab() -> None:
                    outputs=[c[name] for name in CompareOutputs._fields], api_name="compare",
                    concurrency_id="model", concurrency_limit=1)
     gr.on(None, open_example, None, [c["image"], *[c[name] for name in CompareOutputs._fields]],
-          api_name="open_compare_example", api_visibility="private")  # page load: the example pair
+          api_name="open_compare_example", api_visibility="private", queue=False)  # page load: the example pair
     c["layer"].input(render_compare_layer, inputs=[c["layer"], c["session"]], outputs=[c[name] for name in LayerViews._fields],
                      api_name="render_compare_layer", trigger_mode="always_last", show_progress="hidden",
                      queue=False)  # a redraw from the stored traces

@@ -1,8 +1,10 @@
 """What the tabs open on: a real result for every tab, offline, before any click.
 
 Each example is computed once per server process, on the first page load that asks for it (start-up stays
-fast), and then handed to every visitor; a visitor's own state gets a copy. The background grids of ratios
-(:mod:`tomviz.ratio_grid`) wait while an example runs the model, as they do for a visitor's request.
+fast), and then handed to every visitor; a visitor's own state gets a copy. The page-load events skip the
+queue (after the first they are cheap, and a visitor's share of the queue stays for its own requests); the
+first computation is serialised by a lock, and the background grids of ratios (:mod:`tomviz.ratio_grid`)
+wait while it runs the model, as they do for a visitor's request.
 """
 from __future__ import annotations
 

@@ -32,7 +32,8 @@ from tomviz.render.charts import gflops_picture, token_count_picture
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.trace import Trace
-from tomviz.ui.common import session_state, user_errors
+from tomviz.ui.common import user_errors
+from tomviz.ui.server import client_key
 from tomviz.ui.share import COPY_JS, LINK_JS, View, request_view
 
 QUIET = dict(queue=False, show_progress="hidden")  # redraws and small follow-ups: no queue, no spinner
@@ -83,8 +84,7 @@ def visitor_of(request: gr.Request | None, tab: str) -> Visitor | None:
     session = getattr(request, "session_hash", None) if request is not None else None
     if not session:
         return None
-    client = getattr(request, "client", None)
-    return Visitor(f"{session}:{tab}", str(getattr(client, "host", "") or ""))
+    return Visitor(f"{session}:{tab}", client_key(request))
 
 
 def remembered(visitor: Visitor | None, x: Any, settings: Settings, session: Analysis | None) -> Analysis | None:
@@ -297,7 +297,8 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
     follow(release, "success")  # answered from memory
     follow(release.failure(inspect, api_visibility="private", **run_model))  # not in memory: the model runs
     if demo is not None and open_view is not None:
-        page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", **QUIET)
+        # queued (no model; its own slot): a warning about the link reaches the page only from a queued event
+        page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", show_progress="hidden")
         follow(page.then(inspect, api_name=api_names[2], api_visibility="private", **run_model))
 
 

@@ -22,6 +22,8 @@ from tomviz.scores.banzhaf import BanzhafResult
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, MAX_RATIO, MAX_SEED, TEXT_MODELS, PromptBox, outputs_type,
                               session_state, user_errors)
 from tomviz.ui.examples import computed_once, own_copy
+from tomviz.ui.guards import ImageFile, escape_markdown
+from tomviz.ui.server import HEAVY
 
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 SAMPLES = (64, 4096, 512)  # min, max, default coalitions per estimate
@@ -130,7 +132,7 @@ def rerender_banzhaf(top_k: float, session: ScoreSession | None) -> BanzhafViews
 # --- CLIP image + text ---------------------------------------------------------------------
 def hub_message(model: str, err: Exception) -> str:
     return (
-        f"**Cannot load `{model}`**: {err}\n\n"
+        f"**Cannot load {escape_markdown(model)}**: {escape_markdown(str(err), 400)}\n\n"
         "The Hugging Face hub cannot be reached from this machine (or the id is wrong), so the Image + Text "
         "section cannot run here. It runs on Hugging Face Spaces or anywhere with hub access."
     )
@@ -200,7 +202,7 @@ def build_banzhaf_section() -> None:
     with gr.Row():
         with gr.Column(scale=4):
             model = gr.Dropdown(IMAGE_MODELS + TEXT_MODELS, value=DEFAULT_MODEL["image"], label="Model", allow_custom_value=True)
-            image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image (image models)",
+            image = ImageFile(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, label="Image (image models)",
                              sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=image, label="Example photos")
             text = PromptBox(label="Prompt (text models)", value="The cat sat on the mat next to the dog.")
@@ -230,11 +232,10 @@ def build_banzhaf_section() -> None:
                               pairs_img=pairs_img, pairs=pairs, summary=summary, rollout=rollout)
     run_btn.click(
         foreground(score_banzhaf), inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
-        outputs=[banzhaf_components[name] for name in BanzhafOutputs._fields], api_name="score_banzhaf",
-        concurrency_id="model", concurrency_limit=1,
+        outputs=[banzhaf_components[name] for name in BanzhafOutputs._fields], api_name="score_banzhaf", **HEAVY,
     )
     gr.on(None, open_banzhaf_example, None, [banzhaf_components[name] for name in BanzhafOutputs._fields],
-          api_name="open_banzhaf_example", api_visibility="private")  # page load: the example's estimate
+          api_name="open_banzhaf_example", api_visibility="private", queue=False)  # page load: the example's estimate
     top_k.release(rerender_banzhaf, inputs=[top_k, session], outputs=[banzhaf_components[name] for name in BanzhafViews._fields],
                   show_progress="hidden")
 
@@ -246,7 +247,7 @@ def build_hbi_section() -> None:
     with gr.Row():
         with gr.Column(scale=4):
             clip_model = PromptBox(CLIP_MODEL, label="CLIP model (Hugging Face id)")
-            clip_image = gr.Image(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, type="filepath", label="Image",
+            clip_image = ImageFile(value=EXAMPLE_IMAGES[0] if EXAMPLE_IMAGES else None, label="Image",
                                   sources=["upload", "clipboard"], height=240)
             gr.Examples(EXAMPLE_IMAGES, inputs=clip_image, label="Example photos")
             prompt = PromptBox("a cat sleeping on a sofa", label="Prompt")
@@ -269,6 +270,5 @@ def build_hbi_section() -> None:
                           pairs=hbi_pairs, summary=hbi_summary)
     hbi_btn.click(
         foreground(score_hbi), inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
-        outputs=[hbi_components[name] for name in HBIOutputs._fields], api_name="score_hbi",
-        concurrency_id="model", concurrency_limit=1,
+        outputs=[hbi_components[name] for name in HBIOutputs._fields], api_name="score_hbi", **HEAVY,
     )

@@ -19,6 +19,7 @@ from tomviz.sweep import SweepRow, sweep, to_csv
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, PromptBox, download_folder, input_of, methods_for,
                               user_errors)
 from tomviz.ui.examples import computed_once
+from tomviz.ui.server import HEAVY
 
 SWEEP_METHODS = ["tome", "pitome", "evit", "random"]
 SWEEP_RATIOS = "0, 0.25, 0.5, 0.75, 0.9"
@@ -146,9 +147,8 @@ def build_sweep_section(inputs: dict[str, Any]) -> gr.CheckboxGroup:
     button.click(
         foreground(run_sweep), inputs=[inputs["modality"], inputs["image"], inputs["prompt"], inputs["model"], methods, ratios,
                            inputs["schedule"], inputs["prop_attn"]],
-        outputs=[components[name] for name in SweepOutputs._fields], api_name="sweep", concurrency_id="model",
-        concurrency_limit=1,
+        outputs=[components[name] for name in SweepOutputs._fields], api_name="sweep", **HEAVY,
     )
     gr.on(None, open_example_sweep, None, [components[name] for name in SweepOutputs._fields],
-          api_name="open_sweep_example", api_visibility="private")  # page load: the example's sweep
+          api_name="open_sweep_example", api_visibility="private", queue=False)  # page load: the example's sweep
     return methods

@@ -6,10 +6,16 @@ Three places to reduce the visual tokens (``place``):
   pixel shuffle needs every patch, so merged tokens are copied back to their patches after
   the encoder (the encoder saves compute, the LLM sees the usual count); LLaVA's projector
   works per token, so the LLM receives the merged tokens;
-* ``"boundary"``: on the tokens the LLM receives (``tomviz.merge.visual``: ``tome``, ``random``,
-  ``downsample``, ``visionzip``); merged tokens carry their size into the LLM's attention as a
-  ``log(size)`` bias through its mask (``prop_attn``);
-* ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``).
+* ``"boundary"``: on the tokens the LLM receives (``tomviz.merge.visual``: ``tome``, ``random_prune``,
+  ``downsample``, ``hiprune``, ...); merged tokens carry their size into the LLM's attention as a
+  ``log(size)`` bias through its mask (``prop_attn``). Two methods give the LLM's tokens themselves, in
+  their authors' order and without the bias: ``visionzip`` (before LLaVA's projector, per crop, on the
+  encoder's layer -2: :func:`tomviz.vlm.encode.encode_before_projector`) and ``aim`` (plain-mean merging);
+* ``"llm"``: FastV inside the LLM at layer ``K`` (``fastv_layer``), AIM's PageRank pruning with the
+  authors' layer schedule (masking; ``method_options={"drop": True}`` removes the tokens instead), or
+  MustDrop (LLaVA with a CLS token), whose four stages span the model (:mod:`tomviz.vlm.mustdrop`):
+  window merging after the encoder's first layer, the key set, dual-attention filtering inside the LLM
+  with renumbered positions, and the KV-cache eviction while decoding.
 
 With ``vtu=True`` (boundary, or LLaVA's encoder merging) the LLM gets DyMU's virtual token
 unmerging instead of the log-size bias: it computes on the merged tokens, but every attention
@@ -20,12 +26,13 @@ plan that only merges (no pruned tokens) and a rotary LLM.
 Each place is traced as a stage with the same :class:`~tomviz.trace.Trace` type:
 ``stages["encoder"]`` (the patches of tile 0 through the encoder layers), ``stages["boundary"]``
 (the visual tokens → the tokens the LLM receives) and ``stages["llm"]`` (the visual tokens the
-LLM receives → those layers ≥ K keep). The tokens are laid out per tile (``meta["token_grid"]``,
+LLM receives → those layers ≥ K keep; AIM: one layer per LLM layer). The tokens are laid out per tile (``meta["token_grid"]``,
 ``meta["num_tiles"]``), tile-major and row-major, as the model's sequence orders them.
 
 The reduced sequence keeps the text tokens and puts each visual group where its first
 member sat; positions are renumbered contiguously (as VisionZip does), except under
-FastV where the kept tokens keep their positions.
+FastV where the kept tokens keep their positions, and in Qwen2-VL / Qwen2.5-VL, whose kept tokens keep
+their original multimodal-RoPE ids (``tomviz/models/qwen2_vl.py``).
 
 The flow of one request, one module per stage:
 

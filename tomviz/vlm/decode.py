@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tomviz.models.mustdrop import MustDropRequest
 from tomviz.models.vlm import LoadedVLM
 from tomviz.vlm.sequence import Prefill
 
@@ -22,6 +23,8 @@ class Generation:
     decode_seconds: float
     llm_visual_tokens: list[int]  # visual tokens per LLM layer
     keep: torch.Tensor | None  # FastV: prefill positions kept from layer K
+    active: list[torch.Tensor] | None = None  # AIM: per LLM layer [L] bool, the prefill keys left after it
+    mustdrop: MustDropRequest | None = None  # MustDrop: the request as the call filled it (``kept`` per pruning layer)
 
 
 def stop_ids(loaded: LoadedVLM) -> set[int]:
@@ -42,7 +45,8 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
     tokens: list[int] = []
     with torch.inference_mode(), state:
         start = time.perf_counter()
-        out = model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1)
+        length = prefill.embeds.shape[1]
+        out = model(inputs_embeds=prefill.embeds, use_cache=True, logits_to_keep=1, **prefill.position_ids(length))
         first_logits = out.logits[0, -1].float()
         token = int(first_logits.argmax())
         prefill_seconds = time.perf_counter() - start
@@ -51,7 +55,8 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
         tokens.append(token)
         while len(tokens) < max_new_tokens and token not in stop:
             step = torch.tensor([[token]], device=prefill.embeds.device)
-            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
+            end = length + len(tokens)  # the step token sits at end - 1
+            out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1, **prefill.position_ids(end, end - 1))
             cache = out.cache
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
@@ -61,9 +66,15 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
     counts = [visual_count] * num_layers
     if prefill.fastv is not None:
         counts = [visual_count] * prefill.fastv.layer + [prefill.fastv.keep] * (num_layers - prefill.fastv.layer)
+    if prefill.aim is not None:  # the visual keys each layer attends to
+        counts = [visual_count] + [int((active & prefill.visual).sum()) for active in state.active[:-1]]
+    if state.mustdrop is not None:  # the visual tokens entering each layer
+        counts = [visual_count if held is None else int(prefill.visual[held].sum())
+                  for held in (state.mustdrop.entering(index, prefill=True) for index in range(num_layers))]
     text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True).strip()
     return Generation(tokens=tokens, text=text, first_logits=first_logits, prefill_seconds=prefill_seconds,
-                      decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep)
+                      decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep,
+                      active=state.active if prefill.aim is not None else None, mustdrop=state.mustdrop)
 
 
 @dataclass
@@ -89,9 +100,13 @@ def teacher_forced(loaded: LoadedVLM, prefill: Prefill, answer: list[int], recor
             bias = torch.cat([prefill.key_bias, torch.zeros(len(answer), device=embeds.device)])
         queries = torch.arange(length - 1, length - 1 + len(answer), device=embeds.device) if record_attention else None
         fastv = None if prefill.fastv is None else replace(prefill.fastv, query=length - 1)  # decided by the last prompt token
-        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, record_queries=queries)
+        aim = None if prefill.aim is None else replace(prefill.aim, length=length)  # ranked on the prompt alone
+        mustdrop = None if prefill.mustdrop is None else replace(prefill.mustdrop, length=length)  # rows: the prompt's
+        state = prefill.llm_state(visual=visual, key_bias=bias, fastv=fastv, aim=aim, mustdrop=mustdrop,
+                                  record_queries=queries)
         with state:
-            logits = loaded.model(inputs_embeds=embeds, use_cache=False).logits[0].float()  # [L'', vocab]
+            positions = prefill.position_ids(embeds.shape[1])
+            logits = loaded.model(inputs_embeds=embeds, use_cache=False, **positions).logits[0].float()  # [L'', vocab]
     steps = logits[-(len(answer) + 1):-1]  # [A, vocab] the logits that predict each answer token
     log_probs = steps.log_softmax(-1).gather(1, ids[0][:, None])[:, 0]
     return TeacherForced(log_probs=log_probs, first_logits=steps[0], attention=state.attention, keep=state.keep)
@@ -105,7 +120,7 @@ def first_token_kl(reference: torch.Tensor, reduced: torch.Tensor) -> float:
 
 
 def answer_game(loaded: LoadedVLM, prefill: Prefill, answer: list[int]) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """The game whose players are the visual tokens the LLM receives (FastV is not applied).
+    """The game whose players are the visual tokens the LLM receives (FastV and AIM's pruning are not applied).
 
     Value of a coalition: the teacher-forced log-probability of ``answer`` when only the coalition's
     visual tokens are present (the others are masked out of every attention, positions kept).
@@ -122,13 +137,15 @@ def answer_game(loaded: LoadedVLM, prefill: Prefill, answer: list[int]) -> tuple
     if prefill.key_bias is not None:
         base[: prefill.key_bias.shape[0]] = prefill.key_bias
     absent_bias = torch.finfo(torch.float32).min / 4
+    positions = prefill.position_ids(length)
 
     def value(masks: np.ndarray) -> np.ndarray:
         present = torch.as_tensor(masks, device=embeds.device)  # [M, n]
         bias = base.expand(len(masks), -1).clone()  # [M, L]
         bias[:, visual_positions] = torch.where(present, bias[:, visual_positions], absent_bias)
-        with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None):
-            logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False).logits.float()
+        with torch.inference_mode(), prefill.llm_state(visual=visual, key_bias=bias, fastv=None, aim=None, mustdrop=None):
+            batch = {name: ids_3d.expand(-1, len(masks), -1) for name, ids_3d in positions.items()}  # [3, M, L]
+            logits = loaded.model(inputs_embeds=embeds.expand(len(masks), -1, -1), use_cache=False, **batch).logits.float()
         steps = logits[:, -(len(answer) + 1):-1]  # [M, A, vocab]
         logp = steps.log_softmax(-1).gather(2, ids.expand(len(masks), -1)[..., None])[..., 0]  # [M, A]
         return logp.sum(1).cpu().numpy()

@@ -19,6 +19,7 @@ from tomviz.merge.visual import VisualMethod, get_visual_method
 from tomviz.models import patching
 from tomviz.models.vlm import LoadedVLM, encoder_state
 from tomviz.trace import Trace
+from tomviz.vlm import mustdrop
 from tomviz.vlm.inputs import VLMInput
 from tomviz.vlm.reduction import Reduction
 
@@ -38,6 +39,11 @@ class Encoded:
     markers: torch.Tensor | None = None  # [V + M] bool: the image tokens that are layout markers (OneVision's newlines)
     marker_features: torch.Tensor | None = None  # [1, M, D] their features (passed on as they are)
     boundary_method: VisualMethod | None = None  # the boundary method, resolved once per request (None: no boundary step)
+    # a method that ran before the projector (VisionZip): the features are final, in the method's order, and
+    # carried [V'] bool marks those that stand for no visual token (each crop's CLS), passed on like text;
+    # plan then maps the V visual tokens onto the other features. None: the boundary step is still to come.
+    carried: torch.Tensor | None = None
+    key_set: torch.Tensor | None = None  # MustDrop: [K] indices into the features that the LLM never drops
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,26 @@ def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | No
     adapter = loaded.adapter
     if red.place == "encoder" and red.ratio > 0 and adapter.encoder_merging:
         raise ValueError(adapter.encoder_merging)
+    if method is not None and method.before_projector and not projector_place(loaded):
+        raise ValueError(f"{red.method} runs the authors' rule before the projector, on the CLS token of a CLIP tower "
+                         f"whose CLS the projector drops (LLaVA-1.5); {loaded.name} ({adapter.family}) has no such place: "
+                         "use visionzip_paper (the paper's description on the LLM's tokens)")
+    if method is not None and method.needs_attention and not patching.apply(loaded.vision).blocks:
+        raise ValueError(f"{red.method} reads the vision encoder's attention, which tomviz does not record in "
+                         f"{adapter.family}'s encoder: use a method that reads the tokens alone (tome, dtome, "
+                         "random_prune, downsample, aim)")
     if method is not None and method.needs_grid and not adapter.uniform_grid:
         raise ValueError(f"{red.method} reads the tiles' token grid; {adapter.family}'s visual tokens are not equal "
                          "tiles (base view + a cropped anyres grid): use tome, dtome or random_prune")
+
+
+def projector_place(loaded: LoadedVLM) -> bool:
+    """Whether ``loaded`` hands a before-projector method its feature layer with a CLS token that the projector drops."""
+    adapter = loaded.adapter
+    if adapter.pre_projector is None or adapter.protected_dropped(loaded.model) != 1:
+        return False
+    info = patching.apply(loaded.vision)
+    return info.adapter.num_protected(info.backbone) == 1
 
 
 def attention_layers(method: VisualMethod | None, tower: VisionTower) -> dict[str, int]:
@@ -103,6 +126,10 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     config = encoder_config(red, tower, rows * cols + tower.protected)
     meta = {"model": loaded.name, "patch_grid": [rows, cols], "token_grid": list(token_grid), "num_tiles": num_tiles,
             "image_size": inputs.meta["image_size"], "place": red.place}
+    if method is not None and method.before_projector:
+        return encode_before_projector(loaded, inputs, red, method, tower, meta)
+    if mustdrop.wanted(red):
+        return encode_mustdrop(loaded, inputs, red, meta)
     stages: dict[str, Trace] = {}
     layers = attention_layers(method, tower)
     with torch.inference_mode():
@@ -128,6 +155,57 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     return Encoded(features=features, plan=plan, merged=merged, stages=stages, meta=meta,
                    token_grid=tuple(token_grid), num_tiles=num_tiles, attention=attention,
                    markers=markers, marker_features=marker_features, boundary_method=method)
+
+
+def encode_before_projector(loaded: LoadedVLM, inputs: VLMInput, red: Reduction, method: VisualMethod,
+                            tower: VisionTower, meta: dict[str, Any]) -> Encoded:
+    """A boundary method that runs before the projector (VisionZip): the vision tower up to the feature layer
+    (the last block whose output reaches the features, ``tower.used - 1``: LLaVA-1.5's layer -2) with its CLS
+    row and keys recorded, the method per crop on ``[T, N, Dv]`` (CLS first), then the projector on the
+    ``[T, n, Dv]`` it keeps. ``keep`` per crop: ``P - round(ratio * P)`` of the ``P = N - 1`` patches."""
+    model, adapter, tensors = loaded.model, loaded.adapter, inputs.tensors
+    layer = tower.used - 1
+    config = MergeRequest(method="tome", r=0, prop_attn=red.prop_attn).config()
+    with torch.inference_mode():
+        state = encoder_state(loaded, config, {**meta, "stage": "encoder"}, unmerge=False, cls_layers=(layer,))
+        with state:
+            hidden = adapter.pre_projector(model, tensors)  # [T, N, Dv]
+        view = state.cls_views[layer]
+        num_crops, num_tokens, _ = hidden.shape
+        patches = num_tokens - 1
+        num_visual = int((tensors["input_ids"][0] == loaded.image_token_id).sum())
+        if num_visual != num_crops * patches:
+            raise ValueError(f"{num_crops} crops of {patches} patches for {num_visual} image tokens in the prompt")
+        result = method.select(hidden, view.cls_attention, view.keys, patches - round(red.ratio * patches))
+        features = adapter.project(model, result.hidden)  # [T, n, D]
+    per_crop = features.shape[1]
+    dst = result.plan.dst[:, 1:] - 1  # [T, P] patch → output among the crop's non-CLS outputs (CLS is output 0)
+    dst = torch.where(dst < 0, -1, dst + torch.arange(num_crops, device=dst.device)[:, None] * (per_crop - 1))
+    carried = torch.zeros(num_crops, per_crop, dtype=torch.bool, device=dst.device)
+    carried[:, 0] = True
+    dominant = result.dominant_index.shape[1]
+    meta = {**meta, "encoder_layer": layer, "dominant": dominant, "contextual": per_crop - dominant,
+            "carried_tokens": num_crops}  # per crop: dominant counts CLS, which the trace does not show
+    return Encoded(features=features.reshape(1, num_crops * per_crop, -1),
+                   plan=MergePlan(dst=dst.reshape(1, -1), num_out=num_crops * (per_crop - 1)), merged=True, stages={},
+                   meta=meta, token_grid=tuple(meta["token_grid"]), num_tiles=num_crops, boundary_method=method,
+                   carried=carried.reshape(-1))
+
+
+def encode_mustdrop(loaded: LoadedVLM, inputs: VLMInput, red: Reduction, meta: dict[str, Any]) -> Encoded:
+    """MustDrop's stages 1 and 2 (:func:`tomviz.vlm.mustdrop.vision`): the merged tokens in the original's order,
+    passed on like a before-projector method's (nothing carried), with the key set for the LLM."""
+    windows = mustdrop.vision(loaded, inputs.tensors, red)
+    num_visual = int((inputs.tensors["input_ids"][0] == loaded.image_token_id).sum())
+    if windows.plan.num_in != num_visual:
+        raise ValueError(f"{windows.plan.num_in} patches for {num_visual} image tokens in the prompt")
+    threshold = float(mustdrop.options(loaded, red)["window_threshold"])
+    stages = {"encoder": mustdrop.encoder_stage(windows.plan, meta, threshold),
+              "key_set": mustdrop.key_set_stage(windows.key, windows.plan.num_out, meta)}
+    carried = torch.zeros(windows.plan.num_out, dtype=torch.bool, device=windows.features.device)
+    return Encoded(features=windows.features, plan=windows.plan, merged=True, stages=stages, meta=meta,
+                   token_grid=tuple(meta["token_grid"]), num_tiles=int(meta["num_tiles"]), carried=carried,
+                   key_set=windows.key)
 
 
 def _encoder_plan(loaded: LoadedVLM, red: Reduction, state: Any, features: torch.Tensor,

@@ -13,6 +13,7 @@ from tomviz.models.vlm import LoadedVLM
 from tomviz.scores.estimate import banzhaf_game
 from tomviz.trace import Trace
 from tomviz.vlm.decode import answer_game, first_token_kl, generate, teacher_forced
+from tomviz.vlm import mustdrop
 from tomviz.vlm.inputs import VLMInput, prepare
 from tomviz.vlm.reduction import Reduction
 from tomviz.vlm.sequence import Prefill, build_prefill, stage_trace
@@ -38,7 +39,7 @@ class VLMResult:
     stages: dict[str, Trace]
     fidelity: AnswerFidelity
     timings: dict[str, float]  # encoder_s, prefill_s, decode_s, ttft_s, and the same with a "reference_" prefix
-    token_counts: dict[str, int]  # visual tokens: patches (per tile), llm_input, llm_after_k, text
+    token_counts: dict[str, int]  # visual tokens: patches (per tile), llm_input, llm_after_k, text, carried (VisionZip: CLS)
     answer_attention: np.ndarray | None  # [layers, A, V'] attention of each answer step to the visual tokens the LLM received
     answer_tokens: list[str]
     reduction: Reduction
@@ -79,6 +80,40 @@ def fastv_stage(prefill: Any, keep: torch.Tensor, boundary: Trace, layer: int) -
                   {**boundary.meta, "method": "fastv", "layer": layer})
 
 
+def aim_stage(prefill: Prefill, active: list[torch.Tensor], boundary: Trace, rates: list[float]) -> Trace:
+    """AIM's pruning inside the LLM as a trace with one layer per LLM layer, over the visual tokens that reach
+    it: after layer ``l`` the visual keys still attended to (``active[l]`` ``[L]`` bool over the prefill),
+    renumbered in order; the pruned ones -1 (masked: they stay in the sequence, out of every later attention;
+    ``drop``: removed)."""
+    visual_positions = prefill.visual.nonzero()[:, 0]  # [V']
+    layers, removed, before = [], [], int(visual_positions.numel())
+    for keys in active:
+        kept = keys[visual_positions]  # [V'] bool
+        dst = torch.where(kept, kept.long().cumsum(0) - 1, -1)
+        layers.append(stage_trace("llm", MergePlan(dst=dst[None], num_out=int(kept.sum())), {}).layers[0])
+        removed.append(before - int(kept.sum()))
+        before = int(kept.sum())
+    meta = {**boundary.meta, "stage": "llm", "method": "aim", "retain_rates": list(rates),
+            "pruning": "drop" if prefill.aim.drop else "mask",
+            "num_input_tokens": int(visual_positions.numel()), "num_protected": 0, "schedule": removed}
+    return Trace(meta=meta, layers=layers)
+
+
+def llm_stage(prefill: Prefill, generation: Any, boundary: Trace, reduction: Reduction) -> dict[str, Trace]:
+    """``{"llm": trace}`` of what FastV or AIM did inside the LLM during ``generation``, or ``{}``."""
+    if prefill.fastv is not None and generation.keep is not None:
+        return {"llm": fastv_stage(prefill, generation.keep, boundary, reduction.fastv_layer)}
+    if prefill.aim is not None and generation.active:
+        return {"llm": aim_stage(prefill, generation.active, boundary, prefill.aim.rates)}
+    request = generation.mustdrop
+    if request is not None and request.kept:
+        meta = {**boundary.meta, "global_thr": request.global_thr, "individual_thr": request.individual_thr}
+        num_layers = len(generation.llm_visual_tokens)
+        return {"llm": mustdrop.filter_stage(prefill.visual, request.kept, meta, request.layers),
+                "cache": mustdrop.cache_stage(prefill.visual, request, num_layers, meta)}
+    return {}
+
+
 def inspect_vlm(
     loaded: LoadedVLM,
     image: Any,
@@ -110,8 +145,7 @@ def inspect_vlm(
     )
     stages = dict(reduced_prefill.stages)
     boundary = stages["boundary"]
-    if reduced_prefill.fastv is not None and reduced.keep is not None:
-        stages["llm"] = fastv_stage(reduced_prefill, reduced.keep, boundary, reduction.fastv_layer)
+    stages.update(llm_stage(reduced_prefill, reduced, boundary, reduction))
     trace = stages.get({"encoder": "encoder", "llm": "llm"}.get(place, "boundary"), boundary)
     attention = None
     if record_attention and forced.attention:
@@ -129,7 +163,8 @@ def inspect_vlm(
         "visual": boundary.num_input_tokens,
         "llm_input": llm_input,
         "llm_after_k": reduced.llm_visual_tokens[-1],
-        "text": int(reduced_prefill.embeds.shape[1] - llm_input),
+        "carried": int(boundary.meta.get("carried_tokens", 0)),  # image features that are no visual token (VisionZip's CLS)
+        "text": int(reduced_prefill.embeds.shape[1] - llm_input - boundary.meta.get("carried_tokens", 0)),
     }
     tokenizer = loaded.tokenizer
     return VLMResult(

@@ -1,0 +1,75 @@
+"""The frame strip against the trace: one colour per group in every frame, dropped dark, clicks name tokens."""
+from __future__ import annotations
+
+import numpy as np
+
+from tomviz.render.groups import HIGHLIGHT
+from tomviz.render.overlay import PRUNED_COLOUR
+from tomviz.render.video import frame_counts_figure, frame_strip, merge_video, segment_of_frames, strip_layout
+from tomviz.trace import LayerTrace, Trace
+
+FRAMES, ROWS, COLS, CELL = 3, 2, 2, 16  # 12 tokens; each patch 16 x 16 pixels in a 32 x 32 tile
+
+
+def clip_trace() -> Trace:
+    """Frame-major: position (0, 0) merged over all frames (group 0); (0, 1) dropped in frames 1, 2; the rest alone."""
+    group = np.array([0, 1, 2, 3, 0, -1, 4, 5, 0, -1, 6, 7], dtype=np.int32)
+    sizes = np.bincount(group[group >= 0]).astype(np.float32)
+    layer = LayerTrace(source=group, sizes=sizes, num_tokens_in=12)
+    meta = {"frame_grid": [FRAMES, ROWS, COLS], "num_protected": 0, "num_input_tokens": 12, "segments": [[0, 1], [2, 2]],
+            "kept_positions": [0, 1, 2, 3, 6, 7, 10, 11], "timestamps": [0.0, 0.5, 1.0], "method": "test"}
+    return Trace(meta=meta, layers=[layer])
+
+
+def tiles(picture, layout):
+    array = np.asarray(picture)
+    out = []
+    for frame in range(FRAMES):
+        left, top = layout.origin(frame)
+        out.append(array[top : top + layout.tile[1], left : left + layout.tile[0]])
+    return out
+
+
+def centre(tile, row, col):
+    return tuple(int(v) for v in tile[row * CELL + CELL // 2, col * CELL + CELL // 2])
+
+
+def test_a_group_keeps_its_colour_in_every_frame_and_dropped_tokens_are_dark():
+    frames = np.full((FRAMES, 32, 32, 3), 128, dtype=np.uint8)
+    trace = clip_trace()
+    layout = strip_layout(frames, tile_width=32)
+    pictures = tiles(frame_strip(frames, trace, layout=layout), layout)
+    merged = {centre(tile, 0, 0) for tile in pictures}
+    assert len(merged) == 1 and merged != {(128, 128, 128)}  # one colour, not the grey of a lone token
+    assert centre(pictures[1], 0, 1) == PRUNED_COLOUR and centre(pictures[2], 0, 1) == PRUNED_COLOUR
+    assert centre(pictures[0], 0, 1) != PRUNED_COLOUR
+    lone = centre(pictures[0], 1, 1)
+    assert lone[0] == lone[1] == lone[2]  # a token alone is grey
+
+
+def test_a_click_selects_the_group_in_every_frame():
+    frames = np.full((FRAMES, 32, 32, 3), 128, dtype=np.uint8)
+    trace = clip_trace()
+    layout = strip_layout(frames, tile_width=32)
+    left, top = layout.origin(2)
+    token = layout.token_at(trace, left + 3, top + 3)
+    assert token == 8 and trace.token_place(token) == (2, 0, 0)
+    assert layout.token_at(trace, 0, 0) is None
+    pictures = tiles(frame_strip(frames, trace, token=token, layout=layout), layout)
+    highlighted = [centre(tile, 0, 0) for tile in pictures]
+    expected = tuple(round(0.6 * h + 0.4 * 128) for h in HIGHLIGHT)
+    assert all(np.abs(np.subtract(c, expected)).max() <= 1 for c in highlighted)
+
+
+def test_segments_counts_and_the_mp4(tmp_path):
+    trace = clip_trace()
+    assert segment_of_frames(trace) == [0, 0, 1]
+    assert trace.tokens_per_frame().tolist() == [4, 2, 2]
+    figure = frame_counts_figure(trace.tokens_per_frame(), ROWS * COLS)
+    assert list(figure.data[1].y) == [4, 2, 2]
+    frames = np.full((FRAMES, 32, 32, 3), 128, dtype=np.uint8)
+    path = merge_video(frames, trace, tmp_path / "merge.mp4", tile_width=32)
+    import av
+
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 2 * FRAMES

@@ -1,0 +1,46 @@
+"""``python -m tomviz inspect CLIP --method holitom --ratio 0.9 --out DIR`` writes its outputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tomviz
+from tomviz.cli import main
+from tomviz.trace import Trace
+
+
+def test_inspect_a_clip_writes_trace_stats_strip_and_mp4(tiny_frames_model, square_mp4, tmp_path, monkeypatch):
+    monkeypatch.setattr(tomviz, "load", lambda name: tiny_frames_model)
+    out = tmp_path / "out"
+    assert main(["inspect", str(square_mp4), "--method", "holitom", "--ratio", "0.9", "--frames", "8", "--out", str(out),
+                 "--method-options", '{"tau": 0.7}']) == 0
+    assert {p.name for p in out.iterdir()} == {"trace.json", "trace.npz", "stats.json", "strip.png", "merge.mp4"}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["method"] == "holitom" and stats["method_options"] == {"tau": 0.7} and stats["frame_grid"] == [8, 8, 8]
+    assert stats["token_counts"][0] == 512 and sum(stats["tokens_per_frame"]) == stats["token_counts"][-1]
+    assert Trace.load(out / "trace.npz").frame_grid == (8, 8, 8)
+
+
+def test_a_missing_or_broken_clip_is_an_error_message(tiny_frames_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tomviz, "load", lambda name: tiny_frames_model)
+    with pytest.raises(SystemExit, match="clip .* not found"):
+        main(["inspect", str(tmp_path / "none.mp4"), "--out", str(tmp_path / "o")])
+    broken = tmp_path / "broken.webm"
+    broken.write_bytes(b"\x00" * 64)
+    with pytest.raises(SystemExit, match="not a readable video"):
+        main(["inspect", str(broken), "--method", "holitom", "--out", str(tmp_path / "o")])
+
+
+def test_what_the_cli_reads_as_a_clip(tmp_path):
+    from pathlib import Path
+
+    from tomviz.cli_video import is_clip
+
+    assert is_clip(Path("a.mp4")) and is_clip(Path("a.WEBM")) and is_clip(tmp_path)
+    assert not is_clip(Path("a.png")) and not is_clip(Path("a.gif")) and not is_clip(Path("word " * 2000))
+
+
+def test_sweep_refuses_a_clip(square_mp4, tmp_path):
+    with pytest.raises(SystemExit, match="sweep takes images and texts"):
+        main(["sweep", str(square_mp4), "--out", str(tmp_path / "o")])

@@ -192,3 +192,22 @@ def test_real_grid_matches_a_direct_run_on_the_embedded_dinov2():
         assert 0 < grids.nbytes("v") < 2 * 2**20  # the README's "about 0.6 MB a session"
     finally:
         grids.close()
+
+
+def test_foreground_handlers_hold_the_gate_and_keep_their_signature(monkeypatch):
+    import inspect
+
+    from tomviz import ratio_grid
+
+    gate = ForegroundGate()
+    monkeypatch.setattr(ratio_grid, "FOREGROUND", gate)
+    seen = []
+
+    def handler(x: int, progress=None) -> int:
+        """A model-running handler."""
+        seen.append(gate._active)
+        return x + 1
+
+    wrapped = ratio_grid.foreground(handler)
+    assert wrapped(1) == 2 and seen == [1] and gate._active == 0  # held while it ran, released after
+    assert inspect.signature(wrapped) == inspect.signature(handler) and wrapped.__doc__ == handler.__doc__

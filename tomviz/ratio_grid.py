@@ -15,6 +15,7 @@ with the CLS attention), the fidelity and the speed report: about 30 KB per rati
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict, deque
@@ -68,6 +69,17 @@ class ForegroundGate:
 
 
 FOREGROUND = ForegroundGate()
+
+
+def foreground(handler: Callable) -> Callable:
+    """``handler`` as a visitor's request for the model: background grid work waits while it runs (for the
+    tabs' other model-running handlers; Gradio reads the signature of the original)."""
+    @functools.wraps(handler)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with FOREGROUND:
+            return handler(*args, **kwargs)
+
+    return run
 
 
 @dataclass
@@ -148,6 +160,11 @@ class GridStore:
             grid = self._grids.pop(visitor, None)
         if grid is not None:
             grid.cancelled.set()
+
+    def visitors(self) -> list[str]:
+        """Every visitor with a grid, least recently used first."""
+        with self._lock:
+            return list(self._grids)
 
     def grid(self, visitor: str) -> Grid | None:
         with self._lock:

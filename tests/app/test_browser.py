@@ -1,6 +1,9 @@
 """A real browser (Debian's chromium, headless, driven by Playwright for Python) against the app:
-the page opens on an inspected example; pick another, move the ratio slider, move the layer slider, upload a photo; the overlay changes
-every time and no error shows.
+every one of the six tabs opens on a rendered result (screenshots artifacts/tab_*.png; Image + question: the
+hub notice where the hub is out of reach); the ratio slider answers from the visitor's grid of ratios without
+running the model; the merge animation downloads as an MP4 of layers + 1 frames; the page opens on an
+inspected example; pick another, move the ratio slider, move the layer slider, upload a photo; the overlay
+changes every time and no error shows.
 The last screenshot is kept as artifacts/app_browser.png. Further tests: a shared link, a patch click (overlay and
 cluster map) against the trace, the animation, a Text-tab token click."""
 from __future__ import annotations
@@ -54,6 +57,129 @@ def _drag_slider(page, label: str, value: float, minimum: float, maximum: float)
     page.mouse.move(x_of((current + value) / 2), y, steps=3)
     page.mouse.move(x_of(value), y, steps=3)
     page.mouse.up()
+
+
+# Each tab, and what shows that it opened on a real result: a selector that must be visible in it.
+TAB_RESULTS = [
+    ("Image", ["#overlay img", ".run-chart img"]),
+    ("Text", ["#text-groups .token", ".run-chart img"]),
+    ("Scores", ["#banzhaf-heat img", "#banzhaf-summary p"]),
+    ("Compare / Sweep", ["#compare-a img", "#compare-diff img", "#sweep-figure .js-plotly-plot"]),
+    ("Benchmark", ["#bench-plot .js-plotly-plot"]),
+]
+
+
+def _visible(page, selector: str) -> None:
+    """Wait until an element of ``selector`` is visible (a loaded picture: decoded, wider than 10 px)."""
+    page.wait_for_function(
+        """(s) => [...document.querySelectorAll(s)].some(e => e.offsetParent !== null
+               && (e.tagName !== "IMG" || (e.complete && e.naturalWidth > 10)))""", arg=selector, timeout=TIMEOUT_MS)
+
+
+def test_browser_every_tab_opens_on_a_result(app_url):
+    """A fresh page: each of the six tabs shows a rendered picture or plot before any click (Image + question:
+    the notice when this server cannot reach the hub); a screenshot of each in artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    from tomviz.ui.vlm_tab import hub_notice
+
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            page.wait_for_selector("gradio-app")
+            for tab, selectors in TAB_RESULTS:
+                page.get_by_role("tab", name=tab, exact=True).click()
+                for selector in selectors:
+                    _visible(page, selector)
+                _wait_idle(page)
+                assert not _errors_shown(page), tab
+                page.screenshot(path=str(artifacts / f"tab_{tab.split()[0].lower()}.png"), full_page=True)
+            page.get_by_role("tab", name="Image + question", exact=True).click()
+            if hub_notice():  # this server cannot load a VLM: the tab says so before any click
+                page.wait_for_function("() => /cannot reach the Hugging Face hub/.test("
+                                       "document.querySelector('#vlm-hub-notice')?.innerText || '')", timeout=TIMEOUT_MS)
+            page.screenshot(path=str(artifacts / "tab_image_question.png"), full_page=True)
+            assert not _errors_shown(page)
+        finally:
+            browser.close()
+
+
+def _counted_model_runs(monkeypatch) -> list[float]:
+    """The ratios of the model runs the Image and Text tabs make from now on (the server runs in this process)."""
+    from tomviz.ui import lifecycle
+
+    runs, real = [], lifecycle.analyse
+
+    def counted(x, settings, *args, **kwargs):
+        runs.append(settings.ratio)
+        return real(x, settings, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "analyse", counted)
+    return runs
+
+
+def _image_grid_ready(known: set[str], timeout_s: float = TIMEOUT_MS / 1000):
+    """The Image-tab grid of the page opened after ``known`` visitors, once every ratio is computed."""
+    from tomviz.ratio_grid import GRIDS
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for visitor in set(GRIDS.visitors()) - known:
+            grid = GRIDS.grid(visitor)
+            if visitor.endswith(":image") and grid is not None and grid.ready:
+                return grid
+        time.sleep(0.2)
+    raise AssertionError("no Image-tab grid became ready")
+
+
+def test_browser_ratio_from_memory_and_mp4(app_url, monkeypatch):
+    """Once the grid is ready, a ratio release redraws the overlay without a model run; the merge animation
+    comes as a GIF and an MP4 whose frames are the input plus one per layer."""
+    import av
+    from playwright.sync_api import sync_playwright
+
+    from tomviz.ratio_grid import GRIDS
+
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    known = set(GRIDS.visitors())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page.goto(app_url)
+            page.wait_for_selector("gradio-app")
+            first = _wait_for_new_src(page, "#overlay img", None)
+            _wait_idle(page)
+            grid = _image_grid_ready(known)
+            assert not page.locator("#animation-file").is_visible()  # hidden until it holds something
+            runs = _counted_model_runs(monkeypatch)
+            _drag_slider(page, "Merge ratio", 0.8, 0.0, 0.95)
+            moved = _wait_for_new_src(page, "#overlay img", first)
+            _wait_idle(page)
+            ratio = float(page.get_by_label("range slider for Merge ratio").input_value())
+            assert ratio != 0.5 and round(ratio, 6) in grid.results and runs == []  # from memory: no model run
+            assert moved != first and not _errors_shown(page)
+
+            page.locator("#animate").click()
+            mp4 = "#animation-file a[download$='.mp4']"
+            page.wait_for_selector(mp4, timeout=TIMEOUT_MS)
+            assert page.locator("#animation-file a[download$='.gif']").count() == 1  # beside the GIF
+            with page.expect_download(timeout=TIMEOUT_MS) as download:
+                page.locator(mp4).first.click()
+            path = artifacts / "merge_animation.mp4"
+            download.value.save_as(str(path))
+            with av.open(str(path)) as video:
+                frames = sum(1 for _ in video.decode(video=0))
+            assert frames == grid.results[round(ratio, 6)].trace.num_layers + 1
+            page.screenshot(path=str(artifacts / "app_mp4.png"), full_page=True)
+            assert not _errors_shown(page)
+        finally:
+            browser.close()
 
 
 def test_browser_example_slider_upload(app_url):

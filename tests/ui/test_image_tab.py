@@ -7,6 +7,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from tomviz.render.charts import SIZE
 from tomviz.ui import image_tab as it
 
 pytestmark = pytest.mark.slow  # the embedded dinov2-small
@@ -29,7 +30,7 @@ def test_inspect_image_fills_every_output(first):
     assert trace.token_counts()[0] == 257 and trace.token_counts()[-1] == 129
     assert first.overlay.size == first.heat.size == first.session.image.size
     assert first.strip.size[0] == 1380 and first.layer.maximum == 12 and first.layer.value == 6
-    assert list(first.counts.data[0]["y"]) == trace.token_counts()
+    assert first.counts.size == first.gflops.size == SIZE  # pictures: a ratio change re-renders no plot
     assert first.summary["schedule"] == "constant" and "Cosine" in first.fidelity
     assert it.inspect_image(None).session is None  # no photo: every output empty
 
@@ -70,3 +71,16 @@ def test_tab_builds_with_its_endpoints():
         it.build_image_tab(demo)
     names = {dep.api_name for dep in demo.fns.values()}
     assert {"inspect_image", "render_image_layer", "image_downloads", "image_animation", "open_page"} <= names
+
+
+def test_animation_comes_as_a_gif_and_an_mp4_of_the_same_frames(first):
+    import av
+    from PIL import Image
+
+    gif, mp4 = it.image_animation(first.session)
+    assert Path(gif).name == "merge_tome_ratio0.5.gif" and Path(mp4).name == "merge_tome_ratio0.5.mp4"
+    frames = first.session.trace.num_layers + 1  # the input, then one per layer
+    with Image.open(gif) as picture:
+        assert picture.n_frames == frames
+    with av.open(mp4) as video:
+        assert sum(1 for _ in video.decode(video=0)) == frames

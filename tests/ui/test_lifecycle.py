@@ -81,3 +81,10 @@ def test_no_tab_imports_another_tab():
         imported |= {alias.name for node in ast.walk(ast.parse(path.read_text()))
                      if isinstance(node, ast.ImportFrom) and node.module == "tomviz.ui" for alias in node.names}
         assert not imported & (tabs - {path.stem}), f"{path.name} imports {imported & tabs}"
+
+
+def test_each_tab_of_a_page_is_its_own_visitor_for_the_grid():
+    request = gr.Request(session_hash="page", client=SimpleNamespace(host="10.0.0.2"))
+    image, text = lifecycle.visitor_of(request, "image"), lifecycle.visitor_of(request, "text")
+    assert image != text and image.client == text.client == "10.0.0.2"  # one page's tabs keep a grid each
+    assert lifecycle.visitor_of(None, "image") is None  # a handler called without a session keeps no grid

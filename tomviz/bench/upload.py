@@ -64,7 +64,7 @@ def _read_json(path: Path, budget: UploadBudget) -> tuple[list[dict[str, Any]], 
         entries, meta = data["summary"], data.get("meta") if isinstance(data.get("meta"), dict) else {}
         if len(entries) > budget.max_settings:
             raise ValueError(f"{len(entries)} settings; at most {budget.max_settings} can be opened here")
-        meta = {k: _text(meta.get(k), budget) for k in ("inputs", "batch_size") if k in meta}
+        meta = {k: _text(meta.get(k), budget) for k in ("inputs", "batch_size", "command") if k in meta}  # command: as bounded text
         return _clean(entries, budget), meta
     if isinstance(data, list):
         if len(data) > budget.max_rows:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,10 +115,8 @@ def fetch(repo_id: str, device_type: str = "cpu") -> Path:
     and models without safetensors weights before downloading them."""
     from huggingface_hub import snapshot_download
 
-    try:
+    if is_cached(repo_id):
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached (or not a complete snapshot): go to the hub
-        pass
     check_reachable(repo_id)
     check_size(repo_id, device_type)
     try:
@@ -127,22 +127,66 @@ def fetch(repo_id: str, device_type: str = "cpu") -> Path:
 
 def check_reachable(repo_id: str, timeout: float = 3.0) -> None:
     """Fail in seconds, not after the hub client's retries, when the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    if hub_offline():
+        raise ModelLoadError(f"cannot load model {repo_id!r}: HF_HUB_OFFLINE is set and the model is not cached")
+    reason = probe_hub(timeout)
+    if reason is not None:
+        raise ModelLoadError(
+            f"cannot load model {repo_id!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this "
+            f"machine ({reason}); use an embedded model ({', '.join(DEFAULT_MODELS)})")
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks the hub client not to go online."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def probe_hub(timeout: float) -> str | None:
+    """Why a HEAD request to the hub gets no answer within ``timeout`` seconds, or None when it answers
+    (any HTTP status is an answer)."""
     import urllib.error
     import urllib.request
 
     from huggingface_hub import constants
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise ModelLoadError(f"cannot load model {repo_id!r}: HF_HUB_OFFLINE is set and the model is not cached")
     try:
         urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
     except urllib.error.HTTPError:
-        return  # the hub answered
+        return None  # the hub answered
     except (urllib.error.URLError, OSError) as err:
-        raise ModelLoadError(
-            f"cannot load model {repo_id!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached from this "
-            f"machine ({getattr(err, 'reason', err)}); use an embedded model ({', '.join(DEFAULT_MODELS)})"
-        ) from err
+        return str(getattr(err, "reason", err))
+    return None
+
+
+HUB_CHECK_TTL_S = 300.0  # how long :func:`hub_unreachable` remembers its answer
+_hub_check_lock = threading.Lock()
+_hub_check: tuple[float, str | None] | None = None  # (time.monotonic() of the check, its answer)
+
+
+def hub_unreachable(timeout: float = 1.5) -> str | None:
+    """Why this server cannot reach the Hugging Face hub (``HF_HUB_OFFLINE``, or no answer within ``timeout``
+    seconds), or None when it can. Cheap: the answer is remembered for ``HUB_CHECK_TTL_S``; callers that must
+    not wait (a page load) get at most one ``timeout`` per period, and concurrent callers share one probe."""
+    global _hub_check
+    if hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    with _hub_check_lock:
+        if _hub_check is None or time.monotonic() - _hub_check[0] > HUB_CHECK_TTL_S:
+            _hub_check = (time.monotonic(), probe_hub(timeout))
+        return _hub_check[1]
+
+
+def is_cached(repo_id: str) -> bool:
+    """True when the repo's configs and safetensors weights are in the Hugging Face cache (loadable offline)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, or not a complete snapshot
+        return False
+    return True
 
 
 def check_size(repo_id: str, device_type: str = "cpu") -> None:

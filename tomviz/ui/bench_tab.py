@@ -16,6 +16,7 @@ import gradio as gr
 from tomviz.bench.upload import UploadBudget, read_uploaded_results
 from tomviz.render.bench import TABLE_COLUMNS, X_METRICS, Y_METRICS, available_metrics, pareto_figure, table_rows
 from tomviz.ui.common import session_state, user_errors
+from tomviz.ui.examples import EXAMPLE_RESULTS
 
 MAX_RESULTS_BYTES = 32 * 1024 * 1024  # uploads larger than this are refused
 MAX_ROWS = 300_000  # rows of a results.parquet (summary.json holds one entry per setting: use it for larger runs)
@@ -73,19 +74,33 @@ def view(summary: list[dict[str, Any]] | None, y: str = "cosine", x: str = "spee
 def open_results(file: str | None, y: str = "cosine", x: str = "speedup"):
     """Read an uploaded results file: (summary state, y choices, figure, table, description). API: ``/open_bench``."""
     with user_errors("open this results file"):
-        summary, meta = load_results(_uploaded(file))
-        if not summary:
-            raise ValueError("the file holds no benchmark results")
-        metrics = available_metrics(summary)
-        if not metrics:
-            raise ValueError("no setting in the file has a quality figure (cosine, top-1, accuracy) to plot")
-        y = y if y in metrics else metrics[0]
-        figure, rows = view(summary, y, x)
-        models = sorted({str(e["model"]) for e in summary})
-        errors = sum(int(e.get("errors") or 0) for e in summary)
-        text = (f"**{len(summary)} settings** on {', '.join(models)}; {errors} row(s) with an error. "
-                + (f"Benchmark: {meta.get('inputs')} inputs, batch size {meta.get('batch_size')}." if meta else ""))
-        return summary, gr.Dropdown(choices=[(Y_METRICS[m], m) for m in metrics], value=y), figure, rows, text
+        return results_view(*load_results(_uploaded(file)), y, x)
+
+
+def open_example_results():
+    """Page load: the example results shipped in ``assets/bench_example`` (read as an upload is, by
+    :func:`load_results`), with the command that made them; the same outputs as :func:`open_results`."""
+    with user_errors("open the example results"):
+        summary, meta = load_results(EXAMPLE_RESULTS)
+        out = results_view(summary, meta, "cosine", "speedup")
+        made_by = f"\n\nExample shipped with tomviz, made by `{meta['command']}`." if meta.get("command") else ""
+        return (*out[:-1], out[-1] + made_by + " Upload your own `summary.json` or `results.parquet` to replace it.")
+
+
+def results_view(summary: list[dict[str, Any]], meta: dict[str, Any], y: str, x: str):
+    """(summary state, y choices, figure, table, description) of a results file's contents."""
+    if not summary:
+        raise ValueError("the file holds no benchmark results")
+    metrics = available_metrics(summary)
+    if not metrics:
+        raise ValueError("no setting in the file has a quality figure (cosine, top-1, accuracy) to plot")
+    y = y if y in metrics else metrics[0]
+    figure, rows = view(summary, y, x)
+    models = sorted({str(e["model"]) for e in summary})
+    errors = sum(int(e.get("errors") or 0) for e in summary)
+    text = (f"**{len(summary)} settings** on {', '.join(models)}; {errors} row(s) with an error. "
+            + (f"Benchmark: {meta.get('inputs')} inputs, batch size {meta.get('batch_size')}." if meta else ""))
+    return summary, gr.Dropdown(choices=[(Y_METRICS[m], m) for m in metrics], value=y), figure, rows, text
 
 
 def redraw(summary: list[dict[str, Any]] | None, y: str, x: str):
@@ -107,8 +122,10 @@ def build_bench_tab() -> None:
             x = gr.Dropdown([(label, key) for key, label in X_METRICS.items()], value="speedup", label="Speed")
             info = gr.Markdown()
         with gr.Column(scale=7):
-            plot = gr.Plot(label="Pareto front")
+            plot = gr.Plot(label="Pareto front", elem_id="bench-plot")
     table = gr.Dataframe(headers=[label for _, label in TABLE_COLUMNS], label="Settings", interactive=False)
 
+    gr.on(None, open_example_results, None, [summary, y, plot, table, info], api_name="open_bench_example",
+          api_visibility="private", queue=False, show_progress="hidden")  # page load: the example results
     file.upload(open_results, inputs=[file, y, x], outputs=[summary, y, plot, table, info], api_name="open_bench")
     gr.on([y.input, x.input], redraw, inputs=[summary, y, x], outputs=plot, api_name="redraw_bench", show_progress="hidden")

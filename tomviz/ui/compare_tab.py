@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from tomviz.analysis import Analysis, Settings, analyse
+from tomviz.ratio_grid import foreground
 from tomviz.merge.schedule import MAX_RATIO
 from tomviz.render.compare import (comparison_figure, comparison_table, difference_overlay, difference_stats,
                                    difference_tokens, jaccard_distance)
@@ -24,6 +25,7 @@ from tomviz.render.text import fidelity_markdown, speed_markdown, token_highligh
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, EXAMPLE_PROMPTS, IMAGE_MODELS, MODALITIES, MODEL_HELP,
                               TEXT_MODELS, ImageUpload, PromptBox, input_of, layer_index, layer_slider, methods_for,
                               outputs_type, session_state, user_errors)
+from tomviz.ui.examples import computed_once, own_copy
 from tomviz.ui.sweep_section import SWEEP_METHODS, build_sweep_section
 
 TABLE_HEADERS = ["setting", "tokens at the end", "cosine", "top-1 kept", "latency ms", "speed-up", "GFLOPs"]
@@ -122,6 +124,22 @@ def compare(modality: str, image: str | None, prompt: str | None, model: str, me
         )
 
 
+@computed_once
+def example_comparison() -> CompareOutputs:
+    """The comparison the tab opens on: ToMe vs PiToMe at 0.5 on the first example photo (once per process)."""
+    return compare("image", EXAMPLE_IMAGES[0], None, DEFAULT_MODEL["image"], "tome", 0.5, "pitome", 0.5)
+
+
+def open_example() -> tuple:
+    """Page load: the example photo and :func:`example_comparison` (the visitor's own copy of its session);
+    every output left as it is without example photos."""
+    if not EXAMPLE_IMAGES:
+        return tuple(gr.skip() for _ in range(len(CompareOutputs._fields) + 1))
+    with user_errors("show the example comparison"):
+        out = example_comparison()
+        return (EXAMPLE_IMAGES[0], *out._replace(session=own_copy(out.session)))
+
+
 def render_compare_layer(layer: float = 6, session: CompareSession | None = None) -> LayerViews:
     """Re-render the layer views from the stored traces (no model). API: ``/render_compare_layer``."""
     if session is None:
@@ -205,9 +223,11 @@ def build_compare_tab() -> None:
                          outputs=[c[name] for name in switched], queue=False, show_progress="hidden")
     compare_inputs = ["modality", "image", "prompt", "model", "method_a", "ratio_a", "method_b", "ratio_b", "schedule",
                       "prop_attn", "layer", "session"]
-    c["run"].click(compare, inputs=[c[name] for name in compare_inputs],
+    c["run"].click(foreground(compare), inputs=[c[name] for name in compare_inputs],
                    outputs=[c[name] for name in CompareOutputs._fields], api_name="compare",
                    concurrency_id="model", concurrency_limit=1)
+    gr.on(None, open_example, None, [c["image"], *[c[name] for name in CompareOutputs._fields]],
+          api_name="open_compare_example", api_visibility="private", queue=False)  # page load: the example pair
     c["layer"].input(render_compare_layer, inputs=[c["layer"], c["session"]], outputs=[c[name] for name in LayerViews._fields],
                      api_name="render_compare_layer", trigger_mode="always_last", show_progress="hidden",
                      queue=False)  # a redraw from the stored traces

@@ -17,7 +17,7 @@ from PIL import Image
 from tomviz.analysis import Analysis
 from tomviz.render.groups import (
     animation_frames, cluster_map_picture, cluster_picture, layer_strip_picture, map_layout, patch_groups, patch_name,
-    save_animation, strip_layout, strip_token_at, token_at,
+    save_animation, save_video, strip_layout, strip_token_at, token_at,
 )
 from tomviz.render.overlay import group_overlay, heatmap_overlay
 from tomviz.scores.attention import cls_attention_grid
@@ -99,13 +99,15 @@ EMPTY_IMAGE_OUTPUTS = ImageOutputs(None, None, None, None, None, None, "", None,
 
 def inspect_image(image: str | None, ratio: float = 0.5, model: str = DEFAULT_MODEL["image"], method: str = "tome",
                   schedule: str = "constant", prop_attn: bool = True, layer: float = 6, opacity: float = 0.8,
-                  session: Analysis | None = None, selected: int | None = None) -> ImageOutputs:
-    """Run the model once on ``image`` and render every output; a clicked patch (``selected``, kept in
-    the page's state) stays selected in the new pictures. API: ``/inspect_image`` (image, ratio)."""
+                  session: Analysis | None = None, selected: int | None = None,
+                  request: gr.Request | None = None) -> ImageOutputs:
+    """Run the model once on ``image`` (or answer from the visitor's grid of ratios, see
+    :func:`lifecycle.analyse_input`) and render every output; a clicked patch (``selected``, kept in the page's
+    state) stays selected in the new pictures. API: ``/inspect_image`` (image, ratio)."""
     if image is None:
         return EMPTY_IMAGE_OUTPUTS._replace(layer=gr.Slider())
     with user_errors("inspect this image"):
-        analysis = lifecycle.analyse_input(KIND, image, ratio, model, method, schedule, prop_attn, session)
+        analysis = lifecycle.analyse_input(KIND, image, ratio, model, method, schedule, prop_attn, session, request)
         l = layer_index(layer, analysis.trace.num_layers)
         token = valid_token(KIND, analysis, selected)
         views = layer_views(analysis, l, opacity, token)
@@ -198,7 +200,8 @@ def after_run(session: Analysis | None, selected: int | None, example: str | Non
 
 
 def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | None = None) -> list[str]:
-    """Write the trace (.json, .npz) and the pictures (.png) of the current result; returns the paths."""
+    """Write the trace (.json, .npz) and the pictures (.png) of the current result; returns the paths (the
+    page shows its Downloads box once it holds them)."""
     if session is None:
         raise gr.Error("Nothing to download yet: inspect an image first.")
     with user_errors("prepare the downloads"):
@@ -213,13 +216,15 @@ def image_downloads(layer: float = 6, opacity: float = 0.8, session: Analysis | 
         return [str(p) for p in paths]
 
 
-def image_animation(session: Analysis | None = None) -> str:
-    """Write the merge as an animated GIF (the input, then one frame per layer); returns its path."""
+def image_animation(session: Analysis | None = None) -> list[str]:
+    """Write the merge as an animated GIF and as an MP4 (H.264, PyAV), the same captioned frames in both (the
+    input, then one frame per layer); returns ``[gif path, mp4 path]``."""
     if session is None:
         raise gr.Error("Nothing to animate yet: inspect an image first.")
     with user_errors("make the animation"):
-        name = f"merge_{session.settings.method}_ratio{session.settings.ratio:g}.gif"
-        return str(save_animation(animation_frames(session.image, session.trace), download_folder() / name))
+        folder, stem = download_folder(), f"merge_{session.settings.method}_ratio{session.settings.ratio:g}"
+        frames = animation_frames(session.image, session.trace)
+        return [str(save_animation(frames, folder / f"{stem}.gif")), str(save_video(frames, folder / f"{stem}.mp4"))]
 
 
 def open_view(request: gr.Request):
@@ -265,9 +270,11 @@ def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                                        info="Settings and example photo; an uploaded photo is never put in a link")
                 c["copy"] = gr.Button("Copy link", elem_id="copy-link", scale=1)
             c["download"] = gr.Button("Download trace (.json, .npz) and pictures (.png)")
-            c["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False)
-            c["animate"] = gr.Button("Make the merge animation (GIF: the input, then one frame per layer)", elem_id="animate")
-            c["animation"] = gr.File(label="Animation", interactive=False, elem_id="animation-file")
+            c["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False)
+            c["animate"] = gr.Button("Make the merge animation (GIF and MP4: the input, then one frame per layer)",
+                                     elem_id="animate")
+            c["animation"] = gr.File(label="Animation (GIF, MP4)", file_count="multiple", interactive=False,
+                                     elem_id="animation-file", visible=False)
         with gr.Column(scale=7):
             with gr.Row():
                 with gr.Column():
@@ -282,8 +289,7 @@ def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                                     interactive=False, height=380)
             gr.Markdown(CAPTIONS["cluster"], elem_classes=["caption"])
             with gr.Row():
-                c["counts"] = gr.Plot(label="Token count")
-                c["gflops"] = gr.Plot(label="GFLOPs")
+                c["counts"], c["gflops"] = lifecycle.run_charts()
             c["speed"] = gr.Markdown(label="Speed", elem_id="speed")
             c["fidelity"] = gr.Markdown(label="Fidelity", elem_id="fidelity")
             with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
@@ -309,7 +315,7 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
     lifecycle.wire_runs(
         c, inspect_image, ["image", "ratio", *settings, "layer", "opacity", "session", "selected"], ImageOutputs,
         # image.upload/clear, not image.change: change fires twice per upload (local preview, then server copy)
-        [c["ratio"].release, image.upload, image.clear, *[c[n].change for n in settings]],
+        [image.upload, image.clear, *[c[n].change for n in settings]],  # the ratio: wire_runs, from memory first
         ("inspect_image", "pick_example", "open_page"), after_run, AfterRun, link_inputs,
         demo if EXAMPLE_IMAGES else None, open_view, ["image", *link_inputs[1:], "example_name"])
     lifecycle.wire_layer(c, render_image_layer, ["layer", "opacity", "session", "selected"], LayerViews, "render_image_layer")
@@ -317,6 +323,6 @@ def build_image_tab(demo: gr.Blocks | None = None) -> None:
                        outputs=c["overlay"], api_visibility="private", trigger_mode="always_last", **QUIET)
     lifecycle.wire_selection(c, Selection, [("overlay", select_patch), ("cluster", select_on_map), ("strip", select_in_strip)],
                              clear_selection, ["layer", "opacity", "session"], "clear_selection")
-    c["download"].click(image_downloads, inputs=[c[n] for n in ("layer", "opacity", "session")], outputs=c["files"],
-                        api_name="image_downloads")
-    c["animate"].click(image_animation, inputs=c["session"], outputs=c["animation"], api_name="image_animation")
+    lifecycle.wire_files(c["download"], image_downloads, [c[n] for n in ("layer", "opacity", "session")], c["files"],
+                         "image_downloads")
+    lifecycle.wire_files(c["animate"], image_animation, [c["session"]], c["animation"], "image_animation")

@@ -1,7 +1,9 @@
 """The life-cycle the Image and Text tabs share, written once.
 
 1. **Inspect**: a model run on the input (:func:`analyse_input`) draws the views of the chosen layer, with
-   the clicked token's group if there is one, and the figures of the whole run (:func:`run_views`).
+   the clicked token's group if there is one, and the figures of the whole run (:func:`run_views`, pictures:
+   they change with every ratio). Then the visitor's grid of ratios is computed in the background
+   (:mod:`tomviz.ratio_grid`); a ratio already in it is answered from memory (:func:`remembered`), no model.
 2. **Redraw a layer**: the tab's ``layer_views`` from the stored trace, no model (:func:`wire_layer`).
 3. **Select**: a click selects an input token's group (:func:`select`); :func:`lineage_panel` says how the
    group formed.
@@ -16,18 +18,22 @@ both tabs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextvars
+import inspect as inspect_module
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, NamedTuple
 
 import gradio as gr
 
+from tomviz import ratio_grid
 from tomviz.analysis import Analysis, Settings, analyse
 from tomviz.lineage import group_lineage
-from tomviz.render.figures import gflops_figure, token_count_figure
+from tomviz.render.charts import gflops_picture, token_count_picture
 from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.trace import Trace
 from tomviz.ui.common import user_errors
+from tomviz.ui.server import client_key
 from tomviz.ui.share import COPY_JS, LINK_JS, View, request_view
 
 QUIET = dict(queue=False, show_progress="hidden")  # redraws and small follow-ups: no queue, no spinner
@@ -49,9 +55,9 @@ class TabKind:
 
 # --- 1. inspect ------------------------------------------------------------------------------------
 RUN_FIELDS: list[tuple[str, Any]] = [  # the views of a run that a layer change leaves alone
-    ("counts", Any),  # plotly token count per layer
+    ("counts", "Image.Image"),  # token count per layer (a picture: render/charts.py)
     ("speed", str),
-    ("gflops", Any),  # plotly GFLOPs per layer
+    ("gflops", "Image.Image"),  # GFLOPs per layer (a picture)
     ("fidelity", str),
     ("summary", "dict[str, Any] | None"),  # the JSON digest the API returns
     ("layer", Any),  # gr.Slider update (maximum follows the model)
@@ -64,26 +70,76 @@ def run_outputs(name: str, drawn: Iterable[tuple[str, Any]]) -> type:
     return NamedTuple(name, [("session", "Analysis | None"), *drawn, *RUN_FIELDS])
 
 
+class Visitor(NamedTuple):
+    """Who asks: the page's Gradio session and tab (one grid each: the Image and the Text tab of one page keep
+    their own) and the client's address (a share of the grids)."""
+
+    session: str  # "<session hash>:<tab>"
+    client: str
+
+
+def visitor_of(request: gr.Request | None, tab: str) -> Visitor | None:
+    """The visitor behind ``request`` in ``tab`` (None for a call without a session, e.g. a handler called
+    directly)."""
+    session = getattr(request, "session_hash", None) if request is not None else None
+    if not session:
+        return None
+    return Visitor(f"{session}:{tab}", client_key(request))
+
+
+def remembered(visitor: Visitor | None, x: Any, settings: Settings, session: Analysis | None) -> Analysis | None:
+    """The analysis of ``x`` under ``settings`` from the visitor's grid, with the session's own photo attached
+    (the grid keeps none), or None when the grid does not hold it or the session shows another input."""
+    if visitor is None or session is None:
+        return None
+    stored = ratio_grid.GRIDS.lookup(visitor.session, x, settings)
+    if stored is None or stored.reference.key != session.reference.key:
+        return None
+    return replace(stored, image=session.image)
+
+
+class NotRemembered(gr.Error):
+    """A ratio release that the visitor's grid cannot answer (:func:`from_memory`): not shown in the page;
+    the model run that follows it (in the queue) answers instead."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why, visible=False, print_exception=False)
+
+
+_MEMORY_ONLY = contextvars.ContextVar("tomviz_memory_only", default=False)  # set inside from_memory's handler
+
+
 def analyse_input(kind: TabKind, x: Any, ratio: float, model: str | None, method: str, schedule: str,
-                  prop_attn: bool, session: Analysis | None) -> Analysis:
-    """Run the model once on ``x`` (reusing the session's unmerged reference for the same input) and show
-    the analysis' notes as warnings. Call it inside :func:`~tomviz.ui.common.user_errors`."""
+                  prop_attn: bool, session: Analysis | None, request: gr.Request | None = None) -> Analysis:
+    """The analysis of ``x``: from the visitor's grid when it holds this ratio, else one model run (reusing the
+    session's unmerged reference for the same input; background grid work waits for it). Then the visitor's
+    grid for these settings is made sure of (other settings cancel the old one). The analysis' notes show as
+    warnings. Call it inside :func:`~tomviz.ui.common.user_errors`."""
     settings = Settings(model=(model or kind.default_model).strip(), method=method, ratio=ratio, schedule=schedule,
                         prop_attn=bool(prop_attn))
-    reference = session.reference if session is not None else None
-    analysis = analyse(x, settings, reference, modality=kind.tab)
+    visitor = visitor_of(request, kind.tab)
+    analysis = remembered(visitor, x, settings, session)
+    if analysis is None and _MEMORY_ONLY.get():
+        raise NotRemembered("this ratio is not in the visitor's grid yet")
+    if analysis is None:
+        reference = session.reference if session is not None else None
+        with ratio_grid.FOREGROUND:
+            analysis = analyse(x, settings, reference, modality=kind.tab)
+    if visitor is not None:
+        ratio_grid.GRIDS.start(visitor.session, visitor.client, x, analysis, modality=kind.tab)
     for note in analysis.notes:
         gr.Warning(note, title=kind.note_title)
     return analysis
 
 
 def run_views(analysis: Analysis, layer: int) -> dict[str, Any]:
-    """:data:`RUN_FIELDS` by name for ``analysis``; ``layer`` (0-based) is the slider's new value."""
+    """:data:`RUN_FIELDS` by name for ``analysis``; ``layer`` (0-based) is the slider's new value (left as it is
+    for an answer from memory: same model, same layers, and one component fewer for the page to update)."""
     speed, trace = analysis.speed, analysis.trace
-    return dict(counts=token_count_figure(trace), speed=speed_markdown(speed),
-                gflops=gflops_figure(speed.merged_gflops, speed.unmerged_gflops),
+    return dict(counts=token_count_picture(trace), speed=speed_markdown(speed),
+                gflops=gflops_picture(speed.merged_gflops, speed.unmerged_gflops),
                 fidelity=fidelity_markdown(analysis.fidelity), summary=analysis.summary(),
-                layer=gr.Slider(maximum=trace.num_layers, value=layer + 1))
+                layer=gr.skip() if _MEMORY_ONLY.get() else gr.Slider(maximum=trace.num_layers, value=layer + 1))
 
 
 # --- 3. select -------------------------------------------------------------------------------------
@@ -167,24 +223,79 @@ def view_settings(kind: TabKind, view: View) -> tuple[str, str, str, float, int]
     return view.model or kind.default_model, view.method, view.schedule, view.ratio, view.layer or kind.default_layer
 
 
-# --- wiring ----------------------------------------------------------------------------------------
+# --- layout pieces and wiring -----------------------------------------------------------------------
+def run_charts() -> tuple[gr.Image, gr.Image]:
+    """The token-count and GFLOPs pictures of a run (laid out in the current row); their titles are in the
+    pictures (a label badge would cover them)."""
+    return tuple(gr.Image(label=label, show_label=False, format="png", interactive=False, elem_classes=["run-chart"])
+                 for label in ("Token count", "GFLOPs"))
+
+
+def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, api_name: str) -> None:
+    """``button`` writes files with ``make`` (its API endpoint ``api_name`` returns the paths), then the page
+    shows them in ``box``, hidden until then."""
+    button.click(make, inputs=inputs, outputs=box, api_name=api_name).success(
+        lambda: gr.File(visible=True), None, box, api_visibility="private", **QUIET)
+
+
+def handler_like(inspect: Callable) -> Callable[[Callable], Callable]:
+    """Give a ``handler(*args)`` the signature Gradio reads: ``inspect``'s inputs, then the ``gr.Request``
+    (which Gradio passes last, positionally)."""
+    kind = inspect_module.Parameter.POSITIONAL_OR_KEYWORD
+    params = [p.replace(annotation=p.empty) for p in inspect_module.signature(inspect).parameters.values()
+              if p.name != "request"]
+    params.append(inspect_module.Parameter("request", kind, default=None))
+
+    def give(handler: Callable) -> Callable:
+        handler.__signature__ = inspect_module.Signature(params)
+        handler.__annotations__ = {"request": gr.Request}
+        return handler
+
+    return give
+
+
+def from_memory(inspect: Callable) -> Callable:
+    """``inspect`` answered from the visitor's grid only (for a ratio release, outside the model queue). When
+    the grid lacks the ratio, or anything fails, it raises :class:`NotRemembered` (not shown in the page), so
+    that the event's ``.failure`` runs ``inspect`` in the queue, which shows a real error once."""
+    @handler_like(inspect)
+    def answer(*args: Any) -> tuple:
+        *inputs, request = args
+        token = _MEMORY_ONLY.set(True)
+        try:
+            return inspect(*inputs, request=request)
+        except NotRemembered:
+            raise
+        except gr.Error as err:
+            raise NotRemembered(str(err)) from err
+        finally:
+            _MEMORY_ONLY.reset(token)
+
+    return answer
+
+
 def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: type, triggers: list,
               api_names: tuple[str, str, str], after: Callable, after_outputs: type, link_inputs: list[str],
               demo: gr.Blocks | None = None, open_view: Callable | None = None, opened: list[str] = ()) -> None:
     """The model runs of a tab (``api_names``: a change of input or settings, an example picked, the page
     opened with ``demo``), each followed by ``after`` (→ ``after_outputs``, see :func:`after_run_type`) and the
-    full link in the browser. ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name
-    components of ``c``."""
+    full link in the browser. A release of the ratio slider is answered from the visitor's grid outside the
+    queue, as a layer change is (:func:`from_memory`), and runs the model in the queue only on a miss.
+    ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name components of ``c``."""
     run_model = dict(inputs=[c[n] for n in inputs], outputs=[c[n] for n in outputs._fields], concurrency_id="model",
                      concurrency_limit=1)
 
-    def follow(event) -> None:
-        (event.then(after, [c["session"], c["selected"], *[c[n] for n in link_inputs]],
-                    [c[n] for n in after_outputs._fields], api_visibility="private", **QUIET)
+    def follow(event, step: str = "then") -> None:
+        (getattr(event, step)(after, [c["session"], c["selected"], *[c[n] for n in link_inputs]],
+                              [c[n] for n in after_outputs._fields], api_visibility="private", **QUIET)
          .then(None, c["link"], c["link"], js=LINK_JS, **QUIET))  # the full link and the page's URL, in the browser
 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))
     follow(c["examples"].load_input_event.then(inspect, api_name=api_names[1], api_visibility="private", **run_model))
+    release = c["ratio"].release(from_memory(inspect), run_model["inputs"], run_model["outputs"],
+                                 api_visibility="private", trigger_mode="always_last", **QUIET)
+    follow(release, "success")  # answered from memory
+    follow(release.failure(inspect, api_visibility="private", **run_model))  # not in memory: the model runs
     if demo is not None and open_view is not None:
         # queued (no model; its own slot): a warning about the link reaches the page only from a queued event
         page = demo.load(open_view, None, [c[n] for n in opened], api_visibility="private", show_progress="hidden")

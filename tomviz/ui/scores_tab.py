@@ -14,12 +14,14 @@ from PIL import Image
 
 import tomviz
 from tomviz import score_analysis
+from tomviz.ratio_grid import foreground
 from tomviz.render import scores as render
 from tomviz.render.overlay import heatmap_overlay
 from tomviz.score_analysis import ScoreSession
 from tomviz.scores.banzhaf import BanzhafResult
 from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, MAX_RATIO, MAX_SEED, TEXT_MODELS, PromptBox, outputs_type,
                               session_state, user_errors)
+from tomviz.ui.examples import computed_once, own_copy
 from tomviz.ui.guards import ImageFile, escape_markdown
 from tomviz.ui.server import HEAVY
 
@@ -102,6 +104,22 @@ def score_banzhaf(model: str, image: Any, text: str | None, ratio: float = 0.9, 
 
 
 EMPTY_BANZHAF_VIEWS = BanzhafViews(None, None, None, None, None, None, "", None)
+
+
+@computed_once
+def example_banzhaf() -> BanzhafOutputs:
+    """The estimate the tab opens on: the controls' defaults (the embedded image model, the first example
+    photo, ratio 0.9, groups after layer 11, 512 coalitions, seed 0), once per process."""
+    return score_banzhaf(DEFAULT_MODEL["image"], EXAMPLE_IMAGES[0], None, 0.9, 11, SAMPLES[2], False, 0, 8)
+
+
+def open_banzhaf_example() -> BanzhafOutputs:
+    """Page load: :func:`example_banzhaf` (the visitor's own copy of its session); left as is without examples."""
+    if not EXAMPLE_IMAGES:
+        return BanzhafOutputs(*(gr.skip() for _ in BanzhafOutputs._fields))
+    with user_errors("show the example estimate"):
+        out = example_banzhaf()
+        return out._replace(session=own_copy(out.session))
 
 
 def rerender_banzhaf(top_k: float, session: ScoreSession | None) -> BanzhafViews:
@@ -200,7 +218,8 @@ def build_banzhaf_section() -> None:
         with gr.Column(scale=7):
             summary = gr.Markdown(elem_id="banzhaf-summary")
             with gr.Row():
-                heat = gr.Image(label="Banzhaf value over the image", format="png", interactive=False, height=300)
+                heat = gr.Image(label="Banzhaf value over the image", format="png", interactive=False, height=300,
+                                elem_id="banzhaf-heat")
                 pairs_img = gr.Image(label="Strongest interacting pairs", format="png", interactive=False, height=300)
                 rollout = gr.Image(label="Attention rollout through the merges (CLS)", format="png", interactive=False,
                                    height=300)
@@ -212,9 +231,11 @@ def build_banzhaf_section() -> None:
     banzhaf_components = dict(session=session, heat=heat, tokens=tokens, values=values, matrix=matrix,
                               pairs_img=pairs_img, pairs=pairs, summary=summary, rollout=rollout)
     run_btn.click(
-        score_banzhaf, inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
+        foreground(score_banzhaf), inputs=[model, image, text, ratio, layer, samples, exact, seed, top_k],
         outputs=[banzhaf_components[name] for name in BanzhafOutputs._fields], api_name="score_banzhaf", **HEAVY,
     )
+    gr.on(None, open_banzhaf_example, None, [banzhaf_components[name] for name in BanzhafOutputs._fields],
+          api_name="open_banzhaf_example", api_visibility="private", queue=False)  # page load: the example's estimate
     top_k.release(rerender_banzhaf, inputs=[top_k, session], outputs=[banzhaf_components[name] for name in BanzhafViews._fields],
                   show_progress="hidden")
 
@@ -248,6 +269,6 @@ def build_hbi_section() -> None:
     hbi_components = dict(session=hbi_session, lines=lines, cross=cross, words=word_values, heat=group_heat,
                           pairs=hbi_pairs, summary=hbi_summary)
     hbi_btn.click(
-        score_hbi, inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
+        foreground(score_hbi), inputs=[clip_model, clip_image, prompt, clip_ratio, clip_layer, clip_samples, clip_seed, clip_top],
         outputs=[hbi_components[name] for name in HBIOutputs._fields], api_name="score_hbi", **HEAVY,
     )

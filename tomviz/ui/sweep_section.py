@@ -13,10 +13,13 @@ import tomviz
 from tomviz.analysis import check_modality
 from tomviz.merge import METHODS, check_methods
 from tomviz.merge.schedule import MAX_RATIO, check_ratio, check_schedule_name
+from tomviz.ratio_grid import foreground
 from tomviz.render.sweep import sweep_figure
 from tomviz.sweep import SweepRow, sweep, to_csv
+from tomviz.ui.common import (DEFAULT_MODEL, EXAMPLE_IMAGES, PromptBox, download_folder, input_of, methods_for,
+                              user_errors)
+from tomviz.ui.examples import computed_once
 from tomviz.ui.server import HEAVY
-from tomviz.ui.common import DEFAULT_MODEL, PromptBox, download_folder, input_of, methods_for, user_errors
 
 SWEEP_METHODS = ["tome", "pitome", "evit", "random"]
 SWEEP_RATIOS = "0, 0.25, 0.5, 0.75, 0.9"
@@ -95,11 +98,34 @@ def run_sweep(modality: str, image: str | None, prompt: str | None, model: str, 
         methods = methods_that_run_on(modality, methods)
         rows = sweep(loaded, x, methods, values, runs=SWEEP_RUNS, warmup=SWEEP_WARMUP, schedule=schedule,
                      prop_attn=bool(prop_attn), progress=True)
-        failed = [r for r in rows if r.error]
-        if failed:
-            gr.Warning(f"{len(failed)} of {len(rows)} settings could not run (see the error column).")
-        path = to_csv(rows, download_folder() / "sweep.csv")
-        return SweepOutputs(figure=sweep_figure(rows), table=sweep_rows_table(rows), csv=str(path))
+        return sweep_outputs(rows)
+
+
+def sweep_outputs(rows: list[SweepRow]) -> SweepOutputs:
+    """The figure, the table and a CSV download of ``rows`` (a warning counts the settings that failed)."""
+    failed = [r for r in rows if r.error]
+    if failed:
+        gr.Warning(f"{len(failed)} of {len(rows)} settings could not run (see the error column).")
+    path = to_csv(rows, download_folder() / "sweep.csv")
+    return SweepOutputs(figure=sweep_figure(rows), table=sweep_rows_table(rows), csv=str(path))
+
+
+@computed_once
+def example_sweep_rows() -> list[SweepRow]:
+    """The sweep the tab opens on: the default methods and ratios on the first example photo, one timed
+    forward per setting and none untimed (a quarter of a visitor's sweep: the first page load waits for it);
+    once per process."""
+    loaded = tomviz.load(DEFAULT_MODEL["image"], untrusted=True)
+    return sweep(loaded, EXAMPLE_IMAGES[0], SWEEP_METHODS, parse_ratios(SWEEP_RATIOS), runs=1, warmup=0)
+
+
+def open_example_sweep() -> SweepOutputs:
+    """Page load: :func:`example_sweep_rows` drawn, with a CSV written for this visitor (all left as is
+    without example photos)."""
+    if not EXAMPLE_IMAGES:
+        return SweepOutputs(gr.skip(), gr.skip(), gr.skip())
+    with user_errors("show the example sweep"):
+        return sweep_outputs(example_sweep_rows())
 
 
 def build_sweep_section(inputs: dict[str, Any]) -> gr.CheckboxGroup:
@@ -115,12 +141,14 @@ def build_sweep_section(inputs: dict[str, Any]) -> gr.CheckboxGroup:
             button = gr.Button("Run sweep", variant="primary")
             csv = gr.File(label="CSV", interactive=False)
         with gr.Column(scale=7):
-            figure = gr.Plot(label="Fidelity and speed-up against ratio")
+            figure = gr.Plot(label="Fidelity and speed-up against ratio", elem_id="sweep-figure")
             table = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep", interactive=False)
     components = dict(figure=figure, table=table, csv=csv)
     button.click(
-        run_sweep, inputs=[inputs["modality"], inputs["image"], inputs["prompt"], inputs["model"], methods, ratios,
+        foreground(run_sweep), inputs=[inputs["modality"], inputs["image"], inputs["prompt"], inputs["model"], methods, ratios,
                            inputs["schedule"], inputs["prop_attn"]],
         outputs=[components[name] for name in SweepOutputs._fields], api_name="sweep", **HEAVY,
     )
+    gr.on(None, open_example_sweep, None, [components[name] for name in SweepOutputs._fields],
+          api_name="open_sweep_example", api_visibility="private", queue=False)  # page load: the example's sweep
     return methods

@@ -68,13 +68,15 @@ TextOutputs = lifecycle.run_outputs("TextOutputs", LayerViews.__annotations__.it
 
 def inspect_text(text: str | None, ratio: float = 0.5, model: str = DEFAULT_MODEL["text"], method: str = "tome",
                  schedule: str = "constant", prop_attn: bool = True, layer: float = 3,
-                 session: Analysis | None = None, selected: int | None = None) -> TextOutputs:
-    """Run the model once on ``text`` and render every output; a clicked token (``selected``, kept in the
+                 session: Analysis | None = None, selected: int | None = None,
+                 request: gr.Request | None = None) -> TextOutputs:
+    """Run the model once on ``text`` (or answer from the visitor's grid of ratios, see
+    :func:`lifecycle.analyse_input`) and render every output; a clicked token (``selected``, kept in the
     page's state) stays selected when the new prompt still has it. API: ``/inspect_text`` (text, ratio)."""
     with user_errors("inspect this prompt"):
         if text is None or not str(text).strip():
             raise gr.Error("The prompt is empty: type some text or pick an example.", title="Cannot inspect this prompt")
-        analysis = lifecycle.analyse_input(KIND, str(text), ratio, model, method, schedule, prop_attn, session)
+        analysis = lifecycle.analyse_input(KIND, str(text), ratio, model, method, schedule, prop_attn, session, request)
         l = layer_index(layer, analysis.trace.num_layers)
         views = layer_views(analysis, l, valid_token(KIND, analysis, selected))
         return TextOutputs(analysis, *views, **lifecycle.run_views(analysis, l))
@@ -162,7 +164,7 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
                                        info="Settings and prompt")
                 c["copy"] = gr.Button("Copy link", scale=1)
             c["download"] = gr.Button("Download trace (.json, .npz)")
-            c["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            c["files"] = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False)
         with gr.Column(scale=7):
             c["tokens"] = gr.HighlightedText(label="Tokens coloured by group (click a token to follow its group)",
                                              combine_adjacent=False, show_legend=True, show_inline_category=False,
@@ -174,8 +176,7 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
             c["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
             c["attention"] = gr.Plot(label="CLS attention per group")
             with gr.Row():
-                c["counts"] = gr.Plot(label="Token count")
-                c["gflops"] = gr.Plot(label="GFLOPs")
+                c["counts"], c["gflops"] = lifecycle.run_charts()
             c["speed"] = gr.Markdown(label="Speed")
             c["fidelity"] = gr.Markdown(label="Fidelity")
             with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
@@ -192,10 +193,10 @@ def build_text_tab(demo: gr.Blocks | None = None) -> None:
     link_inputs = ["prompt", "model", "method", "schedule", "ratio", "layer"]
     lifecycle.wire_runs(
         c, inspect_text, ["prompt", "ratio", *settings, "layer", "session", "selected"], TextOutputs,
-        [c["run"].click, c["prompt"].submit, c["ratio"].release, *[c[n].change for n in settings]],
+        [c["run"].click, c["prompt"].submit, *[c[n].change for n in settings]],  # the ratio: wire_runs, from memory first
         ("inspect_text", "pick_example_text", "open_page_text"), after_run, AfterRun, link_inputs, demo, open_view,
         link_inputs)
     lifecycle.wire_layer(c, render_text_layer, ["layer", "session", "selected"], LayerViews, "render_text_layer")
     lifecycle.wire_selection(c, Selection, [("tokens", select_token)], clear_selection, ["layer", "session"],
                              "clear_token")  # the endpoint's name before the tabs shared one life-cycle
-    c["download"].click(text_downloads, inputs=c["session"], outputs=c["files"], api_name="text_downloads")
+    lifecycle.wire_files(c["download"], text_downloads, [c["session"]], c["files"], "text_downloads")

@@ -13,7 +13,9 @@ from PIL import Image
 import tomviz
 from tomviz.merge import registry
 from tomviz.merge.presets import PRESETS, tinychart_ratio
+from tomviz.models.hub import hub_unreachable, is_cached
 from tomviz.models.vlm import LoadedVLM
+from tomviz.ratio_grid import foreground
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
 from tomviz.ui.common import MAX_RATIO, PromptBox, session_state, user_errors
 from tomviz.ui.guards import ImageFile
@@ -177,9 +179,27 @@ def show_step(step: int | None, session: VLMSession | None = None):
         return answer_attention_overlay(res.inputs.image, res.stages["boundary"], res.answer_attention, step)
 
 
+WOULD_SHOW = ("both answers (without and with the reduction) and how faithful the reduced one is, the picture of "
+              "what reaches the LLM (groups of visual tokens, dropped ones dark), where each answer token looked, "
+              "and the token counts and timings of both runs")
+
+
+def hub_notice(model: str = VLM_MODELS[0]) -> str:
+    """Before any click: a plain notice when ``model`` cannot load here (not in the Hugging Face cache, and the
+    hub unreachable: a cheap check, remembered for minutes), else nothing."""
+    reason = hub_unreachable()
+    if reason is None or is_cached(model):
+        return ""
+    return (f"### This server cannot reach the Hugging Face hub ({reason})\n"
+            f"No vision-language model weights ship in a package and `{model}` is not cached here, so **Ask** "
+            f"cannot run on this server. With hub access (e.g. on Hugging Face Spaces) this tab shows {WOULD_SHOW}. "
+            "Every other tab works offline.")
+
+
 def build_vlm_tab() -> None:
     session = session_state()
     gr.Markdown("Ask a vision-language model about a photo, then see which visual tokens it keeps, merges and attends to. " + HUB_NOTE)
+    notice = gr.Markdown(elem_id="vlm-hub-notice")
     with gr.Row():
         with gr.Column(scale=4):
             image = ImageFile(label="Image")  # a checked file path (header bounds before decoding)
@@ -203,8 +223,9 @@ def build_vlm_tab() -> None:
     inputs = [image, question, model, place, method, ratio, max_new, session]
     components = dict(session=session, overlay=overlay, answers=answers, counts=counts, steps=step, attention=attention)
     outputs = [components[name] for name in VLMOutputs._fields]
-    gr.on([run.click, question.submit], ask, inputs=inputs, outputs=outputs, api_name="ask_vlm", **HEAVY,
+    gr.on([run.click, question.submit], foreground(ask), inputs=inputs, outputs=outputs, api_name="ask_vlm", **HEAVY,
           trigger_mode="always_last")
     place.change(update_methods, inputs=[place, method], outputs=method, api_visibility="private", queue=False,
                  show_progress="hidden")
+    gr.on(None, hub_notice, None, notice, api_visibility="private", queue=False, show_progress="hidden")  # page load
     step.input(show_step, inputs=[step, session], outputs=attention, api_name="show_vlm_step", queue=False)

@@ -199,8 +199,7 @@ def encode_mustdrop(loaded: LoadedVLM, inputs: VLMInput, red: Reduction, meta: d
     num_visual = int((inputs.tensors["input_ids"][0] == loaded.image_token_id).sum())
     if windows.plan.num_in != num_visual:
         raise ValueError(f"{windows.plan.num_in} patches for {num_visual} image tokens in the prompt")
-    threshold = float(mustdrop.options(loaded, red)["window_threshold"])
-    stages = {"encoder": mustdrop.encoder_stage(windows.plan, meta, threshold),
+    stages = {"encoder": mustdrop.encoder_stage(windows.plan, meta, windows.threshold),
               "key_set": mustdrop.key_set_stage(windows.key, windows.plan.num_out, meta)}
     carried = torch.zeros(windows.plan.num_out, dtype=torch.bool, device=windows.features.device)
     return Encoded(features=windows.features, plan=windows.plan, merged=True, stages=stages, meta=meta,

@@ -68,6 +68,7 @@ class Windows:
     features: torch.Tensor  # [1, N', D] the LLM's visual tokens, in the original's order
     plan: MergePlan  # [1, N] patches → the N' tokens
     key: torch.Tensor  # [K] the key set, indices into the N' tokens
+    threshold: float  # the window threshold it ran with
 
 
 def vision(loaded: LoadedVLM, tensors: dict[str, torch.Tensor], red: Reduction) -> Windows:
@@ -85,7 +86,7 @@ def vision(loaded: LoadedVLM, tensors: dict[str, torch.Tensor], red: Reduction) 
     plan = MergePlan(dst=dst, num_out=run.plan.num_out - 1)
     if plan.num_out != features.shape[1]:
         raise ValueError(f"{features.shape[1]} visual features for {plan.num_out} merged patches")
-    return Windows(features=features, plan=plan, key=run.key[0])
+    return Windows(features=features, plan=plan, key=run.key[0], threshold=run.threshold)
 
 
 def request(loaded: LoadedVLM, red: Reduction, visual: torch.Tensor, key: torch.Tensor) -> wiring.MustDropRequest:

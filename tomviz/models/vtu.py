@@ -128,14 +128,16 @@ def _virtual_key_mask(key_bias: torch.Tensor, index: torch.Tensor, length: int) 
 def _merged_attention(qv: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None, scale: float, index: torch.Tensor,
                       counts: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
     """``[Q, L]`` attention of the merged queries ``record`` to the merged keys (batch element 0, mean over heads):
-    virtual queries' probabilities averaged over each merged query's copies, summed over each merged key's copies.
+    virtual queries' probabilities averaged over each merged query's copies, summed over each merged key's copies
+    (only the copies of ``record`` are computed).
     qv, kv: ``[B, H, Lv, d]``; counts: ``[L]`` copies per merged token."""
-    logits = (qv.float() @ kv.float().transpose(-1, -2)) * scale  # [B, H, Lv, Lv]
-    if mask is not None:
-        logits = logits + mask.float()
-    else:
-        logits = logits.masked_fill(~torch.ones_like(logits[0, 0], dtype=torch.bool).tril(), -torch.inf)
-    probs = logits[0].softmax(-1).mean(0)  # [Lv, Lv]
+    rows = torch.isin(index, record).nonzero()[:, 0]  # [R] the virtual queries that copy a recorded token
+    logits = (qv[:, :, rows].float() @ kv.float().transpose(-1, -2)) * scale  # [B, H, R, Lv]
     length, num_virtual = counts.shape[0], index.shape[0]
-    per_query = probs.new_zeros(length, num_virtual).index_add_(0, index, probs) / counts[:, None]  # [L, Lv]
+    if mask is not None:
+        logits = logits + mask[:, :, rows].float()
+    else:
+        logits = logits.masked_fill(torch.arange(num_virtual, device=index.device) > rows[:, None], -torch.inf)
+    probs = logits[0].softmax(-1).mean(0)  # [R, Lv]
+    per_query = probs.new_zeros(length, num_virtual).index_add_(0, index[rows], probs) / counts[:, None]  # [L, Lv]
     return per_query[record].new_zeros(len(record), length).index_add_(1, index, per_query[record])

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tomviz.inputs.limits import MAX_PIXELS, ImageInputError, check_image
+from tomviz.inputs.limits import MAX_PIXELS, ImageInputError, check_image, check_pixels
 
 __all__ = [
     "DINOV2_SPEC",
@@ -152,12 +152,7 @@ def spec_from_processor_config(config: Mapping[str, Any]) -> ImageSpec:
 
 def _check_geometry(width: int, height: int) -> None:
     """Refuse images that are too big (before decoding), too small or too elongated."""
-    pixels = width * height
-    if pixels > MAX_PIXELS:
-        raise ImageInputError(
-            f"The image is {width}×{height} pixels ({pixels / 1e6:.1f} megapixels); "
-            f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Please use a smaller image."
-        )
+    check_pixels(width, height)
     if min(width, height) < MIN_SIDE:
         raise ImageInputError(
             f"The image is only {width}×{height} pixels; each side must be at least {MIN_SIDE} pixels."

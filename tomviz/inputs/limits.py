@@ -27,7 +27,7 @@ MAX_FRAMES = 1000
 """Frames of an animated image (GIF, APNG, WebP, multi-page TIFF); only the first is used."""
 
 __all__ = ["MAX_FRAMES", "MAX_IMAGE_BYTES", "MAX_PIXELS", "ImageHeader", "ImageInputError", "check_image",
-           "check_image_bytes", "check_image_file"]
+           "check_image_bytes", "check_image_file", "check_pixels"]
 
 
 class ImageInputError(ValueError):
@@ -49,12 +49,16 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} megapixels"
 
 
-def check_image(img: Image.Image) -> None:
-    """Refuse an opened (not yet loaded) PIL image with more than ``MAX_PIXELS`` pixels or ``MAX_FRAMES`` frames."""
-    width, height = img.size
+def check_pixels(width: int, height: int) -> None:
+    """Refuse a ``width`` × ``height`` image with more than ``MAX_PIXELS`` pixels."""
     if width * height > MAX_PIXELS:
         raise ImageInputError(f"The image is {width}×{height} pixels ({_megapixels(width * height)}); "
                               f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels. Please use a smaller image.")
+
+
+def check_image(img: Image.Image) -> None:
+    """Refuse an opened (not yet loaded) PIL image with more than ``MAX_PIXELS`` pixels or ``MAX_FRAMES`` frames."""
+    check_pixels(*img.size)
     frames = int(getattr(img, "n_frames", 1) or 1)
     if frames > MAX_FRAMES:
         raise ImageInputError(f"The image has {frames} frames; at most {MAX_FRAMES} are accepted.")

@@ -97,15 +97,19 @@ def frame_picture(frame: np.ndarray, stable: np.ndarray, size: np.ndarray, selec
     return to_image(out.astype(np.float32))
 
 
+def frame_groups(trace: Trace, stage: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """After ``stage``: ``[T, rows, cols]`` stable group names, ``[N0]`` group ids, ``[T, rows, cols]`` group sizes
+    (0 where dropped)."""
+    stable = trace.on_frame_grid(trace.stable_groups(stage))
+    groups, sizes = trace.groups(stage), trace.sizes(stage)
+    return stable, groups, trace.on_frame_grid(np.where(groups >= 0, sizes[np.maximum(groups, 0)], 0))
+
+
 def frame_strip(frames: np.ndarray, trace: Trace, stage: int = -1, token: int | None = None,
                 layout: FrameStripLayout | None = None) -> Image.Image:
     """The frame strip of ``trace`` after ``stage`` (see the module docstring); ``token`` selects its group."""
     layout = layout or strip_layout(frames)
-    num_frames, rows, cols = trace.frame_grid
-    stable = trace.on_frame_grid(trace.stable_groups(stage))  # [T, rows, cols]
-    groups = trace.groups(stage)
-    sizes = trace.sizes(stage)
-    size = trace.on_frame_grid(np.where(groups >= 0, sizes[np.maximum(groups, 0)], 0))
+    stable, groups, size = frame_groups(trace, stage)
     selected = None
     if token is not None and groups[token] >= 0:
         selected = trace.on_frame_grid(groups == groups[token])
@@ -144,13 +148,10 @@ def _time(trace: Trace, frame: int) -> str:
 def merge_video(frames: np.ndarray, trace: Trace, path, frame_ms: int = 400, tile_width: int = 480) -> object:
     """An MP4 at ``path``: each sampled frame as it is, then the same frames with the groups of the last stage
     drawn (one video frame per clip frame); returns the path."""
-    num_frames, rows, cols = trace.frame_grid
-    stable = trace.on_frame_grid(trace.stable_groups(-1))
-    groups, sizes = trace.groups(-1), trace.sizes(-1)
-    size = trace.on_frame_grid(np.where(groups >= 0, sizes[np.maximum(groups, 0)], 0))
+    stable, _, size = frame_groups(trace, -1)
     tile = strip_layout(frames, tile_width=tile_width).tile
     originals = [Image.fromarray(frame).resize(tile, Image.Resampling.BILINEAR) for frame in frames]
-    drawn = [frame_picture(frames[t], stable[t], size[t], None, tile) for t in range(num_frames)]
+    drawn = [frame_picture(frames[t], stable[t], size[t], None, tile) for t in range(stable.shape[0])]
     return save_video(originals + drawn, path, frame_ms=frame_ms, last_ms=2 * frame_ms)
 
 

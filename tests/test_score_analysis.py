@@ -5,21 +5,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import tomviz
-from tests.scores.conftest import clip, clip_tokenizer, vit_classifier  # noqa: F401 - fixtures
+from tests.scores.conftest import clip, clip_tokenizer, photo, vit_classifier  # noqa: F401 - fixtures
 from tomviz import score_analysis
 from tomviz.score_analysis import ScoreSession, compute_banzhaf, compute_hbi, groups_layer
 from tomviz.scores.banzhaf import banzhaf
-
-
-@pytest.fixture()
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
-    return str(path)
 
 
 def _load_as(monkeypatch, loaded) -> list[tuple[str, bool]]:

@@ -1,7 +1,9 @@
 """Tiny random models for the score tests (no network)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 from transformers import CLIPTokenizer
 
 from tests import tiny
@@ -38,3 +40,12 @@ def clip_tokenizer():
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    """A random 56 × 40 RGB photo saved as PNG (its path)."""
+    path = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
+    return str(path)

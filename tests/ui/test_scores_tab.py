@@ -4,18 +4,9 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 import pytest
-from PIL import Image
 
 import tomviz
 from tomviz.ui import scores_tab
-
-
-@pytest.fixture()
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(path)
-    return str(path)
 
 
 def test_banzhaf_handler_on_a_tiny_classifier(monkeypatch, vit_classifier, photo):

@@ -24,6 +24,9 @@ SCHEMA: dict[str, str] = {
 }
 COLUMNS = tuple(SCHEMA)
 SETTING_KEYS = ("model", "setting", "method", "ratio", "r", "schedule", "prop_attn")
+SUMMARY_KEYS = set(SETTING_KEYS) | {"inputs", "ran", "errors", "cosine", "top1_agree", "top5_overlap", "accuracy",
+                                    "base_accuracy", "tokens_in", "tokens_out", "gflops", "base_gflops", "flops_speedup",
+                                    "throughput", "base_throughput", "speedup", "first_error"}  # what a summary entry keeps
 
 
 def arrow_schema():
@@ -161,7 +164,4 @@ def read_summary(text: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         entries, meta = summarise([{k: r.get(k) for k in COLUMNS} for r in data if isinstance(r, dict)]), {}
     else:
         raise ValueError("not a tomviz bench summary (expected {\"summary\": [...]} or a list of rows)")
-    keep = set(SETTING_KEYS) | {"inputs", "ran", "errors", "cosine", "top1_agree", "top5_overlap", "accuracy", "base_accuracy",
-                                "tokens_in", "tokens_out", "gflops", "base_gflops", "flops_speedup", "throughput",
-                                "base_throughput", "speedup", "first_error"}
-    return [{k: e.get(k) for k in keep} for e in entries if isinstance(e, dict)], meta
+    return [{k: e.get(k) for k in SUMMARY_KEYS} for e in entries if isinstance(e, dict)], meta

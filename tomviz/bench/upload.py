@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tomviz.bench.results import COLUMNS, SETTING_KEYS, SCHEMA, Summary
+from tomviz.bench.results import COLUMNS, SCHEMA, SUMMARY_KEYS, Summary
 
 BATCH_ROWS = 4096
-SUMMARY_KEYS = set(SETTING_KEYS) | {"inputs", "ran", "errors", "cosine", "top1_agree", "top5_overlap", "accuracy",
-                                    "base_accuracy", "tokens_in", "tokens_out", "gflops", "base_gflops", "flops_speedup",
-                                    "throughput", "base_throughput", "speedup", "first_error"}
 
 SUMMARY_TYPES = {"model": "string", "setting": "string", "method": "string", "schedule": "string", "first_error": "string",
                  "prop_attn": "bool"}  # the others are numbers

@@ -31,6 +31,7 @@ import gradio as gr
 from gradio.context import LocalContext
 from gradio.state_holder import StateHolder
 from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
 
 from tomviz.ui.guards import Watchdog
 
@@ -50,7 +51,8 @@ WATCHDOG = Watchdog()
 
 # --- who is asking ----------------------------------------------------------------------------------------
 def client_key(request: Any) -> str:
-    """The client address of a Starlette/FastAPI request or a ``gr.Request`` (``UNKNOWN_CLIENT`` if none)."""
+    """The client address of a Starlette/FastAPI request or connection or a ``gr.Request`` (``UNKNOWN_CLIENT``
+    if none): the one way every per-client cap names a client."""
     if request is None:
         return UNKNOWN_CLIENT
     if CLIENT_HEADER:
@@ -60,15 +62,6 @@ def client_key(request: Any) -> str:
             return forwarded.split(",")[-1].strip()
     client = getattr(request, "client", None)
     return str(getattr(client, "host", None) or UNKNOWN_CLIENT)
-
-
-def _scope_client(scope: dict) -> str:
-    if CLIENT_HEADER:
-        for name, value in scope.get("headers", []):
-            if name.decode("latin-1").lower() == CLIENT_HEADER.lower():
-                return value.decode("latin-1").split(",")[-1].strip()
-    client = scope.get("client")
-    return str(client[0]) if client else UNKNOWN_CLIENT
 
 
 # --- request bodies ---------------------------------------------------------------------------------------
@@ -126,7 +119,7 @@ def _record_session(scope: dict, body: bytes) -> None:
         return
     holder = getattr(scope.get("app"), "state_holder", None)
     if isinstance(session, str) and isinstance(holder, StateHolder):
-        _per_client(holder).record(session, _scope_client(scope))
+        _per_client(holder).record(session, client_key(HTTPConnection(scope)))
 
 
 # --- sessions ---------------------------------------------------------------------------------------------

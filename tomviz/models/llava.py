@@ -18,7 +18,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaOnevisionForConditionalGeneration
 
 from tomviz.models import clip, siglip  # noqa: F401  (register the vision towers' adapters)
-from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register
+from tomviz.models.vlm import VideoLayout, VLMAdapter, image_only, processor_files, register
 
 
 def _features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -95,6 +95,18 @@ def _newlines(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return (features[0] == newline).all(-1)
 
 
+def _onevision_video(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """``[1, T, 3, S, S]`` → ``[1, T * n + 1, D]``: every frame through the tower and projector, pooled 2x2 (bilinear,
+    ``ceil(P / 2)`` per side), then one ``image_newline`` (transformers 5.24 ``get_video_features``)."""
+    cfg = model.config
+    return model.model.get_video_features(pixels, vision_feature_layer=cfg.vision_feature_layer,
+                                          vision_feature_select_strategy=cfg.vision_feature_select_strategy).pooler_output
+
+
+ONEVISION_VIDEO = VideoLayout(features=_onevision_video, token_grid=lambda m, grid: tuple(-(-side // 2) for side in grid),
+                              pooling="bilinear", token="video", trailing_marker=True)
+
+
 # LLaVA-OneVision: one image reaches the LLM as the base view (one tile's grid) followed by the anyres
 # tiles stitched into one grid, cropped to the image's aspect ratio (unpad), bilinearly shrunk past
 # anyres_max_9, with an image_newline token after each row. The tokens are therefore not equal tiles:
@@ -116,6 +128,7 @@ LLAVA_ONEVISION = register(
         uniform_grid=False,
         pre_projector=None,  # the tiles are stitched, cropped and resized after the projector
         project=None,
+        video=ONEVISION_VIDEO,
     )
 )
 

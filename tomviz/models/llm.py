@@ -38,7 +38,7 @@ from tomviz.models.patching import PATCH_LOCK
 from tomviz.models.vtu import VirtualTokens, vtu_attention
 from tomviz.models.vtu import rotary_function as _rotary
 
-__all__ = ["AIMRequest", "FastVRequest", "LLMState", "VirtualTokens", "apply", "current_state", "layer_attention",
+__all__ = ["AIMRequest", "DyCokeRequest", "FastVRequest", "LLMState", "VirtualTokens", "apply", "current_state", "layer_attention",
            "layer_logits", "remove", "vtu_attention"]
 
 _PATCHED = "_tomviz_llm_patched"
@@ -52,6 +52,22 @@ class FastVRequest:
     keep: int  # visual tokens kept
     select: Callable[[torch.Tensor], torch.Tensor]  # attention [1, V] → kept visual indices [k] (ascending)
     query: int = -1  # the prefill position whose attention decides: the last prompt token (-1: the last position)
+    # HoliTom's inner merge: (hidden [V, C] of the visual tokens entering layer K, kept [k] visual indices ascending)
+    # → (folded [k, C], dst [V] index into kept): the dropped tokens fold into the kept ones first; None: FastV drops
+    fold: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+@dataclass
+class DyCokeRequest:
+    """DyCoke's decode-time cache pruning (:mod:`tomviz.merge.dycoke_cache`): at each decoding step, layer
+    ``layer - 1``'s attention of the new token to the visual tokens decides (``select``) which of them layers
+    ``>= layer`` attend to in this step (the others are masked; the cache keeps them)."""
+
+    layer: int  # l
+    select: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor | None]  # (attention [V], previous) → kept or None
+    # filled during the call
+    previous: torch.Tensor | None = None  # [V] the last step's attention
+    steps: list[torch.Tensor | None] = field(default_factory=list)  # per decoding step: kept visual indices, None: all
 
 
 @dataclass
@@ -86,6 +102,8 @@ class LLMState(PerCallState, context="tomviz_llm_state"):
     attention: list[torch.Tensor] = field(default_factory=list)  # per layer [Q, L_l], mean over heads
     active: list[torch.Tensor] = field(default_factory=list)  # AIM: per layer [L] bool, the keys left after it
     mustdrop: MustDropRequest | None = None  # MustDrop's filtering and cache eviction (filled during the call)
+    dycoke: DyCokeRequest | None = None  # DyCoke's decode-time cache pruning (filled during the call)
+    folded: torch.Tensor | None = None  # [V] HoliTom's inner merge: the kept visual token each visual token joined
 
 
 def current_state() -> LLMState | None:
@@ -182,6 +200,8 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         if dropped:
             if prefill:
                 previous = _entering(state, index - 1) if index > 0 else None
+                if fastv is not None and fastv.fold is not None and index == fastv.layer:
+                    hidden_states = _fold(hidden_states, state)
                 if previous is None or not torch.equal(previous, keep):  # this layer drops more
                     hidden_states = hidden_states[:, keep if previous is None else torch.searchsorted(previous, keep)]
                 cos, sin = kwargs["position_embeddings"]
@@ -199,6 +219,9 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill, keep)
         if state.mustdrop is not None:
             _mustdrop_step(self, index, state.mustdrop, hidden_states, kwargs, keep, prefill, prefix)
+        dycoke = state.dycoke is not None and not prefill and hidden_states.shape[1] == 1
+        if dycoke and index >= state.dycoke.layer and state.dycoke.steps and state.dycoke.steps[-1] is not None:
+            key_bias = _dycoke_bias(state, key_bias)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
             queries = torch.searchsorted(keep, state.record_queries) if dropped else state.record_queries
             probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
@@ -218,7 +241,10 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             mask = _bias_mask(mask, key_bias, q_len, past + q_len, hidden_states.dtype)
         if "attention_mask" in kwargs or mask is not None:
             kwargs["attention_mask"] = mask
-        return original(hidden_states, *args, **kwargs)
+        out = original(hidden_states, *args, **kwargs)
+        if dycoke and index == state.dycoke.layer - 1:
+            _dycoke_step(self, state, hidden_states, kwargs, key_bias)
+        return out
 
     return types.MethodType(forward, layer)
 
@@ -235,6 +261,51 @@ def _entering(state: LLMState, index: int, prefill: bool = True) -> torch.Tensor
         return None
     entering = state.active[index - 1]
     return None if bool(entering.all()) else entering.nonzero()[:, 0]
+
+
+def _fold(hidden: torch.Tensor, state: LLMState) -> torch.Tensor:
+    """HoliTom's inner merge at layer K: the visual rows of ``hidden`` ``[1, L, C]`` (the whole prefill) with the
+    dropped ones folded into the kept ones (``state.fastv.fold``); ``state.folded`` records where each went."""
+    visual_index = state.visual.nonzero()[:, 0]  # [V]
+    kept = torch.searchsorted(visual_index, state.keep[state.visual[state.keep]])  # [k] kept visual indices
+    folded, state.folded = state.fastv.fold(hidden[0, visual_index], kept)
+    hidden = hidden.clone()
+    hidden[0, visual_index[kept]] = folded.to(hidden.dtype)
+    return hidden
+
+
+def _dycoke_step(layer: nn.Module, state: LLMState, hidden: torch.Tensor, kwargs: dict,
+                 key_bias: torch.Tensor | None) -> None:
+    """DyCoke in layer ``l - 1`` of a decoding step: the new token's attention (recomputed: its query against the
+    keys this layer's cache holds, the new one included; mean over heads) to the visual tokens decides this step's
+    kept visual tokens (``state.dycoke.steps``)."""
+    request = state.dycoke
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    attn = layer.self_attn
+    keys = cache.layers[attn.layer_idx].keys  # [1, Hkv, S, d] rotated
+    h = layer.input_layernorm(hidden)
+    q = attn.q_proj(h).view(1, 1, -1, attn.head_dim).transpose(1, 2)  # [1, H, 1, d]
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    cos, sin = kwargs["position_embeddings"]
+    q, _ = _rotary(attn)(q, q, cos, sin)
+    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
+    logits = (q @ keys.transpose(-1, -2)).float() * attn.scaling  # [1, H, 1, S]
+    if key_bias is not None:
+        logits[..., : key_bias.shape[-1]] += key_bias.float()
+    probs = logits.softmax(-1).mean(1)[0, 0]  # [S]
+    attention = probs[: state.visual.shape[0]][state.visual]  # [V]
+    request.steps.append(request.select(attention, request.previous))
+    request.previous = attention
+
+
+def _dycoke_bias(state: LLMState, key_bias: torch.Tensor | None) -> torch.Tensor:
+    """``[L]`` the key bias with the visual tokens this step left out masked (layers ``>= l``)."""
+    visual_index = state.visual.nonzero()[:, 0]
+    masked = torch.full((visual_index.numel(),), torch.finfo(torch.float32).min, device=visual_index.device)
+    masked[state.dycoke.steps[-1]] = 0.0
+    bias = torch.zeros(state.visual.shape[0], device=visual_index.device).index_copy_(0, visual_index, masked)
+    return bias if key_bias is None else key_bias + bias
 
 
 def _mustdrop_step(layer: nn.Module, index: int, request: MustDropRequest, hidden: torch.Tensor, kwargs: dict,

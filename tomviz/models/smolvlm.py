@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
 
 from tomviz.models import siglip  # noqa: F401  (registers the vision tower's adapter)
-from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register
+from tomviz.models.vlm import VideoLayout, VLMAdapter, image_only, processor_files, register
 
 
 def _features(model: nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -38,6 +38,15 @@ def _token_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[tup
     return (rows // scale, cols // scale), tiles
 
 
+def _video(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """``[1, T, 3, S, S]`` → ``[1, T * n, D]``: each frame one image tile (SmolVLM2 takes a clip's frames as images)."""
+    return _features(model, {"pixel_values": pixels})[None]
+
+
+SMOLVLM_VIDEO = VideoLayout(features=_video, token_grid=lambda m, grid: tuple(side // m.config.scale_factor for side in grid),
+                            pooling="block", token="image", trailing_marker=False)
+
+
 SMOLVLM = register(
     VLMAdapter(
         family="smolvlm",
@@ -51,6 +60,7 @@ SMOLVLM = register(
         patch_grid=_patch_grid,
         unmerge=True,
         nested_images=True,
+        video=SMOLVLM_VIDEO,
     )
 )
 

@@ -28,6 +28,19 @@ _HOOKS = "_tomviz_vlm_hooks"
 
 
 @dataclass(frozen=True)
+class VideoLayout:
+    """How a VLM family takes a clip: its frames' pixels → the visual tokens of every frame, frame-major."""
+
+    # (model, pixels [1, T, 3, S, S]) → [1, T * n (+ 1 marker), D] the frames' tokens for the LLM
+    features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    # (model, (rows, cols) of a frame's patch grid) → (rows, cols) of a frame's LLM tokens
+    token_grid: Callable[[nn.Module, tuple[int, int]], tuple[int, int]]
+    pooling: str  # how patches become a frame's tokens: "bilinear" (interpolation) | "block" (pixel shuffle blocks)
+    token: str  # the prompt's placeholder for the frames' tokens: "video" (one block) | "image" (one per frame)
+    trailing_marker: bool  # one layout token (OneVision's newline) after the last frame, kept like text
+
+
+@dataclass(frozen=True)
 class VLMAdapter:
     """Where things are in one VLM family."""
 
@@ -63,6 +76,7 @@ class VLMAdapter:
     # (model, processor tensors) → [3, 1, L] the LLM's position ids of the whole prompt when the family numbers its
     # tokens itself (Qwen2-VL's M-RoPE); the reduced sequence keeps those of the tokens it keeps. None: 0..L'-1
     positions: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
+    video: VideoLayout | None = None  # how the family takes a clip (None: no video)
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []

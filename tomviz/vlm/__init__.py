@@ -42,6 +42,10 @@ The flow of one request, one module per stage:
 * :mod:`tomviz.vlm.sequence`: the boundary reduction and the LLM's input sequence (:func:`to_prefill`);
 * :mod:`tomviz.vlm.decode`: greedy decoding, teacher forcing, the answer's log-likelihood game;
 * :mod:`tomviz.vlm.result`: both runs side by side (:func:`inspect_vlm` → :class:`VLMResult`).
+
+A clip and a question (LLaVA-OneVision, SmolVLM2): :func:`ask_video` → :class:`VideoAnswer`, with a temporal
+method at the boundary and FastV, HoliTom's inner merge or DyCoke's cache pruning inside the LLM
+(:mod:`tomviz.vlm.video`, :mod:`tomviz.vlm.video_inputs`, :mod:`tomviz.vlm.video_result`).
 """
 from __future__ import annotations
 
@@ -51,9 +55,11 @@ from tomviz.vlm.inputs import VLMInput, prepare
 from tomviz.vlm.reduction import PLACES, Reduction
 from tomviz.vlm.result import AnswerFidelity, VLMResult, inspect_vlm
 from tomviz.vlm.sequence import Prefill, build_prefill, to_prefill, virtual_tokens
+from tomviz.vlm.video import VideoStages
+from tomviz.vlm.video_result import VideoAnswer, ask_video
 
 __all__ = [
     "PLACES", "AnswerFidelity", "Encoded", "Generation", "Prefill", "Reduction", "TeacherForced", "VLMInput",
     "VLMResult", "build_prefill", "encode", "first_token_kl", "generate", "inspect_vlm", "prepare", "teacher_forced",
-    "to_prefill", "virtual_tokens",
+    "to_prefill", "virtual_tokens", "VideoAnswer", "VideoStages", "ask_video",
 ]

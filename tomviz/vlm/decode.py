@@ -25,6 +25,8 @@ class Generation:
     keep: torch.Tensor | None  # FastV: prefill positions kept from layer K
     active: list[torch.Tensor] | None = None  # AIM: per LLM layer [L] bool, the prefill keys left after it
     mustdrop: MustDropRequest | None = None  # MustDrop: the request as the call filled it (``kept`` per pruning layer)
+    folded: torch.Tensor | None = None  # HoliTom's inner merge: [V] the kept visual token (index among them) each joined
+    dycoke_steps: list[torch.Tensor | None] | None = None  # DyCoke: per decoding step, the visual tokens attended to
 
 
 def stop_ids(loaded: LoadedVLM) -> set[int]:
@@ -74,7 +76,8 @@ def generate(loaded: LoadedVLM, prefill: Prefill, max_new_tokens: int = 24) -> G
     text = loaded.tokenizer.decode([t for t in tokens if t not in stop], skip_special_tokens=True).strip()
     return Generation(tokens=tokens, text=text, first_logits=first_logits, prefill_seconds=prefill_seconds,
                       decode_seconds=decode_seconds, llm_visual_tokens=counts, keep=state.keep,
-                      active=state.active if prefill.aim is not None else None, mustdrop=state.mustdrop)
+                      active=state.active if prefill.aim is not None else None, mustdrop=state.mustdrop,
+                      folded=state.folded, dycoke_steps=None if state.dycoke is None else state.dycoke.steps)
 
 
 @dataclass

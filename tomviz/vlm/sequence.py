@@ -42,11 +42,13 @@ class Prefill:
     vtu: llm.VirtualTokens | None = None  # DyMU's virtual token unmerging: the unmerged sequence behind embeds
     aim: llm.AIMRequest | None = None  # AIM's PageRank pruning inside the LLM
     mustdrop: MustDropRequest | None = None  # MustDrop's filtering and cache eviction inside the LLM
+    dycoke: llm.DyCokeRequest | None = None  # DyCoke's decode-time cache pruning inside the LLM
 
     def llm_state(self, **fields: Any) -> llm.LLMState:
         """The LLM's per-call state for this prefill (``fields``: overrides, e.g. a longer ``visual``)."""
         values = dict(visual=self.visual, key_bias=self.key_bias, fastv=self.fastv, vtu=self.vtu, aim=self.aim,
-                      mustdrop=None if self.mustdrop is None else replace(self.mustdrop))  # (its own copy: filled per call)
+                      mustdrop=None if self.mustdrop is None else replace(self.mustdrop),  # (its own copy: filled per call)
+                      dycoke=None if self.dycoke is None else replace(self.dycoke, previous=None, steps=[]))
         return llm.LLMState(**{**values, **fields})
 
     def position_ids(self, stop: int, start: int = 0) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from tomviz.models.vlm import LoadedVLM
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.trace import Trace
 from tomviz.video import VideoResult, inspect_video, is_video_input
-from tomviz.vlm import VLMResult, inspect_vlm
+from tomviz.vlm import VideoAnswer, VLMResult, ask_video, inspect_vlm
 
 
 @dataclass
@@ -67,7 +67,7 @@ def inspect(
     method_options: dict[str, Any] | None = None,
     mode: str | None = None,
     **vlm_options: Any,
-) -> "InspectResult | VLMResult | VideoResult":
+) -> "InspectResult | VLMResult | VideoResult | VideoAnswer":
     """Run ``model`` on ``x`` with token merging and record everything in a :class:`Trace`.
 
     model: a name for :func:`tomviz.load`, a transformers model instance, or a loaded model.
@@ -81,6 +81,9 @@ def inspect(
     A vision-language model takes ``x = (image, question)`` and ``place="encoder"|"boundary"|"llm"``
     (plus ``max_new_tokens``, ``fastv_layer``, ...: see :func:`tomviz.vlm.inspect_vlm`); it returns a
     :class:`tomviz.vlm.VLMResult` (``.answer``, ``.reference_answer``, ``.trace``, ``.stages``, ``.fidelity``).
+    With ``x = (clip, question)`` (LLaVA-OneVision, SmolVLM2) a temporal method runs at ``place="boundary"``, or
+    ``method="fastv"|"holitom"|"dycoke"`` at ``place="llm"`` (plus ``layer``, ``num_frames``, ``stages``: see
+    :func:`tomviz.vlm.ask_video`); it returns a :class:`tomviz.vlm.VideoAnswer`, every stage's trace frame-major.
 
     A clip (a video file, a folder or list of frames, a ``[T, H, W, 3]`` array) with an image model runs a
     temporal method (``method="holitom"|"fastvid"|"dycoke"|"framefusion"|"rlt"|"frame_drop"|"tome"|"random"``,
@@ -93,6 +96,9 @@ def inspect(
     if isinstance(loaded, LoadedVLM):
         if not (isinstance(x, tuple) and len(x) == 2):
             raise ValueError(f"{loaded.name} is a vision-language model: give it (image, question)")
+        if is_video_input(x[0]):  # (clip, question): LLaVA-OneVision / SmolVLM2 on the frames
+            return ask_video(loaded, x[0], x[1], method=method, ratio=ratio or 0.0,
+                             method_options=request.method_options, **vlm_options)
         return inspect_vlm(loaded, x[0], x[1], ratio=ratio or 0.0, method=method, prop_attn=prop_attn,
                            schedule=request.schedule, method_options=request.method_options, **vlm_options)
     if loaded.modality == "image" and is_video_input(x):

@@ -6,6 +6,10 @@ tokens of an image model (default the embedded dinov2-small). Writes into --out:
 stage and per frame, segments, the method's cost in ms per frame, fidelity), strip.png (the frame strip:
 one colour per group across frames, dropped tokens dark, segments marked) and merge.mp4 (the sampled
 frames, then the same frames with their groups).
+
+With ``--question "..." --model LLaVA-OneVision|SmolVLM2`` the clip goes to the video VLM instead
+(:func:`tomviz.vlm.ask_video`: a temporal method at ``--place boundary``, fastv / holitom / dycoke at
+``--place llm``): answers.json and, per stage, trace_STAGE.json and strip_STAGE.png.
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ def add_arguments(inspect: argparse.ArgumentParser) -> None:
 
 def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
     import tomviz
+
+    if getattr(args, "question", None):
+        return cmd_ask_video(args, clip)
     from tomviz.render.video import frame_strip, merge_video
 
     options = json.loads(args.method_options) if args.method_options else {}
@@ -61,4 +68,32 @@ def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
     counts = result.token_counts()
     print(f"wrote {out}: {counts[0]} → {counts[-1]} tokens over {result.video.num_frames} frames, "
           f"{result.trace.meta['method']} {result.method_ms_per_frame:.2f} ms/frame, pooled cosine {result.fidelity:.4f}")
+    return 0
+
+
+def cmd_ask_video(args: argparse.Namespace, clip: Path) -> int:
+    """``inspect clip.mp4 --question "..." --model LLaVA-OneVision|SmolVLM2``: answers.json (both answers, token
+    counts, timings), and per stage trace_STAGE.json and strip_STAGE.png."""
+    import tomviz
+    from tomviz.render.video import frame_strip
+
+    if not args.model:
+        raise SystemExit("error: --question needs --model (a LLaVA-OneVision or SmolVLM2 id or folder)")
+    options = json.loads(args.method_options) if args.method_options else {}
+    loaded = tomviz.load(args.model)
+    try:
+        result = tomviz.inspect(loaded, (clip, args.question), method=args.method, ratio=args.ratio, method_options=options,
+                                place=args.place, num_frames=args.frames, max_new_tokens=args.max_new_tokens,
+                                layer=args.fastv_layer if args.method == "fastv" else None)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, trace in result.stages.items():
+        trace.save(out / f"trace_{name}.json")
+        frame_strip(result.video.frames, trace).save(out / f"strip_{name}.png")
+    (out / "answers.json").write_text(json.dumps({"question": args.question, **result.summary()}, indent=1))
+    counts = result.token_counts
+    print(f"unreduced: {result.reference_answer!r}\nreduced:   {result.answer!r}\n"
+          f"frame tokens: {counts['clip']} → LLM {counts['llm_input']} (after layer K: {counts['llm_after_k']}); wrote {out}")
     return 0

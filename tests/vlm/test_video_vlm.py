@@ -172,3 +172,37 @@ def test_ask_video(loaded):
         ask_video(loaded, list(FRAMES), QUESTION, method="tome", place="llm")
     with pytest.raises(ValueError, match="layer must be"):
         ask_video(loaded, list(FRAMES), QUESTION, method="holitom", place="llm")  # k = 18 in a 3-layer LLM
+
+
+def test_inspect_and_cli_take_a_clip_and_a_question(tmp_path):
+    """``tomviz.inspect(vlm, (frames, question))`` and ``inspect FOLDER --question ... --model SmolVLM-FOLDER``."""
+    import json
+
+    from PIL import Image
+
+    import tomviz
+    from tomviz.cli import main
+
+    model, processor = tiny.smolvlm()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps({"image_seq_len": processor.image_seq_len}))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for t, frame in enumerate(FRAMES):
+        Image.fromarray(frame).save(frames / f"{t:03d}.png")
+    result = tomviz.inspect(tomviz.load(str(folder)), (list(FRAMES), QUESTION), method="dycoke", ratio=0.7,
+                            max_new_tokens=2)
+    assert result.trace.frame_grid == (4, 4, 4) and result.token_counts["llm_input"] < 64
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="layer must be 1..2"):  # HoliTom's k = 18 in a 3-layer LLM: a clear error
+        main(["inspect", str(frames), "--question", QUESTION, "--model", str(folder), "--frames", "4",
+              "--method", "holitom", "--place", "llm", "--ratio", "0.5", "--out", str(out)])
+    assert main(["inspect", str(frames), "--question", QUESTION, "--model", str(folder), "--frames", "4",
+                 "--method", "fastv", "--place", "llm", "--fastv-layer", "1", "--ratio", "0.5",
+                 "--max-new-tokens", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "answers.json").read_text())
+    assert summary["token_counts"]["llm_after_k"] == 32 and summary["llm"] == "fastv"
+    assert (out / "trace_llm.json").exists() and (out / "strip_llm.png").exists()

@@ -200,8 +200,7 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         if dropped:
             if prefill:
                 previous = _entering(state, index - 1) if index > 0 else None
-                if fastv is not None and fastv.fold is not None and index == fastv.layer:
-                    hidden_states = _fold(hidden_states, state)
+                hidden_states = _fold(hidden_states, state, index)
                 if previous is None or not torch.equal(previous, keep):  # this layer drops more
                     hidden_states = hidden_states[:, keep if previous is None else torch.searchsorted(previous, keep)]
                 cos, sin = kwargs["position_embeddings"]
@@ -219,15 +218,9 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
             key_bias = _aim_step(self, index, state, hidden_states, kwargs.get("position_embeddings"), key_bias, prefill, keep)
         if state.mustdrop is not None:
             _mustdrop_step(self, index, state.mustdrop, hidden_states, kwargs, keep, prefill, prefix)
-        dycoke = state.dycoke is not None and not prefill and hidden_states.shape[1] == 1
-        if dycoke and index >= state.dycoke.layer and state.dycoke.steps and state.dycoke.steps[-1] is not None:
-            key_bias = _dycoke_bias(state, key_bias)
+        key_bias = _dycoke_bias(state, index, prefill, key_bias)
         if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
-            queries = torch.searchsorted(keep, state.record_queries) if dropped else state.record_queries
-            probs = layer_attention(self, hidden_states, kwargs["position_embeddings"], queries, key_bias)
-            if dropped:  # back onto the prefill positions; dropped keys get 0
-                probs = probs.new_zeros(len(queries), prefix).index_copy_(1, keep, probs)
-            state.attention.append(probs)
+            state.attention.append(_recorded(self, state, hidden_states, kwargs["position_embeddings"], keep, key_bias))
         if fastv is not None and prefill and index == fastv.layer - 1:
             last = torch.tensor([fastv.query % hidden_states.shape[1]], device=hidden_states.device)
             state.last_attention = layer_attention(self, hidden_states, kwargs["position_embeddings"], last, key_bias)[0]
@@ -242,11 +235,22 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         if "attention_mask" in kwargs or mask is not None:
             kwargs["attention_mask"] = mask
         out = original(hidden_states, *args, **kwargs)
-        if dycoke and index == state.dycoke.layer - 1:
+        if not prefill and state.dycoke is not None and index == state.dycoke.layer - 1:
             _dycoke_step(self, state, hidden_states, kwargs, key_bias)
         return out
 
     return types.MethodType(forward, layer)
+
+
+def _recorded(layer: nn.Module, state: LLMState, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+              keep: torch.Tensor | None, key_bias: torch.Tensor | None) -> torch.Tensor:
+    """``[Q, L]`` the recorded queries' attention in ``layer`` over the prefill positions (``hidden`` holds the
+    positions ``keep``, None: all; the keys dropped before get 0)."""
+    queries = state.record_queries if keep is None else torch.searchsorted(keep, state.record_queries)
+    probs = layer_attention(layer, hidden, position_embeddings, queries, key_bias)
+    if keep is None:
+        return probs
+    return probs.new_zeros(len(queries), state.visual.shape[0]).index_copy_(1, keep, probs)
 
 
 def _entering(state: LLMState, index: int, prefill: bool = True) -> torch.Tensor | None:
@@ -263,9 +267,12 @@ def _entering(state: LLMState, index: int, prefill: bool = True) -> torch.Tensor
     return None if bool(entering.all()) else entering.nonzero()[:, 0]
 
 
-def _fold(hidden: torch.Tensor, state: LLMState) -> torch.Tensor:
-    """HoliTom's inner merge at layer K: the visual rows of ``hidden`` ``[1, L, C]`` (the whole prefill) with the
-    dropped ones folded into the kept ones (``state.fastv.fold``); ``state.folded`` records where each went."""
+def _fold(hidden: torch.Tensor, state: LLMState, index: int) -> torch.Tensor:
+    """HoliTom's inner merge at layer K (elsewhere ``hidden`` as it is): the visual rows of ``hidden`` ``[1, L, C]``
+    (the whole prefill) with the dropped ones folded into the kept ones (``state.fastv.fold``); ``state.folded``
+    records where each went."""
+    if state.fastv is None or state.fastv.fold is None or index != state.fastv.layer:
+        return hidden
     visual_index = state.visual.nonzero()[:, 0]  # [V]
     kept = torch.searchsorted(visual_index, state.keep[state.visual[state.keep]])  # [k] kept visual indices
     folded, state.folded = state.fastv.fold(hidden[0, visual_index], kept)
@@ -299,8 +306,12 @@ def _dycoke_step(layer: nn.Module, state: LLMState, hidden: torch.Tensor, kwargs
     request.previous = attention
 
 
-def _dycoke_bias(state: LLMState, key_bias: torch.Tensor | None) -> torch.Tensor:
-    """``[L]`` the key bias with the visual tokens this step left out masked (layers ``>= l``)."""
+def _dycoke_bias(state: LLMState, index: int, prefill: bool, key_bias: torch.Tensor | None) -> torch.Tensor | None:
+    """In a decoding step's layers ``>= l`` that DyCoke prunes: ``[L]`` the key bias with the visual tokens this step
+    left out masked; elsewhere ``key_bias`` as it is."""
+    request = state.dycoke
+    if prefill or request is None or index < request.layer or not request.steps or request.steps[-1] is None:
+        return key_bias
     visual_index = state.visual.nonzero()[:, 0]
     masked = torch.full((visual_index.numel(),), torch.finfo(torch.float32).min, device=visual_index.device)
     masked[state.dycoke.steps[-1]] = 0.0

@@ -17,7 +17,7 @@ from tomviz.ui.server import app_options, install
 from tomviz.ui.common import APP_CSS
 from tomviz.ui.share import selected_tab
 from tomviz.ui.text_tab import build_text_tab
-from tomviz.ui.video_tab import build_video_tab
+from tomviz.ui.video_question import build_video_page
 from tomviz.ui.vlm_tab import build_vlm_tab
 
 TITLE = "tomviz — token merging, layer by layer"
@@ -33,7 +33,7 @@ INTRO = (
 # ---------------------------------------------------------------------------------------
 EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [
     ("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab), ("Benchmark", build_bench_tab),
-    ("Image + question", build_vlm_tab), ("Video", build_video_tab),
+    ("Image + question", build_vlm_tab), ("Video", build_video_page),
 ]
 
 # Bounds of the public server (README, "The public server's bounds"); the tabs' own bounds are in tomviz/ui/common.py.

@@ -168,7 +168,8 @@ def select_token(session: VideoSession | None, evt: gr.SelectData) -> tuple[Any,
     return frame_strip(frames, trace, token=token), lineage_markdown(trace, token)
 
 
-def build_video_tab() -> None:
+def build_video_tab() -> tuple[gr.File, gr.Dropdown]:
+    """The tab's layout and events; returns its clip inputs (upload, example) for the question section."""
     session = session_state()
     gr.Markdown(INTRO)
     with gr.Row():
@@ -199,3 +200,4 @@ def build_video_tab() -> None:
     gr.on([run.click, upload.upload, example.input, method.input, ratio.release], inspect_clip, inputs=inputs,
           outputs=outputs, api_name="inspect_video", trigger_mode="always_last", **HEAVY)
     strip.select(select_token, [session], [strip, lineage], queue=False)
+    return upload, example

@@ -14,6 +14,12 @@ The consumer: ``LlamaModel`` with SmolVLM2-256M's text config (SmolLM2-135M: hid
 3 KV heads, 30 layers; ``--llm-layers`` fewer on a slow CPU), random weights, SDPA, fed ``inputs_embeds``.
 
     python benchmarks/bench_video.py --clip world.mp4 --frames 16 --ratio 0.9 --llm-layers 30 --rounds 5
+
+A video VLM instead (``benchmarks/bench_video_vlm.py``: LLaVA-OneVision's layout, the boundary and inside-the-LLM
+stages against their ceilings): ``--llava-ov-7b`` (alias ``--gpu``; LLaVA-OneVision-7B's shape, 32 frames, bf16 on
+CUDA) or ``--vlm-smoke`` (a tiny shape on the CPU).
+
+    python benchmarks/bench_video.py --llava-ov-7b --frames 32 --rounds 3
 """
 from __future__ import annotations
 
@@ -49,6 +55,10 @@ def consumer(layers: int) -> tf.LlamaModel:
 
 
 def main() -> None:
+    if {"--llava-ov-7b", "--gpu", "--vlm-smoke"} & set(sys.argv[1:]):
+        import bench_video_vlm
+
+        return bench_video_vlm.main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default="world.mp4", help="a path, or the name of an example clip")
     parser.add_argument("--frames", type=int, default=16)

@@ -13,6 +13,11 @@ Under an active state a layer may
   token, and from layer ``K`` on drop the visual tokens it attended to least: the hidden
   states, the rotary cos/sin and the mask are sliced; the KV cache of layers ≥ K holds
   only the kept tokens, layers < K hold all (positions stay the original ones);
+* (HoliTom's inner merge, ``FastVRequest.fold``) at layer ``K`` fold the visual tokens FastV's choice drops into
+  the kept ones before slicing (:mod:`tomviz.merge.holitom_inner`);
+* (DyCoke, :class:`DyCokeRequest`) in each decoding step recompute the new token's attention in layer ``l - 1``
+  against that layer's cache and, when :mod:`tomviz.merge.dycoke_cache` says so, mask the visual keys it leaves
+  out in layers ``>= l`` for that step (the cache keeps them);
 * record the attention of chosen query tokens (the answer) to every key, mean over heads;
 * (DyMU's virtual token unmerging, :class:`VirtualTokens`) compute every prefill attention as
   if the unmerged sequence were present: see :func:`tomviz.models.vtu.vtu_attention`.

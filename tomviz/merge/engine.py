@@ -22,6 +22,7 @@ from tomviz.merge.base import MergeInputs, MergeMethod
 from tomviz.merge.context import PerCallState
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.schedule import resolve_schedule
+from tomviz.merge.segments import plan_within_segments
 from tomviz.merge.tome import ToMe
 from tomviz.trace import LayerTrace, Trace
 
@@ -91,6 +92,9 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         self.valid: torch.Tensor | None = None  # [B, N] bool; None = no padding
         self.source: torch.Tensor | None = None  # [B, N0] long (trace only)
         self.positions: torch.Tensor | None = None  # [B, N] long, smallest input position per token (if the method asks)
+        # [B, N] long: the input token each token stands at (MergePlan.representatives: ToMe's destination), for a model
+        # that gives merged tokens a position (Qwen2-VL's rotary); None until something merged (= the identity)
+        self.anchors: torch.Tensor | None = None
         self.removed: list[int] = []  # tokens each layer actually removed
         self.layers: list[LayerTrace] = []
         self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output (record_output), for size pooling
@@ -185,10 +189,13 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
 
     def after_attention(
         self, layer: int, x: torch.Tensor, keys: torch.Tensor, query: torch.Tensor | None, num_heads: int,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Merge the tokens of ``x`` ``[B, N, C]`` (after the attention residual) as the schedule and
         method say; returns ``[B, N - r, C]``. ``keys`` / ``query``: this layer's key and query
-        projections ``[B, N, H*d]`` (``query`` may be None: then no attention is computed)."""
+        projections ``[B, N, H*d]`` (``query`` may be None: then no attention is computed).
+        ``segments``: ``[N]`` long, batch 1 only: tokens merge only within their segment (contiguous runs,
+        :mod:`tomviz.merge.segments`); None: anywhere."""
         r = self.schedule[layer]
         method = self.config.method
         plans = r > 0 or method.plans_every_layer
@@ -212,7 +219,7 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
                 num_layers=self.num_layers,
                 extra=self.config.extra,
             )
-            plan = method.plan(inputs, r)
+            plan = method.plan(inputs, r) if segments is None else plan_within_segments(method, inputs, r, segments)
         else:
             plan = MergePlan.identity(x.shape[0], x.shape[1], x.device)
         num_in = x.shape[1]
@@ -254,6 +261,8 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
             self.source = plan.compose(self.source)
         if self.positions is not None:
             self.positions = plan.reduce_min(self.positions)
+        anchors = plan.representatives()
+        self.anchors = anchors if self.anchors is None else self.anchors.gather(1, anchors)
         return x
 
     def record_output(self, tokens: torch.Tensor) -> None:

@@ -146,6 +146,23 @@ class MergePlan:
         out.index_add_(0, slot_rows, delta)
         return out.view(batch, self.num_out, channels), new_sizes.view(batch, self.num_out, 1)
 
+    def representatives(self) -> torch.Tensor:
+        """``[B, num_out]`` long: the input token that each output token stands at (a position-keeping model
+        gives the output that token's position). With ``keep``: it; else each group's first member that does not
+        merge away (not an ``edges.src``: ToMe's destination), or its first member when all of them do. An empty
+        slot (ragged plan) gets 0."""
+        if self.keep is not None:
+            return self.keep
+        batch, num_in = self.dst.shape
+        rank = torch.arange(num_in, device=self.dst.device).expand(batch, num_in).clone()  # [B, N_in]
+        if self.edges is not None:  # tokens that merge away rank after every token that stays
+            src = self.edges.src
+            rank.scatter_add_(1, src.clamp(min=0), torch.where(src >= 0, num_in, 0))
+        slot = torch.where(self.dst < 0, self.num_out, self.dst)
+        first = torch.full((batch, self.num_out + 1), 2 * num_in, dtype=torch.long, device=self.dst.device)
+        first = first.scatter_reduce_(1, slot, rank, reduce="amin")[:, : self.num_out]
+        return torch.where(first >= 2 * num_in, 0, first % num_in)
+
     def reduce_any(self, flags: torch.Tensor) -> torch.Tensor:
         """Logical OR of a per-token flag over each group. flags: ``[B, N_in]`` bool → ``[B, num_out]`` bool."""
         batch = flags.shape[0]

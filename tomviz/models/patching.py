@@ -55,14 +55,16 @@ def _make_block_forward(adapter: Adapter, block: nn.Module, index: int, num_head
         mask = (attention_mask,) if takes_mask or attention_mask is not None else ()
         if state is None:
             return original(hidden_states, *mask, *args, **kwargs)
-        skipped = state.skip_block(index, hidden_states)
+        flat = hidden_states.dim() == 2  # a tower that runs on one flat [N, C] sequence (Qwen2-VL): batch 1
+        tokens = hidden_states[None] if flat else hidden_states  # [B, N, C]
+        skipped = state.skip_block(index, tokens)
         if skipped is not None:
-            return skipped
-        state.begin(hidden_states, attention_mask)
+            return skipped[0] if flat else skipped
+        state.begin(tokens, attention_mask)
         if state.passthrough(index):
             return original(hidden_states, *mask, *args, **kwargs)
         out = adapter.block_forward(self, state, index, num_heads, hidden_states, attention_mask, **kwargs)
-        state.block_done(out)
+        state.block_done(out[None] if flat else out)
         return out
 
     return types.MethodType(forward, block)

@@ -12,11 +12,10 @@ sequence keeps each kept token's original three ids (:attr:`~tomviz.models.vlm.V
 after the prompt counts on from the largest of them, given explicitly on every call, so the model's own
 ``rope_deltas`` (kept on the model between calls by transformers) is never read.
 
-Reduction: at the boundary (the merged tokens) and inside the LLM (FastV, AIM). Merging inside the vision
-encoder is refused: its blocks take a flat sequence split by ``cu_seqlens`` (Qwen2.5-VL: windows of
-``window_size`` px in most blocks) rather than the ``[B, N, C]`` blocks that ``tomviz/models/patching.py``
-merges in. The tower is registered with patching with no blocks, so the VLM pipeline runs it as it is;
-boundary methods that read the encoder's attention are refused for the same reason.
+Reduction at every place: inside the vision encoder (``tomviz/models/qwen2_vl_vision.py``: merge, compute,
+unmerge before the 2 x 2 merger, merged tokens at their destination's rotary position, merging within images and,
+in Qwen2.5-VL, within attention windows), at the boundary (the merged tokens) and inside the LLM (FastV, AIM).
+Methods that read the encoder's attention are refused (tomviz does not recompute its windowed, rotated attention).
 """
 from __future__ import annotations
 
@@ -29,39 +28,9 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
 )
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    Qwen2_5_VisionTransformerPretrainedModel,
-)
-from transformers.models.qwen2_vl.modeling_qwen2_vl import (
-    Qwen2VisionTransformerPretrainedModel,
-)
 
-from tomviz.models import adapter as image_adapters
+from tomviz.models.qwen2_vl_vision import ATTENTION_NOT_RECORDED  # registers the vision tower's image adapter
 from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register
-
-TOWERS = (Qwen2VisionTransformerPretrainedModel, Qwen2_5_VisionTransformerPretrainedModel)
-ENCODER_REFUSAL = ("merging inside the vision encoder of Qwen2-VL / Qwen2.5-VL is not supported (its blocks run on one "
-                   "flat sequence split into images, and Qwen2.5-VL's into attention windows): reduce at the boundary "
-                   "or inside the LLM")
-
-
-def _no_encoder_merging(*args: Any, **kwargs: Any) -> torch.Tensor:
-    raise NotImplementedError(ENCODER_REFUSAL)
-
-
-# The tower registered with tomviz.models.patching without blocks: nothing in it is replaced, it runs as it is.
-QWEN2_VL_VISION = image_adapters.register(
-    image_adapters.Adapter(
-        family="qwen2_vl_vision",
-        modality="image",
-        find_backbone=lambda m: m if isinstance(m, TOWERS) else None,
-        blocks=lambda backbone: [],
-        num_protected=lambda backbone: 0,
-        key_proj=lambda block: block.attn.qkv,
-        query_proj=lambda block: block.attn.qkv,
-        block_forward=_no_encoder_merging,
-    )
-)
 
 
 def _grid(tensors: dict[str, torch.Tensor]) -> tuple[int, int, int]:
@@ -122,8 +91,9 @@ QWEN2_VL = register(
         image_features=_features,
         token_grid=_token_grid,
         patch_grid=_patch_grid,
-        unmerge=False,
-        encoder_merging=ENCODER_REFUSAL,
+        unmerge=True,
+        unmerge_after=lambda vision: vision.blocks[-1],  # before the 2 x 2 merger, which needs every patch
+        encoder_attention=ATTENTION_NOT_RECORDED,
         processor_from_files=processor_from_files,
         positions=rope_positions,
     )

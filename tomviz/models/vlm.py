@@ -55,6 +55,8 @@ class VLMAdapter:
     # (model, processor tensors) → ((rows, cols) of one tile's patch grid in the encoder)
     patch_grid: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[int, int]]
     unmerge: bool  # the connector needs every patch: unmerge after the encoder
+    # (vision tower) → the module after whose output merged tokens are copied back to their patches (with unmerge)
+    unmerge_after: Callable[[nn.Module], nn.Module | None] = lambda vision: getattr(vision, "post_layernorm", None)
     encoder_layers_used: Callable[[nn.Module], int] = lambda model: 0  # layers whose output reaches the features (0 = all)
     protected_dropped: Callable[[nn.Module], int] = lambda model: 0  # leading encoder tokens not passed on (CLS)
     nested_images: bool = False  # the processor wants images as [[image]] (one list per prompt)
@@ -62,6 +64,7 @@ class VLMAdapter:
     # image_newline), passed to the LLM as they are and not counted as visual tokens; None: there are none
     layout_markers: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     encoder_merging: str = ""  # why merging inside the encoder is refused ("" = supported)
+    encoder_attention: str = ""  # why the encoder's attention is not recorded for methods that read it ("" = it is)
     uniform_grid: bool = True  # the visual tokens form num_tiles equal grids (False: grid-free methods only)
     model_types: frozenset[str] = frozenset()  # transformers ``config.model_type`` values of this family's folders
     # (folder, config) → an image-only processor built from the files when AutoProcessor fails (it needs
@@ -157,7 +160,7 @@ class EncoderState(MergeState):
         return super().passthrough(layer) and layer not in self.attention_layers and layer not in self.cls_layers
 
     def after_attention(self, layer: int, x: torch.Tensor, keys: torch.Tensor, query: torch.Tensor | None,
-                        num_heads: int) -> torch.Tensor:
+                        num_heads: int, segments: torch.Tensor | None = None) -> torch.Tensor:
         if layer in self.attention_layers and query is not None:
             self.received[layer] = received_attention(query, keys, num_heads, self._bias)
         if layer in self.cls_layers and query is not None:
@@ -165,7 +168,7 @@ class EncoderState(MergeState):
             cls_rows = attention_probabilities(query[:, :1], keys, num_heads, self._bias)[:, :, 0]  # [B, H, N]
             per_head = keys.view(batch, num_tokens, num_heads, width // num_heads).transpose(1, 2)  # [B, H, N, d]
             self.cls_views[layer] = ClsView(cls_attention=cls_rows, keys=per_head)
-        return super().after_attention(layer, x, keys, query, num_heads)
+        return super().after_attention(layer, x, keys, query, num_heads, segments)
 
     def begin(self, x: torch.Tensor, incoming: torch.Tensor | None) -> None:
         if self._started:
@@ -195,8 +198,11 @@ def unmerge_tokens(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
 
 
 def _unmerge_hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """``[B, N, C]`` (or a flat tower's ``[N, C]``, one sequence) → the same with every patch back."""
     state = current_state()
     if isinstance(state, EncoderState) and state.unmerge and state.sizes is not None:
+        if output.dim() == 2:
+            return unmerge_tokens(output[None], state.source)[0]
         return unmerge_tokens(output, state.source)
     return None
 
@@ -246,9 +252,9 @@ def prepare_model(model: nn.Module, adapter: VLMAdapter) -> None:
         patching.apply(vision)
         llm.apply(adapter.language_model(model))
         if adapter.unmerge and not hasattr(model, _HOOKS):
-            post = getattr(vision, "post_layernorm", None)
+            post = adapter.unmerge_after(vision)
             if post is None:
-                raise patching.UnsupportedModelError(f"{adapter.family}: the vision tower has no post_layernorm to unmerge after")
+                raise patching.UnsupportedModelError(f"{adapter.family}: the vision tower has no module to unmerge after")
             setattr(model, _HOOKS, [post.register_forward_hook(_unmerge_hook)])
 
 

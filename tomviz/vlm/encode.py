@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from tomviz.merge import registry
 from tomviz.merge.engine import MergeConfig
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.request import MergeRequest
@@ -89,13 +90,24 @@ def check_supported(loaded: LoadedVLM, red: Reduction, method: VisualMethod | No
         raise ValueError(f"{red.method} runs the authors' rule before the projector, on the CLS token of a CLIP tower "
                          f"whose CLS the projector drops (LLaVA-1.5); {loaded.name} ({adapter.family}) has no such place: "
                          "use visionzip_paper (the paper's description on the LLM's tokens)")
-    if method is not None and method.needs_attention and not patching.apply(loaded.vision).blocks:
+    if adapter.encoder_attention and reads_encoder_attention(red, method):
         raise ValueError(f"{red.method} reads the vision encoder's attention, which tomviz does not record in "
-                         f"{adapter.family}'s encoder: use a method that reads the tokens alone (tome, dtome, "
-                         "random_prune, downsample, aim)")
+                         f"{adapter.family}'s encoder ({adapter.encoder_attention}): use a method that reads the "
+                         "tokens alone (tome, pitome, dtome, random; at the boundary also random_prune, downsample, aim)")
     if method is not None and method.needs_grid and not adapter.uniform_grid:
         raise ValueError(f"{red.method} reads the tiles' token grid; {adapter.family}'s visual tokens are not equal "
                          "tiles (base view + a cropped anyres grid): use tome, dtome or random_prune")
+
+
+def reads_encoder_attention(red: Reduction, method: VisualMethod | None) -> bool:
+    """Whether ``red`` reads the vision encoder's attention: a boundary method that does, or an encoder method
+    that needs the attention map or the CLS row."""
+    if method is not None:
+        return method.needs_attention
+    if red.place != "encoder" or red.ratio == 0:
+        return False
+    merging = registry.classes("encoder").get(red.method)
+    return merging is not None and (merging.needs_attention or merging.needs_cls_attention)
 
 
 def projector_place(loaded: LoadedVLM) -> bool:

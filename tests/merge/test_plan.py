@@ -49,3 +49,16 @@ def test_a_permutation_is_not_the_identity():
     plan = MergePlan(dst=torch.tensor([[0, 2, 1]]), num_out=3)
     assert not plan.is_identity
     assert plan.merge(torch.tensor([[[1.0], [2.0], [3.0]]]), None)[0][0, :, 0].tolist() == [1.0, 3.0, 2.0]
+
+
+def test_representatives_are_the_destinations():
+    """Tokens 1 and 4 merge into 2 (edges), 3 is pruned: output 1 stands at 2, the token that did not merge away,
+    although 1 is its smallest member; without edges, each group's first member; a plan's ``keep`` wins."""
+    from tomviz.merge.plan import MergeEdges
+
+    dst = torch.tensor([[0, 1, 1, PRUNED, 1, 2]])
+    edges = MergeEdges(src=torch.tensor([[1, 4]]), dst=torch.tensor([[2, 2]]), score=torch.ones(1, 2))
+    assert MergePlan(dst=dst, num_out=3, edges=edges).representatives().tolist() == [[0, 2, 5]]
+    assert MergePlan(dst=dst, num_out=3).representatives().tolist() == [[0, 1, 5]]
+    keep = torch.tensor([[0, 4, 5]])
+    assert MergePlan(dst=dst, num_out=3, edges=edges, keep=keep).representatives().tolist() == [[0, 4, 5]]

@@ -199,11 +199,11 @@ def test_inspect_with_and_without_reduction(loaded):
 
 
 @pytest.mark.parametrize("reduction, message", [
-    (vlm.Reduction("encoder", "tome", 0.5), "vision encoder of Qwen2-VL / Qwen2.5-VL is not supported"),
+    (vlm.Reduction("encoder", "evit", 0.5), "reads the vision encoder's attention"),
     (vlm.Reduction("boundary", "hiprune", 0.5), "reads the vision encoder's attention"),
     (vlm.Reduction("boundary", "visionzip", 0.5), "no such place"),
     (vlm.Reduction("boundary", "tome", 0.5, vtu=True), "multimodal RoPE"),
-], ids=["encoder", "hiprune", "visionzip", "vtu"])
+], ids=["encoder-evit", "hiprune", "visionzip", "vtu"])
 def test_unsupported_places_say_so(loaded, inputs, reduction, message):
     with pytest.raises(ValueError, match=message):
         vlm.build_prefill(loaded, inputs, reduction)
@@ -245,7 +245,7 @@ def test_folder_loads_without_torchvision(tmp_path, version):
     assert res.token_counts["llm_input"] == 16 and res.token_counts["llm_after_k"] == 8
 
 
-def test_tab_answers_and_refuses_the_encoder(monkeypatch):
+def test_tab_answers_at_every_place(monkeypatch):
     import gradio as gr
 
     import tomviz
@@ -257,5 +257,9 @@ def test_tab_answers_and_refuses_the_encoder(monkeypatch):
     photo = tiny.photo().resize((80, 48))
     out = vlm_tab.ask(photo, QUESTION, "Qwen/Qwen2.5-VL-3B-Instruct", "boundary", "tome", 0.5, 3)
     assert out.overlay.size == out.attention.size == photo.size
-    with pytest.raises(gr.Error, match="not supported"):
-        vlm_tab.ask(photo, QUESTION, "Qwen/Qwen2.5-VL-3B-Instruct", "encoder", "tome", 0.5, 3)
+    encoder = vlm_tab.ask(photo, QUESTION, "Qwen/Qwen2.5-VL-3B-Instruct", "encoder", "tome", 0.5, 3)
+    assert encoder.overlay.size == photo.size
+    assert ("tome" in [name for _, name in vlm_tab.method_choices("encoder")]
+            and "encoder" in [value for _, value in vlm_tab.PLACES])
+    with pytest.raises(gr.Error, match="reads the vision encoder's attention"):
+        vlm_tab.ask(photo, QUESTION, "Qwen/Qwen2.5-VL-3B-Instruct", "encoder", "evit", 0.5, 3)

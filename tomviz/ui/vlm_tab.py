@@ -23,7 +23,7 @@ from tomviz.ui.server import HEAVY
 
 # SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap (a GPU Space). LLaVA-OneVision
 # is drawn on its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random_prune, fastv).
-# Qwen2-VL / Qwen2.5-VL reduce at the boundary or inside the LLM (not in their encoder).
+# Qwen2-VL / Qwen2.5-VL reduce at every place (in their encoder with methods that read the tokens alone).
 VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
               "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf",
               "Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"]

@@ -175,3 +175,40 @@ def test_block_after_a_merge_equals_an_eager_reference(loaded, inputs):
         expected = y + block.mlp(block.norm2(y))
     assert out.shape == (1, 56, x.shape[-1])
     assert (out[0] - expected).abs().max() < 1e-4
+
+
+def test_patch_order_follows_the_rotary_positions(loaded):
+    """``patch_order`` puts patch ``(r, c)`` of each image (row-major) at the tower token whose rotary embedding
+    is that of ``(r, c)``: ``cos`` of ``[r θ, c θ, r θ, c θ]`` with the tower's frequencies θ."""
+    from tomviz.models.qwen2_vl_vision import patch_order
+
+    pixels, grid = _two_images(loaded)
+    seen = {}
+    hook = loaded.vision.blocks[0].register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            loaded.vision(pixels, grid_thw=grid)
+    finally:
+        hook.remove()
+    cos = seen["position_embeddings"][0]  # [N0, d] in the tower's order
+    theta = loaded.vision.rotary_pos_emb.inv_freq
+    rows = torch.cat([torch.arange(h).repeat_interleave(w) for _, h, w in grid.tolist()]).float()
+    cols = torch.cat([torch.arange(w).repeat(h) for _, h, w in grid.tolist()]).float()
+    half = torch.cat([rows[:, None] * theta, cols[:, None] * theta], dim=-1)
+    assert torch.allclose(cos[patch_order(loaded.vision, grid)], torch.cat([half, half], dim=-1).cos(), atol=1e-6)
+
+
+def test_encoder_stage_is_row_major(loaded, inputs):
+    """The encoder stage's trace is over the 8 x 8 patches row-major (``meta["patch_grid"]``), a partition; in Qwen2.5-VL each
+    group lies inside one window of 4 x 4 patches, ``(r // 4, c // 4)``."""
+    prefill = vlm.build_prefill(loaded, inputs, vlm.Reduction("encoder", "tome", 0.5))
+    trace = prefill.stages["encoder"]
+    assert trace.meta["patch_grid"] == [8, 8]
+    window = torch.tensor([(r // 4) * 2 + c // 4 for r in range(8) for c in range(8)])
+    for layer in trace.layers:
+        source = torch.as_tensor(layer.source).long()
+        assert torch.equal(torch.unique(source), torch.arange(layer.num_tokens))
+        if loaded.name == "qwen2.5":
+            per_group = torch.zeros(layer.num_tokens, dtype=torch.long).scatter_reduce(0, source, window, "amax",
+                                                                                        include_self=False)
+            assert torch.equal(per_group[source], window)

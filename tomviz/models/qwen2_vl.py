@@ -29,7 +29,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from tomviz.models.qwen2_vl_vision import ATTENTION_NOT_RECORDED  # registers the vision tower's image adapter
+from tomviz.models.qwen2_vl_vision import ATTENTION_NOT_RECORDED, patch_order  # (registers the tower's image adapter)
 from tomviz.models.vlm import VLMAdapter, image_only, processor_files, register
 
 
@@ -94,6 +94,7 @@ QWEN2_VL = register(
         unmerge=True,
         unmerge_after=lambda vision: vision.blocks[-1],  # before the 2 x 2 merger, which needs every patch
         encoder_attention=ATTENTION_NOT_RECORDED,
+        patch_order=lambda model, tensors: patch_order(model.model.visual, tensors["image_grid_thw"]),
         processor_from_files=processor_from_files,
         positions=rope_positions,
     )

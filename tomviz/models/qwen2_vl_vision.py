@@ -48,7 +48,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VisionTransformerPretrainedModel,
     apply_rotary_pos_emb_vision,
 )
-from transformers.vision_utils import get_vision_cu_seqlens, get_vision_window_index
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 from tomviz.merge.engine import MergeState, current_state
 from tomviz.merge.segments import segment_runs
@@ -91,6 +91,22 @@ def tower_layout(tower: nn.Module, grid_thw: torch.Tensor) -> TowerLayout:
     _, cu_windows = get_vision_window_index(grid_thw, spatial_merge_size=config.spatial_merge_size,
                                             window_size=config.window_size, patch_size=config.patch_size)
     return TowerLayout(images=images, windows=_segment_ids(cu_windows), full_blocks=frozenset(config.fullatt_block_indexes))
+
+
+def patch_order(tower: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
+    """``[N0]`` long: the tower's sequence index of each patch, the patches row-major per image (image after image).
+    The tower orders them in 2 x 2 blocks (``get_vision_position_ids``) and Qwen2.5-VL also window by window."""
+    merge = tower.config.spatial_merge_size
+    rows_cols = get_vision_position_ids(grid_thw, merge)  # [N0, 2] (row, column) in block-major order
+    if isinstance(tower, Qwen2_5_VisionTransformerPretrainedModel):
+        window_index, _ = get_vision_window_index(grid_thw, spatial_merge_size=merge, window_size=tower.config.window_size,
+                                                  patch_size=tower.config.patch_size)
+        rows_cols = rows_cols.view(-1, merge * merge, 2)[window_index].reshape(-1, 2)  # the tower's window order
+    counts = grid_thw.prod(-1)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)  # [N0] first patch of each image
+    widths = torch.repeat_interleave(grid_thw[:, 2], counts)
+    row_major = starts + (rows_cols[:, 0] % torch.repeat_interleave(grid_thw[:, 1], counts)) * widths + rows_cols[:, 1]
+    return torch.argsort(row_major)
 
 
 def _enter(tower: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:

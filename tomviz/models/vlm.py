@@ -65,6 +65,9 @@ class VLMAdapter:
     layout_markers: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     encoder_merging: str = ""  # why merging inside the encoder is refused ("" = supported)
     encoder_attention: str = ""  # why the encoder's attention is not recorded for methods that read it ("" = it is)
+    # (model, processor tensors) → [N0] the encoder's sequence index of each patch, row-major, for the encoder
+    # trace; None: the encoder's sequence is row-major already
+    patch_order: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
     uniform_grid: bool = True  # the visual tokens form num_tiles equal grids (False: grid-free methods only)
     model_types: frozenset[str] = frozenset()  # transformers ``config.model_type`` values of this family's folders
     # (folder, config) → an image-only processor built from the files when AutoProcessor fails (it needs

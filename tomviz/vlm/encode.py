@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from tomviz.merge import registry
@@ -151,6 +152,8 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
             features = adapter.image_features(model, tensors)[None]  # [1, V', D]
         if config.trace:
             stages["encoder"] = state.trace()
+            if adapter.patch_order is not None:  # the tower's own order (Qwen2-VL) → row-major patches
+                stages["encoder"] = inputs_reordered(stages["encoder"], adapter.patch_order(model, tensors))
         num_visual = int((tensors["input_ids"][0] == loaded.image_token_id).sum())
         plan, merged = _encoder_plan(loaded, red, state, features, num_visual)
         markers = marker_features = None
@@ -232,6 +235,20 @@ def _encoder_plan(loaded: LoadedVLM, red: Reduction, state: Any, features: torch
     if features.shape[1] != num_visual:
         raise ValueError(f"{features.shape[1]} visual features for {num_visual} image tokens in the prompt")
     return None, False
+
+
+def inputs_reordered(trace: Trace, order: torch.Tensor) -> Trace:
+    """``trace`` with its input tokens taken in ``order`` ``[N0]`` (the old index of each new input token): every
+    layer's source map, and the first layer's edges (which index its input tokens)."""
+    order_np = order.cpu().numpy()
+    new_index = np.argsort(order_np).astype(np.int32)  # [N0] old input index → new
+    layers = []
+    for depth, layer in enumerate(trace.layers):
+        moved = replace(layer, source=layer.source[order_np])
+        if depth == 0 and layer.edges_src.size:
+            moved = replace(moved, edges_src=new_index[layer.edges_src], edges_dst=new_index[layer.edges_dst])
+        layers.append(moved)
+    return Trace(meta=trace.meta, layers=layers)
 
 
 def marked_grids(num_tokens: int, num_markers: int, base: tuple[int, int]) -> list[list[int]]:

@@ -18,6 +18,9 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
 * AIM: its merging at the boundary (plain-mean bipartite, AIM's output order) is a row of the boundary table;
   its PageRank pruning inside the LLM (masking, the authors' schedule: layers 15..22 of 30 prune 1/8 each)
   keeps every token, so it has no ceiling: its row shows its own cost against the unreduced prefill.
+* Qwen2-VL (``--qwen2vl PX``, its own table, nothing else): the vision tower of Qwen2-VL-2B-Instruct (665M
+  parameters, random weights) on one PX x PX image, through ``vlm.encode`` (tower + 2 x 2 merger): unmerged, ToMe
+  at ``--encoder-ratio`` inside it (merge, compute, unmerge), and the slicing ceiling as for SmolVLM.
 * VisionZip (``--visionzip``, its own table): it needs a CLIP tower whose CLS the projector drops, so it runs
   on a LLaVA-1.5 layout in SmolVLM-256M's widths (CLIP 768 x 12 at 224 px, patch 16: 196 patches + CLS,
   features of layer -2; the same 30-layer Llama), 196 → 64 per image (54 + 10, the README's setting).
@@ -28,6 +31,7 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
     python benchmarks/bench_vlm.py --llava7b    # LLaVA-1.5-7B-shaped, fp16, on CUDA (boundary + FastV only)
     python benchmarks/bench_vlm.py --visionzip --skip-encoder   # + the VisionZip table (CPU)
     python benchmarks/bench_vlm.py --llava7b --visionzip           # the same on LLaVA-1.5-7B's shape, fp16, CUDA
+    python benchmarks/bench_vlm.py --qwen2vl 224 --cpu-time        # only the Qwen2-VL-2B vision-tower table (CPU)
 """
 from __future__ import annotations
 
@@ -88,14 +92,15 @@ def slicing_encoder(num_patches: int):
     zero-padded back to ``num_patches`` so that the pixel shuffle runs (instead of the unmerge)."""
     original = EncoderState.after_attention
 
-    def drop(self, layer, x, *projections_and_heads):
+    def drop(self, layer, x, *projections_and_heads, **segments):
         r = self.schedule[layer]
         self.removed.append(r)
+        self.anchors = torch.arange(x.shape[1] - r, device=x.device)[None]  # Qwen2-VL: the kept tokens' positions
         return x[:, : x.shape[1] - r]
 
-    def pad(module, args, output):
-        if isinstance(current_state(), EncoderState) and output.shape[1] < num_patches:
-            return F.pad(output, (0, 0, 0, num_patches - output.shape[1]))
+    def pad(module, args, output):  # output: [B, N, C], or a flat tower's [N, C]
+        if isinstance(current_state(), EncoderState) and output.shape[-2] < num_patches:
+            return F.pad(output, (0, 0, 0, num_patches - output.shape[-2]))
         return None
 
     EncoderState.after_attention = drop
@@ -103,6 +108,18 @@ def slicing_encoder(num_patches: int):
         yield lambda post: post.register_forward_hook(pad)
     finally:
         EncoderState.after_attention = original
+
+
+def read_clock(args, device: torch.device):
+    """The clock of the run: CPU time with ``--cpu-time`` on CPU, else the wall clock (CUDA synchronised)."""
+    read = time.process_time if args.cpu_time and device.type == "cpu" else time.perf_counter
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return read()
+
+    return clock
 
 
 def main() -> None:
@@ -118,9 +135,13 @@ def main() -> None:
                         help="time with the process's CPU time (time.process_time) instead of the wall clock: steadier on a shared machine")
     parser.add_argument("--llava7b", action="store_true", help="LLaVA-1.5-7B shape, fp16 on CUDA")
     parser.add_argument("--visionzip", action="store_true", help="also the VisionZip table (LLaVA-1.5 layout, SmolVLM widths)")
+    parser.add_argument("--qwen2vl", type=int, default=0, metavar="PX",
+                        help="only the Qwen2-VL-2B vision-tower table, on a PX x PX image (448: 1024 patches)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.qwen2vl:
+        return qwen2_vl_encoder_table(args, read_clock(args, torch.device("cpu")))
     device = torch.device("cuda" if args.llava7b and torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     if args.llava7b:
@@ -150,12 +171,7 @@ def main() -> None:
     inputs = vlm.VLMInput(tensors={"input_ids": input_ids, "pixel_values": pixels}, prompt="", question="", image=None,
                           meta={"image_size": [size, size]})
 
-    read = time.process_time if args.cpu_time and device.type == "cpu" else time.perf_counter
-
-    def clock() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return read()
+    clock = read_clock(args, device)
 
     med: dict = {}
     if not args.skip_encoder:
@@ -311,6 +327,64 @@ def visionzip_table(args, clock, device: torch.device, dtype: torch.dtype) -> No
         kl = float((reference.exp() * (reference - outputs[key][0, -1].float().log_softmax(-1))).sum())
         speedup = med["base"] / value
         print(f"| {key} | {value * 1000:.1f} | {speedup:.2f}x | {speedup / (med['base'] / med['ceiling']):.2f} | {kl:.2e} |")
+
+
+def qwen2_vl_2b_config():
+    """Qwen2-VL-2B-Instruct's vision tower (Qwen/Qwen2-VL-2B-Instruct config.json, written out: 32 blocks of
+    1280, 16 heads, MLP ratio 4, patch 14, 2 x 2 merger into 1536) with a one-layer stub LLM (only the encoder
+    is timed)."""
+    from transformers import Qwen2VLConfig
+
+    vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    text = dict(hidden_size=1536, intermediate_size=256, num_hidden_layers=1, num_attention_heads=12,
+                num_key_value_heads=2, vocab_size=1000, bos_token_id=None, eos_token_id=None,
+                rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6})
+    return Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=999, video_token_id=998,
+                         vision_start_token_id=997, vision_end_token_id=996)
+
+
+def qwen2_vl_encoder_table(args, clock) -> None:
+    """Qwen2-VL-2B's vision tower (``vlm.encode``: tower + merger) unmerged, with ToMe at ``--encoder-ratio``
+    (merging within the image, destinations' rotary positions, unmerge before the 2 x 2 merger) and the
+    zero-cost ceiling (every block slices its last r tokens, the output zero-padded back), in the same run."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = qwen2_vl_2b_config()
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    loaded = wrap("bench-qwen2-vl", model, processor=object())
+    side = args.qwen2vl // 14
+    patches = side * side
+    ids = torch.cat([torch.randint(10, 900, (5,)), torch.full((patches // 4,), 999), torch.randint(10, 900, (25,))])
+    tensors = {"input_ids": ids[None], "pixel_values": torch.randn(patches, 3 * 2 * 14 * 14),
+               "image_grid_thw": torch.tensor([[1, side, side]])}
+    inputs = vlm.VLMInput(tensors=tensors, prompt="", question="", image=None, meta={"image_size": [side * 14] * 2})
+    tower = sum(p.numel() for p in loaded.vision.parameters()) / 1e6
+    print(f"Qwen2-VL-2B vision tower: {tower:.0f}M parameters, {side * 14} px ({patches} patches → {patches // 4} "
+          f"LLM tokens), threads {torch.get_num_threads()}")
+    merged = vlm.Reduction("encoder", "tome", args.encoder_ratio)
+
+    def ceiling_run():
+        with slicing_encoder(patches) as add_pad:
+            handle = add_pad(loaded.vision.blocks[-1])
+            try:
+                return vlm.encode(loaded, inputs, merged)
+            finally:
+                handle.remove()
+
+    runs = {"base": lambda: vlm.encode(loaded, inputs, vlm.Reduction()), "ceiling": ceiling_run,
+            "tome": lambda: vlm.encode(loaded, inputs, merged)}
+    times, results = side_by_side(runs, args.rounds, args.warmup, clock)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    removed = results["tome"].stages["encoder"].meta["schedule"]
+    print(f"ToMe ratio {args.encoder_ratio}: {patches} → {patches - sum(removed)} tokens by the last block")
+    print(f"\n| Qwen2-VL-2B vision tower, {side * 14} px, ratio {args.encoder_ratio} | encoder ms | speed-up "
+          "| speed-up / ceiling's |")
+    print("|---|---|---|---|")
+    for key, value in med.items():
+        speedup = med["base"] / value
+        print(f"| {key} | {value * 1000:.0f} | {speedup:.2f}x | {speedup / (med['base'] / med['ceiling']):.2f} |")
 
 
 if __name__ == "__main__":

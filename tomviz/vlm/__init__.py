@@ -3,9 +3,10 @@
 Three places to reduce the visual tokens (``place``):
 
 * ``"encoder"``: any merge method of ``tomviz.METHODS`` inside the vision encoder. SmolVLM's
-  pixel shuffle needs every patch, so merged tokens are copied back to their patches after
-  the encoder (the encoder saves compute, the LLM sees the usual count); LLaVA's projector
-  works per token, so the LLM receives the merged tokens;
+  pixel shuffle and Qwen2-VL's 2 x 2 merger need every patch, so merged tokens are copied back to
+  their patches after the encoder (the encoder saves compute, the LLM sees the usual count; Qwen2-VL
+  merges within images and Qwen2.5-VL within attention windows: ``tomviz/models/qwen2_vl_vision.py``);
+  LLaVA's projector works per token, so the LLM receives the merged tokens;
 * ``"boundary"``: on the tokens the LLM receives (``tomviz.merge.visual``: ``tome``, ``random_prune``,
   ``downsample``, ``hiprune``, ...); merged tokens carry their size into the LLM's attention as a
   ``log(size)`` bias through its mask (``prop_attn``). Two methods give the LLM's tokens themselves, in

@@ -212,3 +212,17 @@ def test_encoder_stage_is_row_major(loaded, inputs):
             per_group = torch.zeros(layer.num_tokens, dtype=torch.long).scatter_reduce(0, source, window, "amax",
                                                                                         include_self=False)
             assert torch.equal(per_group[source], window)
+
+
+def test_concurrent_calls_keep_their_own_layout_and_ratio(loaded, inputs):
+    """Two threads merging at different ratios in the one shared tower (each call's layout and merge state live
+    in its own context) give what each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reductions = [vlm.Reduction("encoder", "tome", ratio) for ratio in (0.25, 0.5, 0.0, 0.5, 0.25, 0.0)]
+    alone = [vlm.build_prefill(loaded, inputs, red).embeds for red in reductions]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(lambda red: vlm.build_prefill(loaded, inputs, red).embeds, reductions))
+    for mine, theirs in zip(together, alone):
+        assert (mine - theirs).abs().max() < 1e-6
+    assert (alone[0] - alone[1]).abs().max() > 1e-3

@@ -16,13 +16,14 @@ import numpy as np
 from PIL import Image
 
 import tomviz
-from tomviz.inputs.video import Video, VideoLimits, read_video
+from tomviz.inputs.video import Video, VideoLimits, read_video, sample_indices
+from tomviz.models.xclip import is_xclip, load_video_text
 from tomviz.render.overlay import display_image
 from tomviz.render.video_hbi import video_hbi_picture
 from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
-from tomviz.scores.video_hbi import VideoHBIResult, clip_features, video_text_game
+from tomviz.scores.video_hbi import VideoHBIResult, frame_word_features, video_text_game
 
 Progress = Callable[[float, str], None]  # progress(fraction done, message)
 
@@ -94,10 +95,11 @@ class VideoHBISession:
 def video_hbi(model: Any, clip: Any, text: str, level: int = 1, frames: int = 12, samples: int = 2048,
               exact: bool | None = None, seed: int = 0, limits: VideoLimits = VideoLimits(), untrusted: bool = False,
               tokenizer: Any = None, progress: Progress | None = None) -> VideoHBISession:
-    """HBI on a clip with stock CLIP applied per frame: frame groups × word groups at ``level`` (0: frames × words;
+    """HBI on a clip with stock CLIP applied per frame (or X-CLIP over the clip): frame groups × word groups at ``level`` (0: frames × words;
     1, 2: DPC-KNN groups at HBI's ratios) as one Banzhaf game (:mod:`tomviz.scores.video_hbi`).
 
-    model: a CLIP name (e.g. ``openai/clip-vit-base-patch32``), a ``CLIPModel`` or a loaded one; clip: a video file,
+    model: a CLIP or X-CLIP name (``openai/clip-vit-base-patch32``, ``microsoft/xclip-base-patch32``: it plays its
+    own ``num_frames``), a ``CLIPModel`` / ``XCLIPModel`` or a loaded one; clip: a video file,
     a folder or list of frames, or a :class:`~tomviz.inputs.video.Video`; ``frames`` sampled evenly, within
     ``VIDEO_HBI_FRAMES``; ``samples`` coalitions (``VIDEO_HBI_SAMPLES``) when not exact (exact=None: exact up to 12
     players). Raises ``tomviz.ModelLoadError`` when the weights cannot be loaded, ``ValueError`` for bad input.
@@ -106,12 +108,22 @@ def video_hbi(model: Any, clip: Any, text: str, level: int = 1, frames: int = 12
         raise ValueError(f"frames must be in {VIDEO_HBI_FRAMES[0]}..{VIDEO_HBI_FRAMES[1]}, got {frames}")
     if not VIDEO_HBI_SAMPLES[0] <= int(samples) <= VIDEO_HBI_SAMPLES[1]:
         raise ValueError(f"samples must be in {VIDEO_HBI_SAMPLES[0]}..{VIDEO_HBI_SAMPLES[1]}, got {samples}")
-    loaded = tomviz.load(model.strip() if isinstance(model, str) else model, untrusted=untrusted)
-    video = clip if isinstance(clip, Video) else read_video(clip, int(frames), limits)
+    loaded = load_video_text(model.strip() if isinstance(model, str) else model, untrusted=untrusted)
+    count = loaded.num_frames if is_xclip(loaded) else int(frames)  # X-CLIP plays exactly its own count
+    video = clip if isinstance(clip, Video) else read_video(clip, count, limits)
     if video.num_frames > VIDEO_HBI_FRAMES[1]:
         raise ValueError(f"the clip has {video.num_frames} frames; at most {VIDEO_HBI_FRAMES[1]} play")
-    features = clip_features(loaded, video.frames, text, tokenizer)
+    if is_xclip(loaded) and video.num_frames > count:
+        video = resample(video, count)
+    features = frame_word_features(loaded, video.frames, text, tokenizer)
     result = video_text_game(features, int(level), samples=int(samples), exact=exact, seed=int(seed), progress=progress)
     picture = video_hbi_picture(video.frames, result.frame_groups, result.words, result.word_groups, result.cross,
                                 result.cross_stderr, result.frame_group_names(), result.word_group_names())
     return VideoHBISession(result=result, video=video, picture=picture)
+
+
+def resample(video: Video, count: int) -> Video:
+    """``count`` of ``video``'s frames, spread evenly (first and last kept)."""
+    keep = sample_indices(video.num_frames, count)
+    return Video(frames=video.frames[keep], timestamps=tuple(video.timestamps[k] for k in keep), fps=video.fps,
+                 source_frames=video.source_frames, indices=tuple(video.indices[k] for k in keep))

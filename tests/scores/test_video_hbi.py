@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from tests.inputs.clips import square_clip
+import tomviz
 from tomviz import score_analysis
-from tomviz.scores.video_hbi import FrameWordFeatures, clip_features, grouped, hbi_value, video_text_game
+from tomviz.scores.video_hbi import FrameWordFeatures, frame_word_features, grouped, hbi_value, video_text_game
 
 # words × frames (the original's t × v)
 SIM = np.array([[0.5, -0.2],
@@ -108,12 +109,12 @@ def test_level_out_of_range_is_refused():
         video_text_game(_features(4, 2), level=3)
 
 
-def test_clip_features_per_frame_and_per_word(clip, clip_tokenizer):
+def test_frame_word_features_per_frame_and_per_word(clip, clip_tokenizer):
     import tomviz
 
     loaded = tomviz.load(clip)
     frames, _ = square_clip(frames=3, side=32)
-    feats = clip_features(loaded, frames, "a cat", tokenizer=clip_tokenizer)
+    feats = frame_word_features(loaded, frames, "a cat", tokenizer=clip_tokenizer)
     assert feats.word_names == ["a", "cat"] and feats.frames.shape == (3, 16) and feats.words.shape == (2, 16)
     from tomviz.models.frames import frame_pixels
 
@@ -140,3 +141,44 @@ def test_video_hbi_api_shapes_and_picture(clip, clip_tokenizer):
         score_analysis.video_hbi(clip, list(frames), "a cat", tokenizer=clip_tokenizer, samples=10**6)
     with pytest.raises(ValueError, match="empty"):
         score_analysis.video_hbi(clip, list(frames), "   ", tokenizer=clip_tokenizer)
+
+
+XCLIP_TEXT = dict(vocab_size=64, max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def test_xclip_plays_its_own_frame_count(clip_tokenizer):
+    from tests import tiny
+    from tomviz.models.xclip import load_video_text
+
+    model = tiny.xclip(frames=4, text=XCLIP_TEXT, seed=5)
+    loaded = load_video_text(model)
+    loaded.tokenizer = clip_tokenizer
+    frames, _ = square_clip(frames=10, side=32)
+    session = score_analysis.video_hbi(loaded, list(frames), "a cat", frames=10, level=0)
+    assert session.video.num_frames == 4 and session.result.cross.shape == (4, 2)  # 10 sampled → X-CLIP's 4
+    feats = frame_word_features(loaded, session.video.frames, "a cat")
+    with torch.no_grad():  # the MIT's per-frame outputs average to X-CLIP's own video embedding
+        from tomviz.models.frames import frame_pixels
+
+        video = model.get_video_features(pixel_values=frame_pixels(session.video.frames, loaded.image_spec)[None]).pooler_output
+    torch.testing.assert_close(feats.frames.mean(0), video[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="plays exactly 4 frames"):
+        frame_word_features(loaded, frames[:3], "a cat")
+
+
+def test_an_xclip_folder_loads_through_the_hub_policy(tmp_path, clip_tokenizer):
+    import json
+
+    from tests import tiny
+    from tomviz.models.xclip import LoadedXCLIP, load_video_text
+
+    tiny.xclip(frames=4, text=XCLIP_TEXT, seed=5).save_pretrained(tmp_path)  # safetensors
+    clip_tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}, "do_center_crop": True,
+         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    loaded = load_video_text(str(tmp_path))
+    assert isinstance(loaded, LoadedXCLIP) and loaded.num_frames == 4 and loaded.image_spec.size == (32, 32)
+    assert load_video_text(str(tmp_path)) is loaded  # cached
+    with pytest.raises(tomviz.ModelLoadError):  # a folder named from the web is refused
+        load_video_text(str(tmp_path), untrusted=True)

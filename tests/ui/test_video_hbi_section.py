@@ -37,11 +37,7 @@ def test_the_offline_notice_says_plainly_that_hbi_needs_clip_from_the_hub(monkey
 
 
 def test_a_click_offline_answers_with_the_notice_not_an_error(monkeypatch):
-    def unreachable(name, untrusted=False):
-        assert untrusted  # a name typed on the web
-        raise tomviz.ModelLoadError(f"cannot load model {name!r}: We couldn't connect to 'https://huggingface.co'")
-
-    monkeypatch.setattr(section.score_analysis.tomviz, "load", unreachable)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real loading path, which must fail at once without the hub
     frames, _ = square_clip(frames=4, side=32)
     out = section.score_clip_text(_Session(frames), "a cat", section.CLIP_MODEL, progress=_no_progress)
     assert out.session is None and out.picture is None and "HBI needs CLIP from the Hugging Face hub" in out.summary
@@ -55,7 +51,11 @@ def test_without_an_inspected_clip_the_section_asks_for_one():
 def test_a_run_on_a_tiny_clip(monkeypatch, clip, clip_tokenizer):
     loaded = tomviz.load(clip)
     loaded.tokenizer = clip_tokenizer
-    monkeypatch.setattr(section.score_analysis.tomviz, "load", lambda name, untrusted=False: loaded)
+    def load(name, untrusted=False):
+        assert untrusted  # a name typed on the web
+        return loaded
+
+    monkeypatch.setattr(section.score_analysis, "load_video_text", load)
     frames, _ = square_clip(frames=12, side=32, cut_at=6)
     out = section.score_clip_text(_Session(frames), "a cat on a mat", "tiny-clip", level=1, samples=64,
                                   progress=_no_progress)

@@ -43,6 +43,7 @@ import torch
 from tomviz.inputs.image import ImageSpec
 from tomviz.merge.temporal.density import density_peak_levels
 from tomviz.models.frames import frame_pixels
+from tomviz.models.xclip import is_xclip, xclip_embeddings
 from tomviz.scores.estimate import EXACT_LIMIT, GameEstimate, Progress, banzhaf_game
 from tomviz.scores.hbi import split_words
 from tomviz.scores.targets import pooled
@@ -63,25 +64,36 @@ class FrameWordFeatures:
     model: str  # what embedded them
 
 
-def clip_features(loaded: Any, frames: np.ndarray, text: str, tokenizer: Any = None) -> FrameWordFeatures:
-    """Stock CLIP applied per frame: ``frames`` ``[T, H, W, 3]`` uint8 → projected image embeddings ``[T, D]``; the
-    words of ``text`` → the mean of their BPE tokens' projected final states ``[W, D]`` (the original's
-    ``encode_text(return_hidden=True)``: ``ln_final`` then ``text_projection`` on every token)."""
-    if not getattr(loaded, "clip_text", False):
-        raise ValueError(f"{loaded.name} is not a CLIP model with image and text towers (CLIPModel)")
+def frame_word_features(loaded: Any, frames: np.ndarray, text: str, tokenizer: Any = None) -> FrameWordFeatures:
+    """One embedding per frame of ``frames`` ``[T, H, W, 3]`` uint8 and per word of ``text``, in the joint space of
+    ``loaded``: stock CLIP applied per frame (its projected image embedding), or X-CLIP over the clip (each frame's
+    projected CLS after its multi-frame transformer, :func:`tomviz.models.xclip.xclip_embeddings`). A word's
+    embedding is the mean of its BPE tokens' projected final states (the original's ``encode_text(return_hidden=True)``:
+    ``ln_final`` then ``text_projection`` on every token)."""
+    if not (is_xclip(loaded) or getattr(loaded, "clip_text", False)):
+        raise ValueError(f"{loaded.name} is not a CLIP or X-CLIP model with image and text towers")
     tokenizer = tokenizer or loaded.tokenizer
     if tokenizer is None:
         raise ValueError(f"{loaded.name} has no tokenizer for its text tower")
     words = split_words(tokenizer, text)
-    model, device = loaded.model, loaded.device
-    pixels = frame_pixels(frames, loaded.image_spec or ImageSpec(size=(224, 224))).to(device)  # [T, 3, h, w]
-    with torch.inference_mode():
-        frame_emb = pooled(model.get_image_features(pixel_values=pixels)).float().cpu()  # [T, D]
-        hidden = model.text_model(input_ids=words.input_ids.to(device),
-                                  attention_mask=words.attention_mask.to(device)).last_hidden_state  # [1, L, C]
-        tokens = model.text_projection(hidden)[0].float().cpu()  # [L, D]
+    pixels = frame_pixels(frames, loaded.image_spec or ImageSpec(size=(224, 224)))  # [T, 3, h, w]
+    if is_xclip(loaded):
+        frame_emb, tokens = xclip_embeddings(loaded, pixels, words.input_ids, words.attention_mask)
+    else:
+        frame_emb, tokens = _clip_embeddings(loaded, pixels, words.input_ids, words.attention_mask)
     word_emb = torch.stack([tokens[pos].mean(0) for pos in words.positions])  # [W, D]
     return FrameWordFeatures(frames=frame_emb, words=word_emb, word_names=words.words, model=loaded.name)
+
+
+def _clip_embeddings(loaded: Any, pixels: torch.Tensor, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP: ``([T, D] projected image embeddings, [L, D] projected final text states)``."""
+    model, device = loaded.model, loaded.device
+    with torch.inference_mode():
+        frames = pooled(model.get_image_features(pixel_values=pixels.to(device)))  # [T, D]
+        hidden = model.text_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+        tokens = model.text_projection(hidden)[0]  # [L, D]
+    return frames.float().cpu(), tokens.float().cpu()
 
 
 def masked_softmax(logits: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -10,10 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.inputs.clips import square_clip
 import tomviz
+from tests.inputs.clips import square_clip
 from tomviz import score_analysis
-from tomviz.scores.video_hbi import FrameWordFeatures, frame_word_features, grouped, hbi_value, video_text_game
+from tomviz.scores.video_hbi import (
+    FrameWordFeatures,
+    frame_word_features,
+    grouped,
+    hbi_value,
+    video_text_game,
+)
 
 # words × frames (the original's t × v)
 SIM = np.array([[0.5, -0.2],
@@ -60,7 +66,7 @@ def _brute_force_interaction(sim: np.ndarray, i: int, j: int) -> float:
     others = [("f", k) for k in range(frames) if k != i] + [("w", k) for k in range(words) if k != j]
     total = 0.0
     for bits in itertools.product([False, True], repeat=len(others)):
-        def v(with_i: bool, with_j: bool) -> float:
+        def v(with_i: bool, with_j: bool, bits: tuple = bits) -> float:
             f = np.zeros(frames, bool)
             w = np.zeros(words, bool)
             for (kind, k), b in zip(others, bits):

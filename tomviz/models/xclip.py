@@ -25,7 +25,7 @@ from tomviz.models import hub
 from tomviz.models.hub import ModelLoadError
 from tomviz.models.loading import LoadedModel, default_device, load
 
-_CACHE: dict[tuple[str, str], "LoadedXCLIP"] = {}  # at most MAX_XCLIP_MODELS, under _LOCK
+_CACHE: dict[tuple[str, str], LoadedXCLIP] = {}  # at most MAX_XCLIP_MODELS, under _LOCK
 _LOCK = threading.Lock()  # held while one X-CLIP loads: a second caller waits and finds it cached
 MAX_XCLIP_MODELS = 1
 

@@ -31,6 +31,12 @@ purpose: the interaction is in cosine units (the original multiplies the logits 
 start/end tokens of the text are no players (words are); the original's ``v(S ∪ ij)`` restores only the cell
 ``L[i, j]`` (not word i's row nor frame j's column) and re-softmaxes already-softmaxed weights, so its estimate is
 not the interaction above — here ``v(S ∪ ij)`` is the same value function as every other coalition's.
+
+Checked beside the original (its ``banzhaf_values`` and ``banzhaf_interaction`` run outside this project on six
+seeded 3-word × 4-frame similarity matrices, half with random weight logits, its coin draws enumerated to get its
+estimator's exact expectation): :func:`hbi_value` equals ``banzhaf_values`` to 1e-16 on 300 coalitions; the
+interactions equal ours to 1e-16 once its ``v(S ∪ ij)`` is computed by its own value function; as released its
+estimate differs by up to 0.30 where the interactions themselves reach 0.19 (after undoing its ×1000).
 """
 from __future__ import annotations
 

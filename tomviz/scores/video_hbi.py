@@ -20,7 +20,8 @@ with standard errors).
 reading):
 
 * the weight heads ``text_weight_fc`` / ``video_weight_fc`` → zero logits: uniform weights over the present players;
-* the temporal transformer over frames (``seqTransf``) → none: each frame's own CLIP image embedding;
+* the temporal transformer over frames (``seqTransf``) → none: each frame's own CLIP image embedding
+  (with X-CLIP, its own trained multi-frame transformer's per-frame outputs);
 * the merge modules (``CTM``: a trained token conv and score before DPC-KNN, then a ``TCBlock``) → untrained DPC-KNN
   (:func:`tomviz.merge.temporal.density.density_peak_levels`) on the frame and word embeddings themselves, k = 3, at
   the authors' ratios 0.25 then 0.5 (12 frames → 3 → 2; the original's 32 padded text slots → 8 → 4, here

@@ -106,6 +106,17 @@ def clip(*, text: dict | None = None, vision: dict | None = None, seed: int | No
     return tf.CLIPModel(tf.CLIPConfig(**fields)).eval()
 
 
+def xclip(*, frames: int = 4, text: dict | None = None, vision: dict | None = None, seed: int | None = None,
+          **config) -> tf.XCLIPModel:
+    """``XCLIPModel`` for clips of exactly ``frames`` frames (its vision tower's message tokens and its multi-frame
+    integration transformer are built for that count); ``text``/``vision`` override the towers' configs."""
+    mit = dict(mit_hidden_size=16, mit_intermediate_size=32, mit_num_hidden_layers=1, mit_num_attention_heads=2)
+    fields = dict(text_config=_config(TEXT, text or {}), vision_config=_config({**VISION, **mit, "num_frames": frames}, vision or {}),
+                  projection_dim=16, prompt_layers=1, prompt_num_attention_heads=2, **config)
+    _seed(seed)
+    return tf.XCLIPModel(tf.XCLIPConfig(**fields)).eval()
+
+
 # ---- text encoders --------------------------------------------------------------------------------------------
 def bert(*, seed: int | None = None, **config) -> tf.BertModel:
     """``BertModel``, also MiniLM's architecture (``vocab_size=tokenizer.vocab_size`` pairs it with MiniLM's tokenizer)."""

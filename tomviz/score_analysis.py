@@ -1,4 +1,5 @@
-"""What the Scores tab computes: one model run, then a Banzhaf or image × text (HBI) estimate, without gradio.
+"""What the Scores tab computes: one model run, then a Banzhaf or image × text (HBI) estimate, without gradio;
+and :func:`video_hbi`, frames × words of a clip (the Video tab's HBI section).
 
 Each function loads the model by name (``untrusted=True``: the name comes from a visitor; the front end
 picks the default when it is empty), inspects the
@@ -15,10 +16,14 @@ import numpy as np
 from PIL import Image
 
 import tomviz
+from tomviz.inputs.video import Video, VideoLimits, read_video, sample_indices
+from tomviz.models.xclip import is_xclip, load_video_text
 from tomviz.render.overlay import display_image
+from tomviz.render.video_hbi import video_hbi_picture
 from tomviz.scores.attention import rollout_grid
 from tomviz.scores.banzhaf import BanzhafResult, banzhaf
 from tomviz.scores.hbi import HBIResult, hbi
+from tomviz.scores.video_hbi import VideoHBIResult, frame_word_features, video_text_game
 
 Progress = Callable[[float, str], None]  # progress(fraction done, message)
 
@@ -72,3 +77,53 @@ def compute_hbi(model: str, image: Any, text: str, ratio: float, layer: float, s
     result = hbi(res, text, groups_layer(layer, loaded.num_layers), samples=int(samples), exact=bool(exact),
                  seed=int(seed), progress=progress)
     return ScoreSession(result=result, image=display_image(res.inputs.image))
+
+
+VIDEO_HBI_FRAMES = (2, 32)  # frames a clip's game may sample (HBI samples 12)
+VIDEO_HBI_SAMPLES = (16, 8192)  # coalitions an estimate may draw
+
+
+@dataclass
+class VideoHBISession:
+    """One frames × words game of a clip: the estimate, the sampled frames and its picture (CPU only)."""
+
+    result: VideoHBIResult  # frame groups, word groups, interactions [F, G] with standard errors
+    video: Video  # the sampled frames [T, H, W, 3]
+    picture: Image.Image  # the frame strip by group, the words by group, the interaction heat map
+
+
+def video_hbi(model: Any, clip: Any, text: str, level: int = 1, frames: int = 12, samples: int = 2048,
+              exact: bool | None = None, seed: int = 0, limits: VideoLimits = VideoLimits(), untrusted: bool = False,
+              tokenizer: Any = None, progress: Progress | None = None) -> VideoHBISession:
+    """HBI on a clip with stock CLIP applied per frame (or X-CLIP over the clip): frame groups × word groups at ``level`` (0: frames × words;
+    1, 2: DPC-KNN groups at HBI's ratios) as one Banzhaf game (:mod:`tomviz.scores.video_hbi`).
+
+    model: a CLIP or X-CLIP name (``openai/clip-vit-base-patch32``, ``microsoft/xclip-base-patch32``: it plays its
+    own ``num_frames``), a ``CLIPModel`` / ``XCLIPModel`` or a loaded one; clip: a video file,
+    a folder or list of frames, or a :class:`~tomviz.inputs.video.Video`; ``frames`` sampled evenly, within
+    ``VIDEO_HBI_FRAMES``; ``samples`` coalitions (``VIDEO_HBI_SAMPLES``) when not exact (exact=None: exact up to 12
+    players). Raises ``tomviz.ModelLoadError`` when the weights cannot be loaded, ``ValueError`` for bad input.
+    """
+    if not VIDEO_HBI_FRAMES[0] <= int(frames) <= VIDEO_HBI_FRAMES[1]:
+        raise ValueError(f"frames must be in {VIDEO_HBI_FRAMES[0]}..{VIDEO_HBI_FRAMES[1]}, got {frames}")
+    if not VIDEO_HBI_SAMPLES[0] <= int(samples) <= VIDEO_HBI_SAMPLES[1]:
+        raise ValueError(f"samples must be in {VIDEO_HBI_SAMPLES[0]}..{VIDEO_HBI_SAMPLES[1]}, got {samples}")
+    loaded = load_video_text(model.strip() if isinstance(model, str) else model, untrusted=untrusted)
+    count = loaded.num_frames if is_xclip(loaded) else int(frames)  # X-CLIP plays exactly its own count
+    video = clip if isinstance(clip, Video) else read_video(clip, count, limits)
+    if video.num_frames > VIDEO_HBI_FRAMES[1]:
+        raise ValueError(f"the clip has {video.num_frames} frames; at most {VIDEO_HBI_FRAMES[1]} play")
+    if is_xclip(loaded) and video.num_frames > count:
+        video = resample(video, count)
+    features = frame_word_features(loaded, video.frames, text, tokenizer)
+    result = video_text_game(features, int(level), samples=int(samples), exact=exact, seed=int(seed), progress=progress)
+    picture = video_hbi_picture(video.frames, result.frame_groups, result.words, result.word_groups, result.cross,
+                                result.cross_stderr, result.frame_group_names(), result.word_group_names())
+    return VideoHBISession(result=result, video=video, picture=picture)
+
+
+def resample(video: Video, count: int) -> Video:
+    """``count`` of ``video``'s frames, spread evenly (first and last kept)."""
+    keep = sample_indices(video.num_frames, count)
+    return Video(frames=video.frames[keep], timestamps=tuple(video.timestamps[k] for k in keep), fps=video.fps,
+                 source_frames=video.source_frames, indices=tuple(video.indices[k] for k in keep))

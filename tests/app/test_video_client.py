@@ -41,3 +41,12 @@ def test_a_bad_upload_gets_a_clear_error_and_the_server_keeps_serving(client, tm
     with pytest.raises(AppError, match="not a readable video"):
         _world(client, upload=handle_file(str(broken)))
     assert "Tokens" in _world(client, ratio=0.5)[TEXT]
+
+
+def test_hbi_section_offline_says_it_needs_clip_and_the_tab_keeps_serving(client, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the app runs in this process: its hub is out of reach
+    _world(client, frames=8)  # the section plays the frames the tab sampled (this client's session)
+    out = client.predict(text="a globe turning", model="openai/clip-vit-base-patch32", level=1, samples=64, seed=0,
+                         api_name="/score_video_hbi")
+    assert "HBI needs CLIP from the Hugging Face hub" in out[-1] and "rest of the Video tab works offline" in out[-1]
+    assert "**Tokens**" in _world(client)[TEXT]

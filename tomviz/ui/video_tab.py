@@ -27,6 +27,7 @@ from tomviz.models.frames import FrameFeatures
 from tomviz.render.video import STRIP_LEGEND, frame_counts_figure, frame_strip, merge_video, strip_layout
 from tomviz.ui.common import download_folder, session_state, user_errors
 from tomviz.ui.server import HEAVY
+from tomviz.ui.video_hbi_section import build_video_hbi_section
 from tomviz.trace import Trace
 from tomviz.video import VideoResult
 
@@ -200,4 +201,5 @@ def build_video_tab() -> tuple[gr.File, gr.Dropdown]:
     gr.on([run.click, upload.upload, example.input, method.input, ratio.release], inspect_clip, inputs=inputs,
           outputs=outputs, api_name="inspect_video", trigger_mode="always_last", **HEAVY)
     strip.select(select_token, [session], [strip, lineage], queue=False)
+    build_video_hbi_section(session)  # HBI: the sampled frames × a text's words (CLIP from the hub)
     return upload, example

@@ -14,6 +14,8 @@ density both count as peaks. Inputs with distinct densities give the same centre
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -50,3 +52,24 @@ def centre_blend(x: torch.Tensor, centres: torch.Tensor, cluster: torch.Tensor, 
     counts = torch.bincount(cluster[members], minlength=num).to(x.dtype)[:, None]  # [num, 1]
     blended = beta * x[centres] + (1 - beta) * sums / counts.clamp(min=1)
     return torch.where(counts > 0, blended, x[centres])
+
+
+def density_peak_levels(x: torch.Tensor, ratios: tuple[float, ...], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Hierarchical DPC-KNN of ``x`` ``[L, C]``: per level, ``([L] long group of every input, [n, C] group features)``.
+
+    Level ``i`` clusters the groups of level ``i - 1`` (the inputs themselves before the first) into
+    ``max(ceil(n * ratios[i]), 1)`` groups, n the number it clusters, and represents every new group by the plain
+    mean of its members' features (HBI's ``merge_tokens`` with unit token weights). Groups are numbered in the
+    order of their centres' indices.
+    """
+    feats, to_input = x, torch.arange(x.shape[0], device=x.device)  # to_input: [L] group of each input so far
+    levels = []
+    for ratio in ratios:
+        num = max(math.ceil(feats.shape[0] * ratio), 1)
+        centres, dist = density_peak_centres(feats, num, k)
+        cluster = cluster_assignment(dist, centres)  # [n] new group of each current group
+        to_input = cluster[to_input]
+        counts = torch.bincount(cluster, minlength=num).to(feats.dtype)[:, None]  # [num, 1]
+        feats = torch.zeros(num, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(0, cluster, feats) / counts
+        levels.append((to_input.clone(), feats))
+    return levels

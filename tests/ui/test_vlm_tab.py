@@ -79,6 +79,7 @@ def test_preset_and_mismatches(loaded, monkeypatch):
         vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "tome", 0.5, 3)
     out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "encoder", "tinychart", 0.1, 2)
     assert out.session.result.reduction.method == "tome" and "preset" in out.counts
+    assert out.session.result.reduction.method_options == {"order": "score"}  # TinyChart's ToMe order
     out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "aim", 0.5, 2)
     assert "after each layer 16 → 14 → 12" in out.counts and "authors' schedule" in out.counts
 

@@ -157,9 +157,11 @@ def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "b
         loaded = tomviz.load((model or VLM_MODELS[0]).strip(), untrusted=True)
         if not isinstance(loaded, LoadedVLM):
             raise ValueError(f"{model} is not a vision-language model: this tab takes SmolVLM / Idefics3 / LLaVA models")
+        options = dict(PRESETS[method].method_options) if method in PRESETS else {}
         method, ratio, note = resolve_method(place, method, float(ratio))
         tokens = int(min(max(1, round(max_new_tokens or 24)), MAX_NEW_TOKENS))
-        res = tomviz.inspect(loaded, (image, question), ratio=float(ratio), method=method, place=place, max_new_tokens=tokens)
+        res = tomviz.inspect(loaded, (image, question), ratio=float(ratio), method=method, place=place,
+                             method_options=options, max_new_tokens=tokens)
         boundary = res.stages["boundary"]
         overlay = reaches_llm_overlay(res.inputs.image, boundary)
         attention = answer_attention_overlay(res.inputs.image, boundary, res.answer_attention, 0)

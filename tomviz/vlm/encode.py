@@ -6,6 +6,7 @@ two layers that the method names (``"middle"``, ``"deep"``: L//2 and L-2, or HiP
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +45,7 @@ class Encoded:
     # plan then maps the V visual tokens onto the other features. None: the boundary step is still to come.
     carried: torch.Tensor | None = None
     key_set: torch.Tensor | None = None  # MustDrop: [K] indices into the features that the LLM never drops
+    seconds: float = 0.0  # wall time of the encoder and connector (timed_encode)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,20 @@ def attention_layers(method: VisualMethod | None, tower: VisionTower) -> dict[st
     if method is None or not method.needs_attention:
         return {}
     return method.attention_layers(tower.used)
+
+
+def shares_encoding(red: Reduction) -> bool:
+    """Whether ``red``'s vision encoder reduces nothing, so the unreduced run's encoding serves it too: no reduction,
+    or one inside the LLM (FastV, AIM) except MustDrop, whose window merging runs in the encoder."""
+    return red.place in ("none", "llm") and not mustdrop.wanted(red)
+
+
+def timed_encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
+    """:func:`encode` with its wall time in ``seconds``."""
+    start = time.perf_counter()
+    encoded = encode(loaded, inputs, red)
+    encoded.seconds = time.perf_counter() - start
+    return encoded
 
 
 def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:

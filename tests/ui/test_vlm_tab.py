@@ -6,6 +6,7 @@ import pytest
 
 import tomviz
 from tests import tiny
+from tomviz.render.vlm import PANEL_GAP
 from tomviz.ui import vlm_tab
 
 
@@ -40,13 +41,14 @@ def test_bad_input(loaded, monkeypatch):
         vlm_tab.show_step(0, None)
 
 
-def test_onevision_drawn_on_its_anyres_grid(monkeypatch):
+def test_onevision_draws_its_base_view_and_anyres_grid(monkeypatch):
+    """OneVision's two tiles both show the whole photo (the anyres crops form one unpadded grid): two panels."""
     model, processor = tiny.onevision()
     onevision = tomviz.load(model, processor=processor, device="cpu")
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: onevision)
     photo = tiny.photo().resize((80, 48))
     out = vlm_tab.ask(photo, "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)
-    assert out.overlay.size == out.attention.size == photo.size
+    assert out.overlay.size == out.attention.size == (2 * photo.width + PANEL_GAP, photo.height)
     grids = out.session.result.stages["boundary"].meta["tile_grids"]
     assert grids[0] == [4, 4] and sum(r * c for r, c in grids) == out.session.result.token_counts["visual"]
     with pytest.raises(gr.Error, match="not equal tiles"):

@@ -21,8 +21,10 @@ from tomviz.ui.common import MAX_RATIO, PromptBox, session_state, user_errors
 from tomviz.ui.guards import ImageFile
 from tomviz.ui.server import HEAVY
 
-# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap (a GPU Space). LLaVA-OneVision
-# is drawn on its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random_prune, fastv).
+# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap (a GPU Space). The pictures draw
+# every tile on the part of the photo it shows (a split image's crops in place, the global view beside them;
+# LLaVA-OneVision's base view and anyres grid side by side); OneVision takes grid-free methods only (tome, dtome,
+# random_prune, fastv).
 # Qwen2-VL / Qwen2.5-VL reduce at the boundary or inside the LLM (not in their encoder).
 VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
               "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf",
@@ -217,8 +219,9 @@ def build_vlm_tab() -> None:
         with gr.Column(scale=7):
             answers = gr.Markdown(label="Answers")
             with gr.Row():
-                overlay = gr.Image(label="What reaches the LLM (groups of visual tokens; dark = dropped)", type="pil")
-                attention = gr.Image(label="Where the answer token looked (mean over LLM layers)", type="pil")
+                overlay = gr.Image(label="What reaches the LLM (groups of visual tokens; dark = dropped; "
+                                         "a split image: its crops in place, then the global view)", type="pil")
+                attention = gr.Image(label="Where the answer token looked (mean over LLM layers; every tile)", type="pil")
             step = gr.Dropdown(choices=[], label="Answer token", info="Pick a word of the unreduced answer")
             counts = gr.Markdown(label="Token counts and timings")
 

@@ -142,6 +142,9 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     config = encoder_config(red, tower, rows * cols + tower.protected)
     meta = {"model": loaded.name, "patch_grid": [rows, cols], "token_grid": list(token_grid), "num_tiles": num_tiles,
             "image_size": inputs.meta["image_size"], "place": red.place}
+    crops = None if adapter.crop_grid is None else adapter.crop_grid(loaded.tokenizer, tensors)
+    if crops is not None:
+        meta["crop_grid"] = list(crops)  # the crops' layout on the photo (tomviz.render.vlm.tile_panels)
     if method is not None and method.before_projector:
         return encode_before_projector(loaded, inputs, red, method, tower, meta)
     if mustdrop.wanted(red):

@@ -37,9 +37,13 @@ _CROP_TOKEN = re.compile(r"<row_(\d+)_col_(\d+)>")
 def _crop_grid(tokenizer: Any, tensors: dict[str, torch.Tensor]) -> tuple[int, int] | None:
     """``(rows, cols)`` of the crops of a split image, read from the prompt: the processor writes a
     ``<row_r_col_c>`` token before each crop's image tokens (transformers ``processing_smolvlm.py``
-    ``_prompt_split_image``), then the global view's; None when the image was not split."""
+    ``_prompt_split_image``), then the global view's; None when the image was not split (or no tokenizer names
+    the ids: a model wrapped without a processor)."""
+    to_tokens = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if to_tokens is None:
+        return None
     ids = torch.unique(tensors["input_ids"][0]).tolist()
-    cells = [match for match in map(_CROP_TOKEN.fullmatch, tokenizer.convert_ids_to_tokens(ids)) if match]
+    cells = [match for match in map(_CROP_TOKEN.fullmatch, to_tokens(ids)) if match]
     if not cells:
         return None
     return max(int(m[1]) for m in cells), max(int(m[2]) for m in cells)

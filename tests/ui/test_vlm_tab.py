@@ -99,6 +99,7 @@ def test_mustdrop_stages_one_after_the_other(monkeypatch):
     text = out.counts
     order = [text.index(f"{n}. ") for n in (1, 2, 3, 4)]
     assert order == sorted(order) and "layer 14:" in text and "ratio only switches it on" in text
+    assert "global 0.001, individual 0.001" in text and "64 (0.011, 0.01)" in text  # which thresholds give which count
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: smol)
     with pytest.raises(gr.Error, match="no CLS token that its projector drops"):  # SmolVLM: refused, clearly
         vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "mustdrop", 0.5, 2)

@@ -132,9 +132,8 @@ def inspect_vlm(
     inputs = prepare(loaded, image, question)
     reduction = Reduction(place=place, method=method, ratio=ratio, **options)
     reduction.check()
-    unreduced = Reduction(place="none")
-    encoded = timed_encode(loaded, inputs, unreduced)  # the vision tower runs once for both runs where it can
-    base = build_prefill(loaded, inputs, unreduced, encoded)
+    encoded = timed_encode(loaded, inputs, Reduction(place="none"))  # one tower pass serves both runs where it can
+    base = build_prefill(loaded, inputs, Reduction(place="none"), encoded)
     reference = generate(loaded, base, max_new_tokens)
     reduced_prefill = build_prefill(loaded, inputs, reduction, encoded) if place != "none" else base
     reduced = generate(loaded, reduced_prefill, max_new_tokens) if place != "none" else reference

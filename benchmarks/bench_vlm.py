@@ -21,6 +21,13 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
 * Qwen2-VL (``--qwen2vl PX``, its own table, nothing else): the vision tower of Qwen2-VL-2B-Instruct (665M
   parameters, random weights) on one PX x PX image, through ``vlm.encode`` (tower + 2 x 2 merger): unmerged, ToMe
   at ``--encoder-ratio`` inside it (merge, compute, unmerge), and the slicing ceiling as for SmolVLM.
+* MustDrop (``--mustdrop``, its own table, ``benchmarks/vlm_mustdrop.py``): the whole method (3x3 window merging after CLIP layer 0, the key set,
+  the filtering at LLM layers 2/6/10/14 with the authors' 64-token thresholds, the KV-cache eviction) on a
+  LLaVA-1.5 layout in SmolVLM-256M's widths at LLaVA-1.5's grid (CLIP 768 x 12 at 336 px, patch 14: 576 patches
+  + CLS; an image whose top half has flat 3x3-patch windows, which merge, and whose bottom half is noise). Timed: time to first token (tower +
+  stages 1-3 + prefill) and ``--decode-steps`` greedy steps on the evicted caches. Ceiling: the same token
+  counts at every stage by slicing (the tower's tokens cut after layer 0, the LLM's visual tokens cut to the
+  same counts at the same layers, the same eviction and renumbering), with no similarity, key set or attention.
 * VisionZip (``--visionzip``, its own table): it needs a CLIP tower whose CLS the projector drops, so it runs
   on a LLaVA-1.5 layout in SmolVLM-256M's widths (CLIP 768 x 12 at 224 px, patch 16: 196 patches + CLS,
   features of layer -2; the same 30-layer Llama), 196 → 64 per image (54 + 10, the README's setting).
@@ -32,6 +39,7 @@ a 30-layer 576-wide Llama), one 512x512 tile (1024 patches → 64 visual tokens)
     python benchmarks/bench_vlm.py --visionzip --skip-encoder   # + the VisionZip table (CPU)
     python benchmarks/bench_vlm.py --llava7b --visionzip           # the same on LLaVA-1.5-7B's shape, fp16, CUDA
     python benchmarks/bench_vlm.py --qwen2vl 224 --cpu-time        # only the Qwen2-VL-2B vision-tower table (CPU)
+    python benchmarks/bench_vlm.py --mustdrop --skip-encoder    # + the MustDrop table (CPU; --llava7b: CUDA)
 """
 from __future__ import annotations
 
@@ -137,6 +145,8 @@ def main() -> None:
     parser.add_argument("--visionzip", action="store_true", help="also the VisionZip table (LLaVA-1.5 layout, SmolVLM widths)")
     parser.add_argument("--qwen2vl", type=int, default=0, metavar="PX",
                         help="only the Qwen2-VL-2B vision-tower table, on a PX x PX image (448: 1024 patches)")
+    parser.add_argument("--mustdrop", action="store_true", help="also the MustDrop table (LLaVA-1.5 layout, SmolVLM widths)")
+    parser.add_argument("--decode-steps", type=int, default=16, help="greedy steps timed in the MustDrop table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -260,17 +270,21 @@ def main() -> None:
               f"| {kl[key]:.2e} |")
     if args.visionzip:
         visionzip_table(args, clock, device, dtype)
+    if args.mustdrop:
+        from benchmarks.vlm_mustdrop import mustdrop_table
+
+        mustdrop_table(args, clock, device, dtype, llava_7b_config() if args.llava7b else llava_smolvlm_widths_config(336, 14))
 
 
-def llava_smolvlm_widths_config():
+def llava_smolvlm_widths_config(image_size: int = 224, patch_size: int = 16):
     """A LLaVA-1.5 layout in SmolVLM-256M's widths: CLIP 768 x 12 at 224 px / patch 16 (196 patches + CLS,
-    features of layer -2, CLS dropped), SmolVLM-256M's 30-layer Llama."""
+    features of layer -2, CLS dropped; MustDrop: 336 px / patch 14, LLaVA-1.5's 24 x 24), SmolVLM-256M's 30-layer Llama."""
     from transformers import LlavaConfig
 
     text = smolvlm_256m_config().text_config.to_dict()
     return LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, image_size=224, patch_size=16),
+                           num_attention_heads=12, image_size=image_size, patch_size=patch_size),
         text_config=text, image_token_id=IMAGE_TOKEN, vision_feature_layer=-2, vision_feature_select_strategy="default",
     )
 

@@ -33,11 +33,9 @@ def add_arguments(inspect: argparse.ArgumentParser) -> None:
 
 
 def cmd_inspect_vlm(args: argparse.Namespace, image: Any) -> int:
-    import numpy as np
-
     import tomviz
-    from tomviz.render.overlay import group_overlay, heatmap_overlay
-    from tomviz.render.vlm import tile_slices
+    from tomviz.render.overlay import group_overlay
+    from tomviz.render.vlm import answer_attention_overlay, panel_image, tile_panels
 
     if not args.model:
         raise SystemExit("error: --question needs --model (a SmolVLM or LLaVA id or folder)")
@@ -55,16 +53,13 @@ def cmd_inspect_vlm(args: argparse.Namespace, image: Any) -> int:
         trace.save(out / f"trace_{name}.json")
         trace.save(out / f"trace_{name}.npz")
     boundary = res.stages["boundary"]
-    tiles = tile_slices(boundary)
     picture = res.inputs.image
     groups = boundary.groups(-1)
-    for tile, (part, grid) in enumerate(tiles):  # the tiles of a split image share the picture: drawn on the whole image
-        group_overlay(picture, groups[part], grid, 0).save(out / f"reaches_llm_tile{tile:02d}.png")
+    for tile, panel in enumerate(tile_panels(boundary)):  # each tile on the part of the photo it shows
+        group_overlay(panel_image(picture, panel), groups[panel.tokens], panel.grid, 0).save(out / f"reaches_llm_tile{tile:02d}.png")
     if res.answer_attention is not None:
-        part, grid = tiles[0]
         for step in range(res.answer_attention.shape[1]):
-            spread = np.nanmean([res.attention_on_image(layer, step) for layer in range(res.answer_attention.shape[0])], axis=0)
-            heatmap_overlay(picture, spread[part], grid).save(out / f"attention_step{step:02d}.png")
+            answer_attention_overlay(picture, boundary, res.answer_attention, step).save(out / f"attention_step{step:02d}.png")
     summary = {
         "model": loaded.name, "question": args.question, "place": args.place, "method": method, "ratio": args.ratio,
         "vtu": args.vtu, "reference_answer": res.reference_answer, "answer": res.answer,

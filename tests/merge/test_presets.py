@@ -15,6 +15,10 @@ def test_tinychart_is_tome_at_the_encoder():
     assert TINYCHART.request() is not request  # a fresh request per call
     assert request.method in METHODS and TINYCHART.num_protected == 0
     assert (TINYCHART.image_size // TINYCHART.patch_size) ** 2 == 2916
+    # ToMe without a class token keeps the unmerged A tokens in best-match order
+    assert request.method_options == {"order": "score"} and request.build_method().order == "score"
+    request.method_options["order"] = "position"
+    assert TINYCHART.request().method_options == {"order": "score"}  # the preset's options are not shared
 
 
 def test_counts():

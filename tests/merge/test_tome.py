@@ -141,3 +141,62 @@ def test_fast_and_general_paths_agree(num_protected):
     gx, gs = slow.merge(x, sizes)
     assert torch.allclose(fx, gx, atol=1e-6) and torch.equal(fs, gs)
     assert fast.dst[:, :num_protected].tolist() == [list(range(num_protected))] * 3
+
+
+def _groups(source: torch.Tensor) -> set[frozenset[int]]:
+    """The partition a source map ``[1, N0]`` describes: sets of input tokens sharing an output token."""
+    members: dict[int, set[int]] = {}
+    for token, out in enumerate(source[0].tolist()):
+        members.setdefault(out, set()).add(token)
+    return {frozenset(group) for group in members.values()}
+
+
+def _two_layers(order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two ToMe steps (r = 1 each) on eight hand-set features; layer 2's metric is the size-weighted mean."""
+    # B = 1, 3, 5, 7. Layer 1: 0 → 1 (cos 1); the unmerged A best matches: 4 (0.633, to 5), 2 (0.6, to 1),
+    # 6 (0.555, to 5). By position they come out 2, 4, 6 (so 4 sits on B and 6 on A next layer); by score 4, 2, 6
+    # (4 and 6 both on A, 2 on B).
+    f = torch.tensor([[1, 0, 0], [1, 0, 0], [0.6, 0.8, 0], [0, 0, 1], [0, 1, 0.1], [0, 1, -1], [0, 1, 0.2], [-1, 0, 0]])[None]
+    source = torch.arange(8)[None]
+    first = bipartite_plan(f, 1, num_protected=0, order=order)
+    merged, sizes = first.merge(f, None)
+    second = bipartite_plan(merged, 1, num_protected=0, order=order)
+    return first.compose(source), second.compose(first.compose(source))
+
+
+def test_score_order_changes_the_second_layers_groups():
+    by_position, by_score = _two_layers("position"), _two_layers("score")
+    assert by_position[0].tolist() == [[3, 3, 0, 4, 1, 5, 2, 6]]
+    assert by_score[0].tolist() == [[3, 3, 1, 4, 0, 5, 2, 6]]  # unmerged A: 4, 2, 6 (best match first)
+    assert _groups(by_position[0]) == _groups(by_score[0])  # the first layer decides alike
+    # layer 2, by position: A = 2, 6, 3, 7 and B = 4, {0, 1}, 5: 6 joins 4 (cos 0.995)
+    assert _groups(by_position[1]) == {frozenset({4, 6}), frozenset({0, 1}), *({frozenset({t}) for t in (2, 3, 5, 7)})}
+    # by score: A = 4, 6, 3, 7 and B = 2, {0, 1}, 5: 4 and 6 are both on A; 4 joins 2 (cos 0.796)
+    assert _groups(by_score[1]) == {frozenset({2, 4}), frozenset({0, 1}), *({frozenset({t}) for t in (3, 5, 6, 7)})}
+
+
+def test_score_order_keeps_protected_tokens_first():
+    torch.manual_seed(2)
+    metric = torch.randn(2, 17, 6)
+    by_position = bipartite_plan(metric, 5, num_protected=3)
+    by_score = bipartite_plan(metric, 5, num_protected=3, order="score")
+    assert torch.equal(by_score.dst[:, :3], torch.tensor([[0, 1, 2]] * 2))
+    assert _groups(by_score.dst[:1]) == _groups(by_position.dst[:1])  # one step: the same groups
+    assert _groups(by_score.dst[1:]) == _groups(by_position.dst[1:])
+    for b in range(2):  # the kept unprotected A tokens come out by descending best match
+        kept_a = [int(p) for p in by_score.keep[b, 3:] if p % 2 == 0]
+        best = (metric[b, kept_a] / metric[b, kept_a].norm(dim=-1, keepdim=True)) @ (
+            metric[b, 1::2] / metric[b, 1::2].norm(dim=-1, keepdim=True)).T
+        best[:, 0] = -1  # B token 1 is protected
+        values = best.max(dim=1).values
+        assert torch.all(values[:-1] >= values[1:])
+
+
+def test_unknown_order_is_refused():
+    with pytest.raises(ValueError, match="order"):
+        bipartite_plan(torch.randn(1, 6, 3), 1, order="random")
+    with pytest.raises(ValueError, match="alternating"):
+        bipartite_plan(torch.randn(1, 6, 3), 1, is_a=torch.arange(6) < 3, order="score")
+    from tomviz.merge.tome import ToMe
+    with pytest.raises(ValueError, match="order"):
+        ToMe(order="sideways")

@@ -6,6 +6,7 @@ import pytest
 
 import tomviz
 from tests import tiny
+from tomviz.render.vlm import PANEL_GAP
 from tomviz.ui import vlm_tab
 
 
@@ -40,13 +41,14 @@ def test_bad_input(loaded, monkeypatch):
         vlm_tab.show_step(0, None)
 
 
-def test_onevision_drawn_on_its_anyres_grid(monkeypatch):
+def test_onevision_draws_its_base_view_and_anyres_grid(monkeypatch):
+    """OneVision's two tiles both show the whole photo (the anyres crops form one unpadded grid): two panels."""
     model, processor = tiny.onevision()
     onevision = tomviz.load(model, processor=processor, device="cpu")
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: onevision)
     photo = tiny.photo().resize((80, 48))
     out = vlm_tab.ask(photo, "what ?", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "boundary", "tome", 0.5, 3)
-    assert out.overlay.size == out.attention.size == photo.size
+    assert out.overlay.size == out.attention.size == (2 * photo.width + PANEL_GAP, photo.height)
     grids = out.session.result.stages["boundary"].meta["tile_grids"]
     assert grids[0] == [4, 4] and sum(r * c for r, c in grids) == out.session.result.token_counts["visual"]
     with pytest.raises(gr.Error, match="not equal tiles"):
@@ -79,6 +81,7 @@ def test_preset_and_mismatches(loaded, monkeypatch):
         vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "tome", 0.5, 3)
     out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "encoder", "tinychart", 0.1, 2)
     assert out.session.result.reduction.method == "tome" and "preset" in out.counts
+    assert out.session.result.reduction.method_options == {"order": "score"}  # TinyChart's ToMe order
     out = vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "aim", 0.5, 2)
     assert "after each layer 16 → 14 → 12" in out.counts and "authors' schedule" in out.counts
 
@@ -96,6 +99,7 @@ def test_mustdrop_stages_one_after_the_other(monkeypatch):
     text = out.counts
     order = [text.index(f"{n}. ") for n in (1, 2, 3, 4)]
     assert order == sorted(order) and "layer 14:" in text and "ratio only switches it on" in text
+    assert "global 0.001, individual 0.001" in text and "64 (0.011, 0.01)" in text  # which thresholds give which count
     monkeypatch.setattr(vlm_tab.tomviz, "load", lambda name, untrusted=False: smol)
     with pytest.raises(gr.Error, match="no CLS token that its projector drops"):  # SmolVLM: refused, clearly
         vlm_tab.ask(tiny.photo(), "what ?", "tiny", "llm", "mustdrop", 0.5, 2)

@@ -176,3 +176,37 @@ def test_banzhaf_of_visual_groups():
     assert game.values.shape == (res.token_counts["llm_input"],) and np.isfinite(game.values).all()
     assert abs(game.full_value - res.fidelity.log_likelihood) < 1e-3
     assert res.stages["boundary"].spread(game.values, -1).shape == (res.token_counts["visual"],)
+
+
+@pytest.mark.parametrize("place, method, runs", [("llm", "fastv", 1), ("llm", "aim", 1), ("boundary", "tome", 2)])
+def test_vision_tower_runs_once_when_the_encoder_reduces_nothing(loaded, place, method, runs):
+    """Inside the LLM (FastV, AIM) the reduced run reads the unreduced encoder's output: one tower pass for both runs."""
+    calls = []
+    handle = loaded.adapter.vision_tower(loaded.model).register_forward_hook(lambda *args: calls.append(1))
+    try:
+        res = vlm.inspect_vlm(loaded, tiny.photo(), QUESTION, place=place, method=method, ratio=0.5, max_new_tokens=2)
+    finally:
+        handle.remove()
+    assert len(calls) == runs
+    assert res.stages["boundary"].meta["place"] == place
+    assert res._prefill.encoder_seconds > 0
+
+
+def test_fastv_layer_computes_its_keys_once_while_recording(loaded, inputs):
+    """Teacher forcing with recording under FastV: layer K-1 ranks and records from one set of keys (the layer's
+    own attention is the other k_proj call), and the ranking equals FastV's own without recording."""
+    red = vlm.Reduction("llm", "fastv", 0.5, fastv_layer=2)
+    prefill = vlm.build_prefill(loaded, inputs, red)
+    answer = [int(t) for t in inputs.tensors["input_ids"][0, -3:]]
+    k_proj = loaded.language_model.layers[red.fastv_layer - 1].self_attn.k_proj
+    calls = []
+    handle = k_proj.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        recorded = vlm.teacher_forced(loaded, prefill, answer, record_attention=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 2
+    plain = vlm.teacher_forced(loaded, prefill, answer)
+    assert torch.equal(recorded.keep, plain.keep)
+    torch.testing.assert_close(recorded.log_probs, plain.log_probs)
+    assert len(recorded.attention) == len(loaded.language_model.layers)

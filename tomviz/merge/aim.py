@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from tomviz.merge.plan import MergePlan
+from tomviz.merge.tome import bipartite_plan
 
 TEMPERATURE = 0.1  # get_importance(tau_imp=0.1)
 PAGERANK_STEPS = 5  # get_importance(iters=5)
@@ -50,30 +51,14 @@ RATE_STEP = 0.125
 
 def bipartite_plan_score_order(metric: torch.Tensor, r: int) -> MergePlan:
     """ToMe's matching as its reference code orders it without protected tokens (facebookresearch/ToMe
-    ``tome/merge.py`` ``bipartite_soft_matching`` with ``class_token=False``; AIM's and TinyChart's copies).
+    ``tome/merge.py`` ``bipartite_soft_matching`` with ``class_token=False``; AIM's and TinyChart's copies):
+    :func:`tomviz.merge.tome.bipartite_plan` with ``order="score"`` and nothing protected.
 
-    metric: ``[B, N, C]`` (cosine; nothing protected). Returns a plan with ``N - r`` outputs (``r``
-    clipped to ``N // 2``): outputs ``0..Na-r-1`` are the unmerged A tokens in descending best-match
-    order (:func:`tomviz.merge.tome.bipartite_plan` sorts them by position instead, which changes the
-    next layer's split), then the ``Nb`` B tokens in order. AIM applies it with ``plan.merge(x, None)``
-    (equal sizes: each group the plain mean); TinyChart with the sizes (size-weighted mean).
+    metric: ``[B, N, C]`` (cosine). Returns a plan with ``N - r`` outputs (``r`` clipped to ``N // 2``):
+    the unmerged A tokens in descending best-match order, then the ``Nb`` B tokens in order. AIM applies
+    it with ``plan.merge(x, None)`` (equal sizes: each group the plain mean).
     """
-    batch, num_tokens, _ = metric.shape
-    r = min(r, num_tokens // 2)
-    if r <= 0:
-        return MergePlan.identity(batch, num_tokens, metric.device)
-    metric = metric / metric.norm(dim=-1, keepdim=True)
-    scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
-    best, partner = scores.max(dim=-1)  # [B, Na]
-    order = best.argsort(dim=-1, descending=True)  # [B, Na] as the original's edge_idx
-    num_a = scores.shape[1]
-    num_b = num_tokens - num_a
-    unmerged_rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_a, device=order.device).expand(batch, -1))
-    a_dst = torch.where(unmerged_rank >= r, unmerged_rank - r, num_a - r + partner)  # [B, Na]
-    b_dst = (num_a - r + torch.arange(num_b, device=order.device)).expand(batch, -1)  # [B, Nb]
-    dst = torch.empty(batch, num_tokens, dtype=torch.long, device=metric.device)
-    dst[:, ::2], dst[:, 1::2] = a_dst, b_dst
-    return MergePlan(dst=dst, num_out=num_tokens - r)
+    return bipartite_plan(metric, r, num_protected=0, order="score")
 
 
 def merge_schedule(num_tokens: int, variant: str = "onevision") -> list[int]:

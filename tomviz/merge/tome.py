@@ -7,6 +7,12 @@ proposals with the highest similarity merge. The output order is: protected
 tokens, kept A tokens in ascending position, then the B tokens in order; the
 next layer's A/B split depends on this order.
 
+``order="score"`` keeps the unmerged A tokens in descending best-match order instead: what
+facebookresearch/ToMe ``tome/merge.py`` ``bipartite_soft_matching`` does when ``class_token=False``
+(it sorts them by position only to keep a class token first), and so what its copies without a class
+token do (TinyChart's SigLIP, X-PLUG/mPLUG-DocOwl @f91a768 ``TinyChart/tinychart/model/multimodal_encoder/
+merge.py``; AIM, LaVi-Lab/AIM @edc24e9 ``llava/model/token_merge.py``). Protected tokens stay first either way.
+
 Reproduces facebookresearch/ToMe ``tome/merge.py`` (``bipartite_soft_matching``, ``merge_wavg``), whose
 decisions ``tests/merge/test_tome.py`` checks at every layer against an independent reference written from
 that definition (no commit of the repository is pinned). Deliberate
@@ -31,6 +37,7 @@ def bipartite_plan(
     num_protected: int = 1,
     valid: torch.Tensor | None = None,
     is_a: torch.Tensor | None = None,
+    order: str = "position",
 ) -> MergePlan:
     """Bipartite soft matching.
 
@@ -40,15 +47,19 @@ def bipartite_plan(
     valid: ``[B, N]`` bool; padding (False) only merges with padding.
     is_a: ``[N]`` bool, the A side; default: even positions. Any split works,
         as long as protected tokens may sit on either side.
+    order: where the unmerged A tokens go, after the protected ones: ``"position"`` (ascending) or
+        ``"score"`` (descending best match, the reference code's order without a class token;
+        the alternating split only).
     Returns a :class:`MergePlan` with ``N - r`` outputs.
     """
+    check_order(order, is_a)
     batch, num_tokens, _ = metric.shape
     r = min(r, max_removable(num_tokens, num_protected))
     if r <= 0:
         return MergePlan.identity(batch, num_tokens, metric.device)
     with torch.no_grad():
         if is_a is None:
-            return plan_from_proposals(alternating_proposals(metric, num_protected, valid), r)
+            return plan_from_proposals(alternating_proposals(metric, num_protected, valid), r, order)
         return _general_plan(metric, r, num_protected, valid, is_a)
 
 
@@ -104,17 +115,29 @@ def alternating_proposals(metric: torch.Tensor, num_protected: int, valid: torch
     return Proposals(best_score, best_b, order, metric.shape[1], num_protected)
 
 
-def plan_from_proposals(proposals: Proposals, r: int) -> MergePlan:
+ORDERS = ("position", "score")  # where bipartite_plan puts the unmerged A tokens
+
+
+def check_order(order: str, is_a: torch.Tensor | None = None) -> None:
+    """ValueError for an unknown ``order``, or ``"score"`` with a split other than the alternating one."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown ToMe order {order!r}: choose 'position' or 'score'")
+    if order == "score" and is_a is not None:
+        raise ValueError("ToMe's order 'score' needs the alternating A/B split (is_a=None)")
+
+
+def plan_from_proposals(proposals: Proposals, r: int, order: str = "position") -> MergePlan:
     """Merge the ``r`` best proposals (``0 < r <= max_removable``). Output order: protected tokens
-    (positions 0..P-1), kept A ascending, then the unprotected B tokens."""
-    best_score, best_b, order = proposals.best_score, proposals.best_b, proposals.order
+    (positions 0..P-1), kept A (ascending, or by descending best match with ``order="score"``), then
+    the unprotected B tokens."""
+    best_score, best_b, order, by_score = proposals.best_score, proposals.best_b, proposals.order, order == "score"
     num_tokens, num_protected = proposals.num_tokens, proposals.num_protected
     batch, num_a = best_score.shape
     num_b = num_tokens - num_a
     device = best_score.device
     protected_a, protected_b = (num_protected + 1) // 2, num_protected // 2
     src_a = order[:, :r]  # [B, r] A indices that merge away
-    kept_a = order[:, r:].sort(dim=-1).values[:, protected_a:]  # [B, Na - r - pa], ascending
+    kept_a = _kept_a(order[:, r:], protected_a, by_score=by_score)  # [B, Na - r - pa]
     num_kept_a = kept_a.shape[1]
     keep = torch.cat(
         [
@@ -132,6 +155,16 @@ def plan_from_proposals(proposals: Proposals, r: int) -> MergePlan:
     dst.scatter_(1, src, num_protected + num_kept_a + target_b - protected_b)
     edges = MergeEdges(src=src, dst=2 * target_b + 1, score=best_score.gather(1, src_a))
     return MergePlan(dst=dst, num_out=num_out, edges=edges, keep=keep)
+
+
+def _kept_a(unmerged: torch.Tensor, protected_a: int, by_score: bool) -> torch.Tensor:
+    """The unprotected ones of the unmerged A indices ``[B, Na - r]`` (given best match first; the
+    protected ``0..pa-1`` never merge): ascending, or in the given order with ``by_score``."""
+    if not by_score:
+        return unmerged.sort(dim=-1).values[:, protected_a:]
+    if protected_a == 0:
+        return unmerged
+    return unmerged[unmerged >= protected_a].view(unmerged.shape[0], -1)
 
 
 def _general_plan(
@@ -176,10 +209,18 @@ def _general_plan(
 
 
 class ToMe(MergeMethod):
-    """Bipartite soft matching on the attention keys."""
+    """Bipartite soft matching on the attention keys.
+
+    order: where the unmerged A tokens go (:func:`bipartite_plan`): ``"position"`` (tomviz's default)
+    or ``"score"`` (the reference code without a class token; the TinyChart preset).
+    """
 
     name = "tome"
     label = "ToMe (bipartite soft matching)"
 
+    def __init__(self, order: str = "position"):
+        check_order(order)
+        self.order = order
+
     def plan_removal(self, inputs: MergeInputs, r: int) -> MergePlan:
-        return bipartite_plan(inputs.metric, r, inputs.num_protected, inputs.valid)
+        return bipartite_plan(inputs.metric, r, inputs.num_protected, inputs.valid, order=self.order)

@@ -197,7 +197,6 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         prefill = hidden_states.shape[1] > 1 and kwargs.get("position_embeddings") is not None and (
             kwargs["position_embeddings"][0].shape[1] == prefix
         )
-        fastv = state.fastv
         keep = _entering(state, index, prefill)  # the prefill positions whose tokens enter this layer (None: all)
         dropped = keep is not None
         mask = kwargs.get("attention_mask")
@@ -224,14 +223,8 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
         if state.mustdrop is not None:
             _mustdrop_step(self, index, state.mustdrop, hidden_states, kwargs, keep, prefill, prefix)
         key_bias = _dycoke_bias(state, index, prefill, key_bias)
-        if prefill and state.record_queries is not None and state.vtu is None:  # (VTU records in vtu_attention)
-            state.attention.append(_recorded(self, state, hidden_states, kwargs["position_embeddings"], keep, key_bias))
-        if fastv is not None and prefill and index == fastv.layer - 1:
-            last = torch.tensor([fastv.query % hidden_states.shape[1]], device=hidden_states.device)
-            state.last_attention = layer_attention(self, hidden_states, kwargs["position_embeddings"], last, key_bias)[0]
-            visual_index = state.visual.nonzero()[:, 0]  # [V]
-            kept_visual = visual_index[fastv.select(state.last_attention[visual_index][None])]
-            state.keep = torch.cat([(~state.visual).nonzero()[:, 0], kept_visual]).sort().values
+        if prefill:
+            _record_and_rank(self, index, state, hidden_states, kwargs["position_embeddings"], key_bias, keep)
         if key_bias is not None:
             q_len = hidden_states.shape[1]
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -247,15 +240,33 @@ def _make_forward(layer: nn.Module, index: int) -> Callable:
     return types.MethodType(forward, layer)
 
 
-def _recorded(layer: nn.Module, state: LLMState, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-              keep: torch.Tensor | None, key_bias: torch.Tensor | None) -> torch.Tensor:
-    """``[Q, L]`` the recorded queries' attention in ``layer`` over the prefill positions (``hidden`` holds the
-    positions ``keep``, None: all; the keys dropped before get 0)."""
-    queries = state.record_queries if keep is None else torch.searchsorted(keep, state.record_queries)
-    probs = layer_attention(layer, hidden, position_embeddings, queries, key_bias)
-    if keep is None:
-        return probs
-    return probs.new_zeros(len(queries), state.visual.shape[0]).index_copy_(1, keep, probs)
+def _record_and_rank(layer: nn.Module, index: int, state: LLMState, hidden: torch.Tensor,
+                     position_embeddings: tuple[torch.Tensor, torch.Tensor], key_bias: torch.Tensor | None,
+                     keep: torch.Tensor | None) -> None:
+    """In a prefill layer: record the attention of ``state.record_queries`` (``state.attention``) and, in FastV's
+    layer K-1, rank the visual tokens by the last prompt token's attention (``state.keep``), from one
+    :func:`layer_attention` call (the keys once). hidden: ``[1, L_l, C]``; keep: ``[L_l]`` the prefill positions
+    entering this layer (None: all)."""
+    fastv = state.fastv
+    record = state.record_queries is not None and state.vtu is None  # (VTU records in vtu_attention)
+    rank = fastv is not None and index == fastv.layer - 1
+    if not (record or rank):
+        return
+    queries = hidden.new_zeros(0, dtype=torch.long)
+    if record:
+        queries = state.record_queries if keep is None else torch.searchsorted(keep, state.record_queries)
+    if rank:
+        queries = torch.cat([queries, queries.new_tensor([fastv.query % hidden.shape[1]])])
+    probs = layer_attention(layer, hidden, position_embeddings, queries, key_bias)  # [Q (+1), L_l]
+    if rank:
+        probs, state.last_attention = probs[:-1], probs[-1]
+        visual_index = state.visual.nonzero()[:, 0]  # [V]
+        kept_visual = visual_index[fastv.select(state.last_attention[visual_index][None])]
+        state.keep = torch.cat([(~state.visual).nonzero()[:, 0], kept_visual]).sort().values
+    if record:
+        if keep is not None:  # back onto the prefill positions; dropped keys get 0
+            probs = probs.new_zeros(probs.shape[0], state.visual.shape[0]).index_copy_(1, keep, probs)
+        state.attention.append(probs)
 
 
 def _entering(state: LLMState, index: int, prefill: bool = True) -> torch.Tensor | None:

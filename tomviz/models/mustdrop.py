@@ -28,6 +28,7 @@ from torch import nn
 
 from tomviz.merge import mustdrop
 from tomviz.merge.context import PerCallState
+from tomviz.merge.engine import attention_probabilities
 from tomviz.merge.plan import MergePlan
 from tomviz.models import patching
 
@@ -61,11 +62,8 @@ def _key_set(module: nn.Module, args: tuple, kwargs: dict) -> None:
     if run is None:
         return
     hidden = args[0] if args else kwargs["hidden_states"]  # [B, 1 + N', C] after layer_norm1
-    batch, num_tokens, _ = hidden.shape
-    heads = module.num_heads
-    q = module.q_proj(hidden[:, :1]).view(batch, 1, heads, -1).transpose(1, 2).float()  # [B, H, 1, d]
-    k = module.k_proj(hidden).view(batch, num_tokens, heads, -1).transpose(1, 2).float()  # [B, H, N, d]
-    cls_rows = ((q @ k.transpose(-1, -2)) * module.scale).softmax(-1)[:, :, 0]  # [B, H, N]
+    # the CLS row as the engine records it (float32 softmax of the scaled logits): [B, H, 1 + N']
+    cls_rows = attention_probabilities(module.q_proj(hidden[:, :1]), module.k_proj(hidden), module.num_heads)[:, :, 0]
     run.key = mustdrop.key_set(cls_rows, run.key_rate)
 
 
@@ -80,9 +78,9 @@ def apply_vision(vision: nn.Module) -> None:
         if len(blocks) < 2:
             raise ValueError("MustDrop merges after the vision encoder's first layer: the encoder needs two layers")
         attention = blocks[-1].self_attn
-        if not all(hasattr(attention, name) for name in ("q_proj", "k_proj", "num_heads", "scale")):
+        if not all(hasattr(attention, name) for name in ("q_proj", "k_proj", "num_heads")):
             raise ValueError(f"MustDrop reads the CLS attention of {type(attention).__name__}, which has no q_proj, "
-                             "k_proj, num_heads and scale")
+                             "k_proj and num_heads")
         setattr(vision, _HOOKED, [blocks[1].register_forward_pre_hook(_merge_windows, with_kwargs=True),
                                   attention.register_forward_pre_hook(_key_set, with_kwargs=True)])
 

@@ -8,6 +8,7 @@ after the encoder (``unmerge=True``).
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,24 @@ def _patch_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[int
     patch = model.config.vision_config.patch_size
     h, w = tensors["pixel_values"].shape[-2:]
     return int(h) // patch, int(w) // patch
+
+
+_CROP_TOKEN = re.compile(r"<row_(\d+)_col_(\d+)>")
+
+
+def _crop_grid(tokenizer: Any, tensors: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """``(rows, cols)`` of the crops of a split image, read from the prompt: the processor writes a
+    ``<row_r_col_c>`` token before each crop's image tokens (transformers ``processing_smolvlm.py``
+    ``_prompt_split_image``), then the global view's; None when the image was not split (or no tokenizer names
+    the ids: a model wrapped without a processor)."""
+    to_tokens = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if to_tokens is None:
+        return None
+    ids = torch.unique(tensors["input_ids"][0]).tolist()
+    cells = [match for match in map(_CROP_TOKEN.fullmatch, to_tokens(ids)) if match]
+    if not cells:
+        return None
+    return max(int(m[1]) for m in cells), max(int(m[2]) for m in cells)
 
 
 def _token_grid(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[tuple[int, int], int]:
@@ -58,6 +77,7 @@ SMOLVLM = register(
         image_features=_features,
         token_grid=_token_grid,
         patch_grid=_patch_grid,
+        crop_grid=_crop_grid,
         unmerge=True,
         nested_images=True,
         video=SMOLVLM_VIDEO,

@@ -83,6 +83,9 @@ class VLMAdapter:
     # tokens itself (Qwen2-VL's M-RoPE); the reduced sequence keeps those of the tokens it keeps. None: 0..L'-1
     positions: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
     video: VideoLayout | None = None  # how the family takes a clip (None: no video)
+    # (tokenizer, tensors) → (rows, cols) of the crops a split image was cut into (row-major, then one global view
+    # of the whole image: SmolVLM / Idefics3), or None when it was not split; None: the family does not split
+    crop_grid: Callable[[Any, dict[str, torch.Tensor]], tuple[int, int] | None] | None = None
 
 
 VLM_ADAPTERS: list[VLMAdapter] = []

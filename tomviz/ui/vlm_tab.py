@@ -21,8 +21,10 @@ from tomviz.ui.common import MAX_RATIO, PromptBox, session_state, user_errors
 from tomviz.ui.guards import ImageFile
 from tomviz.ui.server import HEAVY
 
-# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap (a GPU Space). LLaVA-OneVision
-# is drawn on its anyres grid (the last tile); it takes grid-free methods only (tome, dtome, random_prune, fastv).
+# SmolVLM-256M fits the CPU cap (TOMVIZ_MAX_PARAMETERS); the others need the CUDA cap (a GPU Space). The pictures draw
+# every tile on the part of the photo it shows (a split image's crops in place, the global view beside them;
+# LLaVA-OneVision's base view and anyres grid side by side); OneVision takes grid-free methods only (tome, dtome,
+# random_prune, fastv).
 # Qwen2-VL / Qwen2.5-VL reduce at every place (in their encoder with methods that read the tokens alone).
 VLM_MODELS = ["HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct",
               "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-1.5-7b-hf",
@@ -33,6 +35,14 @@ PLACES = [("In the vision encoder (merge, compute, unmerge)", "encoder"),
 MAX_NEW_TOKENS = 48
 HUB_NOTE = ("Vision-language models load from the Hugging Face hub (no VLM weights ship in a package). "
             "Where the hub cannot be reached this tab says so and the other tabs keep working.")
+
+
+MUSTDROP_NOTE = ("mustdrop's thresholds, not the ratio, decide how many visual tokens stay (the ratio only switches it "
+                 "on); this tab uses the authors' 192-token script: global 0.001, individual 0.001. The count depends on "
+                 "the image and the model: on LLaVA-1.5-7B the authors' scripts give about 192 tokens (0.001, 0.001), "
+                 "128 (0.0012, 0.001) and 64 (0.011, 0.01); on the tiny random-weight test models (0.001, 0.001) kept "
+                 "176-363 of 248-576 visual tokens after layer 14 and (0.011, 0.01) 35-71 (the count after each pruning "
+                 "layer is listed above)")
 
 
 def method_choices(place: str = "boundary") -> list[tuple[str, str]]:
@@ -62,8 +72,7 @@ def resolve_method(place: str, method: str, ratio: float) -> tuple[str, float, s
             return method, ratio, ("aim inside the LLM follows the authors' schedule (all visual tokens up to half the "
                                    "layers, then 1/8 fewer per layer); the ratio only switches it on")
         if place == "llm" and method == "mustdrop":
-            return method, ratio, ("mustdrop's thresholds (the authors' 192-token script), not the ratio, decide how many "
-                                   "visual tokens stay; the ratio only switches it on")
+            return method, ratio, MUSTDROP_NOTE
         return method, ratio, ""
     if preset.place != place:
         raise ValueError(f"{method} is a preset {registry.where(preset.place)}, not {registry.where(place)}: "
@@ -157,9 +166,11 @@ def ask(image, question: str | None, model: str = VLM_MODELS[0], place: str = "b
         loaded = tomviz.load((model or VLM_MODELS[0]).strip(), untrusted=True)
         if not isinstance(loaded, LoadedVLM):
             raise ValueError(f"{model} is not a vision-language model: this tab takes SmolVLM / Idefics3 / LLaVA models")
+        options = dict(PRESETS[method].method_options) if method in PRESETS else {}
         method, ratio, note = resolve_method(place, method, float(ratio))
         tokens = int(min(max(1, round(max_new_tokens or 24)), MAX_NEW_TOKENS))
-        res = tomviz.inspect(loaded, (image, question), ratio=float(ratio), method=method, place=place, max_new_tokens=tokens)
+        res = tomviz.inspect(loaded, (image, question), ratio=float(ratio), method=method, place=place,
+                             method_options=options, max_new_tokens=tokens)
         boundary = res.stages["boundary"]
         overlay = reaches_llm_overlay(res.inputs.image, boundary)
         attention = answer_attention_overlay(res.inputs.image, boundary, res.answer_attention, 0)
@@ -215,8 +226,9 @@ def build_vlm_tab() -> None:
         with gr.Column(scale=7):
             answers = gr.Markdown(label="Answers")
             with gr.Row():
-                overlay = gr.Image(label="What reaches the LLM (groups of visual tokens; dark = dropped)", type="pil")
-                attention = gr.Image(label="Where the answer token looked (mean over LLM layers)", type="pil")
+                overlay = gr.Image(label="What reaches the LLM (groups of visual tokens; dark = dropped; "
+                                         "a split image: its crops in place, then the global view)", type="pil")
+                attention = gr.Image(label="Where the answer token looked (mean over LLM layers; every tile)", type="pil")
             step = gr.Dropdown(choices=[], label="Answer token", info="Pick a word of the unreduced answer")
             counts = gr.Markdown(label="Token counts and timings")
 

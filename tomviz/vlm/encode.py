@@ -6,6 +6,7 @@ two layers that the method names (``"middle"``, ``"deep"``: L//2 and L-2, or HiP
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,6 +47,7 @@ class Encoded:
     # plan then maps the V visual tokens onto the other features. None: the boundary step is still to come.
     carried: torch.Tensor | None = None
     key_set: torch.Tensor | None = None  # MustDrop: [K] indices into the features that the LLM never drops
+    seconds: float = 0.0  # wall time of the encoder and connector (timed_encode)
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,20 @@ def attention_layers(method: VisualMethod | None, tower: VisionTower) -> dict[st
     return method.attention_layers(tower.used)
 
 
+def shares_encoding(red: Reduction) -> bool:
+    """Whether ``red``'s vision encoder reduces nothing, so the unreduced run's encoding serves it too: no reduction,
+    or one inside the LLM (FastV, AIM) except MustDrop, whose window merging runs in the encoder."""
+    return red.place in ("none", "llm") and not mustdrop.wanted(red)
+
+
+def timed_encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
+    """:func:`encode` with its wall time in ``seconds``."""
+    start = time.perf_counter()
+    encoded = encode(loaded, inputs, red)
+    encoded.seconds = time.perf_counter() - start
+    return encoded
+
+
 def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     """Run the vision encoder and connector (merging inside at ``place='encoder'``)."""
     red.check()
@@ -139,6 +155,9 @@ def encode(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Encoded:
     config = encoder_config(red, tower, rows * cols + tower.protected)
     meta = {"model": loaded.name, "patch_grid": [rows, cols], "token_grid": list(token_grid), "num_tiles": num_tiles,
             "image_size": inputs.meta["image_size"], "place": red.place}
+    crops = None if adapter.crop_grid is None else adapter.crop_grid(loaded.tokenizer, tensors)
+    if crops is not None:
+        meta["crop_grid"] = list(crops)  # the crops' layout on the photo (tomviz.render.vlm.tile_panels)
     if method is not None and method.before_projector:
         return encode_before_projector(loaded, inputs, red, method, tower, meta)
     if mustdrop.wanted(red):

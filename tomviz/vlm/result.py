@@ -13,6 +13,7 @@ from tomviz.models.vlm import LoadedVLM
 from tomviz.scores.estimate import banzhaf_game
 from tomviz.trace import Trace
 from tomviz.vlm.decode import answer_game, first_token_kl, generate, teacher_forced
+from tomviz.vlm.encode import timed_encode
 from tomviz.vlm import mustdrop
 from tomviz.vlm.inputs import VLMInput, prepare
 from tomviz.vlm.reduction import Reduction
@@ -131,9 +132,10 @@ def inspect_vlm(
     inputs = prepare(loaded, image, question)
     reduction = Reduction(place=place, method=method, ratio=ratio, **options)
     reduction.check()
-    base = build_prefill(loaded, inputs, Reduction(place="none"))
+    encoded = timed_encode(loaded, inputs, Reduction(place="none"))  # one tower pass serves both runs where it can
+    base = build_prefill(loaded, inputs, Reduction(place="none"), encoded)
     reference = generate(loaded, base, max_new_tokens)
-    reduced_prefill = build_prefill(loaded, inputs, reduction) if place != "none" else base
+    reduced_prefill = build_prefill(loaded, inputs, reduction, encoded) if place != "none" else base
     reduced = generate(loaded, reduced_prefill, max_new_tokens) if place != "none" else reference
     forced = teacher_forced(loaded, reduced_prefill, reference.tokens, record_attention=record_attention)
     forced_ref = teacher_forced(loaded, base, reference.tokens) if place != "none" else forced

@@ -23,7 +23,7 @@ from tomviz.models.mustdrop import MustDropRequest
 from tomviz.models.vlm import LoadedVLM
 from tomviz.vlm import mustdrop
 from tomviz.trace import LayerTrace, Trace
-from tomviz.vlm.encode import Encoded, encode
+from tomviz.vlm.encode import Encoded, shares_encoding, timed_encode
 from tomviz.vlm.inputs import VLMInput
 from tomviz.vlm.reduction import Reduction
 
@@ -255,9 +255,17 @@ def aim_request(loaded: LoadedVLM, red: Reduction) -> llm.AIMRequest:
     return llm.AIMRequest(rates=rates, drop=bool(options.get("drop", False)))
 
 
-def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction) -> Prefill:
-    """:func:`encode` then :func:`to_prefill`, timed together (``encoder_seconds``)."""
+def build_prefill(loaded: LoadedVLM, inputs: VLMInput, red: Reduction, encoded: Encoded | None = None) -> Prefill:
+    """:func:`~tomviz.vlm.encode.encode` then :func:`to_prefill`, timed together (``encoder_seconds``).
+
+    encoded: ``inputs`` already encoded at ``place="none"`` (the reference run's), reused instead of running
+    the vision tower again where ``red`` reduces nothing there (:func:`~tomviz.vlm.encode.shares_encoding`);
+    its own time counts as the encoder's."""
+    if encoded is None or not shares_encoding(red) or encoded.meta["place"] != "none":
+        encoded = timed_encode(loaded, inputs, red)
+    else:
+        encoded = replace(encoded, meta={**encoded.meta, "place": red.place})
     start = time.perf_counter()
-    prefill = to_prefill(loaded, inputs, encode(loaded, inputs, red), red)
-    prefill.encoder_seconds = time.perf_counter() - start
+    prefill = to_prefill(loaded, inputs, encoded, red)
+    prefill.encoder_seconds = encoded.seconds + time.perf_counter() - start
     return prefill

@@ -53,3 +53,15 @@ def test_no_context_drops_the_other_tokens():
     reduction = fastvid(clip.tokens, clip.attention, clip.frame_features, retention=0.02)  # retain 1, context 0
     reduction.validate()
     assert reduction.num_kept == 8 and int((reduction.group >= 0).sum()) == 8
+
+
+def test_attention_and_frame_features_shapes_are_checked():
+    import pytest
+
+    tokens, features = torch.randn(3, 8, 4), torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"attention must be .*\[3, 8\], got \[3, 7\]"):
+        fastvid(tokens, torch.rand(3, 7), features)
+    with pytest.raises(ValueError, match=r"attention must be .*got \[8\]"):
+        fastvid(tokens, torch.rand(8), features)
+    with pytest.raises(ValueError, match=r"frame features must be \[T, C'\] with T = 3"):
+        fastvid(tokens, torch.rand(3, 8), torch.randn(2, 5))

@@ -79,6 +79,11 @@ def fastvid(
 ) -> TemporalReduction:
     """FastVID. tokens ``[T, N, C]``, attention ``[T, N]``, frame_features ``[T, C']``."""
     num_frames, per_frame, _ = check_tokens(tokens)
+    if attention.shape != (num_frames, per_frame):
+        raise ValueError(f"fastvid: attention must be one importance per token, [T, N] = {[num_frames, per_frame]}, "
+                         f"got {list(attention.shape)}")
+    if frame_features.ndim != 2 or frame_features.shape[0] != num_frames:
+        raise ValueError(f"fastvid: frame features must be [T, C'] with T = {num_frames}, got {list(frame_features.shape)}")
     retain = int(per_frame * check_ratio("retention", retention))
     salient_num = retain - int(retain * context_share)
     context = retain - salient_num

@@ -135,3 +135,26 @@ def test_example_clips_ship_with_gradio():
     clip = read_video(clips["muted_b.mp4"], num_frames=4)
     assert clip.frames.shape == (4, 270, 480, 3) and clip.source_frames == 150
     assert clip.indices == (0, 50, 99, 149)
+
+
+def test_frame_files_checked_from_their_headers_before_any_decode(tmp_path, monkeypatch):
+    """A folder whose last sampled frame is over the pixel bound: refused before any frame is decoded (the
+    old order decoded each frame, then checked its size, so the first frames were decoded first)."""
+    frames = numbered_frames(3)
+    for i, array in enumerate(frames):
+        Image.fromarray(array).save(tmp_path / f"f{i}.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "f3.png")  # 4096 pixels; the others 1536
+    decoded = []
+    real_load = Image.Image.load
+
+    def counting_load(image, *args, **kwargs):
+        decoded.append(getattr(image, "filename", None))
+        return real_load(image, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "load", counting_load)
+    with pytest.raises(ValueError, match="frame 3: frame size 4096 pixels is over the limit of 2000 pixels"):
+        read_video(tmp_path, num_frames=4, limits=VideoLimits(max_pixels=2000))
+    assert decoded == [], "a frame was decoded before every sampled frame's size was checked"
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="frame 3: size"):  # within the bound: decoded, then the sizes compared
+        read_video(tmp_path, num_frames=4)

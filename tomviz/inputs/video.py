@@ -160,30 +160,54 @@ def _decode(container, stream, wanted: set[int], last: int) -> tuple[list[np.nda
 
 
 def _read_frames(items: list, num_frames: int, limits: VideoLimits) -> Video:
-    """A list of image paths, arrays or PIL images, sampled like a clip (no timing: timestamps are indices)."""
-    from PIL import Image
+    """A list of image paths, arrays or PIL images, sampled like a clip (no timing: timestamps are indices).
 
+    Every sampled frame's size is checked before any frame is decoded: a path's from its image header
+    (``PIL.Image.open`` reads only the header), an array's or an image's from its shape."""
     if not items:
         raise ValueError("no frames given")
     _check("frames", "frame count", len(items), limits.max_frames, "")
     paths = [Path(item) for item in items if isinstance(item, (str, os.PathLike))]
     _check("frames", "total size", sum(p.stat().st_size for p in paths) / 2**20, limits.max_bytes / 2**20, " MiB")
     wanted = sample_indices(len(items), num_frames)
+    opened = {index: _frame_header(items[index], index) for index in wanted}  # headers only, nothing decoded
+    for index, image in opened.items():
+        height, width = image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width)
+        _check(f"frame {index}", "frame size", width * height, limits.max_pixels, " pixels")
     frames = []
-    for index in wanted:
-        item = items[index]
-        try:
-            image = Image.open(item) if isinstance(item, (str, os.PathLike)) else item
-            array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"frame {index}: not a readable image ({error})") from error
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(f"frame {index}: expected [H, W, 3] uint8 RGB, got {array.shape} {array.dtype}")
-        _check(f"frame {index}", "frame size", array.shape[0] * array.shape[1], limits.max_pixels, " pixels")
+    for index, image in opened.items():
+        array = _decode_frame(image, index)
         if frames and array.shape != frames[0].shape:
             raise ValueError(f"frame {index}: size {array.shape[:2]} differs from the first frame's {frames[0].shape[:2]}")
         frames.append(array)
     return Video(np.stack(frames), tuple(float(i) for i in wanted), 0.0, len(items), tuple(wanted))
+
+
+def _frame_header(item, index: int):
+    """A path opened lazily (PIL reads the header: size, mode), or the array / image as given."""
+    from PIL import Image
+
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            return Image.open(item)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"frame {index}: not a readable image ({error})") from error
+    if isinstance(item, Image.Image):
+        return item
+    array = np.asarray(item)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"frame {index}: expected [H, W, 3] uint8 RGB, got {array.shape} {array.dtype}")
+    return array
+
+
+def _decode_frame(image, index: int) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB from what :func:`_frame_header` gave (a lazily opened file is decoded here)."""
+    if isinstance(image, np.ndarray):
+        return image
+    try:
+        return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"frame {index}: not a readable image ({error})") from error
 
 
 def example_clips() -> dict[str, Path]:

@@ -44,3 +44,26 @@ def test_what_the_cli_reads_as_a_clip(tmp_path):
 def test_sweep_refuses_a_clip(square_mp4, tmp_path):
     with pytest.raises(SystemExit, match="sweep takes images and texts"):
         main(["sweep", str(square_mp4), "--out", str(tmp_path / "o")])
+
+
+def test_inspect_a_clip_with_a_videomae_folder(square_mp4, tmp_path):
+    """``--model`` a VideoMAE (a saved tiny random one: the real loading code, as for a hub id): ToMe inside the
+    encoder over its space-time tokens, one strip per layer with tubelets spanning 2 frames."""
+    from tests import tiny
+
+    tiny.videomae(classifier=["walk", "run"], seed=0).save_pretrained(tmp_path / "videomae")
+    out = tmp_path / "out"
+    assert main(["inspect", str(square_mp4), "--model", str(tmp_path / "videomae"), "--method", "tome",
+                 "--ratio", "0.5", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["method"] == "tome" and stats["frame_grid"] == [2, 4, 4] and stats["tubelet_size"] == 2
+    assert stats["frames"] == 4 and stats["token_counts"] == [32, 28, 24, 20, 16]
+    assert stats["gflops"] < stats["base_gflops"] and -1 <= stats["fidelity_cosine"] <= 1
+    assert stats["top1_agree"] in (True, False) and [name for name, _ in stats["top_labels"]] in (["walk", "run"], ["run", "walk"])
+    trace = Trace.load(out / "trace.npz")
+    assert trace.num_layers == 4 and trace.frame_grid == (2, 4, 4)
+    assert sorted(p.name for p in out.glob("strip_layer*.png")) == [f"strip_layer0{i}.png" for i in range(1, 5)]
+    assert (out / "merge.mp4").stat().st_size > 0
+    with pytest.raises(SystemExit, match="holitom"):  # a temporal method does not run inside the encoder
+        main(["inspect", str(square_mp4), "--model", str(tmp_path / "videomae"), "--method", "holitom",
+              "--out", str(tmp_path / "o")])

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # numbers read from a forward or a trace: speed, fidelity, one measured forward, a group's lineage
     ("readers", ("tomviz.speed", "tomviz.fidelity", "tomviz.measure", "tomviz.lineage")),
     ("pictures", ("tomviz.render", "tomviz.scores")),  # pictures and plots; Banzhaf, HBI and attention scores
-    ("api", ("tomviz", "tomviz.api", "tomviz.vlm", "tomviz.video")),  # what users call: the package facade, the API, VLM inspection
+    ("api", ("tomviz", "tomviz.api", "tomviz.vlm", "tomviz.video", "tomviz.video_encoder")),  # what users call: the package facade, the API, VLM inspection
     # services over many forwards, no gradio
     ("analysis", ("tomviz.analysis", "tomviz.score_analysis", "tomviz.ratio_grid", "tomviz.sweep", "tomviz.bench")),
     ("front", ("tomviz.ui", "tomviz.cli", "tomviz.cli_vlm", "tomviz.cli_video", "tomviz.__main__", "tomviz.tools")),  # gradio, CLI, offline tools

@@ -10,6 +10,12 @@ frames, then the same frames with their groups).
 With ``--question "..." --model LLaVA-OneVision|SmolVLM2`` the clip goes to the video VLM instead
 (:func:`tomviz.vlm.ask_video`: a temporal method at ``--place boundary``, fastv / holitom / dycoke at
 ``--place llm``): answers.json and, per stage, trace_STAGE.json and strip_STAGE.png.
+
+A video encoder as --model (VideoMAE: a Hugging Face id such as MCG-NJU/videomae-small-finetuned-kinetics, or
+a local folder) merges inside the encoder instead, with an encoder method (--method tome) at --ratio, over the
+model's own frame count: trace.json / trace.npz (one record per encoder layer, tokens time-step-major with
+tubelets of 2 frames), stats.json (token counts per layer, ms per clip merged and unmerged, GFLOPs, fidelity),
+strip_layerNN.png (the strip after each layer: a tubelet's group drawn on both of its frames) and merge.mp4.
 """
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
 
     options = json.loads(args.method_options) if args.method_options else {}
     loaded = tomviz.load(args.model or "dinov2-small")
+    if loaded.modality == "video":
+        return inspect_with_video_encoder(args, loaded, clip, options)
     try:
         result = tomviz.inspect(loaded, clip, method=args.method, ratio=args.ratio, method_options=options,
                                 num_frames=args.frames, feature_layer=args.feature_layer)
@@ -96,4 +104,28 @@ def cmd_ask_video(args: argparse.Namespace, clip: Path) -> int:
     counts = result.token_counts
     print(f"unreduced: {result.reference_answer!r}\nreduced:   {result.answer!r}\n"
           f"frame tokens: {counts['clip']} → LLM {counts['llm_input']} (after layer K: {counts['llm_after_k']}); wrote {out}")
+    return 0
+
+
+def inspect_with_video_encoder(args: argparse.Namespace, loaded, clip: Path, options: dict) -> int:
+    """``inspect CLIP --model VIDEOMAE``: see the module docstring."""
+    from tomviz.render.video import frame_strip, merge_video
+    from tomviz.video_encoder import inspect_encoder_clip
+
+    try:
+        result = inspect_encoder_clip(loaded, clip, method=args.method, ratio=args.ratio, method_options=options)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.trace.save(out / "trace.json")
+    result.trace.save(out / "trace.npz")
+    (out / "stats.json").write_text(json.dumps(result.summary(), indent=1))
+    for layer in range(result.trace.num_layers):
+        frame_strip(result.video.frames, result.trace, stage=layer).save(out / f"strip_layer{layer + 1:02d}.png")
+    merge_video(result.video.frames, result.trace, out / "merge.mp4")
+    counts, s = result.token_counts(), result.summary()
+    print(f"wrote {out}: {counts[0]} → {counts[-1]} tokens over {result.video.num_frames} frames "
+          f"({result.trace.num_layers} layers), {s['ms_per_clip']:.0f} ms vs {s['base_ms_per_clip']:.0f} ms unmerged, "
+          f"cosine {result.cosine:.4f}")
     return 0

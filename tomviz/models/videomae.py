@@ -122,10 +122,14 @@ def clip_pixels(frames: np.ndarray, spec: ImageSpec = VIDEOMAE_SPEC) -> torch.Te
     return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).copy())[None]  # [1, T, 3, s, s]
 
 
+def sample_index(total: int, count: int) -> np.ndarray:
+    """``[count]`` indices spread uniformly over ``0 .. total - 1`` (repeating indices when ``total < count``)."""
+    return np.linspace(0, total - 1, count).round().astype(int)
+
+
 def sample_to(frames: np.ndarray, count: int) -> np.ndarray:
     """``count`` frames spread uniformly over ``frames`` ``[T, H, W, 3]`` (repeating frames of a short clip)."""
-    index = np.linspace(0, frames.shape[0] - 1, count).round().astype(int)
-    return frames[index]
+    return frames[sample_index(frames.shape[0], count)]
 
 
 def prepare_clip(loaded: Any, x: Any) -> PreparedInput:

@@ -8,7 +8,9 @@
   segment, and a black bar before the first frame of each new segment.
 * Captions: the frame index, its time and the tokens it hands on (kept tokens placed in that frame).
 
-Shapes: a clip trace's input tokens are frame-major, ``[T * rows * cols]``; ``frames`` is ``[T, H, W, 3]``.
+Shapes: a clip trace's input tokens are frame-major, ``[T * rows * cols]``; ``frames`` is ``[T, H, W, 3]``. A
+video encoder's trace (VideoMAE) is time-step-major with ``meta["tubelet_size"]`` frames per step: frame ``t``
+shows the tokens of step ``t // tubelet_size``, so a tubelet's group is drawn on each frame it spans.
 """
 from __future__ import annotations
 
@@ -64,7 +66,12 @@ class FrameStripLayout:
         fx, fy = (x - left) / self.tile[0], (y - top) / self.tile[1]
         if not (0 <= fx < 1 and 0 <= fy < 1):
             return None
-        return (frame * rows + int(fy * rows)) * cols + int(fx * cols)
+        return ((frame // tubelet_size(trace)) * rows + int(fy * rows)) * cols + int(fx * cols)
+
+
+def tubelet_size(trace: Trace) -> int:
+    """Frames per time step of ``trace``'s frame grid (1 for per-frame encoders, 2 for VideoMAE)."""
+    return int(trace.meta.get("tubelet_size") or 1)
 
 
 def strip_layout(frames: np.ndarray, columns: int = 8, tile_width: int = 176) -> FrameStripLayout:
@@ -113,19 +120,21 @@ def frame_strip(frames: np.ndarray, trace: Trace, stage: int = -1, token: int | 
     selected = None
     if token is not None and groups[token] >= 0:
         selected = trace.on_frame_grid(groups == groups[token])
-    counts = trace.tokens_per_frame()
+    tubelet = tubelet_size(trace)
+    counts = trace.tokens_per_frame() if "kept_positions" in trace.meta else None
     canvas = Image.new("RGB", layout.size, (255, 255, 255))
-    segments = segment_of_frames(trace)
+    segments = [segment_of_frames(trace)[frame // tubelet] for frame in range(layout.num_frames)]
     for frame, segment in enumerate(segments):
         left, top = layout.origin(frame)
-        picture = frame_picture(frames[frame], stable[frame], size[frame],
-                                None if selected is None else selected[frame], layout.tile)
+        step = frame // tubelet
+        picture = frame_picture(frames[frame], stable[step], size[step],
+                                None if selected is None else selected[step], layout.tile)
         canvas.paste(picture, (left, top))
         band = Image.new("RGB", (layout.tile[0], layout.band - 2), SEGMENT_COLOURS[segment % 2])
         canvas.paste(band, (left, top - layout.band))
         if frame > 0 and segment != segments[frame - 1]:
             canvas.paste(Image.new("RGB", (3, layout.tile[1] + layout.band), (0, 0, 0)), (left - 5, top - layout.band))
-        caption = f"f{frame} · {_time(trace, frame)} · {counts[frame]} tok"
+        caption = f"f{frame} · {_time(trace, frame)} · " + (f"{counts[frame]} tok" if counts is not None else f"tubelet {step}")
         canvas.paste(caption_band(caption, layout.tile[0], layout.caption - 2), (left, top + layout.tile[1] + 1))
     return canvas
 
@@ -151,7 +160,8 @@ def merge_video(frames: np.ndarray, trace: Trace, path, frame_ms: int = 400, til
     stable, _, size = frame_groups(trace, -1)
     tile = strip_layout(frames, tile_width=tile_width).tile
     originals = [Image.fromarray(frame).resize(tile, Image.Resampling.BILINEAR) for frame in frames]
-    drawn = [frame_picture(frames[t], stable[t], size[t], None, tile) for t in range(stable.shape[0])]
+    step = lambda t: t // tubelet_size(trace)  # noqa: E731
+    drawn = [frame_picture(frames[t], stable[step(t)], size[step(t)], None, tile) for t in range(frames.shape[0])]
     return save_video(originals + drawn, path, frame_ms=frame_ms, last_ms=2 * frame_ms)
 
 
@@ -162,4 +172,13 @@ def frame_counts_figure(counts: Sequence[int], per_frame_in: int, height: int = 
                         go.Bar(x=frames, y=list(counts), name="handed on", marker_color="#3a78c9")])
     figure.update_layout(barmode="overlay", height=height, margin=dict(l=40, r=10, t=30, b=40),
                          xaxis_title="frame", yaxis_title="tokens", title="Tokens per frame", legend=dict(orientation="h"))
+    return figure
+
+
+def layer_counts_figure(counts: Sequence[int], height: int = 260) -> go.Figure:
+    """Bars of the tokens entering the encoder and left after each layer (``counts = [N0, N_1, ..., N_L]``)."""
+    names = ["input"] + [f"layer {i}" for i in range(1, len(counts))]
+    figure = go.Figure([go.Bar(x=names, y=list(counts), marker_color=["#d0d0d0"] + ["#3a78c9"] * (len(counts) - 1))])
+    figure.update_layout(height=height, margin=dict(l=40, r=10, t=30, b=40), yaxis_title="tokens",
+                         title="Tokens after each encoder layer")
     return figure

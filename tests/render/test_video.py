@@ -73,3 +73,37 @@ def test_segments_counts_and_the_mp4(tmp_path):
 
     with av.open(str(path)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 2 * FRAMES
+
+
+def tubelet_trace() -> Trace:
+    """A video encoder's trace: 2 time steps of 2 x 2 tokens, tubelets of 2 frames (4 frames), two layers; after
+    layer 2, token (step 0, 0, 0) and (step 1, 0, 0) are one group; the rest alone."""
+    first = LayerTrace(source=np.arange(8, dtype=np.int32), sizes=np.ones(8, np.float32), num_tokens_in=8)
+    group = np.array([0, 1, 2, 3, 0, 4, 5, 6], dtype=np.int32)
+    second = LayerTrace(source=group, sizes=np.bincount(group).astype(np.float32), num_tokens_in=8)
+    meta = {"frame_grid": [2, ROWS, COLS], "tubelet_size": 2, "num_protected": 0, "num_input_tokens": 8,
+            "timestamps": [0.0, 0.1, 0.2, 0.3], "method": "tome"}
+    return Trace(meta=meta, layers=[first, second])
+
+
+def test_a_tubelet_is_drawn_on_each_frame_it_spans_and_clicks_map_back_to_it():
+    frames = np.full((4, 32, 32, 3), 128, dtype=np.uint8)
+    trace = tubelet_trace()
+    layout = strip_layout(frames, tile_width=32)
+    assert layout.num_frames == 4
+    for frame in range(4):  # a click on frame 2 or 3 names a token of time step 1
+        left, top = layout.origin(frame)
+        assert layout.token_at(trace, left + 3, top + 3) == (frame // 2) * ROWS * COLS
+        assert layout.token_at(trace, left + 20, top + 20) == (frame // 2) * ROWS * COLS + 3
+    picture = frame_strip(frames, trace, stage=1, token=4)  # the merged group, selected from step 1
+    array = np.asarray(picture)
+    highlighted = tuple(round(0.6 * h + 0.4 * 128) for h in HIGHLIGHT)
+    is_highlighted = lambda colour: np.abs(np.subtract(colour, highlighted)).max() <= 1  # noqa: E731
+    for frame in range(4):  # its group is highlighted on all four frames; the lone patch (1, 1) is not
+        left, top = layout.origin(frame)
+        tile = array[top : top + layout.tile[1], left : left + layout.tile[0]]
+        assert is_highlighted(centre(tile, 0, 0)) and not is_highlighted(centre(tile, 1, 1))
+    before = np.asarray(frame_strip(frames, trace, stage=0, token=4))  # after layer 1 the token is alone:
+    for frame, expected in ((0, False), (1, False), (2, True), (3, True)):  # only its own tubelet's frames
+        left, top = layout.origin(frame)
+        assert is_highlighted(before[top + CELL // 2, left + CELL // 2]) == expected

@@ -95,7 +95,7 @@ def test_a_tubelet_is_drawn_on_each_frame_it_spans_and_clicks_map_back_to_it():
         left, top = layout.origin(frame)
         assert layout.token_at(trace, left + 3, top + 3) == (frame // 2) * ROWS * COLS
         assert layout.token_at(trace, left + 20, top + 20) == (frame // 2) * ROWS * COLS + 3
-    picture = frame_strip(frames, trace, stage=1, token=4)  # the merged group, selected from step 1
+    picture = frame_strip(frames, trace, stage=1, token=4, layout=layout)  # the merged group, selected from step 1
     array = np.asarray(picture)
     highlighted = tuple(round(0.6 * h + 0.4 * 128) for h in HIGHLIGHT)
     is_highlighted = lambda colour: np.abs(np.subtract(colour, highlighted)).max() <= 1  # noqa: E731
@@ -103,7 +103,7 @@ def test_a_tubelet_is_drawn_on_each_frame_it_spans_and_clicks_map_back_to_it():
         left, top = layout.origin(frame)
         tile = array[top : top + layout.tile[1], left : left + layout.tile[0]]
         assert is_highlighted(centre(tile, 0, 0)) and not is_highlighted(centre(tile, 1, 1))
-    before = np.asarray(frame_strip(frames, trace, stage=0, token=4))  # after layer 1 the token is alone:
+    before = np.asarray(frame_strip(frames, trace, stage=0, token=4, layout=layout))  # after layer 1 the token is alone:
     for frame, expected in ((0, False), (1, False), (2, True), (3, True)):  # only its own tubelet's frames
         left, top = layout.origin(frame)
         assert is_highlighted(before[top + CELL // 2, left + CELL // 2]) == expected

@@ -33,7 +33,7 @@ INTRO = (
 # ---------------------------------------------------------------------------------------
 EXTRA_TABS: list[tuple[str, Callable[[], None]]] = [
     ("Scores", build_scores_tab), ("Compare / Sweep", build_compare_tab), ("Benchmark", build_bench_tab),
-    ("Image + question", build_vlm_tab), ("Video", build_video_page),
+    ("Image + question", build_vlm_tab),
 ]
 
 # Bounds of the public server (README, "The public server's bounds"); the tabs' own bounds are in tomviz/ui/common.py.
@@ -58,6 +58,8 @@ def build_app() -> gr.Blocks:
             for title, builder in EXTRA_TABS:
                 with gr.Tab(title):
                     builder()
+            with gr.Tab("Video", id="video"):
+                build_video_page(demo)  # a Video-tab link opens its clip and settings on page load
         demo.load(selected_tab, None, tabs, queue=False, show_progress="hidden")  # a shared link names its tab
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=DEFAULT_CONCURRENCY)
     return install(demo)  # heavy events budgeted, a queue share per visitor (tomviz/ui/server.py)

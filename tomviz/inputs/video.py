@@ -41,6 +41,7 @@ class VideoLimits:
     max_pixels: int = 1920 * 1088  # width x height of one frame
 
 
+UPLOAD_LIMITS = VideoLimits(max_bytes=25 * 2**20)  # the app's uploads (its 25 MB file bound) and the bench's clips
 @dataclass(frozen=True)
 class Video:
     """Sampled frames of one clip."""

@@ -103,9 +103,10 @@ def ask_clip(upload: str | None, example: str | None, frames: float, question: s
                                counts=counts_markdown(res))
 
 
-def build_video_page() -> None:
-    """The Video tab, then its question section on the same clip."""
-    build_video_question(*build_video_tab())
+def build_video_page(demo: gr.Blocks | None = None) -> None:
+    """The Video tab, then its question section on the same clip; with ``demo`` (the app) a Video-tab link opens
+    its view on page load."""
+    build_video_question(*build_video_tab(demo))
 
 
 def build_video_question(upload: gr.File, example: gr.Dropdown) -> None:

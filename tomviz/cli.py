@@ -8,7 +8,7 @@ inspect INPUT   one traced forward; writes into --out:
 sweep INPUT...  fidelity and measured speed for every method × ratio; writes
                   sweep.csv, sweep.html (plotly) and sweep.png
 bench INPUT     models × methods × ratios × proportional attention over a folder of
-                  images, a CSV (file,label) or a .txt of prompts, on Ray (local by
+                  images or clips, a CSV (file,label) or a .txt of prompts, on Ray (local by
                   default, --address for a cluster) or in process; writes per-shard
                   Parquet (a rerun skips finished shards), results.parquet,
                   summary.json and report.html (Pareto front, table)
@@ -150,7 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from tomviz.bench import BenchSpec, list_items, make_settings, read_summary, read_toml, run_bench
-    from tomviz.bench.spec import DEFAULT_METHODS, DEFAULT_RATIOS
+    from tomviz.bench.spec import DEFAULT_CLIP_METHODS, DEFAULT_FRAMES, DEFAULT_METHODS, DEFAULT_RATIOS
     from tomviz.merge import METHODS
     from tomviz.render.bench import report_html
 
@@ -162,15 +162,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {err}")
     text = all(item.text is not None for item in items)
     models = pick("model", None) or config.get("models") or [_model_name(None, "text" if text else "image")]
-    methods = pick("methods", list(DEFAULT_METHODS))
-    for name in [m for m in methods if m not in METHODS]:
+    clips = any(item.is_clip for item in items)
+    methods = pick("methods", list(DEFAULT_CLIP_METHODS if clips else DEFAULT_METHODS))
+    for name in [m for m in methods if m not in METHODS and m not in registry.names("clip")]:
         print(f"warning: unknown method {name!r}: its settings will be reported as errors", file=sys.stderr)
     ratios = pick("ratios", None if (args.r or config.get("r")) else list(DEFAULT_RATIOS)) or []
     prop = {"on": [True], "off": [False], "both": [True, False]}[args.prop_attn] if args.prop_attn else config.get("prop_attn", [True])
     options = _options(args.method_options) if args.method_options else config.get("method_options", {})
     settings = make_settings(methods, ratios, pick("r", []) or [], schedule=pick("schedule", "constant"), prop_attn=prop)
     spec = BenchSpec(models=list(models), settings=settings, method_options=options,
-                     batch_size=int(pick("batch_size", 8)), shard_size=int(pick("shard_size", 32)))
+                     batch_size=int(pick("batch_size", 8)), shard_size=int(pick("shard_size", 32)),
+                     frames=int(pick("frames", DEFAULT_FRAMES)))
     out = Path(args.out)
     run = run_bench(spec, items, out, engine=args.engine, workers=args.workers, address=args.address,
                     cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker, threads=args.threads,
@@ -221,10 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="methods x ratios x models over many inputs, on Ray",
                                 description="Sweep models x methods x ratios (or r) x proportional attention over a folder "
-                                "of images (flat or one sub-folder per class), a CSV file,label or a .txt of prompts. "
+                                "of images or clips (flat or one sub-folder per class), a CSV file,label or a .txt of prompts. "
+                                "Clips run the temporal methods (default holitom fastvid dycoke framefusion rlt frame_drop "
+                                "tome random) on an image model's per-frame tokens, or a video encoder's (VideoMAE) own "
+                                "merging; they are bounded as the app's uploads are. "
                                 "Writes OUT/shards/*.parquet, results.parquet, summary.json and report.html. A rerun "
                                 "with the same settings computes only the shards that are missing.")
-    bench.add_argument("input", help="folder of images, .csv (file,label) or .txt (one prompt per line)")
+    bench.add_argument("input", help="folder of images or clips, .csv (file,label) or .txt (one prompt per line)")
     bench.add_argument("--out", required=True, help="output folder (created; reused by reruns)")
     bench.add_argument("--config", help="TOML file with any of: models, methods, ratios, r, schedule, prop_attn, batch_size, "
                        "shard_size, [method_options.NAME]; flags given on the command line win")
@@ -238,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--method-options", help="JSON options per method, e.g. '{\"dtome\": {\"threshold\": 0.9}}'")
     bench.add_argument("--batch-size", type=int, help="images per forward; throughput is measured at this size (default 8)")
     bench.add_argument("--shard-size", type=int, help="inputs per shard / result file (default 32)")
+    bench.add_argument("--frames", type=int, help="clips: frames sampled per clip for a per-frame model (default 16)")
     bench.add_argument("--engine", choices=["ray", "local"], default="ray", help="Ray actors (default) or this process")
     bench.add_argument("--workers", type=int, default=1, help="Ray actors per model (one model each)")
     bench.add_argument("--address", help="join a Ray cluster: auto or ray://host:10001 (default: start Ray locally)")

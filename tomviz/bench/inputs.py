@@ -1,5 +1,6 @@
-"""What a benchmark runs on: a folder of images (flat, or ImageFolder: one sub-folder per class), a CSV
-``file,label``, or a text file of prompts (one per line). Labels are optional.
+"""What a benchmark runs on: a folder of images or clips (flat, or ImageFolder: one sub-folder per class), a
+CSV ``file,label``, or a text file of prompts (one per line). Labels are optional. A clip is a file with a
+video suffix (``tomviz.inputs.video.VIDEO_SUFFIXES``: mp4, webm, mov, ...); see :mod:`tomviz.bench.clips`.
 
 Items are only listed here (paths and texts); workers read the images, so an unreadable file is
 reported on its own row and the sweep goes on. On a cluster the paths must be readable from every node.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+
+from tomviz.inputs.video import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -22,6 +25,11 @@ class Item:
     text: str | None = None  # a prompt
     label: str | None = None
 
+    @property
+    def is_clip(self) -> bool:
+        """A video file (by its suffix)."""
+        return self.path is not None and Path(self.path).suffix.lower() in VIDEO_SUFFIXES
+
 
 def list_items(source: str | Path) -> list[Item]:
     """Items of a folder of images, a ``.csv`` (``file,label``; header optional) or a ``.txt`` of prompts."""
@@ -29,7 +37,7 @@ def list_items(source: str | Path) -> list[Item]:
     if source.is_dir():
         return _folder_items(source)
     if not source.is_file():
-        raise ValueError(f"input {str(source)!r} not found: give a folder of images, a .csv or a .txt file")
+        raise ValueError(f"input {str(source)!r} not found: give a folder of images or clips, a .csv or a .txt file")
     if source.suffix.lower() == ".csv":
         return _csv_items(source)
     if source.suffix.lower() == ".txt":
@@ -46,12 +54,12 @@ def _folder_items(root: Path) -> list[Item]:
         if not path.is_file() or path.name.startswith("."):
             continue
         relative = path.relative_to(root)
-        if len(relative.parts) == 1 and path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue  # a README or a labels file beside a flat folder of images
+        if len(relative.parts) == 1 and path.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+            continue  # a README or a labels file beside a flat folder of images or clips
         label = relative.parts[0] if len(relative.parts) > 1 else None
         items.append(Item(name=relative.as_posix(), path=str(path), label=label))
     if not items:
-        raise ValueError(f"no images found in {str(root)!r}")
+        raise ValueError(f"no images or clips found in {str(root)!r}")
     return items
 
 

@@ -21,12 +21,16 @@ SCHEMA: dict[str, str] = {
     "seconds": "float64",  # this input's share of its batch's merged forward (batch seconds / batch size)
     "base_seconds": "float64",  # the same for the unmerged forward of the batch
     "batch_size": "int64", "device": "string", "worker": "string", "error": "string",
+    # clips through a temporal method (tomviz.bench.clips): frames sampled and the method's own cost; there
+    # "seconds" is the per-frame encoder plus the method for the clip and "base_seconds" the encoder alone
+    "frames": "int64", "method_ms_per_frame": "float64",
 }
 COLUMNS = tuple(SCHEMA)
 SETTING_KEYS = ("model", "setting", "method", "ratio", "r", "schedule", "prop_attn")
 SUMMARY_KEYS = set(SETTING_KEYS) | {"inputs", "ran", "errors", "cosine", "top1_agree", "top5_overlap", "accuracy",
                                     "base_accuracy", "tokens_in", "tokens_out", "gflops", "base_gflops", "flops_speedup",
-                                    "throughput", "base_throughput", "speedup", "first_error"}  # what a summary entry keeps
+                                    "throughput", "base_throughput", "speedup", "first_error",
+                                    "method_ms_per_frame"}  # what a summary entry keeps
 
 
 def arrow_schema():
@@ -71,7 +75,8 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-MEANS = ("cosine", "top1_agree", "top5_overlap", "tokens_in", "tokens_out", "gflops", "base_gflops")  # over the rows that ran
+MEANS = ("cosine", "top1_agree", "top5_overlap", "tokens_in", "tokens_out", "gflops", "base_gflops",
+         "method_ms_per_frame")  # over the rows that ran
 
 
 class Summary:
@@ -128,7 +133,7 @@ class Summary:
             entry.update(
                 inputs=g["inputs"], ran=g["ran"], errors=g["errors"],
                 **{name: mean.get(name) for name in ("cosine", "top1_agree", "top5_overlap", "accuracy", "base_accuracy",
-                                                     "tokens_in", "tokens_out")},
+                                                     "tokens_in", "tokens_out", "method_ms_per_frame")},
                 gflops=gflops, base_gflops=base_gflops, flops_speedup=(base_gflops / gflops) if gflops else None,
                 throughput=(g["ran"] / seconds) if seconds > 0 else None,
                 base_throughput=(g["ran"] / base_seconds) if base_seconds > 0 else None,

@@ -16,6 +16,8 @@ from tomviz.merge.request import MergeRequest
 
 DEFAULT_METHODS = ("tome", "pitome", "evit", "random")
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+DEFAULT_CLIP_METHODS = ("holitom", "fastvid", "dycoke", "framefusion", "rlt", "frame_drop", "tome", "random")  # clips
+DEFAULT_FRAMES = 16
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,12 @@ class BenchSpec:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     batch_size: int = 8  # images per forward (text runs one prompt per forward: padding would change the merging)
     shard_size: int = 32  # inputs per shard: the unit of work, retry and result file
+    frames: int = DEFAULT_FRAMES  # clips: frames sampled per clip for a per-frame model (tomviz.bench.clips)
 
     def settings_hash(self) -> str:
         data = {"settings": [asdict(s) for s in self.settings], "options": self.method_options, "batch": self.batch_size}
+        if self.frames != DEFAULT_FRAMES:  # the hash of benchmarks made before clips were read stays the same
+            data["frames"] = self.frames
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -85,7 +90,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     data = tomllib.loads(Path(path).read_text())
     if "mode" in data and "schedule" not in data:  # the key's old name
         data["schedule"] = renamed_mode(None, data.pop("mode"), Path(path).name)
-    known = {"models", "methods", "ratios", "r", "schedule", "prop_attn", "batch_size", "shard_size", "method_options"}
+    known = {"models", "methods", "ratios", "r", "schedule", "prop_attn", "batch_size", "shard_size", "method_options", "frames"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")

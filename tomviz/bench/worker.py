@@ -5,15 +5,19 @@ runs the same class as an actor (one model per actor), so both produce the same 
 inputs the unmerged forward runs once and every setting is compared with it
 (:func:`tomviz.measure.compare`, the sweep's metric code). A bad input, a label the model does not
 have, an unknown method or a ratio a method cannot reach gives rows with ``error`` set; the shard goes on.
+Clips run their temporal methods one clip at a time (:mod:`tomviz.bench.clips`) with a per-frame image model,
+or go through a video encoder's (VideoMAE's) batches like images.
 """
 from __future__ import annotations
 
 import os
 import socket
+from functools import partial
 from typing import Any
 
 import torch
 
+from tomviz.bench.clips import clip_rows, read_clip_for_encoder
 from tomviz.bench.inputs import Item, label_id
 from tomviz.bench.results import COLUMNS
 from tomviz.bench.spec import BenchSpec, Setting, Shard
@@ -44,6 +48,10 @@ class ShardWorker:
         rows: dict[tuple[str, str], Row] = {}
         ready: list[tuple[Item, PreparedInput, int | None, str | None]] = []
         for item in shard.items:
+            if item.is_clip and self.loaded.modality == "image":  # temporal methods over the frames' tokens
+                clip = clip_rows(self.loaded, self.spec, item.path, partial(self._row, shard, item), _message)
+                rows.update(((item.name, r["setting"]), r) for r in clip)
+                continue
             try:
                 prepared = self._prepare(item)
             except Exception as err:  # noqa: BLE001 - any unreadable input is reported on its rows
@@ -86,6 +94,10 @@ class ShardWorker:
             return self.loaded.prepare(item.text)
         if self.loaded.modality == "text":
             raise ValueError(f"{self.model} is a text model; {item.name} is an image")
+        if self.loaded.modality == "video":
+            if not item.is_clip:
+                raise ValueError(f"{self.model} is a video encoder; {item.name} is not a clip")
+            return self.loaded.prepare(read_clip_for_encoder(self.loaded, item.path))
         return self.loaded.prepare(item.path)
 
     def _batches(self, ready: list) -> list[list]:

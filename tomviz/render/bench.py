@@ -21,7 +21,7 @@ TABLE_COLUMNS = (
     ("model", "model"), ("setting", "setting"), ("ran", "inputs"), ("errors", "errors"), ("tokens_out", "tokens at the end"),
     ("cosine", "cosine"), ("top1_agree", "top-1 agree"), ("top5_overlap", "top-5 overlap"), ("accuracy", "accuracy"),
     ("gflops", "GFLOPs"), ("flops_speedup", "GFLOPs speed-up"), ("throughput", "inputs/s"), ("speedup", "speed-up"),
-    ("first_error", "first error"),
+    ("method_ms_per_frame", "method ms/frame (clips)"), ("first_error", "first error"),
 )
 
 

@@ -411,3 +411,32 @@ def test_browser_video_tab_world_holitom_strip_equals_the_trace(app_url):
         lineage = page.locator("#video-lineage").inner_text()
         assert "token (frame 0, row 1, col 1)" in lineage and "spanning 16 frame(s)" in lineage, lineage
         assert not _errors_shown(page)
+
+
+def test_browser_video_link_restores_its_settings_and_runs(app_url):
+    """A Video-tab link opens the Video tab with its example clip and settings, runs them (the strip equals a local
+    trace's, pixel for pixel) and shows the same link; the upload never goes in a link."""
+    import io
+    from urllib.parse import parse_qsl, urlparse
+
+    import numpy as np
+    from PIL import Image
+
+    import tomviz
+    from tomviz.inputs.video import example_clips
+    from tomviz.render.video import frame_strip
+
+    query = "?tab=video&model=dinov2-small&method=fastvid&ratio=0.7&frames=8&tau=0.85&segments=3&example=muted_b.mp4"
+    local = tomviz.inspect("dinov2-small", example_clips()["muted_b.mp4"], method="fastvid", ratio=0.7, num_frames=8,
+                           method_options={"tau": 0.85, "segments": 3})
+    expected = np.asarray(frame_strip(local.video.frames, local.trace))
+    with _app_page(app_url + query, viewport={"width": 1600, "height": 1400}) as page:
+        src = _wait_for_new_src(page, "#video-strip img", None)  # ran on page load, no click
+        shown = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB"))
+        assert np.array_equal(shown, expected)
+        page.wait_for_function("() => /example=muted_b/.test(document.querySelector('#share-link-video textarea').value)",
+                               timeout=TIMEOUT_MS)
+        link = page.locator("#share-link-video textarea").input_value()
+        assert dict(parse_qsl(urlparse(link).query)) == dict(parse_qsl(query[1:]))
+        assert page.get_by_role("tab", name="Video").get_attribute("aria-selected") == "true"
+        assert not _errors_shown(page)

@@ -190,6 +190,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if run.failed else 0
 
 
+BENCH_DESCRIPTION = (
+    "Sweep models x methods x ratios (or r) x proportional attention over a folder of images or clips (flat or one "
+    "sub-folder per class), a CSV file,label or a .txt of prompts. Clips run the temporal methods (default holitom "
+    "fastvid dycoke framefusion rlt frame_drop tome random) on an image model's per-frame tokens, or a video encoder's "
+    "(VideoMAE) own merging; they are bounded as the app's uploads are. Writes OUT/shards/*.parquet, results.parquet, "
+    "summary.json and report.html. A rerun with the same settings computes only the shards that are missing.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     methods = list(METHOD_NAMES)
     parser = argparse.ArgumentParser(prog="python -m tomviz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,13 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=cmd_sweep)
 
     bench = commands.add_parser("bench", help="methods x ratios x models over many inputs, on Ray",
-                                description="Sweep models x methods x ratios (or r) x proportional attention over a folder "
-                                "of images or clips (flat or one sub-folder per class), a CSV file,label or a .txt of prompts. "
-                                "Clips run the temporal methods (default holitom fastvid dycoke framefusion rlt frame_drop "
-                                "tome random) on an image model's per-frame tokens, or a video encoder's (VideoMAE) own "
-                                "merging; they are bounded as the app's uploads are. "
-                                "Writes OUT/shards/*.parquet, results.parquet, summary.json and report.html. A rerun "
-                                "with the same settings computes only the shards that are missing.")
+                                description=BENCH_DESCRIPTION)
     bench.add_argument("input", help="folder of images or clips, .csv (file,label) or .txt (one prompt per line)")
     bench.add_argument("--out", required=True, help="output folder (created; reused by reruns)")
     bench.add_argument("--config", help="TOML file with any of: models, methods, ratios, r, schedule, prop_attn, batch_size, "

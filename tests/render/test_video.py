@@ -98,7 +98,10 @@ def test_a_tubelet_is_drawn_on_each_frame_it_spans_and_clicks_map_back_to_it():
     picture = frame_strip(frames, trace, stage=1, token=4, layout=layout)  # the merged group, selected from step 1
     array = np.asarray(picture)
     highlighted = tuple(round(0.6 * h + 0.4 * 128) for h in HIGHLIGHT)
-    is_highlighted = lambda colour: np.abs(np.subtract(colour, highlighted)).max() <= 1  # noqa: E731
+
+    def is_highlighted(colour) -> bool:
+        return np.abs(np.subtract(colour, highlighted)).max() <= 1
+
     for frame in range(4):  # its group is highlighted on all four frames; the lone patch (1, 1) is not
         left, top = layout.origin(frame)
         tile = array[top : top + layout.tile[1], left : left + layout.tile[0]]

@@ -102,6 +102,9 @@ def test_opening_a_link_restores_the_settings_and_runs(tab):
     tab.linked_example(request(**params))  # the run follows
     out = tab.inspect_clip(None, example, method.value, ratio, frames, tau, segments, None, model)
     assert out.session.trace.meta["method_options"] == {"tau": 0.85, "segments": 3} and out.link == link
+    defaults = tab.open_link(request(tab="video", example="world.mp4", ratio="7"))  # a refused ratio: the tab's
+    assert (defaults[2].value, defaults[3]) == ("holitom", 0.9)
+    assert tab.open_link(request(tab="video", model=VIDEOMAE))[2].value == "tome"
     with pytest.raises(NotThisTab):  # another tab's link, or none: nothing opens here, no model runs
         tab.open_link(request(tab="image", example="chelsea.png"))
     with pytest.raises(NotThisTab):

@@ -160,8 +160,8 @@ def merge_video(frames: np.ndarray, trace: Trace, path, frame_ms: int = 400, til
     stable, _, size = frame_groups(trace, -1)
     tile = strip_layout(frames, tile_width=tile_width).tile
     originals = [Image.fromarray(frame).resize(tile, Image.Resampling.BILINEAR) for frame in frames]
-    step = lambda t: t // tubelet_size(trace)  # noqa: E731
-    drawn = [frame_picture(frames[t], stable[step(t)], size[step(t)], None, tile) for t in range(frames.shape[0])]
+    steps = [t // tubelet_size(trace) for t in range(frames.shape[0])]  # the time step each frame shows
+    drawn = [frame_picture(frames[t], stable[k], size[k], None, tile) for t, k in enumerate(steps)]
     return save_video(originals + drawn, path, frame_ms=frame_ms, last_ms=2 * frame_ms)
 
 

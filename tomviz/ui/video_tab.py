@@ -54,7 +54,8 @@ _FEATURES: "OrderedDict[tuple, FrameFeatures]" = OrderedDict()
 _FEATURES_LOCK = threading.Lock()  # held only to read or change _FEATURES
 LINEAGE_HINT = "*Click a token in the strip: its group is drawn in magenta in every frame it spans.*"
 INTRO = ("Drop in a clip (mp4, webm, mov, gif; up to 25 MB) or pick an example. Every sampled frame goes through the "
-         "embedded DINOv2-S/14; a temporal method then merges or drops tokens across frames. DINOv2's CLS attention "
+         "embedded DINOv2-S/14; a temporal method then merges or drops tokens across frames (or pick a VideoMAE from the "
+         "hub: it merges tubelets of 2 frames inside its encoder, layer by layer). DINOv2's CLS attention "
          "stands in for SigLIP's pooling-head attention (HoliTom, FastVID) and its final CLS token for FastVID's frame "
          "feature; the methods compare the middle block's tokens (6 of 12), where a moving object and a static "
          f"background differ (the last block makes them look alike). {EXAMPLE_ATTRIBUTION}")
@@ -276,9 +277,12 @@ def open_link(request: gr.Request | None = None) -> tuple:
     view = request_view(request, list(example_clips()), tab="video")
     if view.tab != "video":
         raise NotThisTab()
+    asked = dict(request.query_params)  # what the link says and the checks kept (else the tab's defaults)
     model = view.model or MODEL
-    return (view.example or DEFAULT_EXAMPLE, model, pick_model(model, view.method), view.ratio,
-            view.frames or 16, 0.8 if view.tau is None else view.tau, 8 if view.segments is None else view.segments)
+    method = view.method if asked.get("method") == view.method else ("tome" if is_video_encoder_name(model) else "holitom")
+    ratio = view.ratio if "ratio" in asked and not any("ratio=" in p for p in view.problems) else 0.9
+    return (view.example or DEFAULT_EXAMPLE, model, pick_model(model, method), ratio, view.frames or 16,
+            0.8 if view.tau is None else view.tau, 8 if view.segments is None else view.segments)
 
 
 def linked_example(request: gr.Request | None = None) -> None:

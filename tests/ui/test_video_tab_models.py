@@ -51,11 +51,14 @@ def test_videomae_shows_tubelet_groups_per_layer(tab):
     assert "ms per clip merged" in out.text and "GFLOPs" in out.text and "top-1 class" in out.text
     assert out.layer.visible is True and out.layer.maximum == 4 and list(out.counts.data[0].y) == [32, 28, 24, 20, 16]
     assert out.strip.size == tab.strip_layout(out.session.video.frames).size
-    first, _ = tab.show_layer(out.session, 1)
+    first, _, at_first = tab.show_layer(out.session, 1)
     assert not np.array_equal(np.asarray(first), np.asarray(out.strip))  # after layer 1 fewer groups than after 4
-    picture, lineage = tab.select_token(out.session, click(out.session, 1), 4)  # frame 1: tubelet 0
+    assert (out.session.stage, at_first.stage) == (-1, 0)
+    picture, lineage = tab.select_token(out.session, click(out.session, 1))  # frame 1: tubelet 0, after layer 4
     assert "token (tubelet 0: frames 0–1, row 1, col 1)" in lineage and "size after each layer: 1 →" in lineage
     assert not np.array_equal(np.asarray(picture), np.asarray(out.strip))
+    early, _ = tab.select_token(at_first, click(out.session, 1))  # the same click after layer 1
+    assert not np.array_equal(np.asarray(early), np.asarray(picture))
     assert dict(parse_qsl(out.link[1:])) == {"tab": "video", "model": VIDEOMAE, "method": "tome", "ratio": "0.5",
                                              "frames": "16", "tau": "0.8", "segments": "8", "example": "world.mp4"}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -100,6 +100,7 @@ class VideoSession:
     key: tuple  # (model, clip, frames)
     video: Video  # the sampled frames
     trace: Trace  # the last run's (a video encoder's: one record per layer)
+    stage: int = -1  # the trace record the strip shows (a video encoder's layer slider, 0-based)
 
 
 def cached_features(key: tuple) -> FrameFeatures | None:
@@ -251,23 +252,24 @@ def lineage_markdown(trace: Trace, token: int, stage: int = -1) -> str:
     return text
 
 
-def select_token(session: VideoSession | None, evt: gr.SelectData, layer: float | None = None) -> tuple[Any, str]:
-    """A click on the strip: redraw it with the clicked token's group (after the slider's layer) selected."""
+def select_token(session: VideoSession | None, evt: gr.SelectData) -> tuple[Any, str]:
+    """A click on the strip: redraw it with the clicked token's group (after the layer shown) selected."""
     if session is None or evt is None or not isinstance(evt.index, (list, tuple)) or len(evt.index) != 2:
         return gr.skip(), LINEAGE_HINT
-    frames, trace = session.video.frames, session.trace
-    stage = stage_of(trace, layer)
+    frames, trace, stage = session.video.frames, session.trace, session.stage
     token = strip_layout(frames).token_at(trace, float(evt.index[0]), float(evt.index[1]))
     if token is None:
         return frame_strip(frames, trace, stage), LINEAGE_HINT
     return frame_strip(frames, trace, stage, token=token), lineage_markdown(trace, token, stage)
 
 
-def show_layer(session: VideoSession | None, layer: float | None) -> tuple[Any, str]:
-    """The layer slider: the strip after that encoder layer, from the stored trace (no model)."""
+def show_layer(session: VideoSession | None, layer: float | None) -> tuple[Any, str, Any]:
+    """The layer slider: the strip after that encoder layer, from the stored trace (no model); the session
+    remembers the layer for clicks."""
     if session is None:
-        return gr.skip(), LINEAGE_HINT
-    return frame_strip(session.video.frames, session.trace, stage_of(session.trace, layer)), LINEAGE_HINT
+        return gr.skip(), LINEAGE_HINT, gr.skip()
+    session = replace(session, stage=stage_of(session.trace, layer))
+    return frame_strip(session.video.frames, session.trace, session.stage), LINEAGE_HINT, session
 
 
 def open_link(request: gr.Request | None = None) -> tuple:
@@ -337,8 +339,8 @@ def build_video_tab(demo: gr.Blocks | None = None) -> tuple[gr.File, gr.Dropdown
           outputs=outputs, api_name="inspect_video", trigger_mode="always_last", **HEAVY
           ).then(None, link, link, js=LINK_JS, **quiet)
     model.input(pick_model, [model, method], method, **quiet)
-    strip.select(select_token, [session, layer], [strip, lineage], queue=False)
-    layer.input(show_layer, [session, layer], [strip, lineage], trigger_mode="always_last", **quiet)
+    strip.select(select_token, [session], [strip, lineage], queue=False)
+    layer.input(show_layer, [session, layer], [strip, lineage, session], trigger_mode="always_last", **quiet)
     copy.click(None, link, link, js=COPY_JS, queue=False)
     if demo is not None:  # queued (a warning about the link reaches the page only from a queued event); no model
         (demo.load(open_link, None, [example, model, method, ratio, frames, tau, segments], api_visibility="private",

@@ -404,7 +404,13 @@ def test_browser_video_tab_world_holitom_strip_equals_the_trace(app_url):
         strip.scroll_into_view_if_needed()
         page.wait_for_function("() => { const i = document.querySelector('#video-strip img');"
                                " return i && i.complete && i.naturalWidth > 0 && i.clientWidth > 0; }", timeout=TIMEOUT_MS)
-        point = _content_point(page, "#video-strip img", 8 / expected.shape[1], 12 / expected.shape[0])
+        from tomviz.render.video import strip_layout
+
+        layout = strip_layout(local.video.frames)  # the middle of frame 0's top-left patch (not its edge: the
+        left, top = layout.origin(0)  # page scales the picture, and a point on the edge may round off the frame)
+        _, rows, cols = local.trace.frame_grid
+        x, y = left + layout.tile[0] / cols / 2, top + layout.tile[1] / rows / 2
+        point = _content_point(page, "#video-strip img", x / expected.shape[1], y / expected.shape[0])
         strip.click(position=point)  # frame 0, top-left: black background
         page.wait_for_function("() => /spanning/.test(document.querySelector('#video-lineage').innerText)",
                                timeout=TIMEOUT_MS)

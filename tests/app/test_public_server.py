@@ -99,7 +99,7 @@ def test_ui_state_is_per_session_with_a_lifetime():
     import gradio as gr
 
     with gr.Blocks() as demo:
-        for builder in [*(builder for _, builder in app.EXTRA_TABS), app.build_video_tab]:
+        for builder in [*(builder for _, builder in app.EXTRA_TABS), app.build_video_page]:
             builder()
     states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
     assert states and all(s.time_to_live == SESSION_TTL_S for s in states)

@@ -67,3 +67,16 @@ def test_inspect_a_clip_with_a_videomae_folder(square_mp4, tmp_path):
     with pytest.raises(SystemExit, match="holitom"):  # a temporal method does not run inside the encoder
         main(["inspect", str(square_mp4), "--model", str(tmp_path / "videomae"), "--method", "holitom",
               "--out", str(tmp_path / "o")])
+
+
+def test_a_hub_video_encoder_offline_is_an_error_message(square_mp4, tmp_path, monkeypatch):
+    from tomviz.models.hub import ModelLoadError
+
+    def unreachable(name):
+        raise ModelLoadError(f"cannot load model {name!r}: the Hugging Face hub cannot be reached from this machine")
+
+    monkeypatch.setattr(tomviz, "load", unreachable)
+    with pytest.raises(SystemExit, match="error: cannot load model 'MCG-NJU/videomae-small-finetuned-kinetics': the "
+                                         "Hugging Face hub cannot be reached"):
+        main(["inspect", str(square_mp4), "--model", "MCG-NJU/videomae-small-finetuned-kinetics", "--method", "tome",
+              "--out", str(tmp_path / "o")])

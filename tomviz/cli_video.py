@@ -58,7 +58,12 @@ def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
     from tomviz.render.video import frame_strip, merge_video
 
     options = json.loads(args.method_options) if args.method_options else {}
-    loaded = tomviz.load(args.model or "dinov2-small")
+    from tomviz.models.hub import ModelLoadError
+
+    try:
+        loaded = tomviz.load(args.model or "dinov2-small")
+    except ModelLoadError as error:  # e.g. a hub id with no hub access: the message says what to use instead
+        raise SystemExit(f"error: {error}")
     if loaded.modality == "video":
         return inspect_with_video_encoder(args, loaded, clip, options)
     try:

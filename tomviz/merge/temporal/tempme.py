@@ -29,7 +29,11 @@ is zero-initialised) and the video position embedding added at each clip layer (
 (ViT-B/32: 49). The schedule follows the number of frames, tokens and layers:
 
 * ``r_early`` (default): ``round(2 · patches / 49)`` per frame per layer, the authors' share of a frame
-  (10 for DINOv2's 256 patches, 2 for ViT-B/32);
+  (10 for DINOv2's 256 patches, 2 for ViT-B/32); the last layer before the first join removes one more when
+  the frames would otherwise enter it with an even number of patches. The authors' frames enter it with
+  49 − 16 = 33: joined as [CLS, CLS, frame 0, frame 1], the same place in two frames then sits at positions
+  of opposite parity, on opposite sides of the bipartite split, so a static background can merge across the
+  two frames; with an even count (DINOv2's 256 − 8r always is) it never could. ViT-B/32's schedule is unchanged;
 * the clip layers (default): the three layers before the last (8, 9, 10 of 12);
 * the clip groups (default): 2 while the count of sequences stays even, then the last clip layer joins
   all that are left, so the clip is one sequence after it, as 12 → 6 → 3 → 1 (16 frames: 2, 2, 4);
@@ -119,6 +123,8 @@ def tempme_steps(settings: TempMeSettings, num_frames: int, num_tokens: int, num
             tokens -= before
         if layer < settings.merge_layers[0]:
             after = min(max_removable(tokens, protected), settings.r_early)
+            if layer == settings.merge_layers[0] - 1 and after and (tokens - after - protected) % 2 == 0:
+                after = min(max_removable(tokens, protected), after + 1)  # an odd count at the first join
         else:
             after = min(max_removable(tokens, protected), int(tokens * settings.within))
         tokens -= after

@@ -35,8 +35,8 @@ is zero-initialised) and the video position embedding added at each clip layer (
   of opposite parity, on opposite sides of the bipartite split, so a static background can merge across the
   two frames; with an even count (DINOv2's 256 − 8r always is) it never could. ViT-B/32's schedule is unchanged;
 * the clip layers (default): the three layers before the last (8, 9, 10 of 12);
-* the clip groups (default): 2 while the count of sequences stays even, then the last clip layer joins
-  all that are left, so the clip is one sequence after it, as 12 → 6 → 3 → 1 (16 frames: 2, 2, 4);
+* the clip groups (default): 2 while more than two sequences are left and their count is even, then the
+  last clip layer joins all that are left, so the clip is one sequence after it, as 12 → 6 → 3 → 1 (16 frames: 2, 2, 4);
 * ``cross`` = 0.3 and ``within`` = 0.1 are shares, kept as they are.
 
 **Ratio.** TempMe has no single amount: ``scale`` multiplies ``r_early``, ``cross`` and ``within`` (each
@@ -78,8 +78,9 @@ class TempMeSettings:
 
 
 def default_groups(num_frames: int, count: int = 3) -> tuple[int, ...]:
-    """``count`` group sizes whose product is ``num_frames``: 2 while the count stays even, the rest last
-    (12 → (2, 2, 3), 16 → (2, 2, 4), 6 → (2, 1, 3), 1 → (1, 1, 1))."""
+    """``count`` group sizes whose product is ``num_frames``: 2 while more than two sequences are left and their
+    count is even, else 1; the last joins all that are left (12 → (2, 2, 3), 16 → (2, 2, 4), 6 → (2, 1, 3),
+    4 → (2, 1, 2), 1 → (1, 1, 1))."""
     groups, left = [], int(num_frames)
     for _ in range(count - 1):
         joined = 2 if left % 2 == 0 and left > 2 else 1
@@ -89,8 +90,8 @@ def default_groups(num_frames: int, count: int = 3) -> tuple[int, ...]:
 
 
 def default_merge_layers(num_layers: int, count: int = 3) -> tuple[int, ...]:
-    """The ``count`` layers before the last: (8, 9, 10) of 12."""
-    return tuple(range(max(0, num_layers - 1 - count), num_layers - 1))
+    """The ``count`` layers before the last: (8, 9, 10) of 12 (fewer in a shorter encoder; (0,) with one layer)."""
+    return tuple(range(max(0, num_layers - 1 - count), max(1, num_layers - 1)))
 
 
 def default_settings(num_frames: int, num_tokens: int, num_protected: int, num_layers: int) -> TempMeSettings:

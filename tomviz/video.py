@@ -58,6 +58,7 @@ class VideoResult:
     encoder_ms_per_frame: float  # the per-frame encoder without the method
     fidelity: float  # cosine of the pooled embedding (size-weighted), reduced vs unreduced
     token_mean_fidelity: float  # the same with each handed-on token once
+    in_encoder: bool = False  # the method merged inside the encoder (TempMe): one trace record per layer
 
     def token_counts(self) -> list[int]:
         """Tokens before and after each stage: ``[T * N, M]``."""
@@ -76,6 +77,7 @@ class VideoResult:
             "dropped_tokens": int((self.reduction.group < 0).sum()),
             "method_ms_per_frame": self.method_ms_per_frame, "encoder_ms_per_frame": self.encoder_ms_per_frame,
             "fidelity_cosine": self.fidelity, "token_mean_cosine": self.token_mean_fidelity,
+            "in_encoder": self.in_encoder,
         }
 
 
@@ -214,4 +216,4 @@ def inspect_video(
     return VideoResult(trace=trace, video=video, reduction=reduction, features=features,
                        request=request, method_ms_per_frame=1000 * method_seconds / frames,
                        encoder_ms_per_frame=1000 * features.encoder_seconds / frames,
-                       fidelity=fidelity, token_mean_fidelity=token_mean)
+                       fidelity=fidelity, token_mean_fidelity=token_mean, in_encoder=clip_method.in_encoder)

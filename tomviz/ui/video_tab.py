@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,6 +59,7 @@ class VideoSession:
     key: tuple  # (model, clip, frames)
     video: Video  # the sampled frames
     trace: Trace  # the last run's
+    stage: int = -1  # the record the strip shows (TempMe: one per encoder layer; other methods have one)
 
 
 def cached_features(key: tuple) -> FrameFeatures | None:
@@ -109,13 +110,17 @@ def method_options(method: str, tau: float | None, segments: float | None) -> di
 def result_markdown(result: VideoResult) -> str:
     s = result.summary()
     frames, rows, cols = s["frame_grid"]
+    speed = (f"encoder {s['encoder_ms_per_frame']:.1f} ms/frame (unchanged by the method); "
+             f"{s['method']} itself {s['method_ms_per_frame']:.2f} ms/frame")
+    if result.in_encoder:
+        speed = (f"encoder with {s['method']} {s['method_ms_per_frame']:.1f} ms/frame, without "
+                 f"{s['encoder_ms_per_frame']:.1f} ms/frame")
     segments = ", ".join(f"{a}–{b}" for a, b in s["segments"]) or "none"
     return (
         f"**Tokens** {s['token_counts'][0]} ({frames} frames × {rows}×{cols}) → **{s['token_counts'][-1]}** "
         f"({s['token_counts'][-1] / s['token_counts'][0]:.1%}); {s['groups_spanning_frames']} groups span several "
         f"frames, {s['dropped_tokens']} tokens dropped; segments: {segments}\n\n"
-        f"**Speed** — encoder {s['encoder_ms_per_frame']:.1f} ms/frame (unchanged by the method); "
-        f"{s['method']} itself {s['method_ms_per_frame']:.2f} ms/frame; whatever consumes the tokens next sees "
+        f"**Speed** — {speed}; whatever consumes the tokens next sees "
         f"{s['token_counts'][-1] / s['token_counts'][0]:.1%} of them\n\n"
         f"**Fidelity** — cosine of the pooled embedding to the unreduced clip's: {s['fidelity_cosine']:.4f} "
         f"(size-weighted), {s['token_mean_cosine']:.4f} (each kept token once)"
@@ -144,11 +149,13 @@ def inspect_clip(upload: str | None, example: str | None = DEFAULT_EXAMPLE, meth
                             text=result_markdown(result), video=str(path), lineage=LINEAGE_HINT)
 
 
-def lineage_markdown(trace: Trace, token: int) -> str:
-    """Where the clicked token went: its group's size, the frames it spans, dropped or kept."""
+def lineage_markdown(trace: Trace, token: int, stage: int = -1) -> str:
+    """Where the clicked token went by ``stage``: its group's size, the frames it spans, dropped or kept."""
     frame, row, col = trace.token_place(token)
-    group = trace.groups(-1)
+    group = trace.groups(stage)
     name = f"token (frame {frame}, row {row + 1}, col {col + 1})"
+    if trace.num_layers > 1:
+        name += f" after {trace.meta['stages'][stage]}"
     if group[token] < 0:
         return f"{name} was **dropped** by {trace.meta['method']}."
     members = (group == group[token]).nonzero()[0]
@@ -165,8 +172,23 @@ def select_token(session: VideoSession | None, evt: gr.SelectData) -> tuple[Any,
     frames, trace = session.video.frames, session.trace
     token = strip_layout(frames).token_at(trace, float(evt.index[0]), float(evt.index[1]))
     if token is None:
-        return frame_strip(frames, trace), LINEAGE_HINT
-    return frame_strip(frames, trace, token=token), lineage_markdown(trace, token)
+        return frame_strip(frames, trace, stage=session.stage), LINEAGE_HINT
+    return frame_strip(frames, trace, stage=session.stage, token=token), lineage_markdown(trace, token, session.stage)
+
+
+def stage_control(session: VideoSession | None) -> Any:
+    """The layer slider after a run: one position per record, on the last; shown when there are several."""
+    records = 1 if session is None else session.trace.num_layers
+    return gr.update(minimum=1, maximum=max(records, 2), value=records, visible=records > 1)
+
+
+def show_stage(session: VideoSession | None, stage: float) -> tuple[Any, Any, str]:
+    """The strip after layer ``stage`` (1-based) of a multi-record trace (TempMe's encoder layers)."""
+    if session is None:
+        return gr.skip(), gr.skip(), LINEAGE_HINT
+    index = int(min(max(1, round(stage or 1)), session.trace.num_layers)) - 1
+    session = replace(session, stage=index)
+    return session, frame_strip(session.video.frames, session.trace, stage=index), LINEAGE_HINT
 
 
 def build_video_tab() -> tuple[gr.File, gr.Dropdown]:
@@ -184,6 +206,8 @@ def build_video_tab() -> tuple[gr.File, gr.Dropdown]:
             tau = gr.Number(0.8, label="τ (HoliTom: static-token similarity; FastVID: segment cut below)")
             segments = gr.Number(8, precision=0, label="Segments c (FastVID: cut at the c − 1 least similar frame pairs)")
             run = gr.Button("Inspect clip", variant="primary", elem_id="video-run")
+            stage = gr.Slider(1, 2, value=1, step=1, label="Layer", visible=False, elem_id="video-stage",
+                              info="TempMe merges inside the encoder: the strip after each of its layers")
         with gr.Column(scale=8):
             strip = gr.Image(label="Frame strip", show_label=False, type="pil", interactive=False, format="png",
                              elem_id="video-strip")
@@ -198,8 +222,10 @@ def build_video_tab() -> tuple[gr.File, gr.Dropdown]:
     components = dict(session=session, strip=strip, counts=counts, text=text, video=video, lineage=lineage)
     outputs = [components[name] for name in VideoOutputs._fields]
     # up to 32 encoder forwards: a heavy event (its own slot, a time budget, stopped when the visitor leaves)
-    gr.on([run.click, upload.upload, example.input, method.input, ratio.release], inspect_clip, inputs=inputs,
-          outputs=outputs, api_name="inspect_video", trigger_mode="always_last", **HEAVY)
+    runs = gr.on([run.click, upload.upload, example.input, method.input, ratio.release], inspect_clip, inputs=inputs,
+                 outputs=outputs, api_name="inspect_video", trigger_mode="always_last", **HEAVY)
+    runs.then(stage_control, inputs=[session], outputs=[stage], api_name=False)
+    stage.release(show_stage, inputs=[session, stage], outputs=[session, strip, lineage], api_name=False)
     strip.select(select_token, [session], [strip, lineage], queue=False)
     build_video_hbi_section(session)  # HBI: the sampled frames × a text's words (CLIP from the hub)
     return upload, example

@@ -99,7 +99,9 @@ def tempme_row(loaded, pixels: torch.Tensor, ratio: float, prefill, args) -> str
         with torch.inference_mode():
             return model(pixel_values=pixels).last_hidden_state
 
-    flat = lambda hidden: hidden.reshape(-1, hidden.shape[-1])  # noqa: E731
+    def flat(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.reshape(-1, hidden.shape[-1])  # [B' * M', C]
+
     total, kept = flat(plain()).shape[0], flat(encode()).shape[0]
     assert flat(encode(slicing=True)).shape[0] == kept
     runs = {"unreduced": lambda: prefill(flat(plain())), "method": lambda: prefill(flat(encode())),

@@ -2,6 +2,7 @@
 ratio 0 equal to the unpatched encoder, a static background merging across frames, the strip at any layer."""
 from __future__ import annotations
 
+import itertools
 import numpy as np
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_one_record_per_block_and_a_valid_partition_at_every_layer(tempme_half):
     assert trace.num_layers == 4 and trace.meta["stages"] == ["layer 0", "layer 1", "layer 2", "layer 3"]
     assert trace.frame_grid == (8, 8, 8) and trace.num_protected == 0
     counts = trace.token_counts()
-    assert counts[0] == 512 and all(a >= b for a, b in zip(counts, counts[1:]))
+    assert counts[0] == 512 and all(a >= b for a, b in itertools.pairwise(counts))
     assert counts[-1] / 512 == pytest.approx(0.5, abs=0.02)
     frame = np.arange(512) // 64
     for layer in range(trace.num_layers):

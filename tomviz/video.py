@@ -36,9 +36,14 @@ import torch.nn.functional as F
 from tomviz.inputs.video import VIDEO_SUFFIXES, Video, VideoLimits, read_video
 from tomviz.merge.request import MergeRequest
 from tomviz.merge.temporal.base import TemporalReduction, mean_by_group
-from tomviz.merge.temporal.methods import ClipInputs
-from tomviz.merge.temporal.methods import ClipMethod
-from tomviz.models.frames import FrameFeatures, MergedClip, encode_clip_merged, encode_frames, middle_block
+from tomviz.merge.temporal.methods import ClipInputs, ClipMethod
+from tomviz.models.frames import (
+    FrameFeatures,
+    MergedClip,
+    encode_clip_merged,
+    encode_frames,
+    middle_block,
+)
 from tomviz.models.loading import LoadedModel
 from tomviz.trace import LayerTrace, Trace
 

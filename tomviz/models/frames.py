@@ -31,6 +31,7 @@ from tomviz.merge.engine import MergeConfig
 from tomviz.models.loading import LoadedModel, PreparedInput
 from tomviz.trace import Trace
 
+
 def middle_block(num_layers: int) -> int:
     """The default feature block: the middle one, ``num_layers // 2`` (block 6 of DINOv2-S's 12; see above)."""
     return num_layers // 2

@@ -13,8 +13,17 @@ from tomviz.merge.base import LayerStep, MergeInputs
 from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.merge.temporal.methods import get_clip_method
 from tomviz.merge.temporal.tempme import (
-    TempMeMerge, TempMeSettings, clip_order, default_groups, default_merge_layers, default_settings, join_clips,
-    join_source, settings_for_ratio, tempme_steps, tokens_out,
+    TempMeMerge,
+    TempMeSettings,
+    clip_order,
+    default_groups,
+    default_merge_layers,
+    default_settings,
+    join_clips,
+    join_source,
+    settings_for_ratio,
+    tempme_steps,
+    tokens_out,
 )
 
 

@@ -26,7 +26,11 @@ import torch
 
 from tomviz.merge import registry
 from tomviz.merge.temporal.base import TemporalReduction, check_ratio, check_tokens
-from tomviz.merge.temporal.baselines import drop_frames, random_all_frames, tome_all_frames
+from tomviz.merge.temporal.baselines import (
+    drop_frames,
+    random_all_frames,
+    tome_all_frames,
+)
 from tomviz.merge.temporal.dycoke import dycoke
 from tomviz.merge.temporal.fastvid import fastvid
 from tomviz.merge.temporal.framefusion import framefusion

@@ -44,3 +44,13 @@ def test_what_the_cli_reads_as_a_clip(tmp_path):
 def test_sweep_refuses_a_clip(square_mp4, tmp_path):
     with pytest.raises(SystemExit, match="sweep takes images and texts"):
         main(["sweep", str(square_mp4), "--out", str(tmp_path / "o")])
+
+
+def test_inspect_a_clip_with_tempme_writes_every_layer(tiny_frames_model, square_mp4, tmp_path, monkeypatch):
+    monkeypatch.setattr(tomviz, "load", lambda name: tiny_frames_model)
+    out = tmp_path / "out"
+    assert main(["inspect", str(square_mp4), "--method", "tempme", "--ratio", "0.5", "--frames", "8", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["method"] == "tempme" and stats["in_encoder"] and len(stats["token_counts"]) == 5  # input + 4 blocks
+    trace = Trace.load(out / "trace.npz")
+    assert trace.num_layers == 4 and trace.meta["stages"][-1] == "layer 3"

@@ -124,3 +124,8 @@ def test_the_clip_method_runs_only_inside_an_encoder():
     assert method.in_encoder and method.encoder_method(0.5).overrides == {"groups": (2, 2, 3)}
     with pytest.raises(ValueError, match="inside the encoder"):
         method.reduce(type("Clip", (), {"tokens": torch.zeros(2, 3, 4)})(), 0.5)
+
+
+def test_odd_join_off_keeps_the_authors_constant_r():
+    settings = TempMeSettings(10, 0.3, 0.1, (8, 9, 10), (2, 2, 4), odd_join=False)
+    assert [step.after for step in tempme_steps(settings, 16, 257, 1, 12)[:8]] == [10] * 8

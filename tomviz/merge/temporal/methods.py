@@ -142,9 +142,11 @@ class TempMe(ClipMethod):
     in_encoder = True
 
     def __init__(self, scale: float | None = None, r_early: int | None = None, cross: float | None = None,
-                 within: float | None = None, merge_layers: list[int] | None = None, groups: list[int] | None = None):
+                 within: float | None = None, merge_layers: list[int] | None = None, groups: list[int] | None = None,
+                 odd_join: bool | None = None):
         self.scale = None if scale is None else float(scale)
-        given = dict(r_early=r_early, cross=cross, within=within, merge_layers=merge_layers, groups=groups)
+        given = dict(r_early=r_early, cross=cross, within=within, merge_layers=merge_layers, groups=groups,
+                     odd_join=odd_join)
         self.overrides = {key: tuple(value) if isinstance(value, (list, tuple)) else value
                           for key, value in given.items() if value is not None}
 

@@ -33,7 +33,8 @@ is zero-initialised) and the video position embedding added at each clip layer (
   the frames would otherwise enter it with an even number of patches. The authors' frames enter it with
   49 − 16 = 33: joined as [CLS, CLS, frame 0, frame 1], the same place in two frames then sits at positions
   of opposite parity, on opposite sides of the bipartite split, so a static background can merge across the
-  two frames; with an even count (DINOv2's 256 − 8r always is) it never could. ViT-B/32's schedule is unchanged;
+  two frames; with an even count (DINOv2's 256 − 8r always is) it never could. ViT-B/32's schedule is unchanged
+  (``odd_join=False``: the authors' constant ``r`` whatever the count);
 * the clip layers (default): the three layers before the last (8, 9, 10 of 12);
 * the clip groups (default): 2 while more than two sequences are left and their count is even, then the
   last clip layer joins all that are left, so the clip is one sequence after it, as 12 → 6 → 3 → 1 (16 frames: 2, 2, 4);
@@ -75,6 +76,7 @@ class TempMeSettings:
     within: float  # share merged after attention, at and after the first clip layer
     merge_layers: tuple[int, ...]  # layers that join sequences (0-based)
     groups: tuple[int, ...]  # sequences joined at each of those layers
+    odd_join: bool = True  # one more token off before the first join if that makes a frame's patch count odd
 
 
 def default_groups(num_frames: int, count: int = 3) -> tuple[int, ...]:
@@ -124,7 +126,8 @@ def tempme_steps(settings: TempMeSettings, num_frames: int, num_tokens: int, num
             tokens -= before
         if layer < settings.merge_layers[0]:
             after = min(max_removable(tokens, protected), settings.r_early)
-            if layer == settings.merge_layers[0] - 1 and after and (tokens - after - protected) % 2 == 0:
+            last_early = layer == settings.merge_layers[0] - 1
+            if settings.odd_join and last_early and after and (tokens - after - protected) % 2 == 0:
                 after = min(max_removable(tokens, protected), after + 1)  # an odd count at the first join
         else:
             after = min(max_removable(tokens, protected), int(tokens * settings.within))

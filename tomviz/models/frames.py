@@ -28,6 +28,7 @@ from PIL import Image
 from tomviz.inputs.image import ImageSpec, to_pixel_values
 from tomviz.merge.base import MergeMethod
 from tomviz.merge.engine import MergeConfig
+from tomviz.merge.request import MergeRequest
 from tomviz.models.loading import LoadedModel, PreparedInput
 from tomviz.trace import Trace
 
@@ -106,7 +107,7 @@ def encode_clip_merged(loaded: LoadedModel, frames: np.ndarray, method: MergeMet
     if loaded.modality != "image":
         raise ValueError(f"{loaded.name} is not an image model: a clip's frames need one (e.g. dinov2-small)")
     pixels = frame_pixels(frames, loaded.image_spec or ImageSpec(size=(224, 224)))
-    config = MergeConfig(method=method, trace=True)
+    config = MergeRequest(method=method, modality="video").config(trace=True)
     start = time.perf_counter()
     outputs, state = loaded.run(PreparedInput(tensors={"pixel_values": pixels.to(loaded.device)}), config)
     seconds = time.perf_counter() - start

@@ -13,6 +13,8 @@ from tomviz.merge.base import LayerStep, MergeInputs
 from tomviz.merge.engine import MergeConfig, MergeState
 from tomviz.merge.temporal.methods import get_clip_method
 from tomviz.merge.temporal.tempme import (
+    AUTHORS_GROUPS,
+    AUTHORS_MERGE_LAYERS,
     TempMeMerge,
     TempMeSettings,
     clip_order,
@@ -33,6 +35,7 @@ def test_the_authors_schedule_takes_600_tokens_to_97():
     layer 10: int(168·0.3) = 50, int(118·0.1) = 11 → 107; layer 11: int(107·0.1) = 10 → 97."""
     settings = default_settings(12, 50, 1, 12)
     assert settings == TempMeSettings(2, 0.3, 0.1, (8, 9, 10), (2, 2, 3))
+    assert (settings.merge_layers, settings.groups) == (AUTHORS_MERGE_LAYERS, AUTHORS_GROUPS)
     steps = tempme_steps(settings, 12, 50, 1, 12)
     assert steps[:8] == [LayerStep(1, 0, 2)] * 8  # 33 patches a frame at the first join: odd, nothing added
     assert steps[8:] == [LayerStep(2, 20, 4), LayerStep(2, 26, 6), LayerStep(3, 50, 11), LayerStep(1, 0, 10)]

@@ -25,6 +25,14 @@ proportional attention (``log size`` on every logit; the original's ``prop_attn`
 The original's trained parts start at zero and are left out: its LoRA on the attention (``TVPt_LoRA_b``
 is zero-initialised) and the video position embedding added at each clip layer (zeros).
 
+Checked beside the original code (run outside this repository: its ``ResidualAttentionBlock`` s patched by its
+``apply_patch`` and driven by its ``get_video_feat`` loop, the same random weights through this project's
+engine and :func:`tomviz.models.blocks.prenorm_block`, float32). ViT-B/32's shape (12 × 50 tokens, width 768),
+50 seeded inputs, half of them with frames that repeat most tokens exactly: the same token of every input at
+every layer on 49, final tokens within 1.2e-4; on the other, one layer differs by a tie between identical
+tokens of two frames (the same groups again a layer later). DINOv2-S's shape (16 × 257 tokens, width 384,
+``r_early=10``, groups 2, 2, 4, ``odd_join=False``), 10 seeded inputs: the same at every layer, within 3e-6.
+
 **Scaled to other encoders.** The embedded DINOv2-S/14 has 12 layers like ViT-B/32 but 256 patches a frame
 (ViT-B/32: 49). The schedule follows the number of frames, tokens and layers:
 

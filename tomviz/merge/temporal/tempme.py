@@ -57,6 +57,7 @@ merges, which lets their tokens attend to each other).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -168,10 +169,11 @@ def tokens_out(steps: list[LayerStep], num_frames: int, num_tokens: int) -> int:
     return sequences * tokens
 
 
+@functools.lru_cache(maxsize=256)
 def settings_for_ratio(ratio: float, base: TempMeSettings, num_frames: int, num_tokens: int, num_protected: int,
                        num_layers: int) -> TempMeSettings:
     """``base`` scaled so that the clip loses the fraction of its patch tokens nearest ``ratio`` (the smallest
-    such scale)."""
+    such scale). Cached: a pure function of its arguments (~10 ms of counting)."""
     patches = num_frames * (num_tokens - num_protected)
     best, best_gap = scaled(base, 0.0), float("inf")
     for index in range(SCALE_GRID + 1):

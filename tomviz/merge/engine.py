@@ -102,6 +102,7 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
         self.steps: list[LayerStep] | None = None  # a method that joins the batch's frames (TempMe): per layer
         self._entering: tuple[int, int] | None = None  # (layer, tokens of the whole batch) entering it (with steps)
+        self._span = 0  # with steps: input tokens per sequence (a frame's, times the frames joined so far)
         self.observed: set[int] = set()  # layers whose attention map the method keeps (MergeInputs.history)
         self.history: dict[int, torch.Tensor] = {}  # layer -> [B, N_l, N_l]
         self._started = False
@@ -142,6 +143,7 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         self.steps = c.method.layer_steps(batch, num_tokens, self.num_protected, self.num_layers)
         if self.steps is not None:
             self.schedule = [step.after for step in self.steps]
+            self._span = num_tokens
         else:
             requested = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.schedule)
             self.schedule = _method_schedule(c.method, requested, num_tokens, self.num_protected, self.num_layers)
@@ -201,6 +203,10 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
             self.source = method.join_source(self.source, group, num_tokens, protected)
         if self.positions is not None:
             raise ValueError(f"{method.name} joins sequences and cannot track positions")
+        if self.anchors is not None:  # input indices of each sequence → of the joined one
+            member = torch.arange(x.shape[0], device=x.device).remainder(group).unsqueeze(1)  # [B, 1]
+            self.anchors = method.join(self.anchors + member * self._span, group, protected)
+        self._span *= group
         self.num_protected = protected * group
         return method.join(x, group, protected)
 

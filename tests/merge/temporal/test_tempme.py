@@ -132,3 +132,19 @@ def test_the_clip_method_runs_only_inside_an_encoder():
 def test_odd_join_off_keeps_the_authors_constant_r():
     settings = TempMeSettings(10, 0.3, 0.1, (8, 9, 10), (2, 2, 4), odd_join=False)
     assert [step.after for step in tempme_steps(settings, 16, 257, 1, 12)[:8]] == [10] * 8
+
+
+def test_sources_and_anchors_follow_the_joins():
+    """Four frames (CLS + 4 tokens): ToMe in each frame at layer 0, then all four joined at layer 1 and 4 merged
+    across them. Every output token's anchor (the input it stands at) is one of its own members."""
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    method = TempMeMerge(scale=1.0, r_early=1, merge_layers=(1,), groups=(4,), cross=0.25, within=0.0, odd_join=False)
+    state = MergeState(MergeConfig(method=method, trace=True), num_protected=1, num_layers=2)
+    state.begin(x, None)
+    for layer in range(2):
+        x = state.before_attention(layer, x)
+        x = state.after_attention(layer, x, x, None, 1)
+    assert x.shape == (1, 12, 3) and state.trace().meta["schedule"] == [4, 4]
+    source, anchors = state.source[0], state.anchors[0]  # [20] input → token, [12] token → input
+    assert torch.equal(source[anchors], torch.arange(12))
+    assert torch.equal(torch.from_numpy(state.trace().layers[-1].source).long(), source)

@@ -80,3 +80,13 @@ def test_a_hub_video_encoder_offline_is_an_error_message(square_mp4, tmp_path, m
                                          "Hugging Face hub cannot be reached"):
         main(["inspect", str(square_mp4), "--model", "MCG-NJU/videomae-small-finetuned-kinetics", "--method", "tome",
               "--out", str(tmp_path / "o")])
+
+
+def test_inspect_a_clip_with_tempme_writes_every_layer(tiny_frames_model, square_mp4, tmp_path, monkeypatch):
+    monkeypatch.setattr(tomviz, "load", lambda name: tiny_frames_model)
+    out = tmp_path / "out"
+    assert main(["inspect", str(square_mp4), "--method", "tempme", "--ratio", "0.5", "--frames", "8", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["method"] == "tempme" and stats["in_encoder"] and len(stats["token_counts"]) == 5  # input + 4 blocks
+    trace = Trace.load(out / "trace.npz")
+    assert trace.num_layers == 4 and trace.meta["stages"][-1] == "layer 3"

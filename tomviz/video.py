@@ -9,14 +9,17 @@
    CLS attention, the final CLS token and the normalised pixels;
 3. the temporal method (registry place ``"clip"``, :mod:`tomviz.merge.temporal.methods`) reduces the
    clip's ``T * N`` tokens at once, timed on its own (its cost in ms per frame);
-4. the trace has one record per temporal step (``meta["stages"]``; every method here is one step) whose
-   ``source`` maps each input token — frame-major, ``(frame, row, col)`` by ``meta["frame_grid"]`` — to its
-   group, -1 when dropped;
+4. the trace has one record per temporal step (``meta["stages"]``) whose ``source`` maps each input token —
+   frame-major, ``(frame, row, col)`` by ``meta["frame_grid"]`` — to its group, -1 when dropped. Every method
+   is one step except TempMe, which merges inside the encoder (``in_encoder``): the frames go through it as one
+   batch joined into clips layer by layer (:func:`tomviz.models.frames.encode_clip_merged`), one record per
+   block (the protected tokens left out and the groups renumbered, :func:`in_encoder_trace`);
 5. fidelity: the cosine between the pooled embedding of the unreduced clip (the mean of all frames'
    final patch tokens) and the reduced one, where each group hands on one token, the mean of its members'
    final tokens. ``fidelity`` pools those tokens weighted by group size (as the image fidelity weighs merged
    tokens: only dropping moves it); ``token_mean_fidelity`` takes each handed-on token once (what a
    consumer that sees every token alike, e.g. an LLM without size bias, averages: merging moves it too).
+   For TempMe the handed-on tokens are the merged encoder's own final tokens.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,8 +36,14 @@ import torch.nn.functional as F
 from tomviz.inputs.video import VIDEO_SUFFIXES, Video, VideoLimits, read_video
 from tomviz.merge.request import MergeRequest
 from tomviz.merge.temporal.base import TemporalReduction, mean_by_group
-from tomviz.merge.temporal.methods import ClipInputs
-from tomviz.models.frames import FrameFeatures, encode_frames, middle_block
+from tomviz.merge.temporal.methods import ClipInputs, ClipMethod
+from tomviz.models.frames import (
+    FrameFeatures,
+    MergedClip,
+    encode_clip_merged,
+    encode_frames,
+    middle_block,
+)
 from tomviz.models.loading import LoadedModel
 from tomviz.trace import LayerTrace, Trace
 
@@ -50,10 +59,11 @@ class VideoResult:
     reduction: TemporalReduction  # the method's kept tokens and partition
     features: FrameFeatures  # what the encoder gave the method
     request: MergeRequest
-    method_ms_per_frame: float  # the temporal method's own cost
-    encoder_ms_per_frame: float  # the per-frame encoder (unchanged by the method)
+    method_ms_per_frame: float  # the temporal method's own cost (TempMe: the whole merged encoder)
+    encoder_ms_per_frame: float  # the per-frame encoder without the method
     fidelity: float  # cosine of the pooled embedding (size-weighted), reduced vs unreduced
     token_mean_fidelity: float  # the same with each handed-on token once
+    in_encoder: bool = False  # the method merged inside the encoder (TempMe): one trace record per layer
 
     def token_counts(self) -> list[int]:
         """Tokens before and after each stage: ``[T * N, M]``."""
@@ -72,6 +82,7 @@ class VideoResult:
             "dropped_tokens": int((self.reduction.group < 0).sum()),
             "method_ms_per_frame": self.method_ms_per_frame, "encoder_ms_per_frame": self.encoder_ms_per_frame,
             "fidelity_cosine": self.fidelity, "token_mean_cosine": self.token_mean_fidelity,
+            "in_encoder": self.in_encoder,
         }
 
 
@@ -105,6 +116,57 @@ def clip_trace(reduction: TemporalReduction, features: FrameFeatures, meta: dict
             "patch_size": features.patch_size, "segments": [list(s) for s in reduction.segments],
             "kept_positions": reduction.position.cpu().tolist()}
     return Trace(meta=meta, layers=[layer])
+
+
+def in_encoder_trace(merged: MergedClip, rows: int, cols: int, meta: dict[str, Any]) -> tuple[Trace, np.ndarray]:
+    """The clip trace of a method inside the encoder, from the engine's (input tokens ``T * (P + N)``, CLS first
+    in each frame): the patch tokens only, frame-major, each layer's groups renumbered in token order. Returns
+    it and ``[M]`` the last layer's kept engine tokens (indices into ``merged.final``)."""
+    per_frame, protected = merged.tokens_per_frame, merged.num_protected
+    frames = len(merged.trace.layers[0].source) // per_frame
+    patch = np.arange(frames * per_frame) % per_frame >= protected  # [T * (P + N)]
+    layers, kept = [], np.zeros(0, dtype=np.int64)
+    for record in merged.trace.layers:
+        source = record.source[patch]  # [T * N] engine token of every patch
+        kept, group = np.unique(source, return_inverse=True)  # patches never share a token with a CLS
+        entering = len(layers[-1].sizes) if layers else frames * (per_frame - protected)
+        layer = LayerTrace(source=group.astype(np.int32), sizes=np.bincount(group, minlength=kept.size).astype(np.float32),
+                           num_tokens_in=entering)
+        if record.cls_attention is not None:
+            layer.cls_attention = record.cls_attention[kept].astype(np.float32)
+        layers.append(layer)
+    first = np.full(kept.size, np.iinfo(np.int64).max)
+    np.minimum.at(first, layers[-1].source, np.arange(layers[-1].source.size))
+    meta = {**meta, "frame_grid": [frames, rows, cols], "num_protected": 0, "num_input_tokens": frames * rows * cols,
+            "stages": [f"layer {index}" for index in range(len(layers))], "segments": [],
+            "schedule": list(merged.trace.meta["schedule"]), "kept_positions": first.tolist()}
+    return Trace(meta=meta, layers=layers), kept
+
+
+class InEncoderRun(NamedTuple):
+    """A method inside the encoder on one clip."""
+
+    trace: Trace
+    reduction: TemporalReduction  # its tokens: the merged encoder's final tokens of the kept groups
+    fidelity: float  # size-weighted (module docstring, step 5)
+    token_mean_fidelity: float
+    seconds: float  # the merged encoder's forward
+
+
+def inspect_in_encoder(loaded: LoadedModel, video: Video, clip_method: ClipMethod, ratio: float,
+                       features: FrameFeatures, meta: dict[str, Any]) -> InEncoderRun:
+    """Run a method that merges inside the encoder on ``video``; ``features``: the unreduced run (the reference)."""
+    merged = encode_clip_merged(loaded, video.frames, clip_method.encoder_method(ratio))
+    rows, cols = features.patch_grid
+    trace, kept = in_encoder_trace(merged, rows, cols, {**meta, "patch_size": features.patch_size})
+    group = torch.from_numpy(trace.layers[-1].source.astype(np.int64))
+    tokens = merged.final[torch.from_numpy(kept)]  # [M, C]
+    reduction = TemporalReduction(tokens, group, torch.tensor(trace.meta["kept_positions"]), video.num_frames, rows * cols)
+    reference = features.final.reshape(-1, features.final.shape[-1]).double().mean(0)
+    sizes = reduction.group_sizes().double()[:, None]
+    weighted = (tokens.double() * sizes).sum(0) / sizes.sum()
+    return InEncoderRun(trace, reduction, float(F.cosine_similarity(weighted, reference, dim=0)),
+                        float(F.cosine_similarity(tokens.double().mean(0), reference, dim=0)), merged.seconds)
 
 
 def pooled_fidelity(final: torch.Tensor, reduction: TemporalReduction) -> tuple[float, float]:
@@ -141,17 +203,22 @@ def inspect_video(
     feature_layer = middle_block(loaded.num_layers) if feature_layer is None else int(feature_layer)
     if features is None or features.tokens.shape[0] != video.num_frames or features.feature_layer != feature_layer:
         features = encode_frames(loaded, video.frames, feature_layer)
-    clip = ClipInputs(features.tokens, features.attention, features.frame_features, features.pixels, features.patch_size)
-    start = time.perf_counter()
-    reduction = clip_method.reduce(clip, float(ratio))
-    method_seconds = time.perf_counter() - start
-    reduction.validate()
     meta = {"model": loaded.name, "family": "video", "method": clip_method.name, "ratio": float(ratio),
             "method_options": dict(request.method_options), "stages": [clip_method.name],
             "feature_layer": feature_layer, "schedule": [], "timestamps": list(video.timestamps)}
+    if clip_method.in_encoder:
+        trace, reduction, fidelity, token_mean, method_seconds = inspect_in_encoder(
+            loaded, video, clip_method, float(ratio), features, meta)
+    else:
+        clip = ClipInputs(features.tokens, features.attention, features.frame_features, features.pixels, features.patch_size)
+        start = time.perf_counter()
+        reduction = clip_method.reduce(clip, float(ratio))
+        method_seconds = time.perf_counter() - start
+        fidelity, token_mean = pooled_fidelity(features.final, reduction)
+        trace = clip_trace(reduction, features, meta)
+    reduction.validate()
     frames = video.num_frames
-    fidelity, token_mean = pooled_fidelity(features.final, reduction)
-    return VideoResult(trace=clip_trace(reduction, features, meta), video=video, reduction=reduction, features=features,
+    return VideoResult(trace=trace, video=video, reduction=reduction, features=features,
                        request=request, method_ms_per_frame=1000 * method_seconds / frames,
                        encoder_ms_per_frame=1000 * features.encoder_seconds / frames,
-                       fidelity=fidelity, token_mean_fidelity=token_mean)
+                       fidelity=fidelity, token_mean_fidelity=token_mean, in_encoder=clip_method.in_encoder)

@@ -68,3 +68,4 @@ def test_errors_are_plain(loaded, clip, monkeypatch):
 def test_method_list_follows_the_place():
     assert [name for _, name in video_question.question_methods("llm")] == ["fastv", "holitom", "dycoke"]
     assert "framefusion" in [name for _, name in video_question.question_methods("boundary")]
+    assert "tempme" not in [name for _, name in video_question.question_methods("boundary")]  # inside the encoder

@@ -64,3 +64,17 @@ def test_bad_uploads_give_clear_messages(tab, tmp_path):
 
 def test_every_clip_method_is_offered():
     assert {name for _, name in video_tab.method_choices()} == set(tomviz.merge.registry.names("clip"))
+
+
+def test_tempme_shows_its_layers_and_the_strip_follows_the_slider(tab):
+    out = tab.inspect_clip(None, "world.mp4", "tempme", 0.5, 8, 0.8, 8, None)
+    assert out.session.trace.num_layers == 4 and "encoder with tempme" in out.text
+    assert out.layer.maximum == 4 and out.layer.value == 4 and out.layer.visible
+    first, _, session = tab.show_layer(out.session, 1)
+    assert session.stage == 0 and np.asarray(first).shape == np.asarray(out.strip).shape
+    assert not np.array_equal(np.asarray(first), np.asarray(out.strip))
+    layout = tab.strip_layout(session.video.frames)
+    left, top = layout.origin(0)
+    picture, lineage = tab.select_token(session, gr.SelectData(None, {"index": [left + 1, top + 1], "value": None}))
+    assert "after layer 0" in lineage
+    assert tab.layer_slider(1).visible is False

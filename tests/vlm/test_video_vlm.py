@@ -172,6 +172,8 @@ def test_ask_video(loaded):
         ask_video(loaded, list(FRAMES), QUESTION, method="tome", place="llm")
     with pytest.raises(ValueError, match="layer must be"):
         ask_video(loaded, list(FRAMES), QUESTION, method="holitom", place="llm")  # k = 18 in a 3-layer LLM
+    with pytest.raises(ValueError, match="tempme merges inside the image encoder"):
+        ask_video(loaded, list(FRAMES), QUESTION, method="tempme", ratio=0.5)
 
 
 def test_inspect_and_cli_take_a_clip_and_a_question(tmp_path):

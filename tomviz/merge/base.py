@@ -35,6 +35,15 @@ class MergeInputs:
     extra: dict[str, Any] = field(default_factory=dict)  # per-input side information (e.g. word ids, patch grid)
 
 
+@dataclass(frozen=True)
+class LayerStep:
+    """What one layer does when the batch is a clip's frames in order (:meth:`MergeMethod.layer_steps`)."""
+
+    group: int = 1  # consecutive sequences joined into one before attention (1: none)
+    before: int = 0  # tokens removed from each joined sequence before attention
+    after: int = 0  # tokens removed from each sequence after the attention residual
+
+
 class MergeMethod:
     """Base class: subclasses set ``name``/``label`` and implement :meth:`plan_removal` (the real case:
     0 < r <= :meth:`removable`); :meth:`plan` clips ``r`` and returns the identity when nothing is removed.
@@ -79,6 +88,25 @@ class MergeMethod:
         than half the tokens in a layer. ``num_tokens`` counts the input tokens.
         """
         return requested
+
+    def layer_steps(self, batch: int, num_tokens: int, num_protected: int, num_layers: int) -> list[LayerStep] | None:
+        """For a method that reads the batch as a clip's frames (TempMe) and joins them into longer
+        sequences as the layers go: one :class:`LayerStep` per layer, which replaces the schedule. None
+        (the default): the batch holds independent inputs and the schedule says what each layer removes."""
+        return None
+
+    def join(self, x: torch.Tensor, group: int, num_protected: int) -> torch.Tensor:  # pragma: no cover - interface
+        """With :meth:`layer_steps`: ``[B, N, ...]`` → ``[B / group, group * N, ...]``, protected tokens first."""
+        raise NotImplementedError
+
+    def join_source(self, source: torch.Tensor, group: int, num_tokens: int, num_protected: int) -> torch.Tensor:  # pragma: no cover - interface
+        """With :meth:`layer_steps`: a source map ``[B, N0]`` through :meth:`join` → ``[B / group, group * N0]``."""
+        raise NotImplementedError
+
+    def plan_before_attention(self, inputs: MergeInputs, r: int) -> MergePlan:  # pragma: no cover - interface
+        """With :meth:`layer_steps`: the plan removing ``r`` tokens before attention (``inputs.hidden``: the
+        tokens entering the block; ``inputs.metric`` is the same tensor)."""
+        raise NotImplementedError
 
     def observed_layers(self, num_layers: int) -> tuple[int, ...]:
         """Layers (0-based) whose ``attention`` the engine keeps in ``MergeInputs.history`` for

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tomviz.merge.base import MergeInputs, MergeMethod
+from tomviz.merge.base import LayerStep, MergeInputs, MergeMethod
 from tomviz.merge.context import PerCallState
 from tomviz.merge.plan import MergePlan
 from tomviz.merge.schedule import resolve_schedule
@@ -100,6 +100,9 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         self.final_tokens: torch.Tensor | None = None  # [B, N_L, C] the backbone's output (record_output), for size pooling
         self.hidden: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # keep_hidden: per block ([1, N_l, C], [1, N_l, 1])
         self.schedule: list[int] = []  # resolved when the first layer sees the input length
+        self.steps: list[LayerStep] | None = None  # a method that joins the batch's frames (TempMe): per layer
+        self._entering: tuple[int, int] | None = None  # (layer, tokens of the whole batch) entering it (with steps)
+        self._span = 0  # with steps: input tokens per sequence (a frame's, times the frames joined so far)
         self.observed: set[int] = set()  # layers whose attention map the method keeps (MergeInputs.history)
         self.history: dict[int, torch.Tensor] = {}  # layer -> [B, N_l, N_l]
         self._started = False
@@ -137,8 +140,13 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         self._started = True
         batch, num_tokens, _ = x.shape
         c = self.config
-        requested = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.schedule)
-        self.schedule = _method_schedule(c.method, requested, num_tokens, self.num_protected, self.num_layers)
+        self.steps = c.method.layer_steps(batch, num_tokens, self.num_protected, self.num_layers)
+        if self.steps is not None:
+            self.schedule = [step.after for step in self.steps]
+            self._span = num_tokens
+        else:
+            requested = resolve_schedule(c.r, c.ratio, self.num_layers, num_tokens, self.num_protected, c.schedule)
+            self.schedule = _method_schedule(c.method, requested, num_tokens, self.num_protected, self.num_layers)
         self.observed = {layer % self.num_layers for layer in c.method.observed_layers(self.num_layers)}
         self.meta["num_input_tokens"] = num_tokens
         self.valid = _valid_from_mask(incoming, batch, num_tokens)
@@ -158,6 +166,7 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
             and not self.config.trace
             and not self.config.keep_hidden
             and self.config.resume is None
+            and self.steps is None
         )
 
     def block_done(self, hidden: torch.Tensor) -> None:
@@ -167,6 +176,40 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
             self.hidden.append((hidden[:1], sizes))
 
     # -- called by the adapters ---------------------------------------------------------
+    def before_attention(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """With a method's :class:`LayerStep` s (the batch is a clip's frames): join ``step.group`` consecutive
+        sequences of ``x`` ``[B, N, C]`` (the tokens entering block ``layer``) and remove ``step.before`` tokens
+        from each → ``[B / group, group * N - before, C]``. Without steps: ``x`` as it is."""
+        if self.steps is None:
+            return x
+        self._entering = (layer, x.shape[0] * x.shape[1])
+        step = self.steps[layer]
+        if step.group > 1:
+            x = self._join(step.group, x)
+        if step.before > 0:
+            inputs = MergeInputs(metric=x, num_protected=self.num_protected, hidden=x, sizes=self.sizes,
+                                 valid=self.valid, layer=layer, num_layers=self.num_layers, extra=self.config.extra)
+            x = self._apply(self.config.method.plan_before_attention(inputs, step.before), x)
+        return x
+
+    def _join(self, group: int, x: torch.Tensor) -> torch.Tensor:
+        """Join ``group`` consecutive sequences of ``x`` and of every per-token record (protected tokens first)."""
+        method, protected, num_tokens = self.config.method, self.num_protected, x.shape[1]
+        if self.sizes is not None:
+            self.sizes = method.join(self.sizes, group, protected)
+        if self.valid is not None:
+            self.valid = method.join(self.valid, group, protected)
+        if self.source is not None:
+            self.source = method.join_source(self.source, group, num_tokens, protected)
+        if self.positions is not None:
+            raise ValueError(f"{method.name} joins sequences and cannot track positions")
+        if self.anchors is not None:  # input indices of each sequence → of the joined one
+            member = torch.arange(x.shape[0], device=x.device).remainder(group).unsqueeze(1)  # [B, 1]
+            self.anchors = method.join(self.anchors + member * self._span, group, protected)
+        self._span *= group
+        self.num_protected = protected * group
+        return method.join(x, group, protected)
+
     def attention_mask(self, incoming: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
         """The mask for this layer's attention call.
 
@@ -202,7 +245,7 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         cls_heads, attention = self._attention(layer, keys, query, num_heads, plans)
         cls_attn = None if cls_heads is None else cls_heads.mean(1)
         if not plans and not self.config.trace:
-            self.removed.append(0)
+            self.removed.append(0 if self.steps is None else self._removed(layer, x.shape[1], x))
             return x
         if plans:
             inputs = MergeInputs(
@@ -224,7 +267,7 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
             plan = MergePlan.identity(x.shape[0], x.shape[1], x.device)
         num_in = x.shape[1]
         x = self._apply(plan, x)
-        self.removed.append(num_in - x.shape[1])
+        self.removed.append(self._removed(layer, num_in, x))
         if self.config.trace:
             full = attention if self.config.full_attention else None
             self._record(plan, num_in, x, cls_attn, cls_heads, full)
@@ -247,6 +290,14 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
             if layer in self.observed:
                 self.history[layer] = attention
         return cls_heads, attention
+
+    def _removed(self, layer: int, num_in: int, x: torch.Tensor) -> int:
+        """Tokens layer ``layer`` removed: from each sequence, or with steps from the whole batch."""
+        if self.steps is None:
+            return num_in - x.shape[1]
+        if self._entering is None or self._entering[0] != layer:
+            raise ValueError(f"{self.config.method.name} needs blocks that call MergeState.before_attention")
+        return self._entering[1] - x.shape[0] * x.shape[1]
 
     def _apply(self, plan: MergePlan, x: torch.Tensor) -> torch.Tensor:
         """Merge ``x`` ``[B, N, C]`` by ``plan`` and carry sizes, padding, sources and positions along."""
@@ -281,6 +332,9 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
 
     # -- helpers -------------------------------------------------------------------------
     def _record(self, plan, num_in, x, cls_attn, cls_heads, full) -> None:
+        if self.steps is not None:
+            self.layers.append(self._record_batch(x, cls_attn))
+            return
         source = self.source[0].cpu().numpy().astype(np.int32)
         # input tokens per token, counted from the source map (a method's own size rule, such as
         # DiffRate's cosine-scaled sizes, changes self.sizes but not the member counts)
@@ -302,6 +356,19 @@ class MergeState(PerCallState, context="tomviz_merge_state"):
         if full is not None:
             lt.attention = full[0].detach().float().cpu().numpy()
         self.layers.append(lt)
+
+    def _record_batch(self, x: torch.Tensor, cls_attn: torch.Tensor | None) -> LayerTrace:
+        """With steps: one record for the whole batch (its sequences one after the other, token ``b * N + n``);
+        the input tokens in batch order (a clip's frames, frame-major). No edges."""
+        batch, num_tokens = x.shape[:2]
+        offsets = torch.arange(batch, device=self.source.device).unsqueeze(1) * num_tokens  # [B, 1]
+        source = torch.where(self.source < 0, self.source, self.source + offsets).flatten().cpu().numpy().astype(np.int32)
+        sizes = np.bincount(source[source >= 0], minlength=batch * num_tokens).astype(np.float32)
+        entering = self._entering[1] if self._entering is not None else source.shape[0]
+        layer = LayerTrace(source=source, sizes=sizes, num_tokens_in=entering)
+        if cls_attn is not None and self.config.cls_attention:  # each sequence's first token's attention
+            layer.cls_attention = cls_attn.detach().float().flatten().cpu().numpy()
+        return layer
 
     def trace(self) -> Trace:
         meta = {

@@ -64,6 +64,7 @@ ENTRIES: dict[str, MethodEntry] = {entry.name: entry for entry in (
     MethodEntry("framefusion", _T + "FrameFusion", ("clip",)),
     MethodEntry("rlt", _T + "RLT", ("clip",)),
     MethodEntry("frame_drop", _T + "FrameDrop", ("clip",)),
+    MethodEntry("tempme", _T + "TempMe", ("clip",)),  # inside the per-frame encoder: frames joined into clips
 )}
 # (place, old name) → new name: names that meant another algorithm at that place, kept working with a warning
 RENAMED: dict[tuple[str, str], str] = {("boundary", "random"): "random_prune"}

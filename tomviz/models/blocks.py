@@ -76,13 +76,15 @@ def prenorm_block(
 
     Adapted from transformers 5.24 ``ViTLayer.forward`` (``models/vit/modeling_vit.py``),
     which ``Dinov2Layer`` and ``CLIPEncoderLayer`` share up to names. Changes: the
-    attention mask comes from the merge state (proportional attention); after the
+    attention mask comes from the merge state (proportional attention); a method that joins
+    the batch's frames (TempMe) joins and merges them first (``state.before_attention``); after the
     attention residual, ``state.after_attention`` merges the tokens, given the attention's
     keys and queries; optional layer scales; dropout / drop-path omitted (inference only).
     ``names`` = (norm1, attention, layer_scale1 | None, norm2, mlp, layer_scale2 | None).
-    hidden: ``[B, N, C]`` → ``[B, N - r, C]``.
+    hidden: ``[B, N, C]`` → ``[B, N - r, C]`` (with a join: ``[B / g, g * N - r, C]``).
     """
     norm1, attn, scale1, norm2, mlp, scale2 = names
+    hidden = state.before_attention(index, hidden)
     mask = state.attention_mask(mask, hidden)
     (h, _), projections = attend(getattr(block, attn), getattr(block, norm1)(hidden), attention_mask=mask, **kwargs)
     if scale1:

@@ -26,8 +26,12 @@ import torch
 from PIL import Image
 
 from tomviz.inputs.image import ImageSpec, to_pixel_values
+from tomviz.merge.base import MergeMethod
 from tomviz.merge.engine import MergeConfig
+from tomviz.merge.request import MergeRequest
 from tomviz.models.loading import LoadedModel, PreparedInput
+from tomviz.trace import Trace
+
 
 def middle_block(num_layers: int) -> int:
     """The default feature block: the middle one, ``num_layers // 2`` (block 6 of DINOv2-S's 12; see above)."""
@@ -82,3 +86,33 @@ def encode_frames(loaded: LoadedModel, frames: np.ndarray, feature_layer: int | 
     seconds = time.perf_counter() - start
     return FrameFeatures(torch.stack(tokens), torch.stack(attention), torch.stack(cls), torch.stack(final),
                          pixels, grid, patch, feature_layer, seconds)
+
+
+@dataclass(frozen=True)
+class MergedClip:
+    """One forward of a whole clip with a method that joins its frames inside the encoder (TempMe)."""
+
+    trace: Trace  # the engine's: one record per block; input tokens = every frame's tokens (CLS first), frame-major
+    final: torch.Tensor  # [M, C] final layer-normed tokens of the clip, its sequences one after the other
+    tokens_per_frame: int  # tokens a frame enters with, protected ones included
+    num_protected: int  # protected tokens a frame enters with (CLS, registers)
+    seconds: float  # wall time of the forward
+
+
+def encode_clip_merged(loaded: LoadedModel, frames: np.ndarray, method: MergeMethod) -> MergedClip:
+    """Run ``loaded`` once on all of ``frames`` ``[T, H, W, 3]`` as a batch under ``method``, which reads the
+    batch as the clip's frames in order (:meth:`~tomviz.merge.base.MergeMethod.layer_steps`)."""
+    import time
+
+    if loaded.modality != "image":
+        raise ValueError(f"{loaded.name} is not an image model: a clip's frames need one (e.g. dinov2-small)")
+    pixels = frame_pixels(frames, loaded.image_spec or ImageSpec(size=(224, 224)))
+    config = MergeRequest(method=method, modality="video").config(trace=True)
+    start = time.perf_counter()
+    outputs, state = loaded.run(PreparedInput(tensors={"pixel_values": pixels.to(loaded.device)}), config)
+    seconds = time.perf_counter() - start
+    final = outputs.last_hidden_state.float().cpu()  # [B', M', C]
+    trace = state.trace()
+    per_frame = trace.meta["num_input_tokens"]
+    protected = per_frame - (pixels.shape[2] // loaded.patch_size) * (pixels.shape[3] // loaded.patch_size)
+    return MergedClip(trace, final.reshape(-1, final.shape[-1]), per_frame, protected, seconds)

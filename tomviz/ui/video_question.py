@@ -48,7 +48,8 @@ def question_methods(place: str = "boundary") -> list[tuple[str, str]]:
     """``(label, name)`` of the methods at ``place``: the temporal methods (registry place ``"clip"``) or the LLM's."""
     if place == "llm":
         return list(LLM_METHODS)
-    return [(cls.label or name, name) for name, cls in registry.classes("clip").items()]
+    return [(cls.label or name, name) for name, cls in registry.classes("clip").items()
+            if not getattr(cls, "in_encoder", False)]  # TempMe merges inside the image encoder, not at the boundary
 
 
 def update_methods(place: str):

@@ -153,13 +153,17 @@ def method_options(method: str, tau: float | None, segments: float | None) -> di
 def result_markdown(result: VideoResult) -> str:
     s = result.summary()
     frames, rows, cols = s["frame_grid"]
+    speed = (f"encoder {s['encoder_ms_per_frame']:.1f} ms/frame (unchanged by the method); "
+             f"{s['method']} itself {s['method_ms_per_frame']:.2f} ms/frame")
+    if result.in_encoder:
+        speed = (f"encoder with {s['method']} {s['method_ms_per_frame']:.1f} ms/frame, without "
+                 f"{s['encoder_ms_per_frame']:.1f} ms/frame")
     segments = ", ".join(f"{a}–{b}" for a, b in s["segments"]) or "none"
     return (
         f"**Tokens** {s['token_counts'][0]} ({frames} frames × {rows}×{cols}) → **{s['token_counts'][-1]}** "
         f"({s['token_counts'][-1] / s['token_counts'][0]:.1%}); {s['groups_spanning_frames']} groups span several "
         f"frames, {s['dropped_tokens']} tokens dropped; segments: {segments}\n\n"
-        f"**Speed** — encoder {s['encoder_ms_per_frame']:.1f} ms/frame (unchanged by the method); "
-        f"{s['method']} itself {s['method_ms_per_frame']:.2f} ms/frame; whatever consumes the tokens next sees "
+        f"**Speed** — {speed}; whatever consumes the tokens next sees "
         f"{s['token_counts'][-1] / s['token_counts'][0]:.1%} of them\n\n"
         f"**Fidelity** — cosine of the pooled embedding to the unreduced clip's: {s['fidelity_cosine']:.4f} "
         f"(size-weighted), {s['token_mean_cosine']:.4f} (each kept token once)"
@@ -189,7 +193,13 @@ def inspect_clip(upload: str | None, example: str | None = DEFAULT_EXAMPLE, meth
         return VideoOutputs(session=VideoSession(key, result.video, result.trace),
                             strip=frame_strip(result.video.frames, result.trace), counts=counts,
                             text=result_markdown(result), video=str(path), lineage=LINEAGE_HINT,
-                            layer=gr.Slider(visible=False), link=link)
+                            layer=layer_slider(result.trace.num_layers), link=link)
+
+
+def layer_slider(records: int) -> Any:
+    """The layer slider after a run: one position per trace record, on the last; shown when there are several
+    (a method merging inside the per-frame encoder, TempMe: one record per encoder layer)."""
+    return gr.Slider(1, max(records, 2), value=records, step=1, visible=records > 1)
 
 
 def inspect_with_encoder(loaded: Any, source: Path, method: str, ratio: float, link: str) -> VideoOutputs:
@@ -204,7 +214,7 @@ def inspect_with_encoder(loaded: Any, source: Path, method: str, ratio: float, l
     return VideoOutputs(session=VideoSession((loaded.name, str(source), result.video.num_frames), result.video, trace),
                         strip=frame_strip(result.video.frames, trace), counts=layer_counts_figure(result.token_counts()),
                         text=encoder_markdown(result), video=str(path), lineage=LINEAGE_HINT,
-                        layer=gr.Slider(1, layers, value=layers, step=1, visible=True), link=link)
+                        layer=layer_slider(layers), link=link)
 
 
 def encoder_markdown(result: EncoderClipResult) -> str:
@@ -239,6 +249,8 @@ def lineage_markdown(trace: Trace, token: int, stage: int = -1) -> str:
     group = trace.groups(stage)
     where = f"frame {step}" if tubelet == 1 else f"tubelet {step}: frames {step * tubelet}–{step * tubelet + tubelet - 1}"
     name = f"token ({where}, row {row + 1}, col {col + 1})"
+    if trace.num_layers > 1 and "stages" in trace.meta:
+        name += f" after {trace.meta['stages'][stage]}"
     if group[token] < 0:
         return f"{name} was **dropped** by {trace.meta['method']}."
     members = (group == group[token]).nonzero()[0]
@@ -321,7 +333,7 @@ def build_video_tab(demo: gr.Blocks | None = None) -> tuple[gr.File, gr.Dropdown
             strip = gr.Image(label="Frame strip", show_label=False, type="pil", interactive=False, format="png",
                              elem_id="video-strip")
             gr.Markdown(STRIP_LEGEND, elem_classes="caption")
-            layer = gr.Slider(1, 12, value=12, step=1, label="Encoder layer (video encoder: the groups after it)",
+            layer = gr.Slider(1, 12, value=12, step=1, label="Encoder layer (VideoMAE or TempMe: the groups after it)",
                               visible=False, elem_id="video-layer")
             lineage = gr.Markdown(LINEAGE_HINT, elem_id="video-lineage")
             text = gr.Markdown()

@@ -62,8 +62,10 @@ class VideoStages:
 
     def check(self, num_layers: int) -> None:
         if self.boundary != "none":
-            MergeRequest(method=self.boundary, ratio=self.boundary_ratio, place="clip", modality="video",
-                         method_options=self.boundary_options).clip_method()
+            method = MergeRequest(method=self.boundary, ratio=self.boundary_ratio, place="clip", modality="video",
+                                  method_options=self.boundary_options).clip_method()
+            if method.in_encoder:
+                raise ValueError(f"{method.name} merges inside the image encoder's layers, not at the boundary")
             if not 0.0 <= self.boundary_ratio <= 1.0:
                 raise ValueError(f"the boundary ratio must lie in [0, 1], got {self.boundary_ratio}")
         if self.llm == "none":

@@ -21,7 +21,8 @@ def clip_inputs(frames: int = 8, cut_at: int | None = None) -> tuple[ClipInputs,
 
 
 def test_every_temporal_method_is_registered_at_the_clip():
-    assert set(registry.names("clip")) == set(CLIP_METHODS)
+    # and tempme, which merges inside the encoder (tests/merge/temporal/test_tempme.py, tests/test_video_tempme.py)
+    assert set(registry.names("clip")) == set(CLIP_METHODS) | {"tempme"}
     assert "holitom" not in registry.names("encoder") and "tome" in registry.names("encoder")
     with pytest.raises(ValueError, match="holitom works on a clip's frames, not in the encoder"):
         registry.entry("holitom", "encoder")

@@ -14,6 +14,8 @@ How ``ratio`` reaches each rule (its own amount, where the original has one):
 * ``framefusion``: the cap on the share merged, ``1 - cost`` (FrameFusion's cost 0.3 ↔ ratio 0.7); how
   much merges is decided by the similarity threshold.
 * ``rlt``: RLT has no amount: its pixel threshold decides; any ``ratio > 0`` runs the rule.
+* ``tempme``: runs inside the image encoder's layers (``in_encoder``), not on its output: the scale of the
+  authors' schedule whose count removes the nearest fraction (:mod:`tomviz.merge.temporal.tempme`).
 """
 from __future__ import annotations
 
@@ -24,12 +26,17 @@ import torch
 
 from tomviz.merge import registry
 from tomviz.merge.temporal.base import TemporalReduction, check_ratio, check_tokens
-from tomviz.merge.temporal.baselines import drop_frames, random_all_frames, tome_all_frames
+from tomviz.merge.temporal.baselines import (
+    drop_frames,
+    random_all_frames,
+    tome_all_frames,
+)
 from tomviz.merge.temporal.dycoke import dycoke
 from tomviz.merge.temporal.fastvid import fastvid
 from tomviz.merge.temporal.framefusion import framefusion
 from tomviz.merge.temporal.holitom import holitom
 from tomviz.merge.temporal.rlt import rlt
+from tomviz.merge.temporal.tempme import TempMeMerge
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class ClipMethod:
     label: ClassVar[str] = ""
     modalities: ClassVar[tuple[str, ...]] = ("video",)
     needs: ClassVar[tuple[str, ...]] = ()  # the optional ClipInputs fields the rule reads
+    in_encoder: ClassVar[bool] = False  # True: merges inside the encoder's layers (encoder_method), not after
 
     def reduce(self, clip: ClipInputs, ratio: float) -> TemporalReduction:
         ratio = check_ratio("ratio", ratio)
@@ -123,6 +131,31 @@ class RLT(ClipMethod):
 
     def rule(self, clip: ClipInputs, ratio: float) -> TemporalReduction:
         return rlt(clip.tokens, clip.pixels, clip.patch_size, self.tubelet, self.threshold)
+
+
+class TempMe(ClipMethod):
+    """TempMe: the frames go through the encoder as one batch, joined into clips layer by layer. ``scale``:
+    the authors' amounts times ``scale`` (None: the scale that meets ``ratio``); the other options replace
+    the scaled defaults (:class:`~tomviz.merge.temporal.tempme.TempMeSettings`)."""
+
+    name, label = "tempme", "TempMe (inside the encoder)"
+    in_encoder = True
+
+    def __init__(self, scale: float | None = None, r_early: int | None = None, cross: float | None = None,
+                 within: float | None = None, merge_layers: list[int] | None = None, groups: list[int] | None = None,
+                 odd_join: bool | None = None):
+        self.scale = None if scale is None else float(scale)
+        given = dict(r_early=r_early, cross=cross, within=within, merge_layers=merge_layers, groups=groups,
+                     odd_join=odd_join)
+        self.overrides = {key: tuple(value) if isinstance(value, (list, tuple)) else value
+                          for key, value in given.items() if value is not None}
+
+    def encoder_method(self, ratio: float) -> TempMeMerge:
+        """The engine's method for a clip at ``ratio``."""
+        return TempMeMerge(ratio=check_ratio("ratio", ratio), scale=self.scale, **self.overrides)
+
+    def rule(self, clip: ClipInputs, ratio: float) -> TemporalReduction:
+        raise ValueError("tempme merges inside the encoder's layers: run it on a clip with tomviz.inspect")
 
 
 class FrameDrop(ClipMethod):

@@ -100,19 +100,26 @@ def test_a_ratio_release_is_answered_outside_the_queue_and_runs_the_model_only_o
     request = _request("release-visitor")
     first = image_tab.inspect_image(CAT, ratio=0.5, layer=6, request=request)
     _wait_ready(grids, "release-visitor:image")
-    memory = lifecycle.from_memory(image_tab.inspect_image)
+    inputs = ["image", "ratio", "model", "method", "schedule", "prop_attn", "layer", "opacity", "session", "selected"]
+    link_inputs = ["example_name", "model", "method", "schedule", "ratio", "layer"]
+    assert lifecycle.answer_inputs(inputs, link_inputs) == [*inputs, "example_name"]
+    memory = lifecycle.from_memory(image_tab.inspect_image, image_tab.after_run, inputs, link_inputs)
     args = dict(model="dinov2-small", method="tome", schedule="constant", prop_attn=True, layer=6, opacity=0.8,
-                session=first.session, selected=None)
+                session=first.session, selected=first.session.trace.num_protected + 3)
 
-    hit = image_tab.ImageOutputs(*memory(CAT, 0.7, *args.values(), request))
+    answer = memory(CAT, 0.7, *args.values(), "chelsea.png", request)
+    hit = image_tab.ImageOutputs(*answer[:len(image_tab.ImageOutputs._fields)])
     assert hit.session.trace.token_counts()[-1] == 257 - round(0.7 * 256) and grids.calls == [0.5]  # from memory
     assert isinstance(hit.layer, type(gr.skip()))  # same model: the layer slider is left as it is
+    selected, lineage, link = answer[len(image_tab.ImageOutputs._fields):]  # after the run, in the same answer
+    assert selected == args["selected"] and "patch (1, 4)" in lineage
+    assert link == image_tab.view_link("chelsea.png", "dinov2-small", "tome", "constant", 0.7, 6) and "ratio=0.7" in link
 
     with pytest.raises(lifecycle.NotRemembered) as missed:  # not a grid ratio: the event's .failure runs the model
-        memory(CAT, 0.33, *args.values(), request)
+        memory(CAT, 0.33, *args.values(), "chelsea.png", request)
     assert not missed.value.visible and grids.calls == [0.5]
     with pytest.raises(lifecycle.NotRemembered) as failed:  # a real error: hidden here, shown once by the model run
-        memory(CAT, 0.7, "no/such-model", *list(args.values())[1:], request)
+        memory(CAT, 0.7, "no/such-model", *list(args.values())[1:], "chelsea.png", request)
     assert not failed.value.visible
 
 
@@ -120,5 +127,7 @@ def test_gradio_passes_the_request_to_the_ratio_handler():
     from gradio.helpers import special_args
 
     request = object()
-    handler = lifecycle.from_memory(text_tab.inspect_text)
+    inputs = ["prompt", "ratio", "model", "method", "schedule", "prop_attn", "layer", "session", "selected"]
+    handler = lifecycle.from_memory(text_tab.inspect_text, text_tab.after_run, inputs,
+                                    ["prompt", "model", "method", "schedule", "ratio", "layer"])
     assert special_args(handler, list(range(9)), request)[0] == [*range(9), request]  # the request last

@@ -238,12 +238,11 @@ def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, ap
         lambda: gr.File(visible=True), None, box, api_visibility="private", **QUIET)
 
 
-def handler_like(inspect: Callable) -> Callable[[Callable], Callable]:
-    """Give a ``handler(*args)`` the signature Gradio reads: ``inspect``'s inputs, then the ``gr.Request``
-    (which Gradio passes last, positionally)."""
+def with_parameters(names: list[str]) -> Callable[[Callable], Callable]:
+    """Give a ``handler(*args)`` the signature Gradio reads: one parameter per input component ``names``, then
+    the ``gr.Request`` (which Gradio passes last, positionally)."""
     kind = inspect_module.Parameter.POSITIONAL_OR_KEYWORD
-    params = [p.replace(annotation=p.empty) for p in inspect_module.signature(inspect).parameters.values()
-              if p.name != "request"]
+    params = [inspect_module.Parameter(name, kind) for name in names]
     params.append(inspect_module.Parameter("request", kind, default=None))
 
     def give(handler: Callable) -> Callable:
@@ -254,22 +253,41 @@ def handler_like(inspect: Callable) -> Callable[[Callable], Callable]:
     return give
 
 
-def from_memory(inspect: Callable) -> Callable:
-    """``inspect`` answered from the visitor's grid only (for a ratio release, outside the model queue). When
-    the grid lacks the ratio, or anything fails, it raises :class:`NotRemembered` (not shown in the page), so
-    that the event's ``.failure`` runs ``inspect`` in the queue, which shows a real error once."""
-    @handler_like(inspect)
+def answer_inputs(inputs: list[str], link_inputs: list[str]) -> list[str]:
+    """The components a ratio release reads (:func:`from_memory`): ``inspect``'s ``inputs``, then the
+    ``link_inputs`` not among them."""
+    return [*inputs, *[name for name in link_inputs if name not in inputs]]
+
+
+ANSWER_FOLLOW = ("selected", "lineage", "link")  # what a ratio answer adds to inspect's outputs (after's fields)
+
+
+def from_memory(inspect: Callable, after: Callable, inputs: list[str], link_inputs: list[str]) -> Callable:
+    """A ratio release answered from the visitor's grid only, outside the model queue, in one event: the
+    handler takes the components :func:`answer_inputs` names (then the request) and returns ``inspect``'s
+    outputs followed by what ``after`` gives for them (:data:`ANSWER_FOLLOW`: the selection, its lineage and
+    the link; the views ``after`` may redraw are not sent twice, ``inspect`` drew the selection). No second
+    round-trip, so the page loads the new pictures undisturbed. When the grid lacks the ratio, or anything
+    fails, it raises :class:`NotRemembered` (not shown in the page), so that the event's ``.failure`` runs
+    ``inspect`` in the queue, which shows a real error once. ``inputs``/``link_inputs``: component names,
+    in the order ``inspect`` and ``after`` (after the session and the selection) take them."""
+    names = answer_inputs(inputs, link_inputs)
+
+    @with_parameters(names)
     def answer(*args: Any) -> tuple:
-        *inputs, request = args
+        *values, request = args
+        given = dict(zip(names, values))
         token = _MEMORY_ONLY.set(True)
         try:
-            return inspect(*inputs, request=request)
+            shown = inspect(*values[:len(inputs)], request=request)
+            followed = after(shown[0], given["selected"], *[given[name] for name in link_inputs])  # shown[0]: the session
         except NotRemembered:
             raise
         except gr.Error as err:
             raise NotRemembered(str(err)) from err
         finally:
             _MEMORY_ONLY.reset(token)
+        return (*shown, *[getattr(followed, name) for name in ANSWER_FOLLOW])
 
     return answer
 
@@ -280,7 +298,8 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
     """The model runs of a tab (``api_names``: a change of input or settings, an example picked, the page
     opened with ``demo``), each followed by ``after`` (→ ``after_outputs``, see :func:`after_run_type`) and the
     full link in the browser. A release of the ratio slider is answered from the visitor's grid outside the
-    queue, as a layer change is (:func:`from_memory`), and runs the model in the queue only on a miss.
+    queue, as a layer change is, with the selection and link in the same answer (:func:`from_memory`), and
+    runs the model in the queue only on a miss.
     ``inputs``, ``link_inputs`` and ``opened`` (what ``open_view`` fills) name components of ``c``."""
     run_model = dict(inputs=[c[n] for n in inputs], outputs=[c[n] for n in outputs._fields], concurrency_id="model",
                      concurrency_limit=1)
@@ -292,9 +311,11 @@ def wire_runs(c: dict[str, Any], inspect: Callable, inputs: list[str], outputs: 
 
     follow(gr.on(triggers, inspect, api_name=api_names[0], trigger_mode="always_last", **run_model))
     follow(c["examples"].load_input_event.then(inspect, api_name=api_names[1], api_visibility="private", **run_model))
-    release = c["ratio"].release(from_memory(inspect), run_model["inputs"], run_model["outputs"],
-                                 api_visibility="private", trigger_mode="always_last", **QUIET)
-    follow(release, "success")  # answered from memory
+    release = c["ratio"].release(
+        from_memory(inspect, after, inputs, link_inputs), [c[n] for n in answer_inputs(inputs, link_inputs)],
+        [*run_model["outputs"], *[c[n] for n in ANSWER_FOLLOW]], api_visibility="private", trigger_mode="always_last",
+        **QUIET)
+    release.success(None, c["link"], c["link"], js=LINK_JS, **QUIET)  # answered from memory: the full link
     follow(release.failure(inspect, api_visibility="private", **run_model))  # not in memory: the model runs
     if demo is not None and open_view is not None:
         # queued (no model; its own slot): a warning about the link reaches the page only from a queued event

@@ -25,6 +25,7 @@ from tomviz.ui import lifecycle
 from tomviz.ui.common import (ASSETS, DEFAULT_MODEL, EXAMPLE_IMAGES, IMAGE_MODELS, ImageUpload, download_folder,
                               layer_index, layer_slider, merge_controls, session_state, user_errors)
 from tomviz.ui.lifecycle import QUIET, TabKind, valid_token
+from tomviz.ui.pictures import Picture
 from tomviz.ui.share import view_query
 
 LINEAGE_HINT = ("*Click a patch in the overlay, the cluster map or the strip: its group is drawn in magenta in every "
@@ -278,24 +279,24 @@ def image_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
         with gr.Column(scale=7):
             with gr.Row():
                 with gr.Column():
-                    c["overlay"] = gr.Image(label="Groups after the selected layer (click a patch)", format="jpeg",
-                                            elem_id="overlay", interactive=False, height=320)
+                    c["overlay"] = Picture(label="Groups after the selected layer (click a patch)", format="jpeg",
+                                           elem_id="overlay", interactive=False, height=320)
                     gr.Markdown(CAPTIONS["overlay"], elem_classes=["caption"])
                 with gr.Column():
-                    c["heat"] = gr.Image(label="CLS attention (spread through the groups)", format="jpeg",
-                                         elem_id="attention", interactive=False, height=320)
+                    c["heat"] = Picture(label="CLS attention (spread through the groups)", format="jpeg",
+                                        elem_id="attention", interactive=False, height=320)
                     gr.Markdown(CAPTIONS["attention"], elem_classes=["caption"])
-            c["cluster"] = gr.Image(label="Cluster map (click a patch)", format="png", elem_id="cluster-map",
-                                    interactive=False, height=380)
+            c["cluster"] = Picture(label="Cluster map (click a patch)", format="png", elem_id="cluster-map",
+                                   interactive=False, height=380)
             gr.Markdown(CAPTIONS["cluster"], elem_classes=["caption"])
             with gr.Row():
-                c["counts"], c["gflops"] = lifecycle.run_charts()
+                c["counts"], c["gflops"] = lifecycle.run_charts(KIND.tab)
             c["speed"] = gr.Markdown(label="Speed", elem_id="speed")
             c["fidelity"] = gr.Markdown(label="Fidelity", elem_id="fidelity")
             with gr.Accordion("Summary (JSON, as the API returns it)", open=False):
                 c["summary"] = gr.JSON(label="Summary")
-    c["strip"] = gr.Image(label="Every layer (click a patch to follow its group)", format="jpeg", interactive=False,
-                          elem_id="layer-strip")
+    c["strip"] = Picture(label="Every layer (click a patch to follow its group)", format="jpeg", interactive=False,
+                         elem_id="layer-strip")
     with gr.Row():
         c["lineage"] = gr.Markdown(LINEAGE_HINT, elem_id="lineage")
         c["clear"] = gr.Button("Clear the selection", scale=0)

@@ -33,6 +33,7 @@ from tomviz.render.lineage import lineage_markdown
 from tomviz.render.text import fidelity_markdown, speed_markdown
 from tomviz.trace import Trace
 from tomviz.ui.common import user_errors
+from tomviz.ui.pictures import Picture, inline
 from tomviz.ui.server import client_key
 from tomviz.ui.share import COPY_JS, LINK_JS, View, request_view
 
@@ -224,11 +225,11 @@ def view_settings(kind: TabKind, view: View) -> tuple[str, str, str, float, int]
 
 
 # --- layout pieces and wiring -----------------------------------------------------------------------
-def run_charts() -> tuple[gr.Image, gr.Image]:
-    """The token-count and GFLOPs pictures of a run (laid out in the current row); their titles are in the
-    pictures (a label badge would cover them)."""
-    return tuple(gr.Image(label=label, show_label=False, format="png", interactive=False, elem_classes=["run-chart"])
-                 for label in ("Token count", "GFLOPs"))
+def run_charts(tab: str) -> tuple[Picture, Picture]:
+    """The token-count and GFLOPs pictures of a run in ``tab`` (laid out in the current row; elem ids
+    ``<tab>-token-count`` and ``<tab>-gflops``); their titles are in the pictures (a label badge would cover them)."""
+    return tuple(Picture(label=label, show_label=False, format="png", interactive=False, elem_classes=["run-chart"],
+                         elem_id=f"{tab}-{name}") for label, name in (("Token count", "token-count"), ("GFLOPs", "gflops")))
 
 
 def wire_files(button: gr.Button, make: Callable, inputs: list, box: gr.File, api_name: str) -> None:
@@ -267,7 +268,8 @@ def from_memory(inspect: Callable, after: Callable, inputs: list[str], link_inpu
     handler takes the components :func:`answer_inputs` names (then the request) and returns ``inspect``'s
     outputs followed by what ``after`` gives for them (:data:`ANSWER_FOLLOW`: the selection, its lineage and
     the link; the views ``after`` may redraw are not sent twice, ``inspect`` drew the selection). No second
-    round-trip, so the page loads the new pictures undisturbed. When the grid lacks the ratio, or anything
+    round-trip, and the pictures travel inside the answer (:mod:`tomviz.ui.pictures`: the tab's picture outputs
+    are :class:`~tomviz.ui.pictures.Picture`), so the page fetches nothing more. When the grid lacks the ratio, or anything
     fails, it raises :class:`NotRemembered` (not shown in the page), so that the event's ``.failure`` runs
     ``inspect`` in the queue, which shows a real error once. ``inputs``/``link_inputs``: component names,
     in the order ``inspect`` and ``after`` (after the session and the selection) take them."""
@@ -287,7 +289,7 @@ def from_memory(inspect: Callable, after: Callable, inputs: list[str], link_inpu
             raise NotRemembered(str(err)) from err
         finally:
             _MEMORY_ONLY.reset(token)
-        return (*shown, *[getattr(followed, name) for name in ANSWER_FOLLOW])
+        return inline((*shown, *[getattr(followed, name) for name in ANSWER_FOLLOW]))  # pictures in the answer
 
     return answer
 

@@ -176,7 +176,7 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
             c["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
             c["attention"] = gr.Plot(label="CLS attention per group")
             with gr.Row():
-                c["counts"], c["gflops"] = lifecycle.run_charts()
+                c["counts"], c["gflops"] = lifecycle.run_charts(KIND.tab)
             c["speed"] = gr.Markdown(label="Speed")
             c["fidelity"] = gr.Markdown(label="Fidelity")
             with gr.Accordion("Summary (JSON, as the API returns it)", open=False):

@@ -166,6 +166,11 @@ def test_browser_ratio_from_memory_and_mp4(app_url, monkeypatch):
         ratio = float(page.get_by_label("range slider for Merge ratio").input_value())
         assert ratio != 0.5 and round(ratio, 6) in grid.results and runs == []  # from memory: no model run
         assert moved != first and not _errors_shown(page)
+        assert moved.startswith("data:image/jpeg;base64,")  # the pictures came inside the answer, no file to fetch
+        page.wait_for_function("(r) => new URL(window.location.href).searchParams.get('ratio') == r", arg=f"{ratio:g}",
+                               timeout=TIMEOUT_MS)  # the link (and the page's URL) follow, from the same answer
+        link = page.locator("#share-link textarea, #share-link input").first.input_value()
+        assert link == page.url
 
         page.locator("#animate").click()
         mp4 = "#animation-file a[download$='.mp4']"

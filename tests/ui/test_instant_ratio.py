@@ -16,6 +16,7 @@ import pytest
 from tomviz import ratio_grid
 from tomviz.ratio_grid import ForegroundGate, GridStore
 from tomviz.ui import image_tab, lifecycle, text_tab
+from tomviz.ui.pictures import Inline
 
 pytestmark = pytest.mark.slow  # the embedded dinov2-small / minilm
 
@@ -111,6 +112,8 @@ def test_a_ratio_release_is_answered_outside_the_queue_and_runs_the_model_only_o
     hit = image_tab.ImageOutputs(*answer[:len(image_tab.ImageOutputs._fields)])
     assert hit.session.trace.token_counts()[-1] == 257 - round(0.7 * 256) and grids.calls == [0.5]  # from memory
     assert isinstance(hit.layer, type(gr.skip()))  # same model: the layer slider is left as it is
+    pictures = ("overlay", "strip", "cluster", "heat", "counts", "gflops")
+    assert all(isinstance(getattr(hit, name), Inline) for name in pictures)  # sent inside the answer
     selected, lineage, link = answer[len(image_tab.ImageOutputs._fields):]  # after the run, in the same answer
     assert selected == args["selected"] and "patch (1, 4)" in lineage
     assert link == image_tab.view_link("chelsea.png", "dinov2-small", "tome", "constant", 0.7, 6) and "ratio=0.7" in link

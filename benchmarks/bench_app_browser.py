@@ -15,8 +15,10 @@ runs in its own processes. The Image tab opens on an inspected example photo. Th
     cluster map: ``LAYER_PICTURES``);
   - ratio change from memory: the ratio slider is released at a grid ratio → every picture it changes has loaded
     (those three, the strip of every layer and the token-count and GFLOPs charts: ``RATIO_PICTURES``);
-  - ratio change off the grid: released at a ratio the grid lacks (0.32, 0.42, …): the model runs.
-The targets (issue 23): ratio change from memory p50 ≤ 1.5 × layer change p50.
+  - ratio change off the grid: released at a ratio the grid lacks (0.32, 0.42, …): the model runs;
+  - the same two steps in the Text tab, until the coloured tokens, the group table and the CLS-attention plot (drawn
+    to the end: Plotly's "plotly_afterplot") and, for a ratio, the token-count and GFLOPs charts show new content.
+The targets (issue 23): ratio change from memory p50 ≤ 1.5 × layer change p50, in each tab.
 """
 from __future__ import annotations
 
@@ -38,29 +40,68 @@ TIMEOUT_MS = 180_000
 LAYER_PICTURES = ["#overlay img", "#attention img", "#cluster-map img"]  # what a layer change redraws
 RATIO_STEP, LAYER_STEP = "ratio change from memory → its 6 pictures loaded", "layer change → its 3 pictures loaded"
 RATIO_PICTURES = [*LAYER_PICTURES, "#layer-strip img", "#image-token-count img", "#image-gflops img"]  # a ratio change
+TEXT_LAYER_VIEWS = ["#text-groups", "#text-table", "#text-attention .js-plotly-plot"]  # Text tab: tokens, table, plot
+TEXT_RATIO_VIEWS = [*TEXT_LAYER_VIEWS, "#text-token-count img", "#text-gflops img"]
+TEXT_RATIO_STEP, TEXT_LAYER_STEP = ("Text tab: ratio change from memory → tokens, table, plot, 2 charts shown",
+                                    "Text tab: layer change → tokens, table, plot shown")
 
-# Set a range input to ``value``, fire ``events``, and resolve with the ms until every image in ``selectors``
-# shows a new src that has finished loading.
+# Set the visible range input labelled ``label`` to ``value``, fire ``events``, and resolve with the ms until every
+# element in ``selectors`` shows something new: a picture a new src that has finished loading; a plotly plot new
+# text or colours and Plotly's "plotly_afterplot" (it draws in steps for ~0.1 s after its first text appears);
+# any other element new text or background colours (its HTML changes as soon as the event is pending).
 STEP_JS = """
 async ([label, value, events, selectors, timeout]) => {
-  const slider = document.querySelector(`input[type=range][aria-label="range slider for ${label}"]`);
-  const before = selectors.map(s => document.querySelector(s)?.getAttribute("src"));
+  const slider = [...document.querySelectorAll(`input[type=range][aria-label="range slider for ${label}"]`)]
+    .find(e => e.offsetParent !== null);
+  const shown = (s) => {
+    const e = document.querySelector(s);
+    if (!e) return null;
+    if (e.tagName === "IMG") return e.getAttribute("src");
+    const styled = [...e.querySelectorAll("[style*=background]")].map(x => x.style.background).join();
+    return e.textContent + styled;
+  };
+  window.__plotted = new WeakSet();  // graph divs that finished a plot since this step started
+  const watch = (e) => {
+    if (e && e.classList.contains("js-plotly-plot") && e.on && !e.__stepWatched) {
+      e.__stepWatched = true;
+      e.on("plotly_afterplot", () => window.__plotted.add(e));
+    }
+  };
+  const ready = (s) => {
+    const e = document.querySelector(s);
+    if (e.tagName === "IMG") return e.complete && e.naturalWidth > 0;
+    return !e.classList.contains("js-plotly-plot") || window.__plotted.has(e);
+  };
+  selectors.forEach(s => watch(document.querySelector(s)));
+  // gradio may draw the plot in a new graph div: listen to it before Plotly's drawing promises run (a mutation
+  // observer's callback is a microtask queued before them)
+  const observer = new MutationObserver(() => selectors.forEach(s => watch(document.querySelector(s))));
+  observer.observe(document.body, {childList: true, subtree: true});
+  const before = selectors.map(shown);
   const start = performance.now();
   slider.value = String(value);
   for (const name of events) slider.dispatchEvent(new Event(name, {bubbles: true}));
-  const loaded = (s, old) => new Promise((resolve, reject) => {
+  const changed = (s, old) => new Promise((resolve, reject) => {
     const tick = () => {
-      const img = document.querySelector(s);
-      if (img && img.getAttribute("src") !== old && img.complete && img.naturalWidth > 0) return resolve();
+      const now = shown(s);
+      if (now !== null && now !== old && ready(s)) return resolve();
       if (performance.now() - start > timeout) return reject(new Error(`${s} did not change`));
       requestAnimationFrame(tick);
     };
     tick();
   });
-  await Promise.all(selectors.map((s, i) => loaded(s, before[i])));
+  try {
+    await Promise.all(selectors.map((s, i) => changed(s, before[i])));
+  } finally {
+    observer.disconnect();
+  }
   return performance.now() - start;
 }
 """
+
+
+VISIBLE_VALUE = """(label) => [...document.querySelectorAll(`input[type=range][aria-label="range slider for ${label}"]`)]
+  .find(e => e.offsetParent !== null).value"""  # the value of the visible slider labelled ``label``
 
 
 def rss_mb() -> float:
@@ -134,10 +175,58 @@ def measure(url: str, rounds: int) -> tuple[dict[str, dict[str, float]], dict[st
             for ratio in OFF_GRID:
                 off_ms.append(step("Merge ratio", ratio, ["input", "change", "pointerup"], RATIO_PICTURES))
                 page.wait_for_timeout(300)
+            text = measure_text_tab(page, next(g for v, g in grids.items() if v.endswith(":text")), rounds)
         finally:
             browser.close()
     return {RATIO_STEP: quantiles([t / 1e3 for t in ratio_ms]), LAYER_STEP: quantiles([t / 1e3 for t in layer_ms]),
-            "ratio change off the grid (model runs) → its 6 pictures loaded": quantiles([t / 1e3 for t in off_ms])}, facts
+            "ratio change off the grid (model runs) → its 6 pictures loaded": quantiles([t / 1e3 for t in off_ms]),
+            **text}, facts
+
+
+def text_views(grid, ratio: float, layer: int) -> dict[str, str]:
+    """What the Text tab shows at ``ratio`` and ``layer`` (1-based), by selector (of ``TEXT_RATIO_VIEWS``), from
+    the page's grid: a view is waited for only when a step changes it (a prompt of 17 tokens often enters a
+    layer with the same groups at two ratios, and then the plot stays as it was)."""
+    from tomviz.ui import text_tab
+
+    analysis = grid.results[round(ratio, 6)]
+    views = text_tab.layer_views(analysis, layer - 1)
+    return dict(zip(TEXT_RATIO_VIEWS, map(repr, (views.tokens, views.table.value, views.attention, analysis.trace.token_counts(),
+                                                 analysis.speed.merged_gflops))))
+
+
+def measure_text_tab(page, grid, rounds: int) -> dict[str, dict[str, float]]:
+    """The same steps in the Text tab (its ``grid`` is full by now): the ratio slider released at grid ratios, the
+    layer slider moved to layers 2, 4 and 6, each until every view it changes shows its new content."""
+    page.get_by_role("tab", name="Text", exact=True).click()
+    page.wait_for_selector("#text-token-count img", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(1000)
+    ratio_ms, layer_ms, unchanged = [], [], 0
+    state = {"ratio": float(page.evaluate(VISIBLE_VALUE, "Merge ratio")), "layer": int(page.evaluate(VISIBLE_VALUE, "Layer"))}
+
+    def timed(times: list[float], label: str, value: float, events: list[str], candidates: list[str]) -> None:
+        nonlocal unchanged
+        new = {**state, "ratio" if label == "Merge ratio" else "layer": value}
+        old_views, new_views = text_views(grid, **state), text_views(grid, **new)
+        selectors = [s for s in candidates if old_views[s] != new_views[s]]
+        state.update(new)
+        if not selectors:  # nothing to wait for
+            unchanged += 1
+            return
+        times.append(page.evaluate(STEP_JS, [label, value, events, selectors, TIMEOUT_MS]))
+
+    timed([], "Merge ratio", 0.45, ["input", "change", "pointerup"], TEXT_RATIO_VIEWS)  # warm-up
+    for _ in range(rounds):
+        for ratio in RATIOS:
+            timed(ratio_ms, "Merge ratio", ratio, ["input", "change", "pointerup"], TEXT_RATIO_VIEWS)
+            page.wait_for_timeout(300)
+            for layer in (2, 4, 6):
+                timed(layer_ms, "Layer", layer, ["input"], TEXT_LAYER_VIEWS)
+                page.wait_for_timeout(100)
+    if unchanged:
+        print(f"Text tab: {unchanged} step(s) changed no view (not timed)")
+    return {TEXT_RATIO_STEP: quantiles([t / 1e3 for t in ratio_ms]),
+            TEXT_LAYER_STEP: quantiles([t / 1e3 for t in layer_ms])}
 
 
 def serve_and_measure(rounds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -166,8 +255,9 @@ def main() -> None:
     args = parser.parse_args()
     latency, facts = serve_and_measure(args.rounds)
     print_latency_table(latency, "step (in the browser)")
-    memory, layer = latency[RATIO_STEP], latency[LAYER_STEP]
-    print(f"\nratio from memory p50 / layer p50 = {memory['p50'] / layer['p50']:.2f} (target ≤ 1.5)")
+    for tab, ratio_step, layer_step in (("Image", RATIO_STEP, LAYER_STEP), ("Text", TEXT_RATIO_STEP, TEXT_LAYER_STEP)):
+        memory, layer = latency[ratio_step], latency[layer_step]
+        print(f"{tab} tab: ratio from memory p50 / layer p50 = {memory['p50'] / layer['p50']:.2f} (target ≤ 1.5)")
     for name, value in facts.items():
         print(f"{name}: {value:.2f}")
 

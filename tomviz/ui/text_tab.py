@@ -173,8 +173,9 @@ def text_tab_layout(demo: gr.Blocks | None = None) -> dict[str, Any]:
             with gr.Row():
                 c["lineage"] = gr.Markdown(LINEAGE_HINT, elem_id="text-lineage")
                 c["clear"] = gr.Button("Clear the selection", scale=0)
-            c["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False)
-            c["attention"] = gr.Plot(label="CLS attention per group")
+            c["table"] = gr.Dataframe(headers=TABLE_HEADERS, label="Groups after the selected layer", interactive=False,
+                                      elem_id="text-table")
+            c["attention"] = gr.Plot(label="CLS attention per group", elem_id="text-attention")
             with gr.Row():
                 c["counts"], c["gflops"] = lifecycle.run_charts(KIND.tab)
             c["speed"] = gr.Markdown(label="Speed")

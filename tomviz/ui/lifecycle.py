@@ -3,7 +3,8 @@
 1. **Inspect**: a model run on the input (:func:`analyse_input`) draws the views of the chosen layer, with
    the clicked token's group if there is one, and the figures of the whole run (:func:`run_views`, pictures:
    they change with every ratio). Then the visitor's grid of ratios is computed in the background
-   (:mod:`tomviz.ratio_grid`); a ratio already in it is answered from memory (:func:`remembered`), no model.
+   (:mod:`tomviz.ratio_grid`); a ratio already in it is answered from memory (:func:`remembered`), no model,
+   in one event that carries its pictures inline and the selection and link (:func:`from_memory`).
 2. **Redraw a layer**: the tab's ``layer_views`` from the stored trace, no model (:func:`wire_layer`).
 3. **Select**: a click selects an input token's group (:func:`select`); :func:`lineage_panel` says how the
    group formed.

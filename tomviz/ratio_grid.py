@@ -15,6 +15,7 @@ with the CLS attention), the fidelity and the speed report: about 30 KB per rati
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
 import time
@@ -177,8 +178,10 @@ class GridStore:
             return 0
         return sum(a.trace.nbytes for a in list(grid.results.values()))
 
-    def close(self) -> None:
-        """Stop the worker (tests); grids are dropped."""
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the worker and wait up to ``timeout_s`` for the ratio it is computing; grids are dropped.
+        Runs at interpreter exit too: a daemon thread still inside torch when the interpreter finalises
+        aborts the process ("terminate called without an active exception")."""
         self._stop.set()
         self._wake.set()
         with self._lock:
@@ -186,6 +189,9 @@ class GridStore:
                 grid.cancelled.set()
             self._grids.clear()
             self._queue.clear()
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout_s)
 
     # -- inside ---------------------------------------------------------------------------------
     @staticmethod
@@ -246,3 +252,4 @@ class GridStore:
 
 
 GRIDS = GridStore()  # the server's store
+atexit.register(GRIDS.close)

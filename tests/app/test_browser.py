@@ -369,13 +369,17 @@ def test_browser_text_token_click_follows_its_group(app_url):
         page.wait_for_function(f"() => document.querySelectorAll('#text-groups .token').length === "
                                f"{trace.num_input_tokens}", timeout=TIMEOUT_MS)
         _wait_idle(page)
+        # the run's follow-up (selection, lineage, link: no progress shown) ends with the full link in the box;
+        # a click before it lands would be answered, then overwritten by the follow-up's "nothing selected"
+        page.wait_for_function("() => /^http/.test(document.querySelector('#share-link-text textarea, "
+                               "#share-link-text input').value)", timeout=TIMEOUT_MS)
         hint = page.locator("#text-lineage").inner_text()
         spans.nth(token).click()
         page.wait_for_function("(hint) => document.querySelector('#text-lineage').innerText !== hint", arg=hint,
                                timeout=TIMEOUT_MS)
         _wait_idle(page)
         highlighted = [i for i in range(spans.count()) if "highlighted" in (spans.nth(i).get_attribute("class") or "")]
-        assert highlighted == members, (highlighted, members)
+        assert highlighted == members, (highlighted, members, page.locator("#text-lineage").inner_text())
         assert f"{len(members)} tokens" in page.locator("#text-lineage").inner_text()
         assert not _errors_shown(page)
         page.screenshot(path=str(ROOT / "artifacts" / "app_text_token_click.png"), full_page=True)

@@ -269,3 +269,16 @@ def photo(size: int = 80, seed: int = 0):
     base = np.kron(rng.integers(0, 255, (4, 4, 3)), np.ones((size // 4, size // 4, 1)))
     noisy = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype("uint8")
     return Image.fromarray(noisy)
+
+
+def saved_smolvlm(folder):
+    """A tiny SmolVLM saved as a model folder (weights, tokenizer, image processor, ``image_seq_len``): what
+    ``tomviz.load`` and the CLI read, as they read a hub id's files. Returns ``folder``."""
+    import json
+
+    model, processor = smolvlm()
+    model.save_pretrained(folder)
+    processor.tokenizer.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps({"image_seq_len": processor.image_seq_len}))
+    return folder

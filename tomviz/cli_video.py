@@ -55,7 +55,6 @@ def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
 
     if getattr(args, "question", None):
         return cmd_ask_video(args, clip)
-    from tomviz.render.video import frame_strip, merge_video
 
     options = json.loads(args.method_options) if args.method_options else {}
     from tomviz.models.hub import ModelLoadError
@@ -71,13 +70,7 @@ def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
                                 num_frames=args.frames, feature_layer=args.feature_layer)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.trace.save(out / "trace.json")
-    result.trace.save(out / "trace.npz")
-    (out / "stats.json").write_text(json.dumps(result.summary(), indent=1))
-    frame_strip(result.video.frames, result.trace).save(out / "strip.png")
-    merge_video(result.video.frames, result.trace, out / "merge.mp4")
+    out = write_clip_result(args.out, result, {"strip.png": -1})
     counts = result.token_counts()
     print(f"wrote {out}: {counts[0]} → {counts[-1]} tokens over {result.video.num_frames} frames, "
           f"{result.trace.meta['method']} {result.method_ms_per_frame:.2f} ms/frame, pooled cosine {result.fidelity:.4f}")
@@ -114,23 +107,31 @@ def cmd_ask_video(args: argparse.Namespace, clip: Path) -> int:
 
 def inspect_with_video_encoder(args: argparse.Namespace, loaded, clip: Path, options: dict) -> int:
     """``inspect CLIP --model VIDEOMAE``: see the module docstring."""
-    from tomviz.render.video import frame_strip, merge_video
     from tomviz.video_encoder import inspect_encoder_clip
 
     try:
         result = inspect_encoder_clip(loaded, clip, method=args.method, ratio=args.ratio, method_options=options)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.trace.save(out / "trace.json")
-    result.trace.save(out / "trace.npz")
-    (out / "stats.json").write_text(json.dumps(result.summary(), indent=1))
-    for layer in range(result.trace.num_layers):
-        frame_strip(result.video.frames, result.trace, stage=layer).save(out / f"strip_layer{layer + 1:02d}.png")
-    merge_video(result.video.frames, result.trace, out / "merge.mp4")
+    out = write_clip_result(args.out, result, {f"strip_layer{layer + 1:02d}.png": layer
+                                               for layer in range(result.trace.num_layers)})
     counts, s = result.token_counts(), result.summary()
     print(f"wrote {out}: {counts[0]} → {counts[-1]} tokens over {result.video.num_frames} frames "
           f"({result.trace.num_layers} layers), {s['ms_per_clip']:.0f} ms vs {s['base_ms_per_clip']:.0f} ms unmerged, "
           f"cosine {result.cosine:.4f}")
     return 0
+
+
+def write_clip_result(folder: str, result, strips: dict[str, int]) -> Path:
+    """Write a clip's trace (json, npz), stats.json, the frame strips (file name → trace record) and merge.mp4."""
+    from tomviz.render.video import frame_strip, merge_video
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    result.trace.save(out / "trace.json")
+    result.trace.save(out / "trace.npz")
+    (out / "stats.json").write_text(json.dumps(result.summary(), indent=1))
+    for name, stage in strips.items():
+        frame_strip(result.video.frames, result.trace, stage=stage).save(out / name)
+    merge_video(result.video.frames, result.trace, out / "merge.mp4")
+    return out

@@ -8,12 +8,7 @@ from tomviz.cli import main
 
 
 def test_cli_question(tmp_path):
-    model, processor = tiny.smolvlm()
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    processor.tokenizer.save_pretrained(folder)
-    processor.image_processor.save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps({"image_seq_len": processor.image_seq_len}))
+    folder = tiny.saved_smolvlm(tmp_path / "model")
     tiny.photo().save(tmp_path / "photo.png")
     out = tmp_path / "out"
     assert main([

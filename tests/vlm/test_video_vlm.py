@@ -185,12 +185,7 @@ def test_inspect_and_cli_take_a_clip_and_a_question(tmp_path):
     import tomviz
     from tomviz.cli import main
 
-    model, processor = tiny.smolvlm()
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    processor.tokenizer.save_pretrained(folder)
-    processor.image_processor.save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps({"image_seq_len": processor.image_seq_len}))
+    folder = tiny.saved_smolvlm(tmp_path / "model")
     frames = tmp_path / "frames"
     frames.mkdir()
     for t, frame in enumerate(FRAMES):

@@ -90,3 +90,8 @@ def test_inspect_a_clip_with_tempme_writes_every_layer(tiny_frames_model, square
     assert stats["method"] == "tempme" and stats["in_encoder"] and len(stats["token_counts"]) == 5  # input + 4 blocks
     trace = Trace.load(out / "trace.npz")
     assert trace.num_layers == 4 and trace.meta["stages"][-1] == "layer 3"
+    assert sorted(p.name for p in out.glob("strip_layer*.png")) == [f"strip_layer0{i}.png" for i in range(1, 5)]
+    import av
+
+    with av.open(str(out / "merge.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == trace.num_layers + 1

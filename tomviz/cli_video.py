@@ -70,7 +70,9 @@ def cmd_inspect_video(args: argparse.Namespace, clip: Path) -> int:
                                 num_frames=args.frames, feature_layer=args.feature_layer)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    out = write_clip_result(args.out, result, {"strip.png": -1})
+    layers = result.trace.num_layers  # TempMe: one record per encoder layer, a strip after each
+    strips = {"strip.png": -1, **({f"strip_layer{layer + 1:02d}.png": layer for layer in range(layers)} if layers > 1 else {})}
+    out = write_clip_result(args.out, result, strips)
     counts = result.token_counts()
     print(f"wrote {out}: {counts[0]} → {counts[-1]} tokens over {result.video.num_frames} frames, "
           f"{result.trace.meta['method']} {result.method_ms_per_frame:.2f} ms/frame, pooled cosine {result.fidelity:.4f}")

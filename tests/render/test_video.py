@@ -110,3 +110,20 @@ def test_a_tubelet_is_drawn_on_each_frame_it_spans_and_clicks_map_back_to_it():
     for frame, expected in ((0, False), (1, False), (2, True), (3, True)):  # only its own tubelet's frames
         left, top = layout.origin(frame)
         assert is_highlighted(before[top + CELL // 2, left + CELL // 2]) == expected
+
+
+def test_a_trace_per_layer_makes_an_mp4_of_layers_plus_one_frames(tmp_path):
+    """VideoMAE / TempMe traces (one record per encoder layer): frames x layers, the input strip then one strip
+    per layer; the last strip equals the frame strip after the last layer (under its caption)."""
+    import av
+
+    trace, frames = tubelet_trace(), np.full((4, 32, 32, 3), 128, dtype=np.uint8)
+    frames[:, :16] = 30
+    path = merge_video(frames, trace, tmp_path / "layers.mp4")
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == trace.num_layers + 1
+    last = np.asarray(frame_strip(frames, trace, stage=-1), dtype=np.float32)
+    shown = decoded[-1][24:24 + last.shape[0], :last.shape[1]].astype(np.float32)
+    assert np.abs(shown - last).mean() < 6  # H.264 at its default quality: close, not equal
+    assert np.abs(decoded[0].astype(np.float32) - decoded[-1].astype(np.float32)).mean() > 1  # the input differs

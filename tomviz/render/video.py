@@ -155,14 +155,39 @@ def _time(trace: Trace, frame: int) -> str:
 
 
 def merge_video(frames: np.ndarray, trace: Trace, path, frame_ms: int = 400, tile_width: int = 480) -> object:
-    """An MP4 at ``path``: each sampled frame as it is, then the same frames with the groups of the last stage
-    drawn (one video frame per clip frame); returns the path."""
+    """An MP4 at ``path``; returns the path. A one-step trace (a temporal method on a clip's tokens): each sampled
+    frame as it is, then the same frames with the groups drawn (one video frame per clip frame). A trace with
+    one record per encoder layer (VideoMAE, TempMe): frames x layers, as the image GIF is — the frame strip of the
+    input, then the strip after each layer, captioned (one video frame per layer plus the input)."""
+    if trace.num_layers > 1:
+        return layer_video(frames, trace, path, frame_ms=2 * frame_ms)
     stable, _, size = frame_groups(trace, -1)
     tile = strip_layout(frames, tile_width=tile_width).tile
     originals = [Image.fromarray(frame).resize(tile, Image.Resampling.BILINEAR) for frame in frames]
     steps = [t // tubelet_size(trace) for t in range(frames.shape[0])]  # the time step each frame shows
     drawn = [frame_picture(frames[t], stable[k], size[k], None, tile) for t, k in enumerate(steps)]
     return save_video(originals + drawn, path, frame_ms=frame_ms, last_ms=2 * frame_ms)
+
+
+def layer_video(frames: np.ndarray, trace: Trace, path, frame_ms: int = 800, caption: int = 24) -> object:
+    """``num_layers + 1`` video frames: the strip of the clip's frames untouched, then :func:`frame_strip` after
+    each record, each under a caption (``meta["stages"]`` names a record, else "after layer l")."""
+    layout = strip_layout(frames)
+    plain = Image.new("RGB", layout.size, (255, 255, 255))
+    for index, frame in enumerate(frames):
+        plain.paste(Image.fromarray(frame).resize(layout.tile, Image.Resampling.BILINEAR), layout.origin(index))
+    names = trace.meta.get("stages") or [f"layer {layer + 1}" for layer in range(trace.num_layers)]
+    pictures = [(f"input: {frames.shape[0]} frames, {trace.num_input_tokens} tokens", plain)]
+    counts = trace.token_counts()
+    for layer in range(trace.num_layers):
+        pictures.append((f"after {names[layer]}: {counts[layer + 1]} tokens", frame_strip(frames, trace, stage=layer, layout=layout)))
+    captioned = []
+    for text, picture in pictures:
+        page = Image.new("RGB", (picture.width, picture.height + caption), (255, 255, 255))
+        page.paste(caption_band(text, picture.width, caption), (0, 0))
+        page.paste(picture, (0, caption))
+        captioned.append(page)
+    return save_video(captioned, path, frame_ms=frame_ms, last_ms=2 * frame_ms)
 
 
 def frame_counts_figure(counts: Sequence[int], per_frame_in: int, height: int = 260) -> go.Figure:

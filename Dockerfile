@@ -6,6 +6,7 @@ USER user
 ENV HOME=/home/user \
     PATH=/home/user/.local/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     GRADIO_SERVER_NAME=0.0.0.0 \
     PORT=7860
 WORKDIR $HOME/app

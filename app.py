@@ -91,7 +91,9 @@ def configure_memory() -> None:
     Gradio runs handlers in a pool of worker threads, and glibc gives each thread that allocates its own
     malloc arena; the tensors freed there stay mapped, so the RSS creeps up with every thread that has run a
     model (bench_soak.py: +22 % over 400 requests). Two arenas, and returning free pages to the system every
-    few seconds (``malloc_trim``), keep it flat. ``MALLOC_ARENA_MAX`` in the environment takes precedence."""
+    few seconds (``malloc_trim``), keep it flat. ``MALLOC_ARENA_MAX`` in the environment takes precedence and
+    works better (the Dockerfile sets it): glibc reads it at start, before the threads that importing torch and
+    Gradio start have made arenas (bench_soak.py, 2026-12-02: +3.2 % with it, +11.6 % with only this call)."""
     import ctypes
     import ctypes.util
     import threading

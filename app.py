@@ -5,7 +5,13 @@ Run ``python app.py`` (port 7860, or $PORT / $GRADIO_SERVER_PORT). Models load o
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable
+
+if __name__ == "__main__" and sys.platform.startswith("linux") and "MALLOC_ARENA_MAX" not in os.environ:
+    # glibc reads MALLOC_ARENA_MAX at start only: restart once with it set, before torch and Gradio start
+    # threads (see configure_memory; the Dockerfile sets it itself)
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_ARENA_MAX": "2"})
 
 import gradio as gr
 
@@ -92,7 +98,7 @@ def configure_memory() -> None:
     malloc arena; the tensors freed there stay mapped, so the RSS creeps up with every thread that has run a
     model (bench_soak.py: +22 % over 400 requests). Two arenas, and returning free pages to the system every
     few seconds (``malloc_trim``), keep it flat. ``MALLOC_ARENA_MAX`` in the environment takes precedence and
-    works better (the Dockerfile sets it): glibc reads it at start, before the threads that importing torch and
+    works better (the Dockerfile sets it; ``python app.py`` restarts itself once with it set): glibc reads it at start, before the threads that importing torch and
     Gradio start have made arenas (bench_soak.py, 2026-12-02: +3.2 % with it, +11.6 % with only this call)."""
     import ctypes
     import ctypes.util

@@ -43,13 +43,13 @@ def test_benchmark_opens_on_the_shipped_example_and_names_its_command():
 
 
 def test_the_hub_notice_says_what_the_tab_would_show_only_when_the_hub_is_out_of_reach(monkeypatch):
-    monkeypatch.setattr(vlm_tab, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
-    monkeypatch.setattr(vlm_tab, "is_cached", lambda model: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(hub, "is_cached", lambda model: False)
     notice = vlm_tab.hub_notice()
     assert "cannot reach the Hugging Face hub" in notice and "both answers" in notice
-    monkeypatch.setattr(vlm_tab, "is_cached", lambda model: True)  # weights in the cache: it runs offline
+    monkeypatch.setattr(hub, "is_cached", lambda model: True)  # weights in the cache: it runs offline
     assert vlm_tab.hub_notice() == ""
-    monkeypatch.setattr(vlm_tab, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     assert vlm_tab.hub_notice() == ""
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tomviz.models import hub
 import tomviz
 from tests.inputs.clips import square_clip
 from tomviz.inputs.video import Video
@@ -24,15 +25,15 @@ def _no_progress(*args, **kwargs):
 
 
 def test_the_offline_notice_says_plainly_that_hbi_needs_clip_from_the_hub(monkeypatch):
-    monkeypatch.setattr(section, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
-    monkeypatch.setattr(section, "is_cached", lambda model: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(hub, "is_cached", lambda model: False)
     notice = section.hbi_hub_notice()
     assert "HBI needs CLIP from the Hugging Face hub" in notice and "HF\\_HUB\\_OFFLINE is set" in notice
     assert "rest of the Video tab works offline" in notice
-    monkeypatch.setattr(section, "is_cached", lambda model: True)  # cached weights load offline: no notice
+    monkeypatch.setattr(hub, "is_cached", lambda model: True)  # cached weights load offline: no notice
     assert section.hbi_hub_notice() == ""
-    monkeypatch.setattr(section, "is_cached", lambda model: False)
-    monkeypatch.setattr(section, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "is_cached", lambda model: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     assert section.hbi_hub_notice() == ""
 
 

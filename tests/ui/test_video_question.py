@@ -8,6 +8,7 @@ import torch
 from tests import tiny
 from tests.inputs.clips import square_clip
 from tests.inputs.test_video import write_clip
+from tomviz.models import hub
 from tomviz.models.vlm import wrap
 from tomviz.ui import video_question
 
@@ -28,14 +29,14 @@ def clip(tmp_path):
 
 
 def test_notice_says_plainly_that_it_needs_the_hub(monkeypatch):
-    monkeypatch.setattr(video_question, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
-    monkeypatch.setattr(video_question, "is_cached", lambda model: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(hub, "is_cached", lambda model: False)
     notice = video_question.question_notice()
     assert "cannot reach the Hugging Face hub" in notice and "LLaVA-OneVision or SmolVLM2" in notice
     assert "rest of the Video tab works offline" in notice
-    monkeypatch.setattr(video_question, "is_cached", lambda model: True)
+    monkeypatch.setattr(hub, "is_cached", lambda model: True)
     assert video_question.question_notice() == ""
-    monkeypatch.setattr(video_question, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     assert video_question.question_notice() == ""
 
 

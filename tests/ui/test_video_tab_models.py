@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from tomviz.models import hub
 import tomviz
 from tests import tiny
 from tomviz.ui import video_tab
@@ -32,7 +33,7 @@ def tab(loaded_videomae, monkeypatch):
         return loaded_videomae if name == VIDEOMAE else frames_model
 
     monkeypatch.setattr(video_tab.tomviz, "load", load)
-    monkeypatch.setattr(video_tab, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     video_tab.loaded_names = names
     return video_tab
 
@@ -73,8 +74,8 @@ def test_videomae_refuses_a_temporal_method_and_the_method_list_follows_the_mode
 
 
 def test_offline_a_hub_model_says_it_needs_the_hub(tab, monkeypatch):
-    monkeypatch.setattr(tab, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
-    monkeypatch.setattr(tab, "is_cached", lambda name: False)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setattr(hub, "is_cached", lambda name: False)
     with pytest.raises(gr.Error, match=r"comes from the Hugging Face hub, which this server cannot reach \(HF_HUB_OFFLINE"):
         tab.inspect_clip(None, "world.mp4", "tome", 0.5, 16, 0.8, 8, None, VIDEOMAE)
     assert VIDEOMAE not in tab.loaded_names  # refused before any loading

@@ -178,6 +178,13 @@ def hub_unreachable(timeout: float = 1.5) -> str | None:
         return _hub_check[1]
 
 
+def offline_reason(repo_id: str) -> str | None:
+    """Why ``repo_id`` cannot load on this server (the hub is out of reach, :func:`hub_unreachable`, and the repo
+    is not in the cache, :func:`is_cached`), or None when it can."""
+    reason = hub_unreachable()
+    return None if reason is None or is_cached(repo_id) else reason
+
+
 def is_cached(repo_id: str) -> bool:
     """True when the repo's configs and safetensors weights are in the Hugging Face cache (loadable offline)."""
     from huggingface_hub import snapshot_download

@@ -116,7 +116,6 @@ def current_state() -> LLMState | None:
     return LLMState.current()
 
 
-
 def layer_attention(
     layer: nn.Module,
     hidden: torch.Tensor,

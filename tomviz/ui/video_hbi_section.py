@@ -15,7 +15,7 @@ from PIL import Image
 
 import tomviz
 from tomviz import score_analysis
-from tomviz.models.hub import hub_unreachable, is_cached
+from tomviz.models.hub import offline_reason
 from tomviz.ratio_grid import foreground
 from tomviz.render.scores import interaction_figure
 from tomviz.score_analysis import VIDEO_HBI_SAMPLES, VideoHBISession
@@ -52,8 +52,8 @@ def offline_message(model: str, reason: str) -> str:
 def hbi_hub_notice(model: str = CLIP_MODEL) -> str:
     """Page load: a plain notice when CLIP cannot load here (not cached, hub unreachable: a cheap, remembered
     check), else nothing."""
-    reason = hub_unreachable()
-    if reason is None or is_cached(model):
+    reason = offline_reason(model)
+    if reason is None:
         return ""
     return offline_message(model, reason)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import tomviz
 from tomviz.merge import registry
-from tomviz.models.hub import hub_unreachable, is_cached
+from tomviz.models.hub import offline_reason
 from tomviz.models.vlm import LoadedVLM
 from tomviz.render.video import frame_strip
 from tomviz.ui.common import MAX_RATIO, PromptBox, user_errors
@@ -35,8 +35,8 @@ WOULD_SHOW = ("both answers (without and with the reduction), the frame strip of
 
 def question_notice(model: str = VIDEO_VLMS[0]) -> str:
     """Before any click: a plain notice when ``model`` cannot load here (not cached, the hub unreachable)."""
-    reason = hub_unreachable()
-    if reason is None or is_cached(model):
+    reason = offline_reason(model)
+    if reason is None:
         return ""
     return (f"**This server cannot reach the Hugging Face hub ({reason}).** Asking about the clip needs "
             f"LLaVA-OneVision or SmolVLM2 from the hub (`{model}` is not cached here), so **Ask** cannot run on this "

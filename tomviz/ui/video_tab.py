@@ -30,7 +30,7 @@ from tomviz.inputs.video import EXAMPLE_ATTRIBUTION, UPLOAD_LIMITS, VIDEO_SUFFIX
 from tomviz.merge import registry
 from tomviz.merge.checks import MAX_RATIO
 from tomviz.models.frames import FrameFeatures
-from tomviz.models.hub import hub_unreachable, is_cached
+from tomviz.models.hub import offline_reason
 from tomviz.render.video import (STRIP_LEGEND, frame_counts_figure, frame_strip, layer_counts_figure, merge_video,
                                  strip_layout, tubelet_size)
 from tomviz.ui.common import download_folder, session_state, user_errors
@@ -84,7 +84,7 @@ def load_clip_model(model: str | None):
     """The embedded DINOv2 (offline), or a hub model; a plain message when the hub cannot be reached and the
     model is not cached here."""
     name = (model or MODEL).strip()
-    if name != MODEL and (reason := hub_unreachable()) is not None and not is_cached(name):
+    if name != MODEL and (reason := offline_reason(name)) is not None:
         raise ValueError(f"{name} comes from the Hugging Face hub, which this server cannot reach ({reason}), and "
                          f"it is not cached here. The embedded DINOv2-S/14 ({MODEL}) works offline.")
     loaded = tomviz.load(name, untrusted=True)

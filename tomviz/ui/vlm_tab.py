@@ -13,7 +13,7 @@ from PIL import Image
 import tomviz
 from tomviz.merge import registry
 from tomviz.merge.presets import PRESETS, tinychart_ratio
-from tomviz.models.hub import hub_unreachable, is_cached
+from tomviz.models.hub import offline_reason
 from tomviz.models.vlm import LoadedVLM
 from tomviz.ratio_grid import foreground
 from tomviz.render.vlm import answer_attention_overlay, reaches_llm_overlay
@@ -198,8 +198,8 @@ WOULD_SHOW = ("both answers (without and with the reduction) and how faithful th
 def hub_notice(model: str = VLM_MODELS[0]) -> str:
     """Before any click: a plain notice when ``model`` cannot load here (not in the Hugging Face cache, and the
     hub unreachable: a cheap check, remembered for minutes), else nothing."""
-    reason = hub_unreachable()
-    if reason is None or is_cached(model):
+    reason = offline_reason(model)
+    if reason is None:
         return ""
     return (f"### This server cannot reach the Hugging Face hub ({reason})\n"
             f"No vision-language model weights ship in a package and `{model}` is not cached here, so **Ask** "
